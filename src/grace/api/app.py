@@ -1,0 +1,57 @@
+"""The FastAPI application: routes, error handling and the lifespan that builds the services."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from grace import __version__, services as services_module
+from grace.api import errors as api_errors
+from grace.api.middleware import RequestContext
+from grace.api.routes import auth, health, users
+from grace.clock import Clock
+from grace.config import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("grace.api")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    services: services_module.Services | None = None,
+    background: bool = True,
+) -> FastAPI:
+    """Build the app. Its lifespan builds the services from ``settings`` unless ``services`` is given."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = services is None
+        built = services or await services_module.build(settings, clock=clock)
+        app.state.services = built
+        if owned and background:
+            built.start_background()
+        log.info("grace.started", extra={"backend": built.db.backend, "version": __version__})
+        try:
+            yield
+        finally:
+            if owned:
+                await built.close()
+            log.info("grace.stopped")
+
+    app = FastAPI(
+        title="Grace",
+        version=__version__,
+        description="Control plane for a personal AI agent: tasks, vault, voice notes and playbooks.",
+        lifespan=lifespan,
+    )
+    api_errors.install(app)
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_request_bytes)
+    for module in (health, auth, users):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,64 @@
+"""FastAPI dependencies: the running services and the caller's principal."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from grace import errors
+from grace.auth import Principal, Role
+from grace.services import Services
+
+__all__ = ["CurrentPrincipal", "SESSION_COOKIE", "ServicesDep", "get_principal", "require_role"]
+
+SESSION_COOKIE = "grace_session"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_principal(request: Request, services: ServicesDep) -> Principal:
+    """Resolve the caller from ``Authorization: Bearer`` or the session cookie; 401 if neither."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise errors.Unauthenticated("use 'Authorization: Bearer <token>'")
+        return await services.accounts.resolve_token(credentials.strip())
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        session = await services.sign_in.resolve_session(cookie)
+        if request.method not in SAFE_METHODS:
+            supplied = request.headers.get(CSRF_HEADER)
+            if supplied is None and request.headers.get("content-type", "").startswith(
+                ("application/x-www-form-urlencoded", "multipart/form-data")
+            ):
+                form = await request.form()
+                value = form.get(CSRF_FIELD)
+                supplied = value if isinstance(value, str) else None
+            session.check_csrf(supplied)
+        return session.principal
+    raise errors.Unauthenticated()
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_role(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """Return a dependency that admits principals with at least ``role`` (403 otherwise)."""
+
+    async def _require(principal: CurrentPrincipal) -> Principal:
+        principal.require(role)
+        return principal
+
+    return _require

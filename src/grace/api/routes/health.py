@@ -1,0 +1,24 @@
+"""Liveness and readiness: the only routes that need no principal."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from grace import __version__, storage
+from grace.api.deps import ServicesDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Report that the process is up (liveness); no authentication."""
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/ready")
+async def ready(services: ServicesDep) -> dict[str, str | None]:
+    """Report whether the database answers and is migrated (readiness); 503 if not."""
+    await services.db.ping()
+    revision = await storage.current_revision(services.db)
+    return {"status": "ready", "backend": services.db.backend, "schema": revision}

@@ -1,0 +1,75 @@
+"""Users and API tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from grace.api.deps import CurrentPrincipal, ServicesDep, require_role
+from grace.auth import Principal, Role
+
+router = APIRouter(prefix="/api", tags=["users"])
+AdminOnly = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+
+class NewUser(BaseModel):
+    username: Annotated[str, Field(min_length=2, max_length=64)]
+    role: Role = Role.MEMBER
+    password: Annotated[str | None, Field(min_length=12, max_length=1024)] = None
+
+
+class NewToken(BaseModel):
+    name: Annotated[str, Field(max_length=128)] = ""
+    agent: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    expires_in_days: Annotated[int | None, Field(ge=1, le=3650)] = None
+    user_id: Annotated[str | None, Field(max_length=40)] = None
+
+
+@router.get("/users")
+async def list_users(_: AdminOnly, services: ServicesDep) -> dict[str, object]:
+    """List every user (admin only)."""
+    return {"users": [u.as_dict() for u in await services.accounts.list_users()]}
+
+
+@router.post("/users", status_code=201)
+async def create_user(body: NewUser, _: AdminOnly, services: ServicesDep) -> dict[str, object]:
+    """Create a user (admin only); a generated password is returned once."""
+    user, password = await services.accounts.create_user(body.username, body.role, body.password)
+    out: dict[str, object] = {"user": user.as_dict()}
+    if body.password is None:
+        out["password"] = password
+    return out
+
+
+@router.post("/users/{username}/disable")
+async def disable_user(username: str, _: AdminOnly, services: ServicesDep) -> dict[str, object]:
+    """Disable a user (admin only); their tokens and sessions stop working at once."""
+    return {"user": (await services.accounts.set_disabled(username, True)).as_dict()}
+
+
+@router.get("/tokens")
+async def list_tokens(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
+    """List your API tokens (admins see everyone's); never the token values."""
+    user_id = None if principal.is_admin else principal.user_id
+    return {"tokens": [t.as_dict() for t in await services.accounts.list_tokens(user_id)]}
+
+
+@router.post("/tokens", status_code=201)
+async def create_token(body: NewToken, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
+    """Issue an API token, optionally naming the agent that will use it; the token is shown once."""
+    user_id = body.user_id or principal.user_id
+    principal.require_self_or_admin(user_id)
+    expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    info, plaintext = await services.accounts.create_token(
+        user_id, name=body.name, agent=body.agent, expires_in=expires
+    )
+    return {"token": plaintext, "info": info.as_dict()}
+
+
+@router.post("/tokens/{token_id}/revoke")
+async def revoke_token(token_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
+    """Revoke an API token (yours, or anyone's for an admin)."""
+    return {"token": (await services.accounts.revoke_token(token_id, by=principal)).as_dict()}

@@ -1,0 +1,320 @@
+"""Users and their API tokens."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from grace import errors
+from grace.auth import secrets
+from grace.auth.principals import Principal, Role
+from grace.auth.tables import api_tokens, sessions, users
+from grace.clock import Clock
+from grace.storage import Database, new_id
+
+__all__ = ["Accounts", "BootstrapCredentials", "TokenInfo", "User"]
+
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{1,63}$")
+_AGENT = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    role: Role
+    disabled: bool
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "username": self.username,
+            "role": self.role.value,
+            "disabled": self.disabled,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token's public description; the token itself is shown once, at creation."""
+
+    id: str
+    user_id: str
+    name: str
+    agent: str | None
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def as_dict(self) -> dict[str, object]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "agent": self.agent,
+            "prefix": self.prefix,
+            "created_at": iso(self.created_at),
+            "last_used_at": iso(self.last_used_at),
+            "expires_at": iso(self.expires_at),
+            "revoked_at": iso(self.revoked_at),
+        }
+
+
+@dataclass(frozen=True)
+class BootstrapCredentials:
+    """The first admin's credentials, printed once at first start."""
+
+    username: str
+    password: str
+    token: str
+
+    def __repr__(self) -> str:
+        return f"BootstrapCredentials(username={self.username!r}, password=<hidden>, token=<hidden>)"
+
+
+def _user(row: RowMapping) -> User:
+    return User(row["id"], row["username"], Role(row["role"]), bool(row["disabled"]), row["created_at"])
+
+
+def _token(row: RowMapping) -> TokenInfo:
+    return TokenInfo(
+        row["id"],
+        row["user_id"],
+        row["name"],
+        row["agent"],
+        row["prefix"],
+        row["created_at"],
+        row["last_used_at"],
+        row["expires_at"],
+        row["revoked_at"],
+    )
+
+
+def validate_username(username: str) -> str:
+    username = username.strip().lower()
+    if not _USERNAME.match(username):
+        raise errors.InvalidInput(
+            "a username is 2 to 64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return username
+
+
+class Accounts:
+    """Create, list and disable users; issue, resolve and revoke API tokens."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- users ----------------------------------------------------------------
+
+    async def count_users(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())
+
+    async def create_user(self, username: str, role: Role | str, password: str | None = None) -> tuple[User, str]:
+        """Create a user; return it and its password (generated when none is given)."""
+        username = validate_username(username)
+        role = Role.parse(role) if isinstance(role, str) else role
+        if password is None:
+            password = secrets.generate_password()
+        else:
+            secrets.check_password_strength(password)
+        now = self.clock.now()
+        row = {
+            "id": new_id("usr"),
+            "username": username,
+            "password_hash": secrets.hash_password(password),
+            "role": role.value,
+            "disabled": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(insert(users).values(**row))
+        except IntegrityError:
+            raise errors.Conflict(f"a user named {username!r} already exists") from None
+        return User(row["id"], username, role, False, now), password
+
+    async def get_user(self, username_or_id: str) -> User:
+        async with self.db.read() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(users).where(
+                            (users.c.username == username_or_id.strip().lower()) | (users.c.id == username_or_id)
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise errors.NotFound(f"no user {username_or_id!r}")
+        return _user(row)
+
+    async def list_users(self) -> list[User]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(users).order_by(users.c.created_at))).mappings().all()
+        return [_user(r) for r in rows]
+
+    async def set_disabled(self, username_or_id: str, disabled: bool = True) -> User:
+        """Disable (or re-enable) a user; a disabled user's tokens and sessions stop working."""
+        user = await self.get_user(username_or_id)
+        now = self.clock.now()
+        async with self.db.write() as conn:
+            await conn.execute(update(users).where(users.c.id == user.id).values(disabled=disabled, updated_at=now))
+            if disabled:
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.user_id == user.id, sessions.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+        return await self.get_user(user.id)
+
+    async def set_password(self, username_or_id: str, password: str) -> None:
+        secrets.check_password_strength(password)
+        user = await self.get_user(username_or_id)
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(users)
+                .where(users.c.id == user.id)
+                .values(password_hash=secrets.hash_password(password), updated_at=self.clock.now())
+            )
+
+    async def password_hash(self, username: str) -> tuple[User | None, str | None]:
+        async with self.db.read() as conn:
+            row = (
+                (await conn.execute(select(users).where(users.c.username == username.strip().lower())))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None, None
+        return _user(row), row["password_hash"]
+
+    async def bootstrap(self, token: str | None = None) -> BootstrapCredentials | None:
+        """On an empty database, create the first admin and its token; otherwise do nothing."""
+        if await self.count_users():
+            return None
+        try:
+            user, password = await self.create_user("admin", Role.ADMIN)
+        except errors.Conflict:
+            return None  # another node bootstrapped first
+        _, plaintext = await self.create_token(user.id, name="bootstrap", plaintext=token)
+        return BootstrapCredentials(user.username, password, plaintext)
+
+    # -- tokens -------------------------------------------------------------------
+
+    async def create_token(
+        self,
+        user_id: str,
+        *,
+        name: str = "",
+        agent: str | None = None,
+        expires_in: timedelta | None = None,
+        plaintext: str | None = None,
+    ) -> tuple[TokenInfo, str]:
+        """Issue a token for ``user_id``; return its description and the token, shown once."""
+        user = await self.get_user(user_id)
+        if agent is not None:
+            agent = agent.strip().lower()
+            if not _AGENT.match(agent):
+                raise errors.InvalidInput("an agent name is 1 to 64 characters: lowercase letters, digits, '.', '_', '-'")
+        if len(name) > 128:
+            raise errors.InvalidInput("a token name is at most 128 characters")
+        if expires_in is not None and expires_in <= timedelta(0):
+            raise errors.InvalidInput("a token's lifetime must be positive")
+        plaintext = plaintext or secrets.generate_token()
+        now = self.clock.now()
+        row = {
+            "id": new_id("tok"),
+            "user_id": user.id,
+            "agent": agent,
+            "name": name or (agent or "token"),
+            "token_hash": secrets.digest(plaintext),
+            "prefix": plaintext[:8],
+            "created_at": now,
+            "last_used_at": None,
+            "expires_at": now + expires_in if expires_in else None,
+            "revoked_at": None,
+        }
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(insert(api_tokens).values(**row))
+        except IntegrityError:
+            raise errors.Conflict("that token is already in use") from None
+        return _token(row), plaintext  # type: ignore[arg-type]
+
+    async def list_tokens(self, user_id: str | None = None) -> list[TokenInfo]:
+        query = select(api_tokens).order_by(api_tokens.c.created_at)
+        if user_id is not None:
+            query = query.where(api_tokens.c.user_id == user_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_token(r) for r in rows]
+
+    async def revoke_token(self, token_id: str, *, by: Principal | None = None) -> TokenInfo:
+        """Revoke a token. Members may revoke only their own; ``by=None`` is the local CLI."""
+        async with self.db.write() as conn:
+            row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().first()
+            if row is None or (by is not None and row["user_id"] != by.user_id and not by.is_admin):
+                raise errors.NotFound(f"no token {token_id!r}")
+            if row["revoked_at"] is None:
+                await conn.execute(
+                    update(api_tokens).where(api_tokens.c.id == token_id).values(revoked_at=self.clock.now())
+                )
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().one()
+        return _token(row)
+
+    async def resolve_token(self, plaintext: str) -> Principal:
+        """Return the principal a bearer token stands for, or raise Unauthenticated."""
+        if not plaintext or len(plaintext) > 512:
+            raise errors.Unauthenticated("invalid token")
+        token_hash = secrets.digest(plaintext)
+        async with self.db.read() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(
+                            api_tokens.c.id,
+                            api_tokens.c.agent,
+                            api_tokens.c.expires_at,
+                            api_tokens.c.revoked_at,
+                            api_tokens.c.last_used_at,
+                            users.c.id.label("user_id"),
+                            users.c.username,
+                            users.c.role,
+                            users.c.disabled,
+                        )
+                        .join(users, users.c.id == api_tokens.c.user_id)
+                        .where(api_tokens.c.token_hash == token_hash)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        now = self.clock.now()
+        if row is None or row["revoked_at"] is not None or row["disabled"]:
+            raise errors.Unauthenticated("invalid or revoked token")
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            raise errors.Unauthenticated("token expired")
+        if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_RESOLUTION:
+            async with self.db.write() as conn:
+                await conn.execute(update(api_tokens).where(api_tokens.c.id == row["id"]).values(last_used_at=now))
+        return Principal(row["user_id"], row["username"], Role(row["role"]), agent=row["agent"], token_id=row["id"])

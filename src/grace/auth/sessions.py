@@ -1,0 +1,162 @@
+"""Signing in with a password: rate-limited attempts and browser sessions.
+
+A session cookie carries 256 random bits that the database stores only as a
+hash, so a cookie cannot be forged, and signing out or disabling the user ends
+it at once on every node. Each session has its own CSRF token that form posts
+and other unsafe requests made with the cookie must echo back.
+"""
+
+from __future__ import annotations
+
+import secrets as stdlib_secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, insert, select, update
+
+from grace import errors
+from grace.auth import secrets
+from grace.auth.accounts import Accounts
+from grace.auth.principals import Principal, Role
+from grace.auth.tables import auth_failures, sessions, users
+from grace.clock import Clock
+from grace.storage import Database, new_id
+
+__all__ = ["SessionGrant", "SignIn"]
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    """A new session: the cookie value and its CSRF token, both shown once."""
+
+    principal: Principal
+    session_token: str
+    csrf_token: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"SessionGrant(user={self.principal.username!r}, expires_at={self.expires_at.isoformat()})"
+
+
+@dataclass(frozen=True)
+class ActiveSession:
+    principal: Principal
+    csrf_hash: str
+
+    def check_csrf(self, token: str | None) -> None:
+        if not token or not secrets.same_digest(token, self.csrf_hash):
+            raise errors.PermissionDenied("missing or wrong CSRF token")
+
+
+class SignIn:
+    """Verify passwords with a per-user and per-client limit, and manage sessions."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        accounts: Accounts,
+        *,
+        session_ttl: timedelta,
+        max_failures: int,
+        window: timedelta,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.accounts = accounts
+        self.session_ttl = session_ttl
+        self.max_failures = max_failures
+        self.window = window
+
+    async def _check_limit(self, keys: list[str]) -> None:
+        since = self.clock.now() - self.window
+        async with self.db.read() as conn:
+            for key in keys:
+                count, oldest = (
+                    await conn.execute(
+                        select(func.count(), func.min(auth_failures.c.at)).where(
+                            auth_failures.c.key == key, auth_failures.c.at > since
+                        )
+                    )
+                ).one()
+                if count >= self.max_failures:
+                    retry = int((oldest + self.window - self.clock.now()).total_seconds()) + 1
+                    raise errors.RateLimited(
+                        f"too many failed sign-ins; try again in {retry} seconds", retry_after=max(retry, 1)
+                    )
+
+    async def _record_failure(self, keys: list[str]) -> None:
+        now = self.clock.now()
+        async with self.db.write() as conn:
+            await conn.execute(insert(auth_failures), [{"key": k, "at": now} for k in keys])
+            await conn.execute(delete(auth_failures).where(auth_failures.c.at < now - self.window * 4))
+
+    async def verify_password(self, username: str, password: str, *, client: str = "local") -> Principal:
+        """Return the principal for a correct username and password; count failures."""
+        keys = [f"user:{username.strip().lower()[:64]}", f"client:{client[:64]}"]
+        await self._check_limit(keys)
+        user, stored = await self.accounts.password_hash(username)
+        if user is None or user.disabled or not secrets.verify_password(stored, password[:1024]):
+            await self._record_failure(keys)
+            raise errors.Unauthenticated("wrong username or password")
+        async with self.db.write() as conn:
+            await conn.execute(delete(auth_failures).where(auth_failures.c.key == keys[0]))
+        return Principal(user.id, user.username, user.role)
+
+    async def start_session(self, principal: Principal) -> SessionGrant:
+        session_token = stdlib_secrets.token_urlsafe(32)
+        csrf_token = stdlib_secrets.token_urlsafe(32)
+        now = self.clock.now()
+        expires = now + self.session_ttl
+        session_id = new_id("ses")
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(sessions).values(
+                    id=session_id,
+                    user_id=principal.user_id,
+                    session_hash=secrets.digest(session_token),
+                    csrf_hash=secrets.digest(csrf_token),
+                    created_at=now,
+                    expires_at=expires,
+                    revoked_at=None,
+                )
+            )
+        bound = Principal(principal.user_id, principal.username, principal.role, session_id=session_id)
+        return SessionGrant(bound, session_token, csrf_token, expires)
+
+    async def resolve_session(self, session_token: str) -> ActiveSession:
+        if not session_token or len(session_token) > 128:
+            raise errors.Unauthenticated("invalid session")
+        async with self.db.read() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(
+                            sessions.c.id,
+                            sessions.c.csrf_hash,
+                            sessions.c.expires_at,
+                            sessions.c.revoked_at,
+                            users.c.id.label("user_id"),
+                            users.c.username,
+                            users.c.role,
+                            users.c.disabled,
+                        )
+                        .join(users, users.c.id == sessions.c.user_id)
+                        .where(sessions.c.session_hash == secrets.digest(session_token))
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None or row["revoked_at"] is not None or row["disabled"] or row["expires_at"] <= self.clock.now():
+            raise errors.Unauthenticated("session expired or signed out")
+        principal = Principal(row["user_id"], row["username"], Role(row["role"]), session_id=row["id"])
+        return ActiveSession(principal, row["csrf_hash"])
+
+    async def end_session(self, session_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+                .values(revoked_at=self.clock.now())
+            )

@@ -1,0 +1,257 @@
+"""The bus's shared model: an append-only event log that subscribers read with a cursor.
+
+Both implementations keep every event in a log with increasing ids. A
+subscriber remembers the last id it saw, reads what came after it, and sleeps
+until the log grows. A named subscriber stores its cursor, so after a restart
+it resumes exactly where it stopped and receives what it missed, in order.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from grace import errors
+from grace.bus import topics
+from grace.clock import Clock, SystemClock
+
+__all__ = ["Bus", "Event", "Subscription"]
+
+log = logging.getLogger("grace.bus")
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+READ_BATCH = 200
+
+
+@dataclass(frozen=True)
+class Event:
+    """One published event."""
+
+    id: int
+    topic: str
+    payload: dict[str, Any]
+    published_at: datetime
+    source: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "payload": self.payload,
+            "published_at": self.published_at.isoformat(),
+            "source": self.source,
+        }
+
+
+def node_name() -> str:
+    """Return a name for this process, used as the ``source`` of what it publishes."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}"
+
+
+class Bus(abc.ABC):
+    """Publish/subscribe by topic over an append-only log."""
+
+    poll_interval = 1.0
+
+    def __init__(self, *, clock: Clock | None = None, retention_seconds: int = 7 * 24 * 3600) -> None:
+        self.clock = clock or SystemClock()
+        self.retention_seconds = retention_seconds
+        self.source = node_name()
+        self._wakeups: set[asyncio.Event] = set()
+        self._closed = False
+
+    # -- what each implementation provides --------------------------------
+
+    @abc.abstractmethod
+    async def _append(self, topic: str, payload: dict[str, Any], published_at: datetime) -> Event: ...
+
+    @abc.abstractmethod
+    async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]: ...
+
+    @abc.abstractmethod
+    async def latest_id(self) -> int:
+        """Return the id of the newest event (0 when the log is empty)."""
+
+    @abc.abstractmethod
+    async def _load_cursor(self, name: str) -> int | None: ...
+
+    @abc.abstractmethod
+    async def _save_cursor(self, name: str, event_id: int) -> None: ...
+
+    @abc.abstractmethod
+    async def prune(self) -> int:
+        """Drop events older than the retention period; return how many went."""
+
+    async def start(self) -> None:
+        """Begin receiving wake-ups from other processes, where the backend has them."""
+
+    async def close(self) -> None:
+        """Stop; wakes every subscriber so it can finish."""
+        self._closed = True
+        self._wake_all()
+
+    # -- the public surface --------------------------------------------------
+
+    async def publish(self, topic: str, payload: Mapping[str, Any] | None = None) -> Event:
+        """Append an event under ``topic`` and wake every subscriber."""
+        topics.validate_topic(topic)
+        body = dict(payload or {})
+        try:
+            encoded = json.dumps(body, default=str)
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
+        if len(encoded) > MAX_PAYLOAD_BYTES:
+            raise errors.PayloadTooLarge(f"event payload is {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+        event = await self._append(topic, json.loads(encoded), self.clock.now())
+        self._wake_all()
+        log.debug("bus.published", extra={"topic": topic, "event_id": event.id})
+        return event
+
+    def subscribe(self, pattern: str, *, name: str | None = None, since: int | None = None) -> Subscription:
+        """Subscribe to topics matching ``pattern``.
+
+        ``since`` replays from just after that event id (0 replays everything
+        retained). A ``name`` makes the subscription durable: its cursor is saved
+        as events are consumed, and a later subscription with the same name
+        resumes after the last one consumed. A new subscription with neither
+        starts at the end of the log.
+        """
+        topics.validate_pattern(pattern)
+        if name is not None and not (0 < len(name) <= 128):
+            raise errors.InvalidInput("a subscription name must be 1 to 128 characters")
+        return Subscription(self, pattern, name=name, since=since)
+
+    async def replay(self, pattern: str, *, since: int = 0, limit: int = 1000) -> list[Event]:
+        """Return up to ``limit`` retained events matching ``pattern`` after ``since``."""
+        topics.validate_pattern(pattern)
+        out: list[Event] = []
+        cursor = since
+        prefix = topics.literal_prefix(pattern)
+        while len(out) < limit:
+            batch = await self._read_after(cursor, prefix, READ_BATCH)
+            if not batch:
+                break
+            cursor = batch[-1].id
+            out.extend(e for e in batch if topics.matches(pattern, e.topic))
+        return out[:limit]
+
+    # -- wake-ups -----------------------------------------------------------
+
+    def _wake_all(self) -> None:
+        for wake in tuple(self._wakeups):
+            wake.set()
+
+    def _register(self, wake: asyncio.Event) -> None:
+        self._wakeups.add(wake)
+
+    def _unregister(self, wake: asyncio.Event) -> None:
+        self._wakeups.discard(wake)
+
+
+@dataclass
+class Subscription:
+    """A cursor over the bus for one pattern; iterate it, or call :meth:`get`."""
+
+    bus: Bus
+    pattern: str
+    name: str | None = None
+    since: int | None = None
+    cursor: int = 0
+    _buffer: list[Event] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _pending_commit: int | None = None
+    _opened: bool = False
+
+    async def open(self) -> Subscription:
+        if self._opened:
+            return self
+        stored = await self.bus._load_cursor(self.name) if self.name else None
+        if self.since is not None:
+            self.cursor = self.since
+        elif stored is not None:
+            self.cursor = stored
+        else:
+            self.cursor = await self.bus.latest_id()
+        if self.name and stored is None:
+            await self.bus._save_cursor(self.name, self.cursor)
+        self.bus._register(self._wake)
+        self._opened = True
+        return self
+
+    async def close(self) -> None:
+        await self.commit()
+        self.bus._unregister(self._wake)
+
+    async def __aenter__(self) -> Subscription:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def commit(self) -> None:
+        """Save the cursor of a named subscription up to the last event handed out."""
+        if self.name and self._pending_commit is not None:
+            await self.bus._save_cursor(self.name, self._pending_commit)
+            self._pending_commit = None
+
+    async def get(self, timeout: float | None = None) -> Event | None:
+        """Return the next matching event, or None if ``timeout`` seconds pass first."""
+        await self.open()
+        # Handing out the next event means the previous one was handled.
+        await self.commit()
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        while True:
+            if self._buffer:
+                event = self._buffer.pop(0)
+                self._pending_commit = event.id
+                return event
+            if self.bus._closed:
+                return None
+            self._wake.clear()
+            await self._fill()
+            if self._buffer:
+                continue
+            wait = self.bus.poll_interval
+            if deadline is not None:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return None
+                wait = min(wait, remaining)
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def _fill(self) -> None:
+        prefix = topics.literal_prefix(self.pattern)
+        while not self._buffer:
+            batch = await self.bus._read_after(self.cursor, prefix, READ_BATCH)
+            if not batch:
+                return
+            self.cursor = batch[-1].id
+            self._buffer = [e for e in batch if topics.matches(self.pattern, e.topic)]
+            if not self._buffer and self.name:
+                # Skip past events that did not match, so a restart need not re-read them.
+                self._pending_commit = self.cursor
+                await self.commit()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.get()
+            if event is None:
+                return
+            yield event

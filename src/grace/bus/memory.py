@@ -1,0 +1,66 @@
+"""The single-node bus: an in-process log, nothing shared with other processes."""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from datetime import datetime, timedelta
+from typing import Any
+
+from grace.bus.log import Bus, Event
+
+__all__ = ["InProcessBus"]
+
+
+class InProcessBus(Bus):
+    """Keep the log in memory; retention bounds it by age and by ``max_events``."""
+
+    poll_interval = 5.0
+
+    def __init__(self, *, max_events: int = 100_000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_events = max_events
+        self._log: deque[Event] = deque()
+        self._next_id = 1
+        self._cursors: dict[str, int] = {}
+
+    async def _append(self, topic: str, payload: dict[str, Any], published_at: datetime) -> Event:
+        event = Event(self._next_id, topic, payload, published_at, self.source)
+        self._next_id += 1
+        self._log.append(event)
+        if len(self._log) > self.max_events:
+            self._log.popleft()
+        return event
+
+    async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
+        if not self._log:
+            return []
+        start = bisect.bisect_right(self._log, after_id, key=lambda e: e.id)
+        out: list[Event] = []
+        for i in range(start, len(self._log)):
+            event = self._log[i]
+            if event.topic.startswith(prefix):
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def latest_id(self) -> int:
+        return self._next_id - 1
+
+    async def _load_cursor(self, name: str) -> int | None:
+        return self._cursors.get(name)
+
+    async def _save_cursor(self, name: str, event_id: int) -> None:
+        self._cursors[name] = event_id
+
+    async def prune(self) -> int:
+        cutoff = self.clock.now() - timedelta(seconds=self.retention_seconds)
+        dropped = 0
+        while self._log and self._log[0].published_at < cutoff:
+            self._log.popleft()
+            dropped += 1
+        return dropped
+
+    def __repr__(self) -> str:
+        return f"InProcessBus(events={len(self._log)})"

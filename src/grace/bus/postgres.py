@@ -1,0 +1,124 @@
+"""The multi-node bus: a durable ``events`` table, with LISTEN/NOTIFY for wake-ups.
+
+The table is the source of truth: NOTIFY only says "the log grew", so a missed
+notification costs at most one poll interval, never an event. A subscriber in
+any process that shares the database sees what any other process published,
+and a named subscriber that was down catches up from its stored cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import make_url
+
+from grace.bus.log import Bus, Event
+from grace.bus.tables import bus_cursors, events
+from grace.storage import Database
+
+__all__ = ["PostgresBus"]
+
+log = logging.getLogger("grace.bus")
+
+CHANNEL = "grace_events"
+
+
+class PostgresBus(Bus):
+    """Events in PostgreSQL, shared by every process that points at the same database."""
+
+    poll_interval = 2.0
+
+    def __init__(self, db: Database, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.db = db
+        self._listener: asyncpg.Connection | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        dsn = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._listener = await asyncpg.connect(dsn)
+        await self._listener.add_listener(CHANNEL, self._on_notify)
+        self._keepalive = asyncio.create_task(self._watch_listener(dsn), name="grace-bus-listener")
+
+    async def _watch_listener(self, dsn: str) -> None:
+        # Reconnect the LISTEN connection if the server drops it; polling covers the gap.
+        while not self._closed:
+            await asyncio.sleep(self.poll_interval)
+            if self._listener is not None and not self._listener.is_closed():
+                continue
+            try:
+                self._listener = await asyncpg.connect(dsn)
+                await self._listener.add_listener(CHANNEL, self._on_notify)
+                self._wake_all()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("bus.listener_reconnect_failed", extra={"reason": type(exc).__name__})
+
+    def _on_notify(self, *_args: object) -> None:
+        self._wake_all()
+
+    async def close(self) -> None:
+        await super().close()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+
+    async def _append(self, topic: str, payload: dict[str, Any], published_at: datetime) -> Event:
+        async with self.db.write() as conn:
+            event_id = (
+                await conn.execute(
+                    insert(events)
+                    .values(topic=topic, payload=payload, published_at=published_at, source=self.source)
+                    .returning(events.c.id)
+                )
+            ).scalar_one()
+            # Delivered on commit, so no listener is woken before the row is visible.
+            await conn.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": str(event_id)})
+        return Event(int(event_id), topic, payload, published_at, self.source)
+
+    async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
+        query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+        if prefix:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(events.c.topic.like(escaped + "%", escape="\\"))
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [Event(int(r["id"]), r["topic"], r["payload"], r["published_at"], r["source"]) for r in rows]
+
+    async def latest_id(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.coalesce(func.max(events.c.id), 0)))).scalar_one())
+
+    async def _load_cursor(self, name: str) -> int | None:
+        async with self.db.read() as conn:
+            value = (
+                await conn.execute(select(bus_cursors.c.last_event_id).where(bus_cursors.c.name == name))
+            ).scalar_one_or_none()
+        return None if value is None else int(value)
+
+    async def _save_cursor(self, name: str, event_id: int) -> None:
+        stmt = pg_insert(bus_cursors).values(name=name, last_event_id=event_id, updated_at=self.clock.now())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[bus_cursors.c.name],
+            set_={"last_event_id": stmt.excluded.last_event_id, "updated_at": stmt.excluded.updated_at},
+        )
+        async with self.db.write() as conn:
+            await conn.execute(stmt)
+
+    async def prune(self) -> int:
+        cutoff = self.clock.now() - timedelta(seconds=self.retention_seconds)
+        async with self.db.write() as conn:
+            result = await conn.execute(delete(events).where(events.c.published_at < cutoff))
+        return int(result.rowcount or 0)
+
+    def __repr__(self) -> str:
+        return f"PostgresBus(db={self.db!r})"

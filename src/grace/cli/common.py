@@ -1,0 +1,53 @@
+"""What every CLI command shares: settings, services, and turning errors into messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+
+from grace import errors
+from grace.config import Settings, load_settings
+from grace.services import Services, build
+
+__all__ = ["console", "err_console", "open_services", "run", "settings"]
+
+T = TypeVar("T")
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+@contextlib.asynccontextmanager
+async def open_services(*, bootstrap: bool = False) -> AsyncIterator[Services]:
+    services = await build(settings(), bootstrap=bootstrap)
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+def run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run an async command body; print a Grace error as a message and exit 1."""
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except errors.GraceError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    sys.stderr.flush()
+    return typer.Exit(code)

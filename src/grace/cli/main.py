@@ -1,0 +1,106 @@
+"""The ``grace`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from grace import __version__, storage
+from grace.cli import tokens, users
+from grace.cli.common import console, err_console, fail, open_services, run, settings
+
+app = typer.Typer(
+    name="grace",
+    help="Grace: control plane for a personal AI agent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users.app, name="users")
+app.add_typer(tokens.app, name="tokens")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"grace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Grace: control plane for a personal AI agent."""
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations up to the newest; re-running is a no-op."""
+
+    async def work() -> None:
+        db = storage.Database(settings().database_url)
+        try:
+            before, after = await storage.upgrade(db)
+        finally:
+            await db.dispose()
+        if before == after:
+            console.print(f"database already at {after}; nothing to do")
+        else:
+            console.print(f"database upgraded from {before or 'empty'} to {after}")
+
+    run(work)
+
+
+@app.command("serve")
+def serve(
+    host: str | None = typer.Option(None, help="Address to listen on (default GRACE_HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port to listen on (default GRACE_PORT, 8000)."),
+) -> None:
+    """Run Grace: migrate, create the first admin if needed, and serve the API and UI."""
+    import uvicorn
+
+    from grace import logs
+    from grace.api import create_app
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    try:
+        cfg = settings().model_copy(update=overrides)
+    except Exception as exc:  # ConfigurationError is a GraceError; this is belt and braces
+        raise fail(str(exc)) from None
+
+    async def prepare() -> None:
+        async with open_services(bootstrap=True) as services:
+            creds = services.bootstrap
+        url = f"http://{cfg.host}:{cfg.port}"
+        console.print(f"Grace {__version__} on {cfg.backend} — data in {cfg.data_dir}")
+        console.print(f"Serving at {url}  (API docs at {url}/docs)")
+        if creds is not None:
+            console.print("First start: an admin was created. These are shown once; keep them safe.")
+            console.print(f"  username: {creds.username}")
+            console.print(f"  password: {creds.password}")
+            console.print(f"  token:    {creds.token}")
+            console.print(f"Sign in at {url} or send 'Authorization: Bearer <token>'.")
+        else:
+            console.print(
+                "Sign in with your existing credentials; a new token: "
+                "grace tokens create --user admin"
+            )
+
+    run(prepare)
+    logs.configure(cfg.log_level, json_lines=cfg.log_json)
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_config=None, server_header=False)
+
+
+def main() -> None:
+    """Entry point for the ``grace`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        err_console.print("interrupted")
+        raise SystemExit(130) from None

@@ -1,0 +1,154 @@
+"""Grace's settings: one typed object read from ``GRACE_*`` environment variables.
+
+Nothing reads the environment at import time; :func:`load_settings` is called by
+the composition root, the CLI and tests, and turns every invalid value into a
+:class:`~grace.errors.ConfigurationError` that names the variable to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from grace import errors
+
+__all__ = ["Settings", "default_data_dir", "load_settings"]
+
+ENV_PREFIX = "GRACE_"
+
+_PLACEHOLDERS = re.compile(
+    r"^(?:change[-_ ]?me.*|changeit|secret|password|passw0rd|placeholder|todo|tbd|xxx+|"
+    r"example|test|dummy|default|none|null|your[-_ ].*|<.*>|\$\{.*\}|\.\.\.)$",
+    re.IGNORECASE,
+)
+
+
+def default_data_dir() -> Path:
+    """Return the per-user data directory (XDG data home, or ``~/.local/share``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "grace"
+
+
+def _refuse_placeholder(value: str) -> None:
+    if _PLACEHOLDERS.match(value.strip()) or len(set(value)) <= 2:
+        raise ValueError("is a placeholder, not a real value")
+
+
+class Settings(BaseSettings):
+    """Grace's configuration; see docs/configuration.md for every variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    master_key: SecretStr | None = None
+    bootstrap_token: SecretStr | None = None
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    bus_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    session_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=300, ge=1)
+    cookie_secure: bool = False
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("sqlite", "postgresql", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @field_validator("master_key")
+    @classmethod
+    def _check_master_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        _refuse_placeholder(raw)
+        if len(_decode_key(raw)) != 32:
+            raise ValueError("must be 32 random bytes, base64 or hex encoded (try: grace keys generate)")
+        return value
+
+    @field_validator("bootstrap_token")
+    @classmethod
+    def _check_bootstrap_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        _refuse_placeholder(raw)
+        if len(raw) < 24 or not re.fullmatch(r"[A-Za-z0-9_\-.~]+", raw):
+            raise ValueError("must be at least 24 characters of letters, digits, '-', '_', '.' or '~'")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return upper
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'grace.db'}")
+        return self
+
+    @property
+    def async_database_url(self) -> str:
+        """Return the SQLAlchemy URL with the async driver for this backend."""
+        return to_async_url(self.database_url)
+
+    @property
+    def backend(self) -> str:
+        """Return ``"sqlite"`` or ``"postgresql"``."""
+        return "sqlite" if self.database_url.startswith("sqlite") else "postgresql"
+
+    def __repr__(self) -> str:
+        return f"Settings(data_dir={str(self.data_dir)!r}, backend={self.backend!r}, host={self.host!r}, port={self.port})"
+
+
+def _decode_key(raw: str) -> bytes:
+    raw = raw.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", raw):
+        return bytes.fromhex(raw)
+    try:
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def to_async_url(url: str) -> str:
+    """Map a user-facing database URL to the async driver SQLAlchemy uses."""
+    for prefix in ("postgresql+asyncpg://", "sqlite+aiosqlite://"):
+        if url.startswith(prefix):
+            return url
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    raise errors.ConfigurationError(f"GRACE_DATABASE_URL: unsupported database URL scheme in {url.split(':', 1)[0]!r}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and ``overrides``), naming any bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "settings"
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()} {message}")
+        raise errors.ConfigurationError("; ".join(problems), details=problems) from None

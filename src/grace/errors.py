@@ -1,0 +1,102 @@
+"""Grace's exception tree. Each class's docstring is its default message.
+
+    GraceError
+    ├── InvalidInput           (422)
+    ├── NotFound               (404)
+    ├── Conflict               (409)
+    ├── PayloadTooLarge        (413)
+    ├── Unauthenticated        (401)
+    ├── PermissionDenied       (403)
+    ├── RateLimited            (429)
+    ├── ConfigurationError     (CLI and start-up only)
+    └── StorageUnavailable     (503)
+
+Capabilities raise these; the HTTP edge maps them to statuses in one place
+(``grace.api.errors``) and the CLI prints their message and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Conflict",
+    "ConfigurationError",
+    "GraceError",
+    "InvalidInput",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
+    "StorageUnavailable",
+    "Unauthenticated",
+]
+
+
+class GraceError(Exception):
+    """Something went wrong in Grace."""
+
+    code = "error"
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+        super().__init__(self.message)
+
+
+class InvalidInput(GraceError):
+    """The request is not valid."""
+
+    code = "invalid_input"
+
+
+class NotFound(GraceError):
+    """Not found."""
+
+    code = "not_found"
+
+
+class Conflict(GraceError):
+    """The request conflicts with the current state."""
+
+    code = "conflict"
+
+
+class PayloadTooLarge(GraceError):
+    """The request body is larger than allowed."""
+
+    code = "payload_too_large"
+
+
+class Unauthenticated(GraceError):
+    """Authentication required: send a bearer token or sign in."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(GraceError):
+    """Your role does not allow this."""
+
+    code = "forbidden"
+
+
+class RateLimited(GraceError):
+    """Too many attempts; try again later."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 60, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
+class ConfigurationError(GraceError):
+    """Grace is not configured correctly."""
+
+    code = "configuration_error"
+
+
+class StorageUnavailable(GraceError):
+    """The database cannot be reached."""
+
+    code = "storage_unavailable"

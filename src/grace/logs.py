@@ -1,0 +1,65 @@
+"""Structured logs: one JSON object per line, with stable event names.
+
+The message of every record is its event name (``http.request``,
+``bus.published``); details go in ``extra``. The request id of the request being
+served is added to every record logged while serving it. Nothing here logs
+bodies, headers or secret values; callers pass only names, ids and reasons.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["configure", "request_id"]
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("grace_request_id", default=None)
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        rid = request_id.get()
+        if rid:
+            entry["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exc_type"] = record.exc_info[0].__name__
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+        )
+        rid = request_id.get()
+        prefix = f"[{rid}] " if rid else ""
+        return f"{record.levelname.lower():7} {prefix}{record.getMessage()} {extras}".rstrip()
+
+
+def configure(level: str = "INFO", *, json_lines: bool = True) -> None:
+    """Send Grace's and uvicorn's logs to stderr in one format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Grace writes its own access log line, with the request id and without query strings.
+    logging.getLogger("uvicorn.access").disabled = True

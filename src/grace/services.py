@@ -1,0 +1,95 @@
+"""The composition root: build the running system from settings.
+
+The API's lifespan, the CLI and the worker all call :func:`build`; nothing is
+constructed at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from grace import auth, storage
+from grace.bus import Bus, InProcessBus, PostgresBus
+from grace.clock import Clock, SystemClock
+from grace.config import Settings
+
+__all__ = ["Services", "build"]
+
+log = logging.getLogger("grace.services")
+
+BUS_PRUNE_INTERVAL_SECONDS = 600.0
+
+
+@dataclass
+class Services:
+    """Everything a running Grace holds, built once per process."""
+
+    settings: Settings
+    clock: Clock
+    db: storage.Database
+    bus: Bus
+    accounts: auth.Accounts
+    sign_in: auth.SignIn
+    bootstrap: auth.BootstrapCredentials | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start_background(self) -> None:
+        """Start the periodic jobs a serving process runs (bus retention)."""
+        self._background.append(asyncio.create_task(self._prune_events(), name="grace-bus-prune"))
+
+    async def _prune_events(self) -> None:
+        while True:
+            try:
+                dropped = await self.bus.prune()
+                if dropped:
+                    log.info("bus.pruned", extra={"events": dropped})
+            except Exception as exc:  # keep pruning on the next round
+                log.warning("bus.prune_failed", extra={"reason": type(exc).__name__})
+            await asyncio.sleep(BUS_PRUNE_INTERVAL_SECONDS)
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.bus.close()
+        await self.db.dispose()
+
+
+async def build(
+    settings: Settings, *, clock: Clock | None = None, migrate: bool = True, bootstrap: bool = True
+) -> Services:
+    """Connect to the database, apply migrations, create the first admin if needed, wire capabilities."""
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = storage.Database(settings.database_url)
+    try:
+        if migrate:
+            await storage.upgrade(db)
+        bus: Bus
+        if db.is_sqlite:
+            bus = InProcessBus(clock=clock, retention_seconds=settings.bus_retention_seconds)
+        else:
+            bus = PostgresBus(db, clock=clock, retention_seconds=settings.bus_retention_seconds)
+        await bus.start()
+    except BaseException:
+        await db.dispose()
+        raise
+    accounts = auth.Accounts(db, clock)
+    sign_in = auth.SignIn(
+        db,
+        clock,
+        accounts,
+        session_ttl=timedelta(seconds=settings.session_ttl_seconds),
+        max_failures=settings.login_max_failures,
+        window=timedelta(seconds=settings.login_window_seconds),
+    )
+    services = Services(settings, clock, db, bus, accounts, sign_in)
+    if bootstrap:
+        token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
+        services.bootstrap = await accounts.bootstrap(token)
+    return services

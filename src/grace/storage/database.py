@@ -1,0 +1,105 @@
+"""The async database handle: one engine, configured per backend.
+
+SQLite runs in WAL mode with a busy timeout and foreign keys on; write
+transactions take the write lock up front (``BEGIN IMMEDIATE``) and are
+serialised in-process, so SQLite has exactly one writer at a time. PostgreSQL
+uses asyncpg with a connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from grace import errors
+from grace.config import to_async_url
+
+__all__ = ["Database"]
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """An async engine plus the per-backend rules for reading and writing."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = to_async_url(url)
+        parsed = make_url(self.url)
+        self.backend = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
+        self._write_lock = asyncio.Lock()
+        if self.backend == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = create_async_engine(
+                self.url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """Open a read transaction."""
+        async with self.engine.connect() as conn:
+            async with conn.begin():
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """Open a write transaction; on SQLite, the only one in this process."""
+        if self.is_sqlite:
+            async with self._write_lock:
+                async with self.engine.connect() as conn:
+                    conn = await conn.execution_options(sqlite_immediate=True)
+                    async with conn.begin():
+                        yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    async def ping(self) -> None:
+        """Check the database answers; raise StorageUnavailable if not."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (OSError, OperationalError, DBAPIError) as exc:
+            raise errors.StorageUnavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database(backend={self.backend!r}, url={make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" hook below emit BEGIN itself, so write
+        # transactions can take the lock at the start (see SQLAlchemy's
+        # pysqlite/aiosqlite docs on serializable isolation).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

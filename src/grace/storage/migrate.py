@@ -1,0 +1,56 @@
+"""Apply Alembic migrations programmatically (at start-up and by ``grace db upgrade``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+from grace.storage.database import Database
+
+__all__ = ["current_revision", "head_revision", "upgrade"]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """Return the newest migration's revision id."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(db: Database) -> str | None:
+    """Return the revision the database is at, or None if it has never been migrated."""
+
+    def _current(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(_current)
+
+
+async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate the database to ``revision``; return (before, after). Re-running is a no-op."""
+    before = await current_revision(db)
+
+    def _upgrade(connection: Connection) -> None:
+        command.upgrade(_config(connection), revision)
+
+    async with db.engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+    after = await current_revision(db)
+    assert after is not None
+    return before, after

@@ -1,0 +1,49 @@
+"""Column types shared by every capability's tables."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from grace.clock import ensure_utc
+
+__all__ = ["UTCDateTime", "new_id"]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that accepts only aware datetimes and always reads back aware UTC.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores ISO text without an offset,
+    so values are normalised to UTC on the way in and tagged UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        aware = ensure_utc(value)
+        if dialect.name == "sqlite":
+            return aware.replace(tzinfo=None)
+        return aware
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """Return a new identifier: ``prefix_`` then a time-ordered, random hex string."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
