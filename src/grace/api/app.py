@@ -50,6 +50,8 @@ def create_app(
         description="Control plane for a personal AI agent: tasks, vault, voice notes and playbooks.",
         lifespan=lifespan,
     )
+    if services is not None:
+        app.state.services = services  # usable without running the lifespan (in-process tests)
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_request_bytes)
     for module in (health, auth, users):

@@ -1,0 +1,106 @@
+"""Test databases: a migrated SQLite template copied per test, and a real PostgreSQL database.
+
+PostgreSQL tests run against the server named by ``GRACE_TEST_DATABASE_URL``
+(an admin connection; the suite creates and drops its own database there).
+When it cannot be reached the PostgreSQL half is skipped locally, and fails the
+run under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from grace import storage
+
+ADMIN_URL_ENV = "GRACE_TEST_DATABASE_URL"
+
+
+def wanted_backends() -> list[str]:
+    chosen = os.environ.get("GRACE_TEST_BACKENDS")
+    if chosen:
+        return [b.strip() for b in chosen.split(",") if b.strip()]
+    return ["sqlite", "postgresql"] if os.environ.get(ADMIN_URL_ENV) else ["sqlite"]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class PostgresTestDatabase:
+    """A throwaway database on the real server, migrated once, truncated before each test."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.name = f"grace_test_{os.getpid()}_{secrets.token_hex(3)}"
+        self.url = make_url(admin_url).set(database=self.name).render_as_string(hide_password=False)
+        self.tables: list[str] = []
+
+    async def create(self) -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url), timeout=5)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await conn.close()
+        db = storage.Database(self.url)
+        try:
+            await storage.upgrade(db)
+        finally:
+            await db.dispose()
+        conn = await asyncpg.connect(_asyncpg_dsn(self.url))
+        try:
+            rows = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            )
+            self.tables = [r["tablename"] for r in rows]
+        finally:
+            await conn.close()
+
+    async def truncate(self) -> None:
+        if not self.tables:
+            return
+        conn = await asyncpg.connect(_asyncpg_dsn(self.url))
+        try:
+            names = ", ".join(f'"{t}"' for t in self.tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        finally:
+            await conn.close()
+
+    async def drop(self) -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+class SqliteTemplate:
+    """A migrated SQLite file that each test copies, so migrations run once per session."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "template.db"
+
+    def create(self) -> None:
+        async def _migrate() -> None:
+            db = storage.Database(f"sqlite:///{self.path}")
+            try:
+                await storage.upgrade(db)
+            finally:
+                await db.dispose()
+
+        asyncio.run(_migrate())
+
+    def copy_to(self, directory: Path) -> str:
+        target = directory / "grace.db"
+        shutil.copyfile(self.path, target)
+        return f"sqlite:///{target}"

@@ -1,0 +1,58 @@
+"""Migrations and the UTC timestamp column, on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import StatementError
+
+from grace import storage
+from grace.auth.tables import users
+
+
+async def test_migrations_reapply_as_a_no_op(db: storage.Database) -> None:
+    head = storage.head_revision()
+    assert await storage.current_revision(db) == head
+    before, after = await storage.upgrade(db)
+    assert (before, after) == (head, head)
+
+
+async def test_migrations_apply_on_an_empty_sqlite_file(tmp_path) -> None:
+    db = storage.Database(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        assert await storage.current_revision(db) is None
+        assert await storage.upgrade(db) == (None, storage.head_revision())
+        assert await storage.upgrade(db) == (storage.head_revision(), storage.head_revision())
+    finally:
+        await db.dispose()
+
+
+async def test_timestamps_read_back_aware_utc(db: storage.Database) -> None:
+    written = datetime(2026, 3, 1, 9, 30, tzinfo=timezone(timedelta(hours=2)))
+    async with db.write() as conn:
+        await conn.execute(
+            insert(users).values(
+                id="usr_t", username="tz", password_hash=None, role="member", disabled=False,
+                created_at=written, updated_at=written,
+            )
+        )
+    async with db.read() as conn:
+        read = (await conn.execute(select(users.c.created_at))).scalar_one()
+    assert read.tzinfo is not None and read.utcoffset() == timedelta(0)
+    assert read == written and read.hour == 7
+
+
+async def test_naive_timestamps_are_refused(db: storage.Database) -> None:
+    naive = datetime(2026, 3, 1, 9, 30)  # noqa: DTZ001 - the point of the test
+    with pytest.raises(StatementError, match="naive datetime refused"):
+        async with db.write() as conn:
+            await conn.execute(
+                insert(users).values(
+                    id="usr_n", username="naive", password_hash=None, role="member", disabled=False,
+                    created_at=naive, updated_at=datetime.now(UTC),
+                )
+            )
+    async with db.read() as conn:
+        assert (await conn.execute(select(users.c.id))).all() == []
