@@ -15,11 +15,28 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["configure", "request_id"]
+__all__ = ["JsonFormatter", "configure", "install_request_ids", "request_id"]
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("grace_request_id", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+
+def install_request_ids() -> None:
+    """Stamp every log record created while serving a request with that request's id."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "_grace_request_ids", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        rid = request_id.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return record
+
+    factory._grace_request_ids = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,9 +47,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        rid = request_id.get()
-        if rid:
-            entry["request_id"] = rid
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
@@ -46,9 +60,7 @@ class TextFormatter(logging.Formatter):
         extras = " ".join(
             f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
         )
-        rid = request_id.get()
-        prefix = f"[{rid}] " if rid else ""
-        return f"{record.levelname.lower():7} {prefix}{record.getMessage()} {extras}".rstrip()
+        return f"{record.levelname.lower():7} {record.getMessage()} {extras}".rstrip()
 
 
 def configure(level: str = "INFO", *, json_lines: bool = True) -> None:

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from grace import __version__, services as services_module
+from grace import __version__, logs
+from grace import services as services_module
 from grace.api import errors as api_errors
 from grace.api.middleware import RequestContext
 from grace.api.routes import auth, health, users
@@ -50,6 +51,7 @@ def create_app(
         description="Control plane for a personal AI agent: tasks, vault, voice notes and playbooks.",
         lifespan=lifespan,
     )
+    logs.install_request_ids()
     if services is not None:
         app.state.services = services  # usable without running the lifespan (in-process tests)
     api_errors.install(app)

@@ -24,7 +24,11 @@ class _BodyTooLarge(Exception):
 
 
 class RequestContext:
-    """Give each request an id, refuse bodies over the limit with 413, and log one line per request."""
+    """Give each request an id, refuse bodies over the limit with 413, and log one line per request.
+
+    The limit is checked against Content-Length up front and counted while the
+    body streams in, so a chunked upload cannot slip past it.
+    """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
         self.app = app
@@ -39,47 +43,50 @@ class RequestContext:
         rid = incoming if _INCOMING_ID.match(incoming) else secrets.token_hex(8)
         token = logs.request_id.set(rid)
         started = time.perf_counter()
-        status = 500
-        response_started = False
-        limit = scope.get("state", {}).get("max_body_bytes", self.max_body_bytes)
+        limit = self.max_body_bytes
+        state = {"status": 500, "started": False, "overflow": False, "received": 0}
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
+        async def send_raw(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                state["status"] = message["status"]
+                state["started"] = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
+
+        async def send_from_app(message: Message) -> None:
+            if state["overflow"]:
+                # The app saw the body break off and answered something else; the answer is 413.
+                if message["type"] == "http.response.body" and not message.get("more_body", False):
+                    await self._too_large(send_raw, limit)
+                return
+            await send_raw(message)
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > limit:
+                    state["overflow"] = True
+                    raise _BodyTooLarge
+            return message
 
         try:
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                await self._too_large(send_with_id, limit)
+                await self._too_large(send_raw, limit)
                 return
-            received = 0
-
-            async def counting_receive() -> Message:
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise _BodyTooLarge
-                return message
-
             try:
-                await self.app(scope, counting_receive, send_with_id)
+                await self.app(scope, counting_receive, send_from_app)
             except _BodyTooLarge:
-                if not response_started:
-                    await self._too_large(send_with_id, limit)
+                if not state["started"]:
+                    await self._too_large(send_raw, limit)
         finally:
             log.info(
                 "http.request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
-                    "status": status,
+                    "status": state["status"],
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 },
             )

@@ -8,6 +8,7 @@ and other unsafe requests made with the cookie must echo back.
 
 from __future__ import annotations
 
+import math
 import secrets as stdlib_secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -80,7 +81,7 @@ class SignIn:
                     )
                 ).one()
                 if count >= self.max_failures:
-                    retry = int((oldest + self.window - self.clock.now()).total_seconds()) + 1
+                    retry = math.ceil((oldest + self.window - self.clock.now()).total_seconds())
                     raise errors.RateLimited(
                         f"too many failed sign-ins; try again in {retry} seconds", retry_after=max(retry, 1)
                     )

@@ -106,7 +106,7 @@ class Bus(abc.ABC):
         topics.validate_topic(topic)
         body = dict(payload or {})
         try:
-            encoded = json.dumps(body, default=str)
+            encoded = json.dumps(body)
         except (TypeError, ValueError) as exc:
             raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
         if len(encoded) > MAX_PAYLOAD_BYTES:

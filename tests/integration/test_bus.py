@@ -1,0 +1,137 @@
+"""The event bus contract, on the in-process bus (SQLite deployments) and the PostgreSQL bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from grace import errors, storage
+from grace.bus import Bus, InProcessBus, PostgresBus
+from grace.clock import ManualClock
+from tests.backends import PostgresTestDatabase
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def bus(db: storage.Database, clock: ManualClock) -> AsyncIterator[Bus]:
+    made: Bus = InProcessBus(clock=clock, retention_seconds=3600) if db.is_sqlite else PostgresBus(
+        db, clock=clock, retention_seconds=3600
+    )
+    await made.start()
+    yield made
+    await made.close()
+
+
+async def test_subscriber_receives_matching_topics_in_order(bus: Bus) -> None:
+    async with bus.subscribe("htm.sla.*") as sub:
+        await bus.publish("htm.sla.warning", {"task_id": "t1"})
+        await bus.publish("htm.task.created", {"task_id": "t2"})
+        await bus.publish("htm.sla.violated", {"task_id": "t3"})
+        first = await sub.get(timeout=5)
+        second = await sub.get(timeout=5)
+        assert first is not None and second is not None
+        assert [first.topic, second.topic] == ["htm.sla.warning", "htm.sla.violated"]
+        assert first.payload == {"task_id": "t1"} and first.id < second.id
+        assert first.published_at.tzinfo is not None
+        assert await sub.get(timeout=0.2) is None
+
+
+async def test_a_waiting_subscriber_wakes_on_publish(bus: Bus) -> None:
+    async with bus.subscribe("secrets.#") as sub:
+        waiter = asyncio.create_task(sub.get(timeout=10))
+        await asyncio.sleep(0.05)
+        await bus.publish("secrets.consent.request", {"consent_id": "c1"})
+        event = await asyncio.wait_for(waiter, 5)
+        assert event is not None and event.payload["consent_id"] == "c1"
+
+
+async def test_replay_from_an_event_id(bus: Bus) -> None:
+    published = [await bus.publish("a.b", {"n": n}) for n in range(5)]
+    replayed = await bus.replay("a.*", since=published[1].id)
+    assert [e.payload["n"] for e in replayed] == [2, 3, 4]
+    async with bus.subscribe("a.b", since=published[2].id) as sub:
+        got = [await sub.get(timeout=5) for _ in range(2)]
+    assert [e.payload["n"] for e in got if e] == [3, 4]
+
+
+async def test_named_subscriber_resumes_after_what_it_consumed(bus: Bus) -> None:
+    async with bus.subscribe("jobs.*", name="worker-1") as sub:
+        await bus.publish("jobs.one", {"n": 1})
+        await bus.publish("jobs.two", {"n": 2})
+        event = await sub.get(timeout=5)
+        assert event is not None and event.payload["n"] == 1
+    # Down for a while: events published meanwhile are caught up after restart, in order.
+    await bus.publish("jobs.three", {"n": 3})
+    async with bus.subscribe("jobs.*", name="worker-1") as sub:
+        got = [await sub.get(timeout=5) for _ in range(2)]
+        assert [e.payload["n"] for e in got if e] == [2, 3]
+        assert await sub.get(timeout=0.2) is None
+
+
+async def test_retention_prunes_old_events(bus: Bus, clock: ManualClock) -> None:
+    await bus.publish("old.event", {})
+    clock.advance(timedelta(hours=2).total_seconds())
+    await bus.publish("new.event", {})
+    assert await bus.prune() == 1
+    assert [e.topic for e in await bus.replay("#")] == ["new.event"]
+
+
+async def test_bad_publications_are_refused(bus: Bus) -> None:
+    with pytest.raises(errors.InvalidInput):
+        await bus.publish("bad topic", {})
+    with pytest.raises(errors.InvalidInput):
+        await bus.publish("ok.topic", {"x": object()})
+    with pytest.raises(errors.PayloadTooLarge):
+        await bus.publish("ok.topic", {"x": "y" * 300_000})
+    assert await bus.replay("#") == []
+
+
+def _peer(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.bus_peer", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+def _publish(url: str, topic: str, count: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "tests.bus_peer", "publish", url, topic, str(count)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres_only
+async def test_two_processes_share_events_and_a_restarted_subscriber_replays(
+    postgres_database: PostgresTestDatabase | None,
+) -> None:
+    if postgres_database is None:
+        pytest.skip("needs PostgreSQL")
+    await postgres_database.truncate()
+    url = postgres_database.url
+
+    # Process B subscribes (durably, as "audit-sink"); process A publishes; B receives.
+    consumer = _peer("consume", url, "fleet.*", "audit-sink", "3")
+    assert consumer.stdout is not None
+    assert consumer.stdout.readline().strip() == "ready"
+    _publish(url, "fleet.ping", 3)
+    out, _ = consumer.communicate(timeout=60)
+    received = [json.loads(line) for line in out.splitlines()]
+    assert [e["payload"]["n"] for e in received] == [0, 1, 2]
+
+    # B is down while A publishes five more; restarted, B replays exactly those, in order.
+    _publish(url, "fleet.ping", 5)
+    restarted = _peer("consume", url, "fleet.*", "audit-sink", "5")
+    out, _ = restarted.communicate(timeout=60)
+    replayed = [json.loads(line) for line in out.splitlines() if line != "ready"]
+    assert [e["payload"]["n"] for e in replayed] == [0, 1, 2, 3, 4]
+    assert [e["id"] for e in replayed] == sorted(e["id"] for e in replayed)
+    assert min(e["id"] for e in replayed) > max(e["id"] for e in received)
