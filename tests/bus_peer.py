@@ -1,7 +1,7 @@
 """A second process for bus tests: publish or consume events on a shared PostgreSQL database.
 
-    python -m tests.bus_peer publish URL TOPIC COUNT
-    python -m tests.bus_peer consume URL PATTERN NAME COUNT   (prints one JSON line per event)
+python -m tests.bus_peer publish URL TOPIC COUNT
+python -m tests.bus_peer consume URL PATTERN NAME COUNT   (prints one JSON line per event)
 """
 
 from __future__ import annotations

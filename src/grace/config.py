@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+    master_passphrase: SecretStr | None = None
+    vault_policy_file: Path | None = None
+    vault_key_lifetime_days: int = Field(default=30, ge=8, le=3650)
     bootstrap_token: SecretStr | None = None
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     bus_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
@@ -78,6 +82,17 @@ class Settings(BaseSettings):
         _refuse_placeholder(raw)
         if len(_decode_key(raw)) != 32:
             raise ValueError("must be 32 random bytes, base64 or hex encoded (try: grace keys generate)")
+        return value
+
+    @field_validator("master_passphrase")
+    @classmethod
+    def _check_master_passphrase(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        _refuse_placeholder(raw)
+        if len(raw) < 16:
+            raise ValueError("must be at least 16 characters (a long passphrase; it is stretched with Argon2id)")
         return value
 
     @field_validator("bootstrap_token")
@@ -116,7 +131,9 @@ class Settings(BaseSettings):
         return "sqlite" if self.database_url.startswith("sqlite") else "postgresql"
 
     def __repr__(self) -> str:
-        return f"Settings(data_dir={str(self.data_dir)!r}, backend={self.backend!r}, host={self.host!r}, port={self.port})"
+        return (
+            f"Settings(data_dir={str(self.data_dir)!r}, backend={self.backend!r}, host={self.host!r}, port={self.port})"
+        )
 
 
 def _decode_key(raw: str) -> bytes:

@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "Conflict",
     "ConfigurationError",
+    "Conflict",
     "GraceError",
     "InvalidInput",
     "NotFound",

@@ -140,9 +140,7 @@ async def test_oversized_bodies_get_413(
 
     streamed = await client.post("/api/users", content=chunks(), headers=admin_headers)
     assert_error(streamed, 413, "payload_too_large")
-    assert [u["username"] for u in (await client.get("/api/users", headers=admin_headers)).json()["users"]] == [
-        "admin"
-    ]
+    assert [u["username"] for u in (await client.get("/api/users", headers=admin_headers)).json()["users"]] == ["admin"]
 
 
 async def test_unknown_routes_and_methods(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:

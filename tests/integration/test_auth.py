@@ -82,7 +82,9 @@ async def test_members_cannot_revoke_other_peoples_tokens(accounts: Accounts) ->
     assert (await accounts.resolve_token(token)).username == "owner"
 
 
-async def test_failed_sign_ins_are_rate_limited_per_user(sign_in: SignIn, accounts: Accounts, clock: ManualClock) -> None:
+async def test_failed_sign_ins_are_rate_limited_per_user(
+    sign_in: SignIn, accounts: Accounts, clock: ManualClock
+) -> None:
     await accounts.create_user("dave", "member", "a long enough password")
     for _ in range(3):
         with pytest.raises(errors.Unauthenticated):
@@ -96,7 +98,9 @@ async def test_failed_sign_ins_are_rate_limited_per_user(sign_in: SignIn, accoun
     assert principal.username == "dave"
 
 
-async def test_sessions_end_on_sign_out_expiry_and_disable(sign_in: SignIn, accounts: Accounts, clock: ManualClock) -> None:
+async def test_sessions_end_on_sign_out_expiry_and_disable(
+    sign_in: SignIn, accounts: Accounts, clock: ManualClock
+) -> None:
     await accounts.create_user("erin", "member", "another long password")
     principal = await sign_in.verify_password("erin", "another long password")
     first = await sign_in.start_session(principal)
@@ -139,7 +143,9 @@ async def test_bootstrap_runs_once_and_honours_the_given_token(accounts: Account
         ("shortpw", "member", "short", "at least 12"),
     ],
 )
-async def test_bad_user_input_is_refused(accounts: Accounts, username: str, role: str, password: str | None, message: str) -> None:
+async def test_bad_user_input_is_refused(
+    accounts: Accounts, username: str, role: str, password: str | None, message: str
+) -> None:
     with pytest.raises(errors.InvalidInput, match=message):
         await accounts.create_user(username, role, password)
     assert await accounts.count_users() == 0

@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 async def bus(db: storage.Database, clock: ManualClock) -> AsyncIterator[Bus]:
-    made: Bus = InProcessBus(clock=clock, retention_seconds=3600) if db.is_sqlite else PostgresBus(
-        db, clock=clock, retention_seconds=3600
+    made: Bus = (
+        InProcessBus(clock=clock, retention_seconds=3600)
+        if db.is_sqlite
+        else PostgresBus(db, clock=clock, retention_seconds=3600)
     )
     await made.start()
     yield made

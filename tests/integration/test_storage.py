@@ -34,8 +34,13 @@ async def test_timestamps_read_back_aware_utc(db: storage.Database) -> None:
     async with db.write() as conn:
         await conn.execute(
             insert(users).values(
-                id="usr_t", username="tz", password_hash=None, role="member", disabled=False,
-                created_at=written, updated_at=written,
+                id="usr_t",
+                username="tz",
+                password_hash=None,
+                role="member",
+                disabled=False,
+                created_at=written,
+                updated_at=written,
             )
         )
     async with db.read() as conn:
@@ -50,8 +55,13 @@ async def test_naive_timestamps_are_refused(db: storage.Database) -> None:
         async with db.write() as conn:
             await conn.execute(
                 insert(users).values(
-                    id="usr_n", username="naive", password_hash=None, role="member", disabled=False,
-                    created_at=naive, updated_at=datetime.now(UTC),
+                    id="usr_n",
+                    username="naive",
+                    password_hash=None,
+                    role="member",
+                    disabled=False,
+                    created_at=naive,
+                    updated_at=datetime.now(UTC),
                 )
             )
     async with db.read() as conn:

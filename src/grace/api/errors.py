@@ -57,7 +57,7 @@ def error_response(
 def status_for(exc: errors.GraceError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 
@@ -87,9 +87,13 @@ def install(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = _validation_details(exc)
         malformed = any(d["type"] == "json_invalid" for d in details)
-        code, message = ("malformed_json", "the body is not valid JSON") if malformed else (
-            "invalid_input",
-            "the request does not match the expected shape",
+        code, message = (
+            ("malformed_json", "the body is not valid JSON")
+            if malformed
+            else (
+                "invalid_input",
+                "the request does not match the expected shape",
+            )
         )
         log.info("http.error", extra={"status": 422, "code": code, "reason": message})
         return error_response(422, code, message, details)

@@ -107,7 +107,8 @@ def validate_username(username: str) -> str:
     username = username.strip().lower()
     if not _USERNAME.match(username):
         raise errors.InvalidInput(
-            "a username is 2 to 64 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+            "a username is 2 to 64 characters: lowercase letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
         )
     return username
 
@@ -134,8 +135,9 @@ class Accounts:
         else:
             secrets.check_password_strength(password)
         now = self.clock.now()
+        user_id = new_id("usr")
         row = {
-            "id": new_id("usr"),
+            "id": user_id,
             "username": username,
             "password_hash": secrets.hash_password(password),
             "role": role.value,
@@ -148,7 +150,7 @@ class Accounts:
                 await conn.execute(insert(users).values(**row))
         except IntegrityError:
             raise errors.Conflict(f"a user named {username!r} already exists") from None
-        return User(row["id"], username, role, False, now), password
+        return User(user_id, username, role, False, now), password
 
     async def get_user(self, username_or_id: str) -> User:
         async with self.db.read() as conn:
@@ -234,7 +236,9 @@ class Accounts:
         if agent is not None:
             agent = agent.strip().lower()
             if not _AGENT.match(agent):
-                raise errors.InvalidInput("an agent name is 1 to 64 characters: lowercase letters, digits, '.', '_', '-'")
+                raise errors.InvalidInput(
+                    "an agent name is 1 to 64 characters: lowercase letters, digits, '.', '_', '-'"
+                )
         if len(name) > 128:
             raise errors.InvalidInput("a token name is at most 128 characters")
         if expires_in is not None and expires_in <= timedelta(0):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -91,7 +92,7 @@ class Bus(abc.ABC):
     async def prune(self) -> int:
         """Drop events older than the retention period; return how many went."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook; the in-process bus needs nothing
         """Begin receiving wake-ups from other processes, where the backend has them."""
 
     async def close(self) -> None:
@@ -228,10 +229,8 @@ class Subscription:
                 if remaining <= 0:
                     return None
                 wait = min(wait, remaining)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                pass
 
     async def _fill(self) -> None:
         prefix = topics.literal_prefix(self.pattern)

@@ -10,17 +10,24 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from grace import errors
 from grace.config import Settings, load_settings
 from grace.services import Services, build
 
-__all__ = ["console", "err_console", "open_services", "run", "settings"]
+__all__ = ["console", "err_console", "fail", "id_column", "open_services", "run", "settings"]
 
 T = TypeVar("T")
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: ids and tokens must survive copy and paste.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def id_column(table: Table, name: str = "id") -> None:
+    """Add a column for identifiers, which are never truncated."""
+    table.add_column(name, no_wrap=True, min_width=30)
 
 
 def settings() -> Settings:

@@ -87,10 +87,7 @@ def serve(
             console.print(f"  token:    {creds.token}")
             console.print(f"Sign in at {url} or send 'Authorization: Bearer <token>'.")
         else:
-            console.print(
-                "Sign in with your existing credentials; a new token: "
-                "grace tokens create --user admin"
-            )
+            console.print("Sign in with your existing credentials; a new token: grace tokens create --user admin")
 
     run(prepare)
     logs.configure(cfg.log_level, json_lines=cfg.log_json)

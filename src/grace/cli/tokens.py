@@ -7,7 +7,7 @@ from datetime import timedelta
 import typer
 from rich.table import Table
 
-from grace.cli.common import console, open_services, run
+from grace.cli.common import console, id_column, open_services, run
 
 app = typer.Typer(help="Manage API tokens for users and the agents acting for them.", no_args_is_help=True)
 
@@ -44,7 +44,11 @@ def list_(user: str | None = typer.Option(None, "--user", "-u", help="Only this 
         async with open_services() as services:
             user_id = (await services.accounts.get_user(user)).id if user else None
             tokens = await services.accounts.list_tokens(user_id)
-        table = Table("id", "user", "agent", "name", "prefix", "last used", "state")
+        table = Table()
+        id_column(table)
+        id_column(table, "user")
+        for name in ("agent", "name", "prefix", "last used", "state"):
+            table.add_column(name)
         for t in tokens:
             state = "revoked" if t.revoked_at else "active"
             last = t.last_used_at.isoformat() if t.last_used_at else "never"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from grace.cli.common import console, open_services, run
+from grace.cli.common import console, id_column, open_services, run
 
 app = typer.Typer(help="Manage users (admin, operator, member).", no_args_is_help=True)
 
@@ -38,7 +38,10 @@ def list_() -> None:
     async def work() -> None:
         async with open_services() as services:
             users = await services.accounts.list_users()
-        table = Table("id", "username", "role", "disabled", "created")
+        table = Table()
+        id_column(table)
+        for name in ("username", "role", "disabled", "created"):
+            table.add_column(name)
         for u in users:
             table.add_row(u.id, u.username, u.role.value, "yes" if u.disabled else "", u.created_at.isoformat())
         console.print(table)
