@@ -27,13 +27,13 @@ test-sqlite: $(STAMP)
 
 ## lint: ruff (lint and format check) and mypy (strict on src/grace)
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests $(wildcard bench)
+	$(BIN)/ruff check --fix src tests $(wildcard bench)
 
 ## bench: run the benchmarks; each writes JSON under bench/results/
 bench: $(STAMP)
