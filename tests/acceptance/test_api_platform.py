@@ -154,3 +154,14 @@ async def test_request_ids_are_echoed_or_made(client: httpx.AsyncClient) -> None
     ] == "trace-12345678"
     made = (await client.get("/health", headers={"X-Request-ID": "bad id with spaces"})).headers["x-request-id"]
     assert made != "bad id with spaces" and len(made) == 16
+
+
+async def test_form_posts_with_the_cookie_need_the_csrf_field(
+    client: httpx.AsyncClient, admin: BootstrapCredentials
+) -> None:
+    signed_in = await client.post("/api/auth/login", data={"username": admin.username, "password": admin.password})
+    csrf = signed_in.json()["csrf_token"]
+    assert_error(await client.post("/api/auth/logout", data={"csrf_token": "forged"}), 403, "forbidden")
+    assert (await client.get("/api/auth/me")).status_code == 200
+    assert (await client.post("/api/auth/logout", data={"csrf_token": csrf})).status_code == 200
+    assert_error(await client.get("/api/auth/me"), 401, "unauthenticated")

@@ -66,3 +66,26 @@ async def test_naive_timestamps_are_refused(db: storage.Database) -> None:
             )
     async with db.read() as conn:
         assert (await conn.execute(select(users.c.id))).all() == []
+
+
+async def test_migrations_apply_on_an_empty_postgresql_database(postgres_database) -> None:
+    if postgres_database is None:
+        pytest.skip("needs PostgreSQL")
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    name = postgres_database.name + "_empty"
+    admin = make_url(postgres_database.admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    db = storage.Database(make_url(postgres_database.url).set(database=name).render_as_string(hide_password=False))
+    try:
+        assert await storage.current_revision(db) is None
+        assert await storage.upgrade(db) == (None, storage.head_revision())
+        assert await storage.upgrade(db) == (storage.head_revision(), storage.head_revision())
+    finally:
+        await db.dispose()
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()

@@ -85,7 +85,10 @@ def serve(
             console.print(f"  username: {creds.username}")
             console.print(f"  password: {creds.password}")
             console.print(f"  token:    {creds.token}")
-            console.print(f"Sign in at {url} or send 'Authorization: Bearer <token>'.")
+            console.print(
+                f"Sign in: send 'Authorization: Bearer <token>', or POST the username and password to "
+                f"{url}/api/auth/login; try it at {url}/docs (Authorize)."
+            )
         else:
             console.print("Sign in with your existing credentials; a new token: grace tokens create --user admin")
 
