@@ -137,3 +137,14 @@ async def test_two_processes_share_events_and_a_restarted_subscriber_replays(
     assert [e["payload"]["n"] for e in replayed] == [0, 1, 2, 3, 4]
     assert [e["id"] for e in replayed] == sorted(e["id"] for e in replayed)
     assert min(e["id"] for e in replayed) > max(e["id"] for e in received)
+
+
+async def test_publish_many_keeps_order_and_wakes_once(bus: Bus) -> None:
+    async with bus.subscribe("batch.*") as sub:
+        published = await bus.publish_many([("batch.a", {"n": 1}), ("batch.b", {"n": 2}), ("other.c", {"n": 3})])
+        assert [e.id for e in published] == sorted(e.id for e in published)
+        got = [await sub.get(timeout=5) for _ in range(2)]
+        assert [(e.topic, e.payload["n"]) for e in got if e] == [("batch.a", 1), ("batch.b", 2)]
+    with pytest.raises(errors.InvalidInput):
+        await bus.publish_many([("fine.topic", {}), ("bad topic", {})])
+    assert [e.topic for e in await bus.replay("fine.#")] == []

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -73,7 +73,7 @@ class Bus(abc.ABC):
     # -- what each implementation provides --------------------------------
 
     @abc.abstractmethod
-    async def _append(self, topic: str, payload: dict[str, Any], published_at: datetime) -> Event: ...
+    async def _append(self, items: list[tuple[str, dict[str, Any]]], published_at: datetime) -> list[Event]: ...
 
     @abc.abstractmethod
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]: ...
@@ -104,18 +104,25 @@ class Bus(abc.ABC):
 
     async def publish(self, topic: str, payload: Mapping[str, Any] | None = None) -> Event:
         """Append an event under ``topic`` and wake every subscriber."""
-        topics.validate_topic(topic)
-        body = dict(payload or {})
-        try:
-            encoded = json.dumps(body)
-        except (TypeError, ValueError) as exc:
-            raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
-        if len(encoded) > MAX_PAYLOAD_BYTES:
-            raise errors.PayloadTooLarge(f"event payload is {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-        event = await self._append(topic, json.loads(encoded), self.clock.now())
+        return (await self.publish_many([(topic, payload or {})]))[0]
+
+    async def publish_many(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Event]:
+        """Append several events at once (one transaction on PostgreSQL), in order."""
+        checked: list[tuple[str, dict[str, Any]]] = []
+        for topic, payload in items:
+            topics.validate_topic(topic)
+            try:
+                encoded = json.dumps(dict(payload))
+            except (TypeError, ValueError) as exc:
+                raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
+            if len(encoded) > MAX_PAYLOAD_BYTES:
+                raise errors.PayloadTooLarge(f"event payload is {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+            checked.append((topic, json.loads(encoded)))
+        if not checked:
+            return []
+        published = await self._append(checked, self.clock.now())
         self._wake_all()
-        log.debug("bus.published", extra={"topic": topic, "event_id": event.id})
-        return event
+        return published
 
     def subscribe(self, pattern: str, *, name: str | None = None, since: int | None = None) -> Subscription:
         """Subscribe to topics matching ``pattern``.

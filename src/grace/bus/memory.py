@@ -24,13 +24,16 @@ class InProcessBus(Bus):
         self._next_id = 1
         self._cursors: dict[str, int] = {}
 
-    async def _append(self, topic: str, payload: dict[str, Any], published_at: datetime) -> Event:
-        event = Event(self._next_id, topic, payload, published_at, self.source)
-        self._next_id += 1
-        self._log.append(event)
-        if len(self._log) > self.max_events:
+    async def _append(self, items: list[tuple[str, dict[str, Any]]], published_at: datetime) -> list[Event]:
+        out = []
+        for topic, payload in items:
+            event = Event(self._next_id, topic, payload, published_at, self.source)
+            self._next_id += 1
+            self._log.append(event)
+            out.append(event)
+        while len(self._log) > self.max_events:
             self._log.popleft()
-        return event
+        return out
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         if not self._log:

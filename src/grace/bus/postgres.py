@@ -72,18 +72,14 @@ class PostgresBus(Bus):
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
 
-    async def _append(self, topic: str, payload: dict[str, Any], published_at: datetime) -> Event:
+    async def _append(self, items: list[tuple[str, dict[str, Any]]], published_at: datetime) -> list[Event]:
+        rows = [{"topic": t, "payload": p, "published_at": published_at, "source": self.source} for t, p in items]
         async with self.db.write() as conn:
-            event_id = (
-                await conn.execute(
-                    insert(events)
-                    .values(topic=topic, payload=payload, published_at=published_at, source=self.source)
-                    .returning(events.c.id)
-                )
-            ).scalar_one()
-            # Delivered on commit, so no listener is woken before the row is visible.
-            await conn.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": str(event_id)})
-        return Event(int(event_id), topic, payload, published_at, self.source)
+            ids = (await conn.execute(insert(events).values(rows).returning(events.c.id))).scalars().all()
+            # Delivered on commit, so no listener is woken before the rows are visible.
+            await conn.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": str(max(ids))})
+        # One statement draws its ids in row order, so the sorted ids follow the order of items.
+        return [Event(int(i), t, p, published_at, self.source) for i, (t, p) in zip(sorted(ids), items, strict=True)]
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
