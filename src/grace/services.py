@@ -16,12 +16,14 @@ from grace import auth, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import Clock, SystemClock
 from grace.config import Settings
+from grace.vault import Vault
 
 __all__ = ["Services", "build"]
 
 log = logging.getLogger("grace.services")
 
 BUS_PRUNE_INTERVAL_SECONDS = 600.0
+VAULT_UPKEEP_INTERVAL_SECONDS = 60.0
 
 
 @dataclass
@@ -35,11 +37,24 @@ class Services:
     accounts: auth.Accounts
     sign_in: auth.SignIn
     bootstrap: auth.BootstrapCredentials | None = None
+    vault: Vault | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
         """Start the periodic jobs a serving process runs (bus retention)."""
         self._background.append(asyncio.create_task(self._prune_events(), name="grace-bus-prune"))
+        if self.vault is not None:
+            self._background.append(asyncio.create_task(self._vault_upkeep(), name="grace-vault-upkeep"))
+
+    async def _vault_upkeep(self) -> None:
+        # Consent expiry, secrets.rotation.due, key expiry warnings and the weekly key rotation (resumable).
+        assert self.vault is not None
+        while True:
+            try:
+                await self.vault.tick()
+            except Exception as exc:  # try again on the next round
+                log.warning("vault.upkeep_failed", extra={"reason": type(exc).__name__})
+            await asyncio.sleep(VAULT_UPKEEP_INTERVAL_SECONDS)
 
     async def _prune_events(self) -> None:
         while True:
@@ -88,7 +103,13 @@ async def build(
         max_failures=settings.login_max_failures,
         window=timedelta(seconds=settings.login_window_seconds),
     )
-    services = Services(settings, clock, db, bus, accounts, sign_in)
+    try:
+        vault = await Vault.open(settings, db, clock, bus)
+    except BaseException:
+        await bus.close()
+        await db.dispose()
+        raise
+    services = Services(settings, clock, db, bus, accounts, sign_in, vault=vault)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

@@ -1,0 +1,417 @@
+"""Secrets at rest: validation, envelope encryption of each version, listing (masked), revocation.
+
+Each version of a secret gets its own data key; the value is sealed with it
+(bound to secret id, version and data key id) and the data key is sealed by
+the active key-encryption key (bound to secret id, version and KEK id).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grace import errors
+from grace.auth import Principal
+from grace.clock import Clock
+from grace.storage import Database, new_id
+from grace.vault import crypto, risk
+from grace.vault.audit import AuditLog
+from grace.vault.keyring import Keyring
+from grace.vault.tables import secret_consent_records, vault_secret_versions, vault_secrets
+
+__all__ = ["MAX_VALUE_BYTES", "SecretInfo", "SecretStore", "SecretValue", "validate_key"]
+
+MAX_VALUE_BYTES = 64 * 1024
+HINT_MIN_LENGTH = 16
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}$")
+
+
+class SecretValue:
+    """A released secret value; its repr and str never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the value itself: call only where it is handed to its authorised user."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SecretValue(<hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretValue) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("SecretValue", len(self._value)))
+
+
+def validate_key(key: str) -> str:
+    key = key.strip()
+    if not _KEY.match(key):
+        raise errors.InvalidInput(
+            "a secret key is 1 to 128 characters: letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return key
+
+
+def validate_service(service: str) -> str:
+    service = service.strip().lower()
+    if not _SERVICE.match(service):
+        raise errors.InvalidInput("a service is 1 to 128 characters: letters, digits, '_', '.', ':', '/' or '-'")
+    return service
+
+
+def _hint(value: str) -> str:
+    trimmed = value.strip()
+    return trimmed[-4:] if len(trimmed) >= HINT_MIN_LENGTH else ""
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """A secret's description, with its value masked (at most the last 4 characters shown)."""
+
+    id: str
+    owner_id: str
+    key: str
+    secret_type: str
+    service: str
+    risk_level: str
+    description: str
+    status: str
+    version: int
+    hint: str
+    usage_count: int
+    last_used_at: datetime | None
+    rotation_interval_seconds: int | None
+    rotation_due_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def masked(self) -> str:
+        return "****" + self.hint if self.hint else "********"
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.id,
+            "owner_id": self.owner_id,
+            "secret_key": self.key,
+            "secret_type": self.secret_type,
+            "service": self.service,
+            "risk_level": self.risk_level,
+            "description": self.description,
+            "status": self.status,
+            "version": self.version,
+            "masked_value": self.masked,
+            "usage_count": self.usage_count,
+            "last_used_at": iso(self.last_used_at),
+            "rotation_days": self.rotation_interval_seconds // 86400 if self.rotation_interval_seconds else None,
+            "rotation_due_at": iso(self.rotation_due_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "revoked_at": iso(self.revoked_at),
+        }
+
+
+def secret_info(row: RowMapping) -> SecretInfo:
+    return SecretInfo(
+        row["id"],
+        row["owner_id"],
+        row["key"],
+        row["secret_type"],
+        row["service"],
+        row["risk_level"],
+        row["description"],
+        row["status"],
+        int(row["current_version"]),
+        row["hint"],
+        int(row["usage_count"]),
+        row["last_used_at"],
+        row["rotation_interval_seconds"],
+        row["rotation_due_at"],
+        row["created_at"],
+        row["updated_at"],
+        row["revoked_at"],
+    )
+
+
+class SecretStore:
+    """Store, read, list and revoke secrets."""
+
+    def __init__(self, db: Database, clock: Clock, keyring: Keyring, audit: AuditLog) -> None:
+        self.db = db
+        self.clock = clock
+        self.keyring = keyring
+        self.audit = audit
+
+    def __repr__(self) -> str:
+        return "SecretStore()"
+
+    async def store(
+        self,
+        by: Principal,
+        *,
+        owner_id: str,
+        key: str,
+        value: str,
+        secret_type: str,
+        service: str,
+        risk_level: str | None = None,
+        description: str = "",
+        rotation_days: int | None = None,
+    ) -> SecretInfo:
+        """Store a new secret, or a new version of an existing one (the history is kept)."""
+        key = validate_key(key)
+        kind = risk.SecretType.parse(secret_type)
+        service = validate_service(service)
+        level = risk.effective_risk(kind, risk_level)
+        if not isinstance(value, str) or not value.strip():
+            raise errors.InvalidInput("a secret value must not be empty")
+        material = value.encode()
+        if len(material) > MAX_VALUE_BYTES:
+            raise errors.PayloadTooLarge(f"a secret value is at most {MAX_VALUE_BYTES} bytes")
+        if len(description) > 512:
+            raise errors.InvalidInput("a description is at most 512 characters")
+        if rotation_days is not None and not 1 <= rotation_days <= 3650:
+            raise errors.InvalidInput("rotation_days must be between 1 and 3650")
+        interval_days = rotation_days or risk.default_rotation_days(kind)
+        now = self.clock.now()
+        async with self.db.write() as conn:
+            kek = await self.keyring.active(conn)
+            existing = (
+                (
+                    await conn.execute(
+                        select(vault_secrets).where(vault_secrets.c.owner_id == owner_id, vault_secrets.c.key == key)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if existing is not None:
+                if existing["status"] == "revoked":
+                    raise errors.Conflict(f"secret {key!r} was revoked; store it under a new name")
+                if existing["secret_type"] != kind.value:
+                    raise errors.Conflict(
+                        f"secret {key!r} is a {existing['secret_type']}; its type cannot change to {kind.value}"
+                    )
+                if risk_level is None:
+                    old = risk.RiskLevel(existing["risk_level"])
+                    level = old if old.rank > level.rank else level
+            secret_id = existing["id"] if existing else new_id("sec")
+            version = int(existing["current_version"]) + 1 if existing else 1
+            dek = crypto.new_key(new_id("dek"))
+            ciphertext = crypto.seal(dek, material, crypto.Binding("value", secret_id, version, dek.id))
+            fields: dict[str, Any] = {
+                "secret_type": kind.value,
+                "service": service,
+                "risk_level": level.value,
+                "current_version": version,
+                "hint": _hint(value),
+                "rotation_interval_seconds": interval_days * 86400 if interval_days else None,
+                "rotation_due_at": now + timedelta(days=interval_days) if interval_days else None,
+                "rotation_notified_at": None,
+                "updated_at": now,
+            }
+            if description or existing is None:
+                fields["description"] = description
+            if existing is None:
+                await conn.execute(
+                    insert(vault_secrets).values(
+                        id=secret_id,
+                        owner_id=owner_id,
+                        key=key,
+                        status="active",
+                        usage_count=0,
+                        last_used_at=None,
+                        created_at=now,
+                        revoked_at=None,
+                        revoked_by=None,
+                        **fields,
+                    )
+                )
+            else:
+                await conn.execute(update(vault_secrets).where(vault_secrets.c.id == secret_id).values(**fields))
+            await conn.execute(
+                insert(vault_secret_versions).values(
+                    id=new_id("ver"),
+                    secret_id=secret_id,
+                    version=version,
+                    key_id=kek.id,
+                    dek_id=dek.id,
+                    wrapped_dek=self.keyring.wrap_dek(kek, dek, secret_id, version),
+                    ciphertext=ciphertext,
+                    created_at=now,
+                    created_by=by.name,
+                )
+            )
+            await self.audit.append(
+                conn,
+                "secret.stored",
+                actor=by.name,
+                user_id=owner_id,
+                secret_id=secret_id,
+                details={
+                    "secret_key": key,
+                    "version": version,
+                    "secret_type": kind.value,
+                    "service": service,
+                    "risk_level": level.value,
+                    "value_hmac": self.audit.fingerprint(material),
+                },
+            )
+            row = (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret_id))).mappings().one()
+        return secret_info(row)
+
+    async def get(self, owner_id: str, key: str, conn: AsyncConnection | None = None) -> SecretInfo:
+        query = select(vault_secrets).where(vault_secrets.c.owner_id == owner_id, vault_secrets.c.key == key)
+        if conn is not None:
+            row = (await conn.execute(query)).mappings().first()
+        else:
+            async with self.db.read() as read:
+                row = (await read.execute(query)).mappings().first()
+        if row is None:
+            raise errors.NotFound(f"no secret named {key[:128]!r}")
+        return secret_info(row)
+
+    async def get_by_id(self, secret_id: str) -> SecretInfo:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret_id))).mappings().first()
+        if row is None:
+            raise errors.NotFound("no such secret")
+        return secret_info(row)
+
+    async def list_for(self, owner_id: str | None, *, include_revoked: bool = True) -> list[SecretInfo]:
+        query = select(vault_secrets).order_by(vault_secrets.c.key)
+        if owner_id is not None:
+            query = query.where(vault_secrets.c.owner_id == owner_id)
+        if not include_revoked:
+            query = query.where(vault_secrets.c.status == "active")
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [secret_info(r) for r in rows]
+
+    async def versions(self, secret_id: str) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(
+                            vault_secret_versions.c.version,
+                            vault_secret_versions.c.key_id,
+                            vault_secret_versions.c.created_at,
+                            vault_secret_versions.c.created_by,
+                        )
+                        .where(vault_secret_versions.c.secret_id == secret_id)
+                        .order_by(vault_secret_versions.c.version)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [
+            {
+                "version": r["version"],
+                "key_id": r["key_id"],
+                "created_at": r["created_at"].isoformat(),
+                "created_by": r["created_by"],
+            }
+            for r in rows
+        ]
+
+    async def decrypt(self, secret_id: str, version: int | None = None) -> SecretValue:
+        """Open a version (the current one by default); IntegrityFailure if anything was altered."""
+        async with self.db.read() as conn:
+            if version is None:
+                version = (
+                    await conn.execute(select(vault_secrets.c.current_version).where(vault_secrets.c.id == secret_id))
+                ).scalar_one_or_none()
+                if version is None:
+                    raise errors.NotFound("no such secret")
+            row = (
+                (
+                    await conn.execute(
+                        select(vault_secret_versions).where(
+                            vault_secret_versions.c.secret_id == secret_id, vault_secret_versions.c.version == version
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise errors.NotFound(f"no version {version} of this secret")
+        dek = await self.keyring.unwrap_dek(row["key_id"], row["dek_id"], row["wrapped_dek"], secret_id, int(version))
+        plaintext = crypto.open_sealed(dek, row["ciphertext"], crypto.Binding("value", secret_id, int(version), dek.id))
+        return SecretValue(plaintext.decode())
+
+    async def revoke(self, by: Principal, secret: SecretInfo, reason: str = "") -> SecretInfo:
+        """Revoke a secret (soft: the record and its history stay); its consents are revoked with it."""
+        if secret.status == "revoked":
+            raise errors.Conflict(f"secret {secret.key!r} is already revoked")
+        now = self.clock.now()
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(vault_secrets)
+                .where(vault_secrets.c.id == secret.id, vault_secrets.c.status == "active")
+                .values(status="revoked", revoked_at=now, revoked_by=by.name, updated_at=now)
+            )
+            if result.rowcount != 1:
+                raise errors.Conflict(f"secret {secret.key!r} is already revoked")
+            await conn.execute(
+                update(secret_consent_records)
+                .where(
+                    secret_consent_records.c.secret_id == secret.id,
+                    secret_consent_records.c.consent_status.in_(("pending", "approved")),
+                )
+                .values(consent_status="revoked", revoked_at=now, revoked_by=by.name)
+            )
+            await self.audit.append(
+                conn,
+                "secret.revoked",
+                actor=by.name,
+                user_id=secret.owner_id,
+                secret_id=secret.id,
+                details={"secret_key": secret.key, "reason": reason[:256]},
+            )
+            row = (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret.id))).mappings().one()
+        return secret_info(row)
+
+    async def rotation_due(self, owner_id: str | None, *, within: timedelta = timedelta(0)) -> list[SecretInfo]:
+        """Return active secrets whose rotation is due now (or within ``within``)."""
+        horizon = self.clock.now() + within
+        query = (
+            select(vault_secrets)
+            .where(vault_secrets.c.status == "active", vault_secrets.c.rotation_due_at <= horizon)
+            .order_by(vault_secrets.c.rotation_due_at)
+        )
+        if owner_id is not None:
+            query = query.where(vault_secrets.c.owner_id == owner_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [secret_info(r) for r in rows]
+
+    async def mark_rotation_notified(self, secret_id: str) -> bool:
+        """Note that ``secrets.rotation.due`` went out for this due date; False if it already had."""
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(vault_secrets)
+                .where(vault_secrets.c.id == secret_id, vault_secrets.c.rotation_notified_at.is_(None))
+                .values(rotation_notified_at=self.clock.now())
+            )
+        return result.rowcount == 1
