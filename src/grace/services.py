@@ -71,6 +71,8 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.vault is not None:
+            await self.vault.close()
         await self.bus.close()
         await self.db.dispose()
 

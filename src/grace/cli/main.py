@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from grace import __version__, storage
-from grace.cli import tokens, users
+from grace.cli import audit, keys, secrets, tokens, users
 from grace.cli.common import console, err_console, fail, open_services, run, settings
 
 app = typer.Typer(
@@ -18,6 +18,9 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users.app, name="users")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(secrets.app, name="secrets")
+app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
 
 
 def _version(value: bool) -> None:

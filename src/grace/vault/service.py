@@ -124,6 +124,7 @@ class Vault:
         self.secrets = SecretStore(db, clock, self.keyring, self.audit)
         self._wakeups: dict[str, asyncio.Event] = {}
         self._rotation_lock = asyncio.Lock()
+        self._rotation_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"Vault(backend={self.db.backend!r}, master={self.master!r})"
@@ -1049,6 +1050,28 @@ class Vault:
         await self.audit.checkpoint()
         await self.bus.publish(TOPIC_KEY_ROTATED, {"key_id": report.to_key_id, "rewrapped": report.rewrapped})
         return report
+
+    def start_rotation(self, *, by: str = "system") -> bool:
+        """Run :meth:`rotate_keys` as a background task in this process; False if one is already running here."""
+        if self._rotation_task is not None and not self._rotation_task.done():
+            return False
+        self._rotation_task = asyncio.create_task(self._rotate_in_background(by), name="grace-vault-rotation")
+        return True
+
+    async def _rotate_in_background(self, by: str) -> None:
+        try:
+            await self.rotate_keys(by=by)
+        except errors.Conflict:
+            log.info("vault.rotation_skipped", extra={"reason": "another rotation is running"})
+        except Exception as exc:  # resumable: the next tick or `grace keys rotate` finishes it
+            log.error("vault.rotation_failed", extra={"reason": type(exc).__name__})
+
+    async def close(self) -> None:
+        """Stop a background rotation (it resumes from its last step next time)."""
+        if self._rotation_task is not None and not self._rotation_task.done():
+            self._rotation_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotation_task
 
     async def check_key_expiry(self) -> bool:
         """Publish ``secrets.key.expiring`` when the active key is within 7 days of expiry."""
