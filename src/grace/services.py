@@ -16,6 +16,7 @@ from grace import auth, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import Clock, SystemClock
 from grace.config import Settings
+from grace.htm import HTM, load_config as load_htm_config
 from grace.vault import Vault
 
 __all__ = ["Services", "build"]
@@ -38,6 +39,7 @@ class Services:
     sign_in: auth.SignIn
     bootstrap: auth.BootstrapCredentials | None = None
     vault: Vault | None = None
+    htm: HTM | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
@@ -45,6 +47,13 @@ class Services:
         self._background.append(asyncio.create_task(self._prune_events(), name="grace-bus-prune"))
         if self.vault is not None:
             self._background.append(asyncio.create_task(self._vault_upkeep(), name="grace-vault-upkeep"))
+        if self.htm is not None and self.htm.config.embedded_workers:
+            self._background.append(asyncio.create_task(self._start_htm_workers(), name="grace-htm-start"))
+
+    async def _start_htm_workers(self) -> None:
+        # The serving process runs an embedded worker pool; close() stops it gracefully.
+        assert self.htm is not None
+        await self.htm.start_workers()
 
     async def _vault_upkeep(self) -> None:
         # Consent expiry, secrets.rotation.due, key expiry warnings and the weekly key rotation (resumable).
@@ -73,6 +82,8 @@ class Services:
                 await task
         if self.vault is not None:
             await self.vault.close()
+        if self.htm is not None:
+            await self.htm.close()
         await self.bus.close()
         await self.db.dispose()
 
@@ -82,6 +93,7 @@ async def build(
 ) -> Services:
     """Connect to the database, apply migrations, create the first admin if needed, wire capabilities."""
     clock = clock or SystemClock()
+    htm_config = load_htm_config()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = storage.Database(settings.database_url)
     try:
@@ -112,6 +124,7 @@ async def build(
         await db.dispose()
         raise
     services = Services(settings, clock, db, bus, accounts, sign_in, vault=vault)
+    services.htm = HTM(db, bus, clock, htm_config)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

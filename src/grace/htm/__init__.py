@@ -1,0 +1,36 @@
+"""HTM: the task manager every long job in Grace runs through.
+
+Tasks are tagged with an origin, routed (accepted, delayed by burst
+protection, or deferred so a starved origin goes first), stored in a durable
+queue, and claimed by workers in weighted-fair order across origins, then by
+priority and age. Leases with heartbeats return a dead worker's tasks; retries
+back off exponentially; timeouts, cancellation and late completions are handled
+and recorded. See docs/htm.md.
+"""
+
+from __future__ import annotations
+
+from grace.htm.config import HTMConfig, load_config
+from grace.htm.origins import DEFAULT_SHARES, Origin
+from grace.htm.routing import RouteDecision
+from grace.htm.service import HTM, Submitted
+from grace.htm.tasks import Priority, Status, Task, TaskRequest
+from grace.htm.workers import Handler, HandlerRegistry, TaskContext, WorkerPool
+
+__all__ = [
+    "DEFAULT_SHARES",
+    "HTM",
+    "HTMConfig",
+    "Handler",
+    "HandlerRegistry",
+    "Origin",
+    "Priority",
+    "RouteDecision",
+    "Status",
+    "Submitted",
+    "Task",
+    "TaskContext",
+    "TaskRequest",
+    "WorkerPool",
+    "load_config",
+]

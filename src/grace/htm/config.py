@@ -1,0 +1,116 @@
+"""The task manager's settings, read from ``GRACE_HTM_*`` environment variables.
+
+Kept beside the capability (rather than in ``grace.config``) so the platform's
+settings object need not know every capability; :func:`load_config` names the
+variable to fix, as ``grace.config.load_settings`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from grace import errors
+from grace.htm.origins import DEFAULT_SHARES, Origin, parse_origin
+
+__all__ = ["HTMConfig", "load_config"]
+
+ENV_PREFIX = "GRACE_HTM_"
+
+
+class HTMConfig(BaseSettings):
+    """Shares, limits and timings of the task manager; see docs/htm.md."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    shares: Annotated[dict[Origin, float], NoDecode] = Field(default_factory=lambda: dict(DEFAULT_SHARES))
+    burst_per_minute: int = Field(default=600, ge=0)
+    burst_overrides: Annotated[dict[Origin, int], NoDecode] = Field(default_factory=dict)
+    capacity: int = Field(default=0, ge=0)
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    claim_batch: int = Field(default=16, ge=1, le=1000)
+    embedded_workers: bool = True
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=600.0, gt=0)
+    max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+    defer_seconds: float = Field(default=5.0, gt=0)
+    starve_after_seconds: float = Field(default=5.0, ge=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    events: bool = True
+
+    @field_validator("shares", mode="before")
+    @classmethod
+    def _parse_shares(cls, value: Any) -> Any:
+        parsed = _origin_mapping(value, float)
+        merged = dict(DEFAULT_SHARES)
+        merged.update(parsed)
+        if any(v < 0 for v in merged.values()) or sum(merged.values()) <= 0:
+            raise ValueError("shares must be zero or more, and not all zero")
+        return merged
+
+    @field_validator("burst_overrides", mode="before")
+    @classmethod
+    def _parse_bursts(cls, value: Any) -> Any:
+        parsed = _origin_mapping(value, int)
+        if any(v < 0 for v in parsed.values()):
+            raise ValueError("a burst limit is a number of tasks per minute (0 for no limit)")
+        return parsed
+
+    def burst_limit(self, origin: Origin) -> int:
+        """Return how many tasks of ``origin`` may start routing per minute."""
+        return self.burst_overrides.get(origin, self.burst_per_minute)
+
+
+def _origin_mapping(value: Any, kind: type[float] | type[int]) -> dict[Origin, Any]:
+    """Accept a mapping or ``"user_request=30,internal=2"`` (percent when any value exceeds 1)."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            items = list(json.loads(value).items())
+        except (ValueError, AttributeError):
+            raise ValueError("is not a JSON object of origin: value") from None
+    elif isinstance(value, str):
+        items = []
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, sep, number = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected origin=value, got {part.strip()!r}")
+            items.append((name, number))
+    else:
+        raise ValueError("expected origin=value pairs separated by commas")
+    out: dict[Origin, Any] = {}
+    for name, number in items:
+        try:
+            origin = name if isinstance(name, Origin) else parse_origin(str(name))
+        except errors.InvalidInput as exc:
+            raise ValueError(exc.message) from None
+        try:
+            out[origin] = kind(number)
+        except (TypeError, ValueError):
+            raise ValueError(f"{origin.value}: {number!r} is not a number") from None
+    if kind is float and any(v > 1 for v in out.values()):
+        out = {k: v / 100 for k, v in out.items()}
+    return out
+
+
+def load_config(**overrides: Any) -> HTMConfig:
+    """Read the task manager's settings from the environment (and ``overrides``)."""
+    try:
+        return HTMConfig(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "settings"
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()} {message}")
+        raise errors.ConfigurationError("; ".join(problems), details=problems) from None

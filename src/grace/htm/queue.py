@@ -1,0 +1,654 @@
+"""The durable queue: enqueue, claim by fair pick, finish, release, cancel, and leases.
+
+Everything goes through SQLAlchemy Core except the hot path, which is written
+per backend in the named SQL blocks below:
+
+- ``CLAIM_POSTGRES`` calls ``htm_claim`` (created by migration ``0002_htm``): one
+  round trip, outside an explicit transaction, so the dispatch counter's row
+  lock is held only while the function runs; tasks are taken with
+  ``FOR UPDATE SKIP LOCKED``.
+- On SQLite the same steps run in Python inside one ``BEGIN IMMEDIATE``
+  transaction (SQLite has one writer), using :mod:`grace.htm.fairness`.
+- ``FINISH_POSTGRES`` records a batch of outcomes in one statement; SQLite
+  runs one short UPDATE per outcome in one transaction.
+
+Every state change is guarded by ``status = 'running' AND worker_id = :worker
+AND attempts = :attempt``, so a worker that lost its lease cannot overwrite
+what another attempt did: its outcome is rejected and recorded in
+``htm_late_completions``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, literal, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grace import errors
+from grace.clock import Clock
+from grace.htm import fairness, origins
+from grace.htm.origins import ORDER, Origin
+from grace.htm.tables import htm_late_completions, htm_origins, htm_scheduler, htm_tasks, htm_workers
+from grace.htm.tasks import FINISHED, WAITING, Status, Task
+from grace.storage import Database
+
+__all__ = ["Finished", "Outcome", "Queue", "backoff"]
+
+log = logging.getLogger("grace.htm")
+
+CLAIM_POSTGRES = text(
+    "SELECT * FROM htm_claim(:worker, :n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after)"
+).columns(*htm_tasks.c)
+
+FINISH_POSTGRES = text(
+    """
+    UPDATE htm_tasks AS t
+       SET status = v.status,
+           finished_at = v.finished_at,
+           queued_at = coalesce(v.queued_at, t.queued_at),
+           result = CAST(v.result AS json),
+           error = v.error,
+           lease_expires_at = NULL,
+           worker_id = CASE WHEN v.status IN ('delayed', 'queued') THEN NULL ELSE t.worker_id END,
+           attempts = t.attempts - v.give_back
+      FROM unnest(
+            CAST(:task_ids AS text[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
+            CAST(:finished AS timestamptz[]), CAST(:queued AS timestamptz[]), CAST(:results AS text[]),
+            CAST(:errors AS text[]), CAST(:give_back AS integer[])
+           ) AS v(task_id, attempt, status, finished_at, queued_at, result, error, give_back)
+     WHERE t.task_id = v.task_id AND t.status = 'running' AND t.worker_id = :worker AND t.attempts = v.attempt
+    RETURNING t.task_id, t.task_type, t.origin, t.priority, t.intent_id, t.status, t.attempts, t.max_attempts,
+              t.created_at, t.started_at, t.finished_at, t.queued_at, t.deadline, t.data_size_bytes, t.error
+    """
+)
+
+# Columns handed back after a state change, for events and callers.
+SUMMARY = (
+    htm_tasks.c.task_id,
+    htm_tasks.c.task_type,
+    htm_tasks.c.origin,
+    htm_tasks.c.priority,
+    htm_tasks.c.intent_id,
+    htm_tasks.c.status,
+    htm_tasks.c.attempts,
+    htm_tasks.c.max_attempts,
+    htm_tasks.c.created_at,
+    htm_tasks.c.started_at,
+    htm_tasks.c.finished_at,
+    htm_tasks.c.queued_at,
+    htm_tasks.c.deadline,
+    htm_tasks.c.data_size_bytes,
+    htm_tasks.c.error,
+)
+
+MAX_ERROR_CHARS = 2000
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Return the wait before retry number ``attempt`` (1 after the first failure): capped exponential."""
+    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker reports for one attempt of a task."""
+
+    task_id: str
+    attempt: int
+    status: Status  # completed, failed, timed_out, delayed (retry), queued (released)
+    at: datetime
+    result: Any = None
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The recorded effect of an outcome (or of a lease expiry, or a cancel)."""
+
+    task_id: str
+    task_type: str
+    origin: str
+    priority: str
+    intent_id: str | None
+    status: Status
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queued_at: datetime
+    deadline: datetime | None
+    data_size_bytes: int
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Finished:
+        return cls(
+            task_id=row.task_id,
+            task_type=row.task_type,
+            origin=row.origin,
+            priority=row.priority,
+            intent_id=row.intent_id,
+            status=Status(row.status),
+            attempts=int(row.attempts),
+            max_attempts=int(row.max_attempts),
+            created_at=_utc(row.created_at),
+            started_at=_aware(row.started_at),
+            finished_at=_aware(row.finished_at),
+            queued_at=_utc(row.queued_at),
+            deadline=_aware(row.deadline),
+            data_size_bytes=int(row.data_size_bytes),
+            error=row.error,
+        )
+
+    def event(self) -> dict[str, Any]:
+        """Return the bus payload describing this change (never the payload or result)."""
+        out: dict[str, Any] = {
+            "task_id": self.task_id,
+            "task_type": self.task_type,
+            "origin": self.origin,
+            "priority": self.priority,
+            "intent_id": self.intent_id,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+        }
+        if self.started_at is not None and self.finished_at is not None:
+            out["duration_ms"] = round((self.finished_at - self.started_at).total_seconds() * 1000, 3)
+        if self.finished_at is not None:
+            out["total_ms"] = round((self.finished_at - self.created_at).total_seconds() * 1000, 3)
+            if self.deadline is not None:
+                out["sla_met"] = self.finished_at <= self.deadline
+        if self.status in (Status.DELAYED, Status.QUEUED):
+            out["queued_at"] = self.queued_at.isoformat()
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _utc(value: Any) -> datetime:
+    out = _aware(value)
+    assert out is not None
+    return out
+
+
+def _aware(value: Any) -> datetime | None:
+    # Text queries on SQLite hand back naive ISO strings; everything stored is UTC.
+    if value is None:
+        return None
+    when: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
+
+
+@dataclass
+class Queue:
+    """The task table and the operations workers and the router perform on it."""
+
+    db: Database
+    clock: Clock
+    weights: dict[Origin, int]
+    lease_seconds: float
+    capacity: int = 0
+    _claim_conn: AsyncConnection | None = field(default=None, repr=False)
+
+    @property
+    def total_weight(self) -> int:
+        return sum(self.weights.values())
+
+    # -- set-up --------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Make sure the dispatch counter and every origin's row exist, with the configured weights."""
+        async with self.db.write() as conn:
+            if (await conn.execute(select(htm_scheduler.c.id).where(htm_scheduler.c.id == 1))).first() is None:
+                await conn.execute(insert(htm_scheduler).values(id=1, dispatched=0))
+            existing = {
+                r.origin: r.weight for r in (await conn.execute(select(htm_origins.c.origin, htm_origins.c.weight)))
+            }
+            for origin in ORDER:
+                weight = self.weights[origin]
+                if origin.value not in existing:
+                    await conn.execute(
+                        insert(htm_origins).values(
+                            origin=origin.value,
+                            position=origin.position,
+                            weight=weight,
+                            credit=0,
+                            since=0,
+                            dispatched=0,
+                        )
+                    )
+                elif existing[origin.value] != weight:
+                    await conn.execute(
+                        update(htm_origins).where(htm_origins.c.origin == origin.value).values(weight=weight)
+                    )
+
+    async def close(self) -> None:
+        if self._claim_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._claim_conn.close()
+            self._claim_conn = None
+
+    # -- enqueue -------------------------------------------------------------
+
+    async def insert(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert routed tasks inside the router's transaction."""
+        if rows:
+            await conn.execute(insert(htm_tasks), list(rows))
+
+    # -- claim ---------------------------------------------------------------
+
+    async def claim(self, worker_id: str, n: int, *, fallback_capacity: int) -> list[Task]:
+        """Take up to ``n`` tasks by fair pick for ``worker_id``; return them in dispatch order."""
+        if n <= 0:
+            return []
+        now = self.clock.now()
+        if self.db.is_sqlite:
+            tasks = await self._claim_sqlite(worker_id, n, now, fallback_capacity)
+        else:
+            tasks = await self._claim_postgres(worker_id, n, now, fallback_capacity)
+        tasks.sort(key=lambda t: t.dispatch_seq or 0)
+        return tasks
+
+    async def _claim_postgres(self, worker_id: str, n: int, now: datetime, fallback: int) -> list[Task]:
+        params = {
+            "worker": worker_id,
+            "n": n,
+            "now": now,
+            "lease_seconds": self.lease_seconds,
+            "capacity": self.capacity,
+            "fallback_capacity": max(1, fallback),
+            "live_after": now - timedelta(seconds=self.lease_seconds),
+        }
+        async with self._claim_connection() as conn:
+            rows = (await conn.execute(CLAIM_POSTGRES, params)).mappings().all()
+        return [Task.from_row(r) for r in rows]
+
+    @contextlib.asynccontextmanager
+    async def _claim_connection(self) -> AsyncIterator[AsyncConnection]:
+        # One long-lived autocommit connection for claims: no pool checkout, ping or BEGIN per claim.
+        if self._claim_conn is None or self._claim_conn.closed:
+            conn = await self.db.engine.connect()
+            self._claim_conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            yield self._claim_conn
+        except BaseException:
+            conn, self._claim_conn = self._claim_conn, None
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            raise
+
+    async def _claim_sqlite(self, worker_id: str, n: int, now: datetime, fallback: int) -> list[Task]:
+        t = htm_tasks
+        async with self.db.write() as conn:
+            seq = int(
+                (await conn.execute(select(htm_scheduler.c.dispatched).where(htm_scheduler.c.id == 1))).scalar_one()
+            )
+            await conn.execute(
+                update(t).where(t.c.status.in_(("delayed", "deferred")), t.c.queued_at <= now).values(status="queued")
+            )
+            capacity = await self._capacity(conn, now, fallback)
+            slots = await self._origin_slots(conn, n, capacity)
+            picks = fairness.pick(slots, n, seq)
+            lease_until = now + timedelta(seconds=self.lease_seconds)
+            taken: list[Task] = []
+            took = [0] * len(slots)
+            for index in picks:
+                origin = ORDER[index]
+                next_seq = (
+                    select(t.c.seq)
+                    .where(t.c.status == "queued", t.c.origin == origin.value)
+                    .order_by(t.c.priority_rank, t.c.seq)
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                row = (
+                    (
+                        await conn.execute(
+                            update(t)
+                            .where(t.c.seq == next_seq)
+                            .values(
+                                status="running",
+                                worker_id=worker_id,
+                                attempts=t.c.attempts + 1,
+                                started_at=now,
+                                lease_expires_at=lease_until,
+                                dispatch_seq=seq + len(taken),
+                            )
+                            .returning(*t.c)
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+                if row is not None:
+                    taken.append(Task.from_row(row))
+                    took[index] += 1
+            for slot in slots:
+                origin = ORDER[slot.index]
+                await conn.execute(
+                    update(htm_origins)
+                    .where(htm_origins.c.origin == origin.value)
+                    .values(
+                        credit=slot.credit, since=slot.since, dispatched=htm_origins.c.dispatched + took[slot.index]
+                    )
+                )
+            await conn.execute(update(htm_scheduler).where(htm_scheduler.c.id == 1).values(dispatched=seq + len(taken)))
+        return taken
+
+    async def _capacity(self, conn: AsyncConnection, now: datetime, fallback: int) -> int:
+        if self.capacity > 0:
+            return self.capacity
+        live = (
+            await conn.execute(
+                select(func.coalesce(func.sum(htm_workers.c.concurrency), 0)).where(
+                    htm_workers.c.heartbeat_at >= now - timedelta(seconds=self.lease_seconds),
+                    htm_workers.c.stopping.is_(False),
+                )
+            )
+        ).scalar_one()
+        return int(live) or max(1, fallback)
+
+    async def _origin_slots(self, conn: AsyncConnection, n: int, capacity: int) -> list[fairness.OriginSlot]:
+        t = htm_tasks
+        state = {r.origin: r for r in (await conn.execute(select(htm_origins)))}
+        running: dict[str, int] = dict(
+            (await conn.execute(select(t.c.origin, func.count()).where(t.c.status == "running").group_by(t.c.origin)))
+            .tuples()
+            .all()
+        )
+        slots = []
+        for origin in ORDER:
+            row = state[origin.value]
+            ready_q = select(literal(1)).where(t.c.status == "queued", t.c.origin == origin.value).limit(n).subquery()
+            ready = int((await conn.execute(select(func.count()).select_from(ready_q))).scalar_one())
+            slots.append(
+                fairness.OriginSlot(
+                    index=origin.position,
+                    weight=int(row.weight),
+                    credit=int(row.credit),
+                    since=int(row.since),
+                    running=int(running.get(origin.value, 0)),
+                    quota=origins.max_concurrent(int(row.weight), self.total_weight, capacity),
+                    ready=ready,
+                )
+            )
+        return slots
+
+    # -- finishing -----------------------------------------------------------
+
+    async def finish(self, worker_id: str, outcomes: Sequence[Outcome]) -> tuple[list[Finished], list[Outcome]]:
+        """Record outcomes of ``worker_id``'s attempts; return (recorded, rejected as late)."""
+        if not outcomes:
+            return [], []
+        if self.db.is_sqlite:
+            recorded = await self._finish_sqlite(worker_id, outcomes)
+        else:
+            recorded = await self._finish_postgres(worker_id, outcomes)
+        done = {f.task_id for f in recorded}
+        late = [o for o in outcomes if o.task_id not in done]
+        if late:
+            await self._record_late(worker_id, late)
+        return recorded, late
+
+    @staticmethod
+    def _values(o: Outcome) -> dict[str, Any]:
+        final = o.status in FINISHED
+        return {
+            "status": o.status.value,
+            "finished_at": o.at if final else None,
+            "queued_at": o.retry_at if o.status is Status.DELAYED else (o.at if o.status is Status.QUEUED else None),
+            "result": o.result if o.status is Status.COMPLETED else None,
+            "error": o.error[:MAX_ERROR_CHARS] if o.error else None,
+            "give_back": 1 if o.status is Status.QUEUED else 0,
+        }
+
+    async def _finish_postgres(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Finished]:
+        values = [self._values(o) for o in outcomes]
+        params = {
+            "worker": worker_id,
+            "task_ids": [o.task_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "statuses": [v["status"] for v in values],
+            "finished": [v["finished_at"] for v in values],
+            "queued": [v["queued_at"] for v in values],
+            "results": [None if v["result"] is None else json.dumps(v["result"]) for v in values],
+            "errors": [v["error"] for v in values],
+            "give_back": [v["give_back"] for v in values],
+        }
+        async with self.db.write() as conn:
+            rows = (await conn.execute(FINISH_POSTGRES, params)).all()
+        return [Finished.from_row(r) for r in rows]
+
+    async def _finish_sqlite(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Finished]:
+        t = htm_tasks
+        recorded: list[Finished] = []
+        async with self.db.write() as conn:
+            for o in outcomes:
+                v = self._values(o)
+                changes: dict[str, Any] = {
+                    "status": v["status"],
+                    "finished_at": v["finished_at"],
+                    "result": v["result"],
+                    "error": v["error"],
+                    "lease_expires_at": None,
+                }
+                if v["queued_at"] is not None:
+                    changes["queued_at"] = v["queued_at"]
+                    changes["worker_id"] = None
+                if v["give_back"]:
+                    changes["attempts"] = t.c.attempts - 1
+                row = (
+                    await conn.execute(
+                        update(t)
+                        .where(
+                            t.c.task_id == o.task_id,
+                            t.c.status == "running",
+                            t.c.worker_id == worker_id,
+                            t.c.attempts == o.attempt,
+                        )
+                        .values(**changes)
+                        .returning(*SUMMARY)
+                    )
+                ).first()
+                if row is not None:
+                    recorded.append(Finished.from_row(row))
+        return recorded
+
+    async def _record_late(self, worker_id: str, late: Iterable[Outcome]) -> None:
+        rows = []
+        for o in late:
+            rows.append(
+                {
+                    "task_id": o.task_id,
+                    "worker_id": worker_id,
+                    "attempt": o.attempt,
+                    "outcome": o.status.value,
+                    "reason": "the worker no longer held the task's lease",
+                    "at": self.clock.now(),
+                }
+            )
+            log.warning(
+                "htm.late_completion_rejected",
+                extra={"task_id": o.task_id, "worker_id": worker_id, "attempt": o.attempt, "outcome": o.status.value},
+            )
+        async with self.db.write() as conn:
+            await conn.execute(insert(htm_late_completions), rows)
+
+    async def late_completions(self, task_id: str) -> list[dict[str, Any]]:
+        """Return the rejected late outcomes recorded for a task."""
+        c = htm_late_completions.c
+        async with self.db.read() as conn:
+            rows = (
+                (await conn.execute(select(htm_late_completions).where(c.task_id == task_id).order_by(c.id)))
+                .mappings()
+                .all()
+            )
+        return [
+            {
+                "worker_id": r["worker_id"],
+                "attempt": r["attempt"],
+                "outcome": r["outcome"],
+                "reason": r["reason"],
+                "at": r["at"].isoformat(),
+            }
+            for r in rows
+        ]
+
+    # -- leases --------------------------------------------------------------
+
+    async def heartbeat(self, worker_id: str) -> set[str]:
+        """Extend the leases of ``worker_id``'s running tasks; return the ids it still holds."""
+        now = self.clock.now()
+        t = htm_tasks
+        async with self.db.write() as conn:
+            held = (
+                await conn.execute(
+                    update(t)
+                    .where(t.c.worker_id == worker_id, t.c.status == "running")
+                    .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
+                    .returning(t.c.task_id)
+                )
+            ).scalars()
+            ids = set(held)
+            await conn.execute(update(htm_workers).where(htm_workers.c.worker_id == worker_id).values(heartbeat_at=now))
+        return ids
+
+    async def reap(self) -> list[Finished]:
+        """Return tasks whose lease expired to the queue, or fail them when no attempts remain."""
+        now = self.clock.now()
+        t = htm_tasks
+        expired = and_(t.c.status == "running", t.c.lease_expires_at < now)
+        async with self.db.write() as conn:
+            requeued = (
+                await conn.execute(
+                    update(t)
+                    .where(expired, t.c.attempts < t.c.max_attempts)
+                    .values(
+                        status="queued",
+                        queued_at=now,
+                        lease_expires_at=None,
+                        worker_id=None,
+                        error=literal("lease expired on worker ") + t.c.worker_id,
+                    )
+                    .returning(*SUMMARY)
+                )
+            ).all()
+            failed = (
+                await conn.execute(
+                    update(t)
+                    .where(expired, t.c.attempts >= t.c.max_attempts)
+                    .values(
+                        status="failed",
+                        finished_at=now,
+                        lease_expires_at=None,
+                        error=literal("lease expired on worker ") + t.c.worker_id + " on the last attempt",
+                    )
+                    .returning(*SUMMARY)
+                )
+            ).all()
+            await conn.execute(
+                delete(htm_workers).where(htm_workers.c.heartbeat_at < now - timedelta(seconds=10 * self.lease_seconds))
+            )
+        out = [Finished.from_row(r) for r in (*requeued, *failed)]
+        for f in out:
+            log.warning(
+                "htm.lease_expired", extra={"task_id": f.task_id, "status": f.status.value, "attempts": f.attempts}
+            )
+        return out
+
+    # -- workers ---------------------------------------------------------------
+
+    async def register_worker(
+        self, worker_id: str, *, host: str, pid: int, concurrency: int, task_types: list[str]
+    ) -> None:
+        now = self.clock.now()
+        async with self.db.write() as conn:
+            await conn.execute(delete(htm_workers).where(htm_workers.c.worker_id == worker_id))
+            await conn.execute(
+                insert(htm_workers).values(
+                    worker_id=worker_id,
+                    host=host[:100],
+                    pid=pid,
+                    concurrency=concurrency,
+                    task_types=task_types,
+                    started_at=now,
+                    heartbeat_at=now,
+                    stopping=False,
+                )
+            )
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(delete(htm_workers).where(htm_workers.c.worker_id == worker_id))
+
+    async def mark_stopping(self, worker_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(update(htm_workers).where(htm_workers.c.worker_id == worker_id).values(stopping=True))
+
+    # -- cancel and read ---------------------------------------------------------
+
+    async def cancel(self, task_id: str, *, visible_to: str | None) -> Finished:
+        """Cancel a waiting or running task; 404 if unseen, 409 if it already finished."""
+        now = self.clock.now()
+        t = htm_tasks
+        owned = t.c.created_by == visible_to if visible_to is not None else literal(True)
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    update(t)
+                    .where(t.c.task_id == task_id, owned, t.c.status.in_([s.value for s in (*WAITING, Status.RUNNING)]))
+                    .values(status="cancelled", finished_at=now, lease_expires_at=None, error="cancelled")
+                    .returning(*SUMMARY)
+                )
+            ).first()
+            if row is None:
+                current = (await conn.execute(select(t.c.status).where(t.c.task_id == task_id, owned))).scalar()
+        if row is not None:
+            return Finished.from_row(row)
+        if current is None:
+            raise errors.NotFound(f"no task {task_id[:60]!r}")
+        raise errors.Conflict(f"task {task_id} is already {current}; only waiting or running tasks can be cancelled")
+
+    async def get(self, task_id: str, *, visible_to: str | None) -> Task:
+        query = select(htm_tasks).where(htm_tasks.c.task_id == task_id)
+        if visible_to is not None:
+            query = query.where(htm_tasks.c.created_by == visible_to)
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            raise errors.NotFound(f"no task {task_id[:60]!r}")
+        return Task.from_row(row)
+
+    async def list_tasks(
+        self,
+        *,
+        visible_to: str | None,
+        status: Status | None = None,
+        origin: Origin | None = None,
+        limit: int = 50,
+        before_seq: int | None = None,
+    ) -> list[Task]:
+        t = htm_tasks
+        query = select(t).order_by(t.c.seq.desc()).limit(limit)
+        if visible_to is not None:
+            query = query.where(t.c.created_by == visible_to)
+        if status is not None:
+            query = query.where(t.c.status == status.value)
+        if origin is not None:
+            query = query.where(t.c.origin == origin.value)
+        if before_seq is not None:
+            query = query.where(t.c.seq < before_seq)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [Task.from_row(r) for r in rows]

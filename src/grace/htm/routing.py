@@ -1,0 +1,208 @@
+"""The router: tag a task's origin and decide whether it is accepted, delayed or deferred.
+
+- Burst protection is a sliding log per origin: at most N tasks are admitted in
+  any 60 seconds; the next one is delayed exactly until the oldest admission in
+  the window is a minute old. Admission times live in ``htm_tasks.admitted_at``,
+  so every API node shares the window (on PostgreSQL each origin's routing is
+  serialised with an advisory lock; SQLite has one writer).
+- Anti-starvation: when the workers' capacity is fully held and some origin has
+  queued work below its guaranteed share (it is *starved*), new work of origins
+  at or over their share is deferred, so the starved origin goes first.
+  Critical tasks are never deferred.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import exists, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grace.htm import origins
+from grace.htm.origins import ORDER, Origin
+from grace.htm.tables import htm_tasks, htm_workers
+from grace.htm.tasks import Priority
+
+__all__ = ["BURST_WINDOW", "BurstWindow", "Load", "RouteDecision", "decide", "load", "lock_origins"]
+
+BURST_WINDOW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """The router's answer, in the seed's shape."""
+
+    origin: Origin
+    route: str  # accepted, delayed or deferred
+    queue_name: str
+    quota_used: str
+    reasoning: str
+    delay_seconds: float
+    admitted_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin.value,
+            "route": self.route,
+            "queue_name": self.queue_name,
+            "quota_used": self.quota_used,
+            "reasoning": self.reasoning,
+            "delay_seconds": round(self.delay_seconds, 6),
+        }
+
+
+@dataclass
+class Load:
+    """A snapshot of how busy each origin is, for routing decisions and stats."""
+
+    capacity: int
+    weights: Mapping[Origin, int]
+    running: dict[Origin, int]
+    waiting: set[Origin]
+
+    @property
+    def total_weight(self) -> int:
+        return sum(self.weights.values())
+
+    def quota(self, origin: Origin) -> int:
+        return origins.max_concurrent(self.weights[origin], self.total_weight, self.capacity)
+
+    @property
+    def full(self) -> bool:
+        return sum(self.running.values()) >= self.capacity
+
+    def starved(self) -> list[Origin]:
+        """Return origins with queued work below their share while others hold all capacity."""
+        if not self.full:
+            return []
+        return [o for o in ORDER if o in self.waiting and self.running.get(o, 0) < self.quota(o)]
+
+
+@dataclass
+class BurstWindow:
+    """The latest admissions of one origin inside the window (at most ``limit`` of them); 0 means no limit."""
+
+    limit: int
+    times: list[datetime] = field(default_factory=list)
+
+    def next_slot(self, now: datetime) -> datetime:
+        """Return the earliest time the next task may be admitted (``now`` when the window has room)."""
+        if self.limit <= 0 or len(self.times) < self.limit:
+            return now
+        return max(now, self.times[-self.limit] + BURST_WINDOW)
+
+    def admit(self, at: datetime) -> None:
+        if self.limit > 0:
+            bisect.insort(self.times, at)
+
+    @classmethod
+    async def load(cls, conn: AsyncConnection, origin: Origin, limit: int, now: datetime) -> BurstWindow:
+        """Read the origin's latest ``limit`` admissions still inside the window (including future ones)."""
+        if limit <= 0:
+            return cls(0)
+        rows = (
+            await conn.execute(
+                select(htm_tasks.c.admitted_at)
+                .where(htm_tasks.c.origin == origin.value, htm_tasks.c.admitted_at > now - BURST_WINDOW)
+                .order_by(htm_tasks.c.admitted_at.desc())
+                .limit(limit)
+            )
+        ).scalars()
+        return cls(limit, sorted(rows))
+
+
+async def lock_origins(conn: AsyncConnection, chosen: Sequence[Origin]) -> None:
+    """Serialise routing per origin across PostgreSQL nodes (a no-op on SQLite's single writer)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for origin in sorted(set(chosen)):
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"grace.htm.route.{origin}"})
+
+
+async def load(
+    conn: AsyncConnection, weights: Mapping[Origin, int], *, configured: int, fallback: int, live_after: datetime
+) -> Load:
+    """Read running counts, which origins have queued work, and the capacity."""
+    t = htm_tasks
+    running = {
+        Origin(o): int(n)
+        for o, n in (
+            await conn.execute(select(t.c.origin, func.count()).where(t.c.status == "running").group_by(t.c.origin))
+        ).tuples()
+    }
+    waiting: set[Origin] = set()
+    for origin in ORDER:
+        has = (await conn.execute(select(exists().where(t.c.status == "queued", t.c.origin == origin.value)))).scalar()
+        if has:
+            waiting.add(origin)
+    capacity = configured
+    if capacity <= 0:
+        live = (
+            await conn.execute(
+                select(func.coalesce(func.sum(htm_workers.c.concurrency), 0)).where(
+                    htm_workers.c.heartbeat_at >= live_after, htm_workers.c.stopping.is_(False)
+                )
+            )
+        ).scalar_one()
+        capacity = int(live) or max(1, fallback)
+    return Load(capacity=capacity, weights=weights, running=running, waiting=waiting)
+
+
+def decide(
+    origin: Origin,
+    priority: Priority,
+    *,
+    now: datetime,
+    window: BurstWindow,
+    load: Load,
+    defer: timedelta,
+) -> RouteDecision:
+    """Decide one task's route and admit it to its origin's window (and to ``load``)."""
+    running = load.running.get(origin, 0)
+    quota = load.quota(origin)
+    quota_used = f"{running}/{quota}"
+    queue_name = f"{priority.value}_queue"
+    slot = window.next_slot(now)
+    starved = [o for o in load.starved() if o is not origin]
+    if slot > now:
+        delay = (slot - now).total_seconds()
+        decision = RouteDecision(
+            origin,
+            "delayed",
+            queue_name,
+            quota_used,
+            f"Burst limit of {window.limit} {origin.value} tasks per minute reached; delayed {delay:.3f}s "
+            "until the window frees",
+            delay,
+            slot,
+        )
+    elif starved and running >= quota and priority is not Priority.CRITICAL:
+        at = now + defer
+        decision = RouteDecision(
+            origin,
+            "deferred",
+            queue_name,
+            quota_used,
+            f"Deferred {defer.total_seconds():g}s: {', '.join(o.value for o in starved)} starved while "
+            f"{origin.value} holds {running}/{quota} of its share",
+            defer.total_seconds(),
+            at,
+        )
+    else:
+        decision = RouteDecision(
+            origin,
+            "accepted",
+            queue_name,
+            quota_used,
+            f"Routed to {priority.value} queue ({origin.value} {quota_used} running)",
+            0.0,
+            now,
+        )
+    window.admit(decision.admitted_at)
+    if decision.route == "accepted":
+        load.waiting.add(origin)
+    return decision

@@ -1,0 +1,384 @@
+"""Workers: the handler registry, and the pool that claims tasks and runs them.
+
+A handler is an async function taking a :class:`TaskContext` and returning a
+JSON-serialisable result (or None). Capabilities register handlers by
+task type on ``services.htm.handlers``. A pool runs up to ``concurrency``
+handlers at once, claims as many tasks as it has free slots (at most
+``claim_batch`` per claim), records outcomes in batches, heartbeats its leases,
+returns expired leases of dead workers to the queue, and enforces timeouts
+against the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from grace import errors
+from grace.clock import Clock
+from grace.htm import queue as queue_module
+from grace.htm.queue import Outcome
+from grace.htm.tasks import Status, Task
+
+if TYPE_CHECKING:
+    from grace.htm.service import HTM
+
+__all__ = ["Handler", "HandlerRegistry", "TaskContext", "WorkerPool"]
+
+log = logging.getLogger("grace.htm")
+
+Handler = Callable[["TaskContext"], Coroutine[Any, Any, Any]]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler gets: the task's data and the clock to measure time with."""
+
+    task: Task
+    worker_id: str
+    clock: Clock
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.task.payload
+
+    @property
+    def attempt(self) -> int:
+        return self.task.attempts
+
+
+class HandlerRegistry:
+    """Handlers by task type."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, task_type: str, handler: Handler, *, replace: bool = False) -> None:
+        """Register ``handler`` for ``task_type``; refuses a second one unless ``replace``."""
+        if task_type in self._handlers and not replace:
+            raise errors.Conflict(f"a handler for task type {task_type!r} is already registered")
+        self._handlers[task_type] = handler
+
+    def handler(self, task_type: str) -> Callable[[Handler], Handler]:
+        """Register the decorated function for ``task_type``."""
+
+        def decorate(fn: Handler) -> Handler:
+            self.register(task_type, fn)
+            return fn
+
+        return decorate
+
+    def get(self, task_type: str) -> Handler | None:
+        return self._handlers.get(task_type)
+
+    def types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __contains__(self, task_type: object) -> bool:
+        return task_type in self._handlers
+
+
+@dataclass(eq=False)
+class _Running:
+    task: Task
+    runner: asyncio.Task[None] | None = None
+    handler_task: asyncio.Task[Any] | None = None
+    reason: str | None = None  # why it was stopped: timeout, cancelled, shutdown
+    deadline: datetime | None = None
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(eq=False)
+class WorkerPool:
+    """Claim and run tasks in this process."""
+
+    htm: HTM
+    concurrency: int
+    claim_batch: int
+    worker_id: str = field(default_factory=new_worker_id)
+    _running: dict[str, _Running] = field(default_factory=dict)
+    _outcomes: list[Outcome] = field(default_factory=list)
+    _loops: list[asyncio.Task[None]] = field(default_factory=list)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    _outcome_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+    _started: bool = False
+    claimed: int = 0
+    finished: int = 0
+
+    @property
+    def clock(self) -> Clock:
+        return self.htm.clock
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    # -- life cycle ------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Record this worker (for capacity and the dashboard) without starting its loops."""
+        await self.htm.queue.register_worker(
+            self.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self.concurrency,
+            task_types=self.htm.handlers.types(),
+        )
+        self._started = True
+
+    async def start(self) -> None:
+        """Register and start claiming, heartbeating and reaping in the background."""
+        await self.register()
+        self._loops = [
+            asyncio.create_task(self._dispatch_loop(), name="grace-htm-dispatch"),
+            asyncio.create_task(self._flush_loop(), name="grace-htm-flush"),
+            asyncio.create_task(self._maintenance_loop(), name="grace-htm-maintenance"),
+            asyncio.create_task(self._listen_loop(), name="grace-htm-listen"),
+        ]
+        log.info("htm.worker_started", extra={"worker_id": self.worker_id, "concurrency": self.concurrency})
+
+    def wake(self) -> None:
+        """Tell the dispatcher there may be new work."""
+        self._wake.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running tasks finish for ``grace`` seconds, then release the rest to the queue."""
+        if not self._started:
+            return
+        grace = self.htm.config.shutdown_grace_seconds if grace is None else grace
+        self._stopping = True
+        with contextlib.suppress(Exception):
+            await self.htm.queue.mark_stopping(self.worker_id)
+        dispatcher = [t for t in self._loops if t.get_name() == "grace-htm-dispatch"]
+        for t in dispatcher:
+            t.cancel()
+        runners = [r.runner for r in self._running.values() if r.runner is not None]
+        if runners:
+            _, pending = await asyncio.wait(runners, timeout=grace)
+            if pending:
+                for r in list(self._running.values()):
+                    self._interrupt(r, "shutdown")
+                await asyncio.wait(pending, timeout=max(1.0, grace))
+        await self.flush()
+        for t in self._loops:
+            t.cancel()
+        for t in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._loops = []
+        await self.flush()
+        with contextlib.suppress(Exception):
+            await self.htm.queue.unregister_worker(self.worker_id)
+        self._started = False
+        log.info("htm.worker_stopped", extra={"worker_id": self.worker_id, "finished": self.finished})
+
+    # -- claiming ---------------------------------------------------------------
+
+    async def claim_once(self) -> list[Task]:
+        """Claim tasks for the free slots (at most ``claim_batch``) and start running them."""
+        free = self.concurrency - len(self._running)
+        n = min(free, self.claim_batch)
+        if n <= 0 or self._stopping:
+            return []
+        tasks = await self.htm.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
+        for task in tasks:
+            self._launch(task)
+        self.claimed += len(tasks)
+        if tasks:
+            await self.htm.on_claimed(self.worker_id, tasks)
+        return tasks
+
+    def _launch(self, task: Task) -> None:
+        timeout = timedelta(seconds=task.timeout_seconds)
+        started = task.started_at or self.clock.now()
+        running = _Running(task, deadline=started + timeout)
+        self._running[task.task_id] = running
+        running.runner = asyncio.create_task(self._run(running), name=f"grace-htm-task-{task.task_id}")
+
+    async def _dispatch_loop(self) -> None:
+        poll = self.htm.config.poll_seconds
+        while not self._stopping:
+            if len(self._running) >= self.concurrency:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wake.clear()
+            want = min(self.concurrency - len(self._running), self.claim_batch)
+            try:
+                got = await self.claim_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("htm.claim_failed", extra={"worker_id": self.worker_id, "reason": type(exc).__name__})
+                await asyncio.sleep(poll)
+                continue
+            if len(got) < want:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll)
+
+    async def _listen_loop(self) -> None:
+        # Wake-ups from other processes: a task created anywhere wakes every idle dispatcher.
+        sub = self.htm.bus.subscribe("htm.task.created")
+        try:
+            async with sub:
+                async for _ in sub:
+                    self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("htm.listen_failed", extra={"reason": type(exc).__name__})
+
+    # -- running ----------------------------------------------------------------
+
+    async def _run(self, running: _Running) -> None:
+        task = running.task
+        now_outcome: Outcome | None = None
+        handler = self.htm.handlers.get(task.task_type)
+        if handler is None:
+            known = ", ".join(self.htm.handlers.types()) or "none"
+            now_outcome = Outcome(
+                task.task_id,
+                task.attempts,
+                Status.FAILED,
+                self.clock.now(),
+                error=f"no handler registered for task type {task.task_type!r} on worker {self.worker_id} "
+                f"(registered: {known})",
+            )
+        else:
+            running.handler_task = asyncio.create_task(handler(TaskContext(task, self.worker_id, self.clock)))
+            try:
+                await asyncio.wait({running.handler_task})
+            except asyncio.CancelledError:
+                running.handler_task.cancel()
+                raise
+            now_outcome = self._outcome_of(running)
+        self._running.pop(task.task_id, None)
+        self._slot_freed.set()
+        if now_outcome is not None:
+            self._outcomes.append(now_outcome)
+            self._outcome_ready.set()
+
+    def _outcome_of(self, running: _Running) -> Outcome | None:
+        task = running.task
+        ht = running.handler_task
+        assert ht is not None
+        now = self.clock.now()
+        if ht.cancelled() or running.reason is not None:
+            if running.reason == "timeout":
+                return self._failure(task, Status.TIMED_OUT, f"timed out after {task.timeout_seconds:g}s", now)
+            if running.reason == "shutdown":
+                return Outcome(task.task_id, task.attempts, Status.QUEUED, now, error="released at worker shutdown")
+            return None  # cancelled elsewhere, or its lease was lost: nothing to record
+        exc = ht.exception()
+        if exc is not None:
+            return self._failure(task, Status.FAILED, f"{type(exc).__name__}: {exc}", now)
+        return Outcome(task.task_id, task.attempts, Status.COMPLETED, now, result=ht.result())
+
+    def _failure(self, task: Task, final: Status, error: str, now: datetime) -> Outcome:
+        cfg = self.htm.config
+        if task.attempts < task.max_attempts:
+            wait = queue_module.backoff(task.attempts, cfg.retry_base_seconds, cfg.retry_max_seconds)
+            return Outcome(
+                task.task_id, task.attempts, Status.DELAYED, now, error=error, retry_at=now + timedelta(seconds=wait)
+            )
+        return Outcome(task.task_id, task.attempts, final, now, error=error)
+
+    def _interrupt(self, running: _Running, reason: str) -> None:
+        if running.reason is None:
+            running.reason = reason
+        if running.handler_task is not None and not running.handler_task.done():
+            running.handler_task.cancel()
+
+    # -- recording outcomes -------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Record every pending outcome in one transaction; return how many were recorded."""
+        if not self._outcomes:
+            return 0
+        batch, self._outcomes = self._outcomes, []
+        self._outcome_ready.clear()
+        try:
+            recorded, _late = await self.htm.record(self.worker_id, batch)
+        except Exception:
+            self._outcomes[:0] = batch  # try again on the next round
+            raise
+        self.finished += len(recorded)
+        return len(recorded)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("htm.flush_failed", extra={"worker_id": self.worker_id, "reason": type(exc).__name__})
+                await asyncio.sleep(self.htm.config.poll_seconds)
+
+    async def wait_idle(self) -> None:
+        """Wait until no task is running here and every outcome is recorded (tests, benchmarks)."""
+        while self._running or self._outcomes:
+            runners = [r.runner for r in self._running.values() if r.runner is not None]
+            if runners:
+                await asyncio.wait(runners)
+            await self.flush()
+
+    # -- leases, timeouts and dead workers ---------------------------------------
+
+    def check_timeouts(self) -> int:
+        """Cancel handlers that ran past their task's timeout (by the injected clock); return how many."""
+        now = self.clock.now()
+        hit = 0
+        for running in list(self._running.values()):
+            if running.deadline is not None and now >= running.deadline and running.reason is None:
+                self._interrupt(running, "timeout")
+                hit += 1
+        return hit
+
+    async def heartbeat(self) -> None:
+        """Extend this worker's leases; stop handlers whose task was cancelled or taken away."""
+        held = await self.htm.queue.heartbeat(self.worker_id)
+        for task_id, running in list(self._running.items()):
+            if task_id not in held and running.reason is None and task_id not in self._pending_ids():
+                self._interrupt(running, "cancelled")
+
+    def _pending_ids(self) -> set[str]:
+        return {o.task_id for o in self._outcomes}
+
+    async def _maintenance_loop(self) -> None:
+        cfg = self.htm.config
+        tick = min(1.0, cfg.lease_seconds / 6)
+        beat_every = cfg.lease_seconds / 3
+        last_beat = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                self.check_timeouts()
+                if loop.time() - last_beat >= beat_every:
+                    last_beat = loop.time()
+                    await self.heartbeat()
+                if await self.htm.reap():
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("htm.maintenance_failed", extra={"reason": type(exc).__name__})
