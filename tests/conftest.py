@@ -20,6 +20,7 @@ from grace.auth import BootstrapCredentials
 from grace.clock import ManualClock
 from grace.config import Settings, load_settings
 from grace.services import Services, build
+from tests import canary
 from tests.backends import ADMIN_URL_ENV, PostgresTestDatabase, SqliteTemplate, in_ci, wanted_backends
 
 BACKENDS = wanted_backends()
@@ -93,7 +94,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 async def services(settings: Settings) -> AsyncIterator[Services]:
     """The real composition root on the test database, with the real clock."""
     built = await build(settings, migrate=False)
+    await canary.plant(built)
     yield built
+    await canary.sweep(built)
     await built.close()
 
 
@@ -108,10 +111,40 @@ async def client(settings: Settings, services: Services) -> AsyncIterator[httpx.
     """An HTTP client talking to the real app in-process (no principal attached)."""
     app = create_app(settings, services=services)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://grace.test") as http:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://grace.test", event_hooks={"response": [canary.SESSION.record_response]}
+    ) as http:
         yield http
 
 
 @pytest.fixture
 def admin_headers(admin: BootstrapCredentials) -> dict[str, str]:
     return {"Authorization": f"Bearer {admin.token}"}
+
+
+# -- the vault's canary (tests/canary.py): collect everything, fail the run on a leak --------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    canary.install()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The canary check runs after everything else, so it sees the whole session.
+    last = [i for i in items if i.name.startswith("test_canary_never_leaked")]
+    items[:] = [i for i in items if i not in last] + last
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and report.longrepr is not None:
+        canary.SESSION.add(f"report:{report.nodeid}", str(report.longrepr))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    canary.scan_live_objects(canary.SESSION)
+    leaks = canary.SESSION.leaks()
+    if leaks:
+        print("\nCANARY LEAKED (a secret value appeared outside its authorised retrieval):")
+        for leak in leaks[:20]:
+            print("  " + leak)
+        session.exitstatus = 1

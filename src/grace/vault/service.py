@@ -666,7 +666,7 @@ class Vault:
                 values = {"approved_by": by.username}
                 event = "consent.first_approval"
             else:
-                single_use = record.single_use or not persistent or record.risk_level == "critical"
+                single_use = not persistent or record.risk_level == "critical"
                 policy = self.consent_policy
                 if single_use:
                     valid_until = now + policy.single_use_window
