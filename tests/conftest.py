@@ -25,6 +25,9 @@ from tests.backends import ADMIN_URL_ENV, PostgresTestDatabase, SqliteTemplate, 
 
 BACKENDS = wanted_backends()
 
+# The vault tests' cast of users and agents (fixtures `cast` and `http`).
+pytest_plugins = ["tests.vaultkit"]
+
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplate:

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from grace import errors
 from grace.vault import AuditUnavailable, governance
 from grace.vault.tables import secret_consent_records, vault_audit
-from tests.vaultkit import Cast, cast  # noqa: F401 - the fixture
+from tests.vaultkit import Cast
 
 GITHUB_TOKEN = "ghp_" + "A1b2C3d4" * 4
 
@@ -304,7 +304,8 @@ async def test_an_audit_write_failure_releases_nothing(cast: Cast) -> None:
             )
             await conn.execute(
                 text(
-                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit FOR EACH ROW EXECUTE FUNCTION audit_offline()"
+                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit "
+                    "FOR EACH ROW EXECUTE FUNCTION audit_offline()"
                 )
             )
     try:
