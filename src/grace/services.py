@@ -16,7 +16,8 @@ from grace import auth, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import Clock, SystemClock
 from grace.config import Settings
-from grace.htm import HTM, load_config as load_htm_config
+from grace.htm import HTM
+from grace.htm import load_config as load_htm_config
 from grace.vault import Vault
 
 __all__ = ["Services", "build"]

@@ -12,7 +12,7 @@ from grace import __version__, logs
 from grace import services as services_module
 from grace.api import errors as api_errors
 from grace.api.middleware import RequestContext
-from grace.api.routes import auth, health, secrets, users
+from grace.api.routes import auth, health, htm, secrets, users
 from grace.clock import Clock
 from grace.config import Settings
 
@@ -56,6 +56,6 @@ def create_app(
         app.state.services = services  # usable without running the lifespan (in-process tests)
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_request_bytes)
-    for module in (health, auth, users, secrets):
+    for module in (health, auth, users, secrets, htm):
         app.include_router(module.router)
     return app

@@ -31,7 +31,7 @@ from grace.htm.tasks import Status, Task
 if TYPE_CHECKING:
     from grace.htm.service import HTM
 
-__all__ = ["Handler", "HandlerRegistry", "TaskContext", "WorkerPool"]
+__all__ = ["Handler", "HandlerRegistry", "TaskContext", "WorkerPool", "load_handlers"]
 
 log = logging.getLogger("grace.htm")
 
@@ -382,3 +382,20 @@ class WorkerPool:
                 raise
             except Exception as exc:
                 log.warning("htm.maintenance_failed", extra={"reason": type(exc).__name__})
+
+
+def load_handlers(spec: str, registry: HandlerRegistry) -> None:
+    """Import ``module:function`` and call it with ``registry`` so it registers its handlers."""
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise errors.ConfigurationError(f"handler module {spec!r}: expected module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise errors.ConfigurationError(f"handler module {module_name!r} cannot be imported: {exc}") from None
+    hook = getattr(module, attr, None)
+    if not callable(hook):
+        raise errors.ConfigurationError(f"{module_name} has no function {attr!r}")
+    hook(registry)

@@ -312,7 +312,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
-            "DROP FUNCTION IF EXISTS htm_claim(text, integer, timestamptz, double precision, integer, integer, timestamptz)"
+            "DROP FUNCTION IF EXISTS "
+            "htm_claim(text, integer, timestamptz, double precision, integer, integer, timestamptz)"
         )
     for table in ("htm_late_completions", "htm_workers", "htm_scheduler", "htm_origins", "htm_tasks"):
         op.drop_table(table)

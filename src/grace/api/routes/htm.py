@@ -1,0 +1,87 @@
+"""Tasks: submit, read, list, cancel, and the routing stats."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from grace import errors
+from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.htm import HTM
+from grace.services import Services
+
+router = APIRouter(prefix="/api/htm", tags=["htm"])
+
+
+class NewTask(BaseModel):
+    task_type: Annotated[str, Field(min_length=1, max_length=100)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: Annotated[str, Field(max_length=40)] = "normal"
+    origin: Annotated[str | None, Field(max_length=40)] = None
+    data_size_bytes: Annotated[int | None, Field(ge=0)] = None
+    sla_ms: Annotated[int | None, Field(gt=0)] = None
+    intent_id: Annotated[str | None, Field(max_length=100)] = None
+    max_attempts: Annotated[int | None, Field(ge=1, le=100)] = None
+    timeout_seconds: Annotated[float | None, Field(gt=0)] = None
+
+
+def _htm(services: Services) -> HTM:
+    if services.htm is None:
+        raise errors.StorageUnavailable("the task manager is not running in this process")
+    return services.htm
+
+
+@router.post("/tasks", status_code=201)
+async def submit_task(body: NewTask, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+    """Submit a task; returns its task_id, status and the routing decision (accepted, delayed or deferred)."""
+    htm = _htm(services)
+    request = htm.request(
+        body.task_type,
+        payload=body.payload,
+        priority=body.priority,
+        origin=body.origin,
+        data_size_bytes=body.data_size_bytes,
+        sla_ms=body.sla_ms,
+        intent_id=body.intent_id,
+        max_attempts=body.max_attempts,
+        timeout_seconds=body.timeout_seconds,
+    )
+    submitted = await htm.submit(request, creator=principal)
+    return submitted.as_dict()
+
+
+@router.get("/tasks")
+async def list_tasks(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    status: Annotated[str | None, Query(max_length=40, description="Only tasks in this status.")] = None,
+    origin: Annotated[str | None, Query(max_length=40, description="Only tasks from this origin.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")] = 50,
+) -> dict[str, Any]:
+    """List tasks newest first (payloads left out): members see their own, operators and admins see all."""
+    tasks = await _htm(services).list_tasks(principal=principal, status=status, origin=origin, limit=limit)
+    return {"tasks": [t.as_dict(include_payload=False) for t in tasks]}
+
+
+@router.get("/tasks/{task_id}")
+async def get_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+    """Show one task with its payload, result or error, and any rejected late completions."""
+    htm = _htm(services)
+    task = await htm.get(task_id, principal=principal)
+    return {"task": task.as_dict(), "late_completions": await htm.late_completions(task_id, principal=principal)}
+
+
+@router.post("/tasks/{task_id}/cancel")
+async def cancel_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+    """Cancel a waiting or running task; 409 if it already finished."""
+    task = await _htm(services).cancel(task_id, principal=principal)
+    return {"task": task.as_dict(include_payload=False)}
+
+
+@router.get("/routing/stats")
+async def routing_stats(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+    """Per-origin load against its share: current_count, max_concurrent, total_queued, tasks_starved,
+    utilization, delayed and deferred counts, and throughput over the last minute."""
+    return await _htm(services).routing_stats()
