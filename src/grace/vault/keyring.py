@@ -18,6 +18,10 @@ database refuse a second):
    they are kept for the audit trail, never deleted.
 
 Running :meth:`Keyring.rotate` again after a crash resumes from the recorded step.
+The optional ``on_step`` hook is called after each step commits (the names
+above) and inside each step's transaction just before it commits
+(``create_uncommitted``, ``activate_uncommitted``, ``batch_uncommitted``,
+``archive_uncommitted``), so tests can stop the process at every point.
 """
 
 from __future__ import annotations
@@ -290,14 +294,14 @@ class Keyring:
         rotation = await self._unfinished()
         resumed = rotation is not None
         if rotation is None:
-            rotation = await self._begin(by)
+            rotation = await self._begin(by, hook)
             await hook("key_created")
         if rotation["step"] == "created":
-            await self._activate(rotation)
+            await self._activate(rotation, hook)
             await hook("key_activated")
         while await self._rewrap_batch(rotation["id"], rotation["to_key_id"], batch_size, hook):
             await hook("batch_committed")
-        archived, rewrapped = await self._finish(rotation)
+        archived, rewrapped = await self._finish(rotation, hook)
         await hook("archived")
         log.info(
             "vault.key_rotated",
@@ -307,7 +311,7 @@ class Keyring:
             rotation["id"], rotation["from_key_id"], rotation["to_key_id"], rewrapped, resumed, archived
         )
 
-    async def _begin(self, by: str) -> Any:
+    async def _begin(self, by: str, hook: StepHook) -> Any:
         now = self.clock.now()
         try:
             async with self.db.write() as conn:
@@ -350,11 +354,12 @@ class Keyring:
                         "term": term,
                     },
                 )
+                await hook("create_uncommitted")
         except IntegrityError:
             raise errors.Conflict("another key rotation is already running") from None
         return row
 
-    async def _activate(self, rotation: Any) -> None:
+    async def _activate(self, rotation: Any, hook: StepHook) -> None:
         now = self.clock.now()
         async with self.db.write() as conn:
             await conn.execute(update(vault_keys).where(vault_keys.c.status == "active").values(status="retiring"))
@@ -374,6 +379,7 @@ class Keyring:
                 actor=rotation["started_by"],
                 details={"rotation_id": rotation["id"], "key_id": rotation["to_key_id"]},
             )
+            await hook("activate_uncommitted")
 
     async def _rewrap_batch(self, rotation_id: str, to_key_id: str, batch_size: int, hook: StepHook) -> int:
         target = await self.kek(to_key_id)
@@ -432,7 +438,7 @@ class Keyring:
             await hook("batch_uncommitted")
         return len(changes)
 
-    async def _finish(self, rotation: Any) -> tuple[list[str], int]:
+    async def _finish(self, rotation: Any, hook: StepHook) -> tuple[list[str], int]:
         now = self.clock.now()
         async with self.db.write() as conn:
             still_used = set((await conn.execute(select(vault_secret_versions.c.key_id).distinct())).scalars().all())
@@ -469,4 +475,5 @@ class Keyring:
                     "rewrapped": rewrapped,
                 },
             )
+            await hook("archive_uncommitted")
         return archived, rewrapped
