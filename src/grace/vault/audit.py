@@ -392,16 +392,16 @@ class AuditLog:
         origins = [self._origin(r) for r in rows]
         # An altered entry keeps its stored hash; an authentic neighbour or a signed checkpoint vouches for it.
         vouched = {r["prev_hash"]: o - 1 for r, o in zip(rows, origins, strict=True) if o is not None}
+        authentic = {o for o in origins if o is not None}
         for i, (row, origin) in enumerate(zip(rows, origins, strict=True)):
             if origin is not None:
                 continue
-            if row["hash"] in vouched:
-                origins[i] = vouched[row["hash"]]
-                report.modified.append(int(row["seq"]))
-            elif row["hash"] in valid_checkpoints:
-                origins[i] = valid_checkpoints[row["hash"]]
+            claimed = vouched.get(row["hash"], valid_checkpoints.get(row["hash"]))
+            if claimed is not None and claimed not in authentic:
+                origins[i] = claimed
                 report.modified.append(int(row["seq"]))
             else:
+                # Unauthenticated, and either vouched for by nobody or a copy of an entry that is still there.
                 report.inserted.append(int(row["seq"]))
 
         highest = 0
