@@ -11,6 +11,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from grace import auth, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
@@ -18,7 +19,7 @@ from grace.clock import Clock, SystemClock
 from grace.config import Settings
 from grace.htm import HTM
 from grace.htm import load_config as load_htm_config
-from grace.vault import Vault
+from grace.vault import ROTATION_TASK, Vault
 
 __all__ = ["Services", "build"]
 
@@ -126,7 +127,21 @@ async def build(
         raise
     services = Services(settings, clock, db, bus, accounts, sign_in, vault=vault)
     services.htm = HTM(db, bus, clock, htm_config)
+    _run_vault_rotation_on_htm(services.htm, vault)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)
     return services
+
+
+def _run_vault_rotation_on_htm(htm: HTM, vault: Vault) -> None:
+    """Key rotation runs as the HTM task type ``vault.rotate_keys`` (resumable, retried, on the dashboard)."""
+    htm.handlers.register(ROTATION_TASK, vault.run_rotation_task)
+
+    async def submit(payload: dict[str, Any]) -> str:
+        decision = await htm.route_task(
+            ROTATION_TASK, payload=payload, origin="scheduler", max_attempts=5, timeout_seconds=3600
+        )
+        return str(decision["task_id"])
+
+    vault.use_task_manager(submit)

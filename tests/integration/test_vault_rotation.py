@@ -18,8 +18,9 @@ from grace import errors
 from grace.bus import InProcessBus
 from grace.clock import ManualClock, SystemClock
 from grace.config import Settings, load_settings
+from grace.htm import TaskContext
 from grace.storage import Database
-from grace.vault import Vault, generate_encoded
+from grace.vault import ROTATION_TASK, Vault, generate_encoded
 from grace.vault.tables import vault_keys, vault_rotations, vault_secret_versions
 from tests.vaultkit import Cast
 
@@ -113,7 +114,19 @@ async def test_key_expiry_warns_seven_days_ahead_and_the_schedule_rotates(cast: 
     cast.clock.advance(timedelta(days=3, hours=2).total_seconds())
     assert await cast.vault.keyring.rotation_due()
     done = await cast.vault.tick()
-    assert done["rotated"]["rewrapped"] >= 1
+    # The rotation is queued on the task manager as a `vault.rotate_keys` task; a worker runs its handler.
+    task_id = done["rotation_queued"]["task_id"]
+    assert "rotation_queued" not in await cast.vault.tick()  # one task per key term
+    htm = cast.services.htm
+    assert htm is not None
+    task = await htm.get(task_id, principal=None)
+    assert task.task_type == ROTATION_TASK and task.payload["active_term"] == 1
+    handler = htm.handlers.get(ROTATION_TASK)
+    assert handler is not None
+    result = await handler(TaskContext(task, "test-worker", cast.clock))
+    assert result["rewrapped"] >= 1 and (await cast.vault.keys_status())["active_key"]["term"] == 2
+    again = await handler(TaskContext(task, "test-worker", cast.clock))  # a retried or duplicate task
+    assert again["skipped"] and (await cast.vault.keys_status())["active_key"]["term"] == 2
     status = await cast.vault.keys_status()
     assert status["next_scheduled_rotation"] == "2026-01-11T02:00:00+00:00"
     cast.clock.advance(timedelta(days=23, hours=1).total_seconds())  # 30-day key, 6 days 23 hours left

@@ -14,10 +14,11 @@ from grace.vault.governance import Policy
 from grace.vault.keyring import RotationReport
 from grace.vault.masterkey import MasterKey, generate_encoded
 from grace.vault.risk import RiskLevel, SecretType
-from grace.vault.service import AccessResult, AuditUnavailable, Vault
+from grace.vault.service import ROTATION_TASK, AccessResult, AuditUnavailable, Vault
 from grace.vault.store import SecretInfo, SecretValue
 
 __all__ = [
+    "ROTATION_TASK",
     "AccessResult",
     "AuditEntry",
     "AuditUnavailable",

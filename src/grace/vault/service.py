@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -50,6 +50,9 @@ TOPIC_ROTATION_DUE = "secrets.rotation.due"
 TOPIC_KEY_EXPIRING = "secrets.key.expiring"
 TOPIC_KEY_ROTATED = "secrets.key.rotated"
 WAIT_POLL_SECONDS = 0.2
+ROTATION_TASK = "vault.rotate_keys"
+
+RotationSubmitter = Callable[[dict[str, Any]], Awaitable[str]]
 
 
 class AuditUnavailable(errors.StorageUnavailable):
@@ -125,6 +128,8 @@ class Vault:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._rotation_lock = asyncio.Lock()
         self._rotation_task: asyncio.Task[None] | None = None
+        self._submit_rotation: RotationSubmitter | None = None
+        self._queued_for_term: int | None = None
 
     def __repr__(self) -> str:
         return f"Vault(backend={self.db.backend!r}, master={self.master!r})"
@@ -1051,6 +1056,33 @@ class Vault:
         await self.bus.publish(TOPIC_KEY_ROTATED, {"key_id": report.to_key_id, "rewrapped": report.rewrapped})
         return report
 
+    def use_task_manager(self, submit: RotationSubmitter) -> None:
+        """Run key rotations as task-manager tasks: ``submit`` queues a ``vault.rotate_keys`` task, returns its id."""
+        self._submit_rotation = submit
+
+    async def run_rotation_task(self, ctx: Any) -> dict[str, Any]:
+        """The ``vault.rotate_keys`` task handler: rotate, or resume, unless someone already rotated past it."""
+        payload = getattr(ctx, "payload", {}) or {}
+        status = await self.keyring.status()
+        term = (status["active_key"] or {}).get("term")
+        expected = payload.get("active_term")
+        if expected is not None and term != expected and not status["rotation_in_progress"]:
+            return {"skipped": "the key was rotated since this task was queued", "active_term": term}
+        try:
+            report = await self.rotate_keys(by=f"task:{getattr(ctx, 'task_id', '?')}")
+        except errors.Conflict:
+            return {"skipped": "another rotation is running"}
+        return report.as_dict()
+
+    async def request_rotation(self, *, by: str, reason: str = "requested") -> dict[str, Any]:
+        """Queue a rotation on the task manager when it is wired; otherwise run it in the background here."""
+        if self._submit_rotation is None:
+            return {"queued": False, "started": self.start_rotation(by=by)}
+        term = ((await self.keyring.status())["active_key"] or {}).get("term")
+        task_id = await self._submit_rotation({"active_term": term, "reason": reason, "requested_by": by})
+        log.info("vault.rotation_queued", extra={"task_id": task_id, "reason": reason})
+        return {"queued": True, "task_id": task_id}
+
     def start_rotation(self, *, by: str = "system") -> bool:
         """Run :meth:`rotate_keys` as a background task in this process; False if one is already running here."""
         if self._rotation_task is not None and not self._rotation_task.done():
@@ -1093,7 +1125,13 @@ class Vault:
         }
         done["key_expiring"] = await self.check_key_expiry()
         if await self.keyring.rotation_due():
-            done["rotated"] = (await self.rotate_keys(by="schedule")).as_dict()
+            if self._submit_rotation is None:
+                done["rotated"] = (await self.rotate_keys(by="schedule")).as_dict()
+            else:
+                term = ((await self.keyring.status())["active_key"] or {}).get("term")
+                if term != self._queued_for_term:  # one task per key term from this process
+                    done["rotation_queued"] = await self.request_rotation(by="schedule", reason="schedule")
+                    self._queued_for_term = term
         await self.audit.checkpoint()
         return done
 

@@ -293,11 +293,11 @@ async def keys_status(principal: CurrentPrincipal, services: ServicesDep) -> dic
 
 @router.post("/keys/rotate", status_code=202)
 async def keys_rotate(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
-    """Start (or resume) a key rotation in the background (admin only); follow it on keys/status."""
+    """Start (or resume) a key rotation as a background task (admin only); follow it on keys/status."""
     principal.require(Role.ADMIN)
     vault = _vault(services)
-    started = vault.start_rotation(by=principal.name)
-    return {"started": started, "keys": await vault.keys_status()}
+    started = await vault.request_rotation(by=principal.name, reason="admin request")
+    return {**started, "keys": await vault.keys_status()}
 
 
 @router.get("/audit/verify")
