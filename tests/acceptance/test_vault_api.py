@@ -157,8 +157,12 @@ async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(http: httpx.AsyncC
     after = (await http.get("/api/secrets", headers=cast.headers("owner"))).json()
     assert after == before
     entries = (await http.get("/api/secrets/audit", headers=cast.headers("owner"))).json()["entries"]
-    # Only the denial and the refused second answer were recorded; no bad store left a trace in the data.
-    assert [e["event"] for e in entries[: len(entries) - audit_before]] == ["consent.answer_refused", "consent.denied"]
+    # Bad stores left no trace; the attempt on a missing secret, the denial and the refused answer are recorded.
+    assert [e["event"] for e in entries[: len(entries) - audit_before]] == [
+        "consent.answer_refused",
+        "consent.denied",
+        "secret.access_denied",
+    ]
 
 
 async def test_every_vault_route_needs_a_principal(http: httpx.AsyncClient) -> None:

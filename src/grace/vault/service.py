@@ -265,7 +265,20 @@ class Vault:
             raise errors.InvalidInput(
                 f"timeout_seconds must be between 1 and {int(self.consent_policy.max_timeout.total_seconds())}"
             )
-        secret = await self.secrets.get(user_id, secret_key.strip())
+        try:
+            secret = await self.secrets.get(user_id, secret_key.strip())
+        except errors.NotFound:
+            # An attempt on a secret that does not exist is an access attempt too.
+            await self._audited(
+                self.audit.record(
+                    "secret.access_denied",
+                    actor=agent,
+                    user_id=user_id or None,
+                    outcome="refused",
+                    details={"secret_key": secret_key[:128], "requested_action": action, "reason": "no such secret"},
+                )
+            )
+            raise
         if (
             secret_type is not None
             and secret_type != ""
