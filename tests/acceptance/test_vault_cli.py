@@ -44,7 +44,9 @@ def test_keys_generate_prints_a_usable_master_key(tmp_path: Path) -> None:
 
 
 def test_store_list_rotate_and_verify(grace: CliRunner, tmp_path: Path) -> None:
-    assert _run(grace, "users", "create", "aaron").exit_code == 0
+    first = _run(grace, "users", "create", "aaron")
+    assert first.exit_code == 0 and "A new vault master key was written" in first.output
+    assert "Back it up now" in first.output
     stored = _run(grace, "secrets", "store", "slack_token", "--user", "aaron", "--service", "slack", stdin=TOKEN + "\n")
     assert stored.exit_code == 0, stored.output
     assert "stored slack_token v1 (api_key, medium risk)" in stored.output and TOKEN not in stored.output
@@ -53,6 +55,7 @@ def test_store_list_rotate_and_verify(grace: CliRunner, tmp_path: Path) -> None:
 
     listed = _run(grace, "secrets", "list", "--user", "aaron")
     assert "slack_token" in listed.output and TOKEN[-4:] in listed.output and TOKEN not in listed.output
+    assert "master key was written" not in stored.output + listed.output  # only the run that made it warns
 
     status = _run(grace, "keys", "status")
     assert status.exit_code == 0 and "term 1" in status.output and "master key: file" in status.output

@@ -41,13 +41,25 @@ SALT_BYTES = 16
 class MasterKey:
     """The root of the key hierarchy; holds 32 bytes and never shows them."""
 
-    __slots__ = ("_material", "source")
+    __slots__ = ("_material", "created_file", "source")
 
-    def __init__(self, material: bytes, source: str) -> None:
+    def __init__(self, material: bytes, source: str, *, created_file: Path | None = None) -> None:
         if len(material) != crypto.KEY_BYTES:
             raise errors.ConfigurationError("the master key must be 32 bytes")
         self._material = bytes(material)
         self.source = source
+        self.created_file = created_file  # set when this process generated the key file
+
+    @property
+    def first_run_warning(self) -> str | None:
+        """Return the warning to show a person when this process just created the key file."""
+        if self.created_file is None:
+            return None
+        return (
+            f"A new vault master key was written to {self.created_file} (mode 0600). Back it up now: without it "
+            "every stored secret is lost. To manage the key yourself set GRACE_MASTER_KEY (see `grace keys "
+            "generate`) or GRACE_MASTER_PASSPHRASE."
+        )
 
     @property
     def key_id(self) -> str:
@@ -90,6 +102,7 @@ def key_file_path(settings: Settings) -> Path:
 
 def load_from_file(path: Path, *, create: bool = True) -> MasterKey:
     """Read the key file, or create it (mode 0600) when it does not exist yet."""
+    created = False
     if not path.exists():
         if not create:
             raise errors.ConfigurationError(f"GRACE_MASTER_KEY_FILE: {path} does not exist")
@@ -100,6 +113,7 @@ def load_from_file(path: Path, *, create: bool = True) -> MasterKey:
             return load_from_file(path, create=False)  # another process created it first
         with os.fdopen(fd, "w") as handle:
             handle.write(generate_encoded() + "\n")
+        created = True
         log.warning(
             "vault.master_key_file_created",
             extra={
@@ -113,7 +127,8 @@ def load_from_file(path: Path, *, create: bool = True) -> MasterKey:
         raise errors.ConfigurationError(
             f"GRACE_MASTER_KEY_FILE: {path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
         )
-    return MasterKey(_decode(path.read_text().strip(), f"GRACE_MASTER_KEY_FILE ({path})"), "file")
+    material = _decode(path.read_text().strip(), f"GRACE_MASTER_KEY_FILE ({path})")
+    return MasterKey(material, "file", created_file=path if created else None)
 
 
 def from_passphrase(passphrase: str, salt: bytes) -> MasterKey:
