@@ -69,7 +69,13 @@ class Collector:
             self.texts.append((where, value))
 
     async def record_response(self, response: httpx.Response) -> None:
-        """An httpx response hook: keep the headers and body of every response."""
+        """An httpx response hook: keep the headers and body of every response.
+
+        A live event stream cannot be read to its end here; its events are scanned by the test reading it.
+        """
+        if response.headers.get("content-type", "").startswith("text/event-stream") and not response.is_closed:
+            self.scanned["stream"] = self.scanned.get("stream", 0) + 1
+            return
         await response.aread()
         body = "\n".join(f"{k}: {v}" for k, v in response.headers.items()) + "\n\n" + response.text
         self.scanned["response"] = self.scanned.get("response", 0) + 1

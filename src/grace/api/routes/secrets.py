@@ -193,19 +193,23 @@ async def consent_stream(
     """Stream your pending consent requests as server-sent events: the current ones first, then new ones live.
 
     Each event is ``consent.request`` (a pending request) or ``consent.response``
-    (one was answered). ``limit`` and ``timeout_seconds`` end the stream early.
+    (one was answered). Operators and admins also get requests waiting for a
+    second approval. ``limit`` and ``timeout_seconds`` end the stream early.
     """
     vault = _vault(services)
     subscription = services.bus.subscribe("secrets.consent.#")
     await subscription.open()
     current = await vault.pending(principal)
     now = services.clock.now()
+    can_second = principal.has_role(Role.OPERATOR) and principal.agent is None
 
     async def events() -> AsyncIterator[str]:
         sent = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds if timeout_seconds else None
         try:
+            # Open the stream at once (headers and a comment), so clients and proxies see it is alive.
+            yield ": consent stream\nretry: 3000\n\n"
             for record in current:
                 yield _sse("consent.request", record.as_dict(now), record.consent_id)
                 sent += 1
@@ -221,7 +225,9 @@ async def consent_stream(
                 if event is None:
                     yield ": keepalive\n\n"
                     continue
-                if event.payload.get("user_id") != principal.user_id:
+                mine = event.payload.get("user_id") == principal.user_id
+                seconding = bool(event.payload.get("awaiting_second_approval")) and can_second
+                if not (mine or seconding):
                     continue
                 name = "consent.request" if event.topic.endswith(".request") else "consent.response"
                 yield _sse(name, event.payload, str(event.id))
