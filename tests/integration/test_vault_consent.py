@@ -355,3 +355,19 @@ async def test_consent_records_keep_the_seed_schema(cast: Cast) -> None:
     ):
         assert column in row
     assert row["consent_status"] == "pending" and row["requested_by"] == "code_agent"
+
+
+async def test_an_agent_of_the_same_name_under_another_users_token_gets_nothing(cast: Cast) -> None:
+    await _store(cast)
+    pending = await _ask(cast)
+    await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True)
+    assert (await cast.vault.redeem(cast.agent, pending.consent_id)).approved
+    # An admin's token for an agent that is also called code_agent: neither the consent id nor the standing consent.
+    _, token = await cast.services.accounts.create_token(cast.admin.user_id, agent="code_agent")
+    admins_agent = await cast.services.accounts.resolve_token(token)
+    taken = await cast.vault.redeem(admins_agent, pending.consent_id or "")
+    assert taken.status == "denied" and taken.value is None
+    fresh = await cast.vault.access(
+        admins_agent, "github_token", action="git_push", user_id=cast.owner.user_id, wait_seconds=0
+    )
+    assert fresh.status == "pending" and fresh.consent_id != pending.consent_id

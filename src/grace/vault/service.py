@@ -99,6 +99,13 @@ def _requester_name(principal: Principal) -> str:
     return principal.agent or principal.username
 
 
+def _same_requester(principal: Principal, record: ConsentRecord) -> bool:
+    """Return whether ``principal`` is the one the consent was asked for: same agent name, same user's token."""
+    if record.requested_by != _requester_name(principal):
+        return False
+    return record.requester_user_id is None or record.requester_user_id == principal.user_id
+
+
 class Vault:
     """Secrets, consent, governance, audit and keys, over one database."""
 
@@ -380,7 +387,7 @@ class Vault:
                 return await self._deny_new(base, f"governance: {decision.reason}")
 
         if not found:
-            standing = await self._standing(secret.id, agent, action, now)
+            standing = await self._standing(secret.id, agent, action, now, requester.user_id if requester else None)
             if standing is not None:
                 return ConsentDecision("approved", standing.consent_id, "standing consent")
             if level is risk.RiskLevel.LOW and risk.is_read_only(action):
@@ -451,7 +458,9 @@ class Vault:
         consent_id = await self._insert(row, "consent.denied", actor="vault")
         return ConsentDecision("denied", consent_id, reason, tuple(row["anomalies"]))
 
-    async def _standing(self, secret_id: str, agent: str, action: str, now: Any) -> ConsentRecord | None:
+    async def _standing(
+        self, secret_id: str, agent: str, action: str, now: Any, requester_user_id: str | None
+    ) -> ConsentRecord | None:
         async with self.db.read() as conn:
             rows = (
                 (
@@ -464,6 +473,10 @@ class Vault:
                             secret_consent_records.c.consent_status == "approved",
                             secret_consent_records.c.single_use.is_(False),
                             secret_consent_records.c.valid_until > now,
+                            # The same agent name under another user's token is another agent.
+                            secret_consent_records.c.requester_user_id.is_(None)
+                            if requester_user_id is None
+                            else secret_consent_records.c.requester_user_id == requester_user_id,
                         )
                         .order_by(secret_consent_records.c.created_at.desc())
                     )
@@ -925,7 +938,7 @@ class Vault:
         record = await self.get_consent(consent_id)
         if record.user_id != by.user_id and not by.is_admin:
             raise errors.NotFound(f"no consent request {consent_id[:128]!r}")
-        if record.requested_by != _requester_name(by):
+        if not _same_requester(by, record):
             await self._refuse(by, record, "secret.access_denied", "consent was given to another requester")
             return AccessResult("denied", consent_id, "this consent was given to another requester")
         if record.status == "pending":
@@ -943,8 +956,7 @@ class Vault:
 
     async def _release(self, by: Principal, record: ConsentRecord) -> AccessResult:
         now = self.clock.now()
-        requester = _requester_name(by)
-        if record.requested_by != requester:
+        if not _same_requester(by, record):
             await self._refuse(by, record, "secret.access_denied", "consent was given to another requester")
             return AccessResult("denied", record.consent_id, "this consent was given to another requester")
         if record.valid_until is not None and now >= record.valid_until:
