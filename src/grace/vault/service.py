@@ -634,7 +634,7 @@ class Vault:
             if not by.has_role(Role.OPERATOR):
                 await self._refuse(by, record, "consent.answer_refused", "second approver must be an operator or admin")
                 raise errors.PermissionDenied("the second approval must come from an operator or admin")
-            if by.user_id == record.requester_user_id or by.username == record.approved_by:
+            if by.user_id == record.requester_user_id or by.username in (record.approved_by, record.requested_by):
                 await self._refuse(by, record, "consent.answer_refused", "second approver must be someone else")
                 raise errors.PermissionDenied(
                     "the second approver must be neither the requester nor the first approver"
