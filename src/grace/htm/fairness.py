@@ -10,10 +10,12 @@ three additions:
   under-quota origin has work again.
 - **A wait bound.** An origin that has waited ``ceil(total_weight / weight) - 1``
   dispatches since its last one (or since it last had work) is picked next;
-  when several are due, the smallest share goes first. With the default shares
+  when several are due, the smallest share goes first, then the longest waiting. With the default shares
   the 2% origin is therefore served at least once in every 50 dispatches.
 - **No hoarding.** An idle origin forfeits positive credit (it keeps any debt),
-  and credit is clamped to ``[-total_weight, total_weight]``.
+  and credit stays within one dispatch of the current round, ``[-T, T]`` for
+  ``T`` the weight of the origins with work: a debt run up while big origins
+  were busy would otherwise cost a small origin many dispatches once they leave.
 
 Everything is integer arithmetic on weights in basis points, so the PostgreSQL
 claim function (migration ``0002_htm``, ``htm_claim``) computes exactly the same
@@ -65,7 +67,7 @@ def pick(slots: Sequence[OriginSlot], n: int, seq: int) -> list[int]:
             s.credit += s.weight
         due = [s for s in candidates if s_no - s.since + 1 >= wait_bound(s.weight, total_weight)]
         if due:
-            best = min(due, key=lambda s: (s.weight, s.index))
+            best = min(due, key=lambda s: (s.weight, s.since, s.index))
         else:
             best = max(candidates, key=lambda s: (s.credit, s.weight, -s.index))
         best.credit -= round_weight
@@ -76,6 +78,6 @@ def pick(slots: Sequence[OriginSlot], n: int, seq: int) -> list[int]:
                 s.credit = min(s.credit, 0)
             if s is best or s not in candidates:
                 s.since = s_no + 1
-            s.credit = max(-total_weight, min(total_weight, s.credit))
+            s.credit = max(-round_weight, min(round_weight, s.credit))
         out.append(best.index)
     return out

@@ -363,9 +363,9 @@ class Queue:
         t = htm_tasks
         state = {r.origin: r for r in (await conn.execute(select(htm_origins)))}
         running: dict[str, int] = dict(
-            (await conn.execute(select(t.c.origin, func.count()).where(t.c.status == "running").group_by(t.c.origin)))
-            .tuples()
-            .all()
+            (
+                await conn.execute(select(t.c.origin, func.count()).where(t.c.status == "running").group_by(t.c.origin))
+            ).all()
         )
         slots = []
         for origin in ORDER:

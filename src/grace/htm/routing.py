@@ -132,7 +132,7 @@ async def load(
         Origin(o): int(n)
         for o, n in (
             await conn.execute(select(t.c.origin, func.count()).where(t.c.status == "running").group_by(t.c.origin))
-        ).tuples()
+        )
     }
     waiting: set[Origin] = set()
     for origin in ORDER:

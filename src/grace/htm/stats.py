@@ -41,7 +41,7 @@ async def routing_stats(htm: HTM, *, now: datetime) -> dict[str, Any]:
                     .where(t.c.status.in_(("queued", "delayed", "deferred")))
                     .group_by(t.c.origin, t.c.status)
                 )
-            ).tuples()
+            )
         }
         recent = {
             (o, s): (int(n), int(b or 0))
@@ -51,10 +51,10 @@ async def routing_stats(htm: HTM, *, now: datetime) -> dict[str, Any]:
                     .where(t.c.finished_at > now - THROUGHPUT_WINDOW)
                     .group_by(t.c.origin, t.c.status)
                 )
-            ).tuples()
+            )
         }
         dispatched = {
-            o: int(n) for o, n in (await conn.execute(select(htm_origins.c.origin, htm_origins.c.dispatched))).tuples()
+            o: int(n) for o, n in (await conn.execute(select(htm_origins.c.origin, htm_origins.c.dispatched)))
         }
         workers = int(
             (

@@ -35,6 +35,8 @@ __all__ = ["Handler", "HandlerRegistry", "TaskContext", "WorkerPool", "load_hand
 
 log = logging.getLogger("grace.htm")
 
+LISTEN_TIMEOUT = 0.5
+
 Handler = Callable[["TaskContext"], Coroutine[Any, Any, Any]]
 
 
@@ -117,6 +119,8 @@ class WorkerPool:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     _outcome_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _listen: asyncio.Task[None] | None = None
     _stopping: bool = False
     _started: bool = False
     claimed: int = 0
@@ -150,8 +154,10 @@ class WorkerPool:
             asyncio.create_task(self._dispatch_loop(), name="grace-htm-dispatch"),
             asyncio.create_task(self._flush_loop(), name="grace-htm-flush"),
             asyncio.create_task(self._maintenance_loop(), name="grace-htm-maintenance"),
-            asyncio.create_task(self._listen_loop(), name="grace-htm-listen"),
         ]
+        if not self.htm.db.is_sqlite:
+            # Only PostgreSQL has other processes to hear from; on SQLite submits wake the pool directly.
+            self._listen = asyncio.create_task(self._listen_loop(), name="grace-htm-listen")
         log.info("htm.worker_started", extra={"worker_id": self.worker_id, "concurrency": self.concurrency})
 
     def wake(self) -> None:
@@ -179,10 +185,11 @@ class WorkerPool:
         await self.flush()
         for t in self._loops:
             t.cancel()
-        for t in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        loops = [*self._loops, *([self._listen] if self._listen is not None else [])]
+        if loops:
+            await asyncio.wait(loops, timeout=2 * LISTEN_TIMEOUT + 1)
         self._loops = []
+        self._listen = None
         await self.flush()
         with contextlib.suppress(Exception):
             await self.htm.queue.unregister_worker(self.worker_id)
@@ -234,14 +241,14 @@ class WorkerPool:
                     await asyncio.wait_for(self._wake.wait(), poll)
 
     async def _listen_loop(self) -> None:
-        # Wake-ups from other processes: a task created anywhere wakes every idle dispatcher.
+        # Wake-ups from other processes: a task created anywhere wakes every idle dispatcher. Polls with a
+        # short timeout and checks for shutdown rather than being cancelled mid-wait.
         sub = self.htm.bus.subscribe("htm.task.created")
         try:
             async with sub:
-                async for _ in sub:
-                    self._wake.set()
-        except asyncio.CancelledError:
-            raise
+                while not self._stopping:
+                    if await sub.get(timeout=LISTEN_TIMEOUT) is not None:
+                        self._wake.set()
         except Exception as exc:
             log.warning("htm.listen_failed", extra={"reason": type(exc).__name__})
 
@@ -310,21 +317,22 @@ class WorkerPool:
 
     async def flush(self) -> int:
         """Record every pending outcome in one transaction; return how many were recorded."""
-        if not self._outcomes:
-            return 0
-        batch, self._outcomes = self._outcomes, []
-        self._outcome_ready.clear()
-        try:
-            recorded, _late = await self.htm.record(self.worker_id, batch)
-        except Exception:
-            self._outcomes[:0] = batch  # try again on the next round
-            raise
-        self.finished += len(recorded)
-        return len(recorded)
+        async with self._flushing:
+            if not self._outcomes:
+                return 0
+            batch, self._outcomes = self._outcomes, []
+            try:
+                recorded, _late = await self.htm.record(self.worker_id, batch)
+            except BaseException:
+                self._outcomes[:0] = batch  # not recorded: try again on the next round
+                raise
+            self.finished += len(recorded)
+            return len(recorded)
 
     async def _flush_loop(self) -> None:
         while True:
             await self._outcome_ready.wait()
+            self._outcome_ready.clear()
             try:
                 await self.flush()
             except asyncio.CancelledError:

@@ -141,7 +141,8 @@ BEGIN
         v_best := 0;
         FOR i IN 1..v_k LOOP
             IF v_cand[i] AND v_sno - o_since[i] + 1 >= (v_total + o_weight[i] - 1) / o_weight[i] THEN
-                IF v_best = 0 OR o_weight[i] < o_weight[v_best] THEN
+                IF v_best = 0 OR o_weight[i] < o_weight[v_best]
+                   OR (o_weight[i] = o_weight[v_best] AND o_since[i] < o_since[v_best]) THEN
                     v_best := i;
                 END IF;
             END IF;
@@ -168,7 +169,7 @@ BEGIN
             IF i = v_best OR NOT v_cand[i] THEN
                 o_since[i] := v_sno + 1;
             END IF;
-            o_credit[i] := greatest(-v_total, least(v_total, o_credit[i]));
+            o_credit[i] := greatest(-v_round, least(v_round, o_credit[i]));
         END LOOP;
 
         UPDATE htm_tasks

@@ -1,0 +1,346 @@
+"""The durable queue on SQLite and PostgreSQL: fair claims, leases, retries, timeouts, cancel, late completions."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+import pytest
+
+from grace import errors
+from grace.clock import ManualClock
+from grace.htm import Status, fairness, origins
+from grace.htm.origins import ORDER, Origin
+from grace.htm.queue import Outcome
+from tests.htmkit import Gate, manual_htm, settle, submit
+
+
+async def test_claims_follow_the_reference_fair_pick_on_every_backend(database_url: str, clock: ManualClock) -> None:
+    counts = {Origin.USER_REQUEST: 40, Origin.HUNTER_ALERT: 30, Origin.REMEDIATION: 20, Origin.INTERNAL: 20}
+    async with manual_htm(database_url, clock, capacity=1000) as htm:
+        for origin, n in counts.items():
+            await submit(htm, origin, n)
+        got: list[str] = []
+        for size in (1, 1, 1, 5, 1, 7, 10, 2, 1, 22):
+            got += [t.origin.value for t in await htm.queue.claim("w1", size, fallback_capacity=1)]
+        # The same picks computed by the pure reference (grace.htm.fairness) from the same state.
+        weights = htm.weights
+        total = sum(weights.values())
+        slots = [
+            fairness.OriginSlot(
+                o.position, weights[o], ready=counts.get(o, 0), quota=origins.max_concurrent(weights[o], total, 1000)
+            )
+            for o in ORDER
+        ]
+        expected = [ORDER[i].value for i in fairness.pick(slots, len(got), 0)]
+        assert got == expected
+        assert len(got) == 51 and got.count("internal") >= 1
+
+
+async def test_within_an_origin_priority_then_age(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock) as htm:
+        low = await submit(htm, Origin.SCHEDULER, priority="low")
+        normal = await submit(htm, Origin.SCHEDULER, 2)
+        critical = await submit(htm, Origin.SCHEDULER, priority="critical")
+        claimed = [t.task_id for t in await htm.queue.claim("w1", 4, fallback_capacity=4)]
+        assert claimed == critical + normal + low
+
+
+async def test_a_dead_workers_tasks_return_after_lease_expiry_and_its_late_completion_is_rejected(
+    database_url: str, clock: ManualClock
+) -> None:
+    async with manual_htm(database_url, clock, lease_seconds=30) as htm:
+        [task_id] = await submit(htm, Origin.USER_REQUEST)
+        [first] = await htm.queue.claim("dead-worker", 1, fallback_capacity=1)
+        assert first.attempts == 1 and first.status is Status.RUNNING
+        clock.advance(29)
+        assert await htm.reap() == []  # still within its lease
+        clock.advance(2)
+        [returned] = await htm.reap()
+        assert returned.task_id == task_id and returned.status is Status.QUEUED
+        assert "lease expired on worker dead-worker" in (returned.error or "")
+        [second] = await htm.queue.claim("live-worker", 1, fallback_capacity=1)
+        assert second.task_id == task_id and second.attempts == 2
+        # The first worker wakes up and reports: rejected, and recorded.
+        recorded, late = await htm.record("dead-worker", [Outcome(task_id, 1, Status.COMPLETED, clock.now(), result=1)])
+        assert recorded == [] and [o.task_id for o in late] == [task_id]
+        recorded, late = await htm.record("live-worker", [Outcome(task_id, 2, Status.COMPLETED, clock.now(), result=2)])
+        assert [f.status for f in recorded] == [Status.COMPLETED] and late == []
+        task = await htm.get(task_id, principal=None)
+        assert task.status is Status.COMPLETED and task.result == 2 and task.worker_id == "live-worker"
+        [record] = await htm.late_completions(task_id, principal=None)
+        assert record["worker_id"] == "dead-worker" and record["attempt"] == 1 and record["outcome"] == "completed"
+
+
+async def test_completion_is_idempotent(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock) as htm:
+        [task_id] = await submit(htm, Origin.INTENT)
+        await htm.queue.claim("w", 1, fallback_capacity=1)
+        done = Outcome(task_id, 1, Status.COMPLETED, clock.now(), result={"n": 1})
+        assert len((await htm.record("w", [done]))[0]) == 1
+        again = Outcome(task_id, 1, Status.FAILED, clock.now(), error="boom")
+        recorded, late = await htm.record("w", [again])
+        assert recorded == [] and late == [again]
+        task = await htm.get(task_id, principal=None)
+        assert task.status is Status.COMPLETED and task.result == {"n": 1} and task.error is None
+
+
+async def test_heartbeats_keep_the_lease(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, lease_seconds=30) as htm:
+        [task_id] = await submit(htm, Origin.INTENT)
+        await htm.queue.claim("w1", 1, fallback_capacity=1)
+        for _ in range(5):
+            clock.advance(20)
+            assert await htm.queue.heartbeat("w1") == {task_id}
+            assert await htm.reap() == []
+        clock.advance(31)
+        assert [f.task_id for f in await htm.reap()] == [task_id]
+
+
+async def test_a_lease_lost_on_the_last_attempt_fails_the_task(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, lease_seconds=10) as htm:
+        [task_id] = await submit(htm, Origin.INTENT, max_attempts=1)
+        await htm.queue.claim("w1", 1, fallback_capacity=1)
+        clock.advance(11)
+        [failed] = await htm.reap()
+        assert failed.status is Status.FAILED and "last attempt" in (failed.error or "")
+        assert (await htm.get(task_id, principal=None)).finished_at == clock.now()
+
+
+async def test_failures_retry_with_capped_exponential_backoff_then_fail(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, retry_base_seconds=2, retry_max_seconds=5) as htm:
+        gate = Gate()
+        gate.fail_with = RuntimeError("disk unplugged")
+        htm.handlers.register("test.gate", gate)
+        [task_id] = await submit(htm, Origin.SCHEDULER, max_attempts=4)
+        pool = htm.new_pool(concurrency=1, claim_batch=1)
+        waits = []
+        for attempt in range(1, 5):
+            assert len(await pool.claim_once()) == 1
+            await pool.wait_idle()
+            task = await htm.get(task_id, principal=None)
+            assert task.attempts == attempt and task.error == "RuntimeError: disk unplugged"
+            if attempt < 4:
+                assert task.status is Status.DELAYED
+                waits.append((task.queued_at - clock.now()).total_seconds())
+                clock.advance(waits[-1] - 0.5)
+                assert await pool.claim_once() == []  # not before its time
+                clock.advance(0.5)
+        assert waits == [2.0, 4.0, 5.0]
+        assert task.status is Status.FAILED and task.finished_at == clock.now()
+
+
+async def test_a_handler_past_its_timeout_is_stopped_by_the_injected_clock(
+    database_url: str, clock: ManualClock
+) -> None:
+    async with manual_htm(database_url, clock, retry_base_seconds=1) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        [task_id] = await submit(htm, Origin.INTENT, timeout_seconds=60, max_attempts=2)
+        pool = htm.new_pool(concurrency=2, claim_batch=2)
+        await pool.claim_once()
+        await settle()
+        clock.advance(59)
+        assert pool.check_timeouts() == 0
+        clock.advance(1)
+        assert pool.check_timeouts() == 1
+        await pool.wait_idle()
+        task = await htm.get(task_id, principal=None)
+        assert task.status is Status.DELAYED and task.error == "timed out after 60s"  # one attempt left
+        clock.advance(1)
+        await pool.claim_once()
+        await settle()
+        clock.advance(60)
+        pool.check_timeouts()
+        await pool.wait_idle()
+        task = await htm.get(task_id, principal=None)
+        assert task.status is Status.TIMED_OUT and task.attempts == 2
+
+
+async def test_a_task_type_without_a_handler_fails_with_a_clear_error(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock) as htm:
+        [task_id] = await submit(htm, Origin.INTERNAL, task_type="voice.transcribe")
+        pool = htm.new_pool(concurrency=1, claim_batch=1)
+        await pool.claim_once()
+        await pool.wait_idle()
+        task = await htm.get(task_id, principal=None)
+        assert task.status is Status.FAILED
+        assert "no handler registered for task type 'voice.transcribe'" in (task.error or "")
+        assert "htm.noop" in (task.error or "")
+
+
+async def test_cancel_waiting_running_and_finished_tasks(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, lease_seconds=30) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        waiting, running = await submit(htm, Origin.USER_REQUEST, 2)
+        assert (await htm.cancel(waiting, principal=None)).status is Status.CANCELLED
+        pool = htm.new_pool(concurrency=1, claim_batch=1)
+        await pool.register()
+        [claimed] = await pool.claim_once()
+        assert claimed.task_id == running
+        await settle()
+        # Cancelled from "elsewhere" (straight in the queue, as another node would): the worker notices
+        # at its next heartbeat and stops the handler; its outcome is never recorded over the cancel.
+        await htm.queue.cancel(running, visible_to=None)
+        await pool.heartbeat()
+        await pool.wait_idle()
+        task = await htm.get(running, principal=None)
+        assert task.status is Status.CANCELLED and task.result is None
+        with pytest.raises(errors.Conflict, match="already cancelled"):
+            await htm.cancel(running, principal=None)
+        with pytest.raises(errors.NotFound):
+            await htm.cancel("task_nope", principal=None)
+
+
+async def test_per_origin_caps_are_global_across_workers_sharing_the_database(
+    database_url: str, clock: ManualClock
+) -> None:
+    async with manual_htm(database_url, clock) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        for origin in (Origin.USER_REQUEST, Origin.FILESYSTEM_TRIGGER, Origin.INTERNAL):
+            await submit(htm, origin, 10)
+        a = htm.new_pool(concurrency=2, claim_batch=2)
+        b = htm.new_pool(concurrency=2, claim_batch=2)
+        await a.register()
+        await b.register()  # capacity is the sum of live workers: 4; every quota here is 1
+        got = [t.origin for t in await a.claim_once()] + [t.origin for t in await b.claim_once()]
+        # Each under-quota origin gets a slot before any origin gets a second; only the fourth is lent.
+        # Counting per worker instead would give two workers x two slots to the two largest shares.
+        assert set(got[:3]) == {Origin.USER_REQUEST, Origin.FILESYSTEM_TRIGGER, Origin.INTERNAL}
+        assert len(got) == 4
+        gate.release()
+        await a.wait_idle()
+        await b.wait_idle()
+
+
+async def test_idle_capacity_is_lent_and_reclaimed(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, capacity=4) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        await submit(htm, Origin.USER_REQUEST, 10)
+        pool = htm.new_pool(concurrency=4, claim_batch=4)
+        first = await pool.claim_once()
+        assert [t.origin for t in first] == [Origin.USER_REQUEST] * 4  # quota 1, borrowing 3 idle slots
+        stats = await htm.routing_stats()
+        assert stats["origins"]["user_request"]["borrowed"] == 3
+        await submit(htm, Origin.INTERNAL, 2)
+        await htm.cancel(first[0].task_id, principal=None)  # a slot frees up
+        await pool.heartbeat()  # the worker learns of it and stops that handler
+        await settle()
+        [next_one] = await pool.claim_once()
+        assert next_one.origin is Origin.INTERNAL  # reclaimed at once
+        gate.release()
+        await pool.wait_idle()
+
+
+async def test_burst_limit_delays_exactly_until_the_window_frees(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, burst_per_minute=3) as htm:
+        decisions = []
+        for _ in range(3):
+            decisions.append((await htm.submit(htm.request("htm.noop", origin="scheduler"), creator=None)).decision)
+            clock.advance(10)
+        fourth = await htm.submit(htm.request("htm.noop", origin="scheduler"), creator=None)
+        assert [d.route for d in decisions] == ["accepted"] * 3
+        assert fourth.status is Status.DELAYED and fourth.decision.delay_seconds == 30.0
+        # Other origins have their own windows.
+        other = await htm.submit(htm.request("htm.noop", origin="intent"), creator=None)
+        assert other.decision.route == "accepted"
+        pool = htm.new_pool(concurrency=10, claim_batch=10)
+        assert {t.origin for t in await pool.claim_once()} == {Origin.SCHEDULER, Origin.INTENT}
+        clock.advance(29.9)
+        assert await pool.claim_once() == []
+        clock.advance(0.1)
+        assert [t.task_id for t in await pool.claim_once()] == [fourth.task_id]
+        await pool.wait_idle()
+
+
+async def test_new_over_share_work_is_deferred_while_an_origin_is_starved(
+    database_url: str, clock: ManualClock
+) -> None:
+    async with manual_htm(database_url, clock, capacity=2, defer_seconds=5) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        await submit(htm, Origin.USER_REQUEST, 2)
+        pool = htm.new_pool(concurrency=2, claim_batch=2)
+        await pool.claim_once()  # user_request now holds all capacity
+        await submit(htm, Origin.FILESYSTEM_TRIGGER)
+        stats = (await htm.routing_stats())["origins"]["filesystem"]
+        assert stats["starved"] and stats["tasks_starved"] == 1
+        deferred = await htm.submit(htm.request("test.gate", origin="user_request"), creator=None)
+        assert deferred.status is Status.DEFERRED
+        assert deferred.decision.as_dict()["route"] == "deferred"
+        assert deferred.decision.delay_seconds == 5.0 and "filesystem starved" in deferred.decision.reasoning
+        assert (await htm.routing_stats())["origins"]["user_request"]["deferred"] == 1
+        gate.release()
+        await pool.wait_idle()
+        gate.open.clear()
+        [nxt] = await pool.claim_once()
+        assert nxt.origin is Origin.FILESYSTEM_TRIGGER  # the starved origin goes first
+        clock.advance(5)
+        [later] = await pool.claim_once()
+        assert later.task_id == deferred.task_id
+        gate.release()
+        await pool.wait_idle()
+
+
+async def test_graceful_shutdown_releases_unfinished_tasks(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        ids = await submit(htm, Origin.INTENT, 3)
+        pool = htm.new_pool(concurrency=3, claim_batch=3)
+        await pool.start()
+        for _ in range(200):
+            if len(gate.started) == 3:
+                break
+            await asyncio.sleep(0.01)
+        await pool.stop(grace=0.05)
+        for task_id in ids:
+            task = await htm.get(task_id, principal=None)
+            assert task.status is Status.QUEUED and task.attempts == 0 and task.worker_id is None
+
+
+async def test_every_state_change_is_published_on_the_bus(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, retry_base_seconds=1) as htm:
+        sub = await htm.bus.subscribe("htm.task.#", since=0).open()
+        [ok] = await submit(htm, Origin.INTENT, task_type="htm.echo", payload={"secret": "do-not-log"})
+        [bad] = await submit(htm, Origin.INTENT, task_type="nobody.handles", max_attempts=1)
+        pool = htm.new_pool(concurrency=2, claim_batch=2)
+        await pool.claim_once()
+        await pool.wait_idle()
+        await htm.events.drain()
+        events = await htm.bus.replay("htm.task.#")
+        seen = [(e.topic, e.payload["status"]) for e in events if e.payload["task_id"] == ok]
+        assert seen == [
+            ("htm.task.created", "queued"),
+            ("htm.task.update", "running"),
+            ("htm.task.completed", "completed"),
+        ]
+        seen = [(e.topic, e.payload["status"]) for e in events if e.payload["task_id"] == bad]
+        assert seen == [("htm.task.created", "queued"), ("htm.task.update", "running"), ("htm.task.failed", "failed")]
+        assert all("do-not-log" not in str(e.payload) for e in events)  # payloads stay out of events
+        completed = next(e for e in events if e.topic == "htm.task.completed")
+        assert completed.payload["duration_ms"] == 0.0 and completed.payload["origin"] == "intent"
+        failed = next(e for e in events if e.topic == "htm.task.failed")
+        assert "no handler registered" in failed.payload["error"]
+        await sub.close()
+
+
+async def test_routing_stats_have_the_seeds_shape(database_url: str, clock: ManualClock) -> None:
+    async with manual_htm(database_url, clock, capacity=50) as htm:
+        await submit(htm, Origin.FILESYSTEM_TRIGGER, 25, task_type="htm.noop", data_size_bytes=5_242_880)
+        pool = htm.new_pool(concurrency=10, claim_batch=10)
+        await pool.claim_once()
+        await pool.wait_idle()
+        stats = await htm.routing_stats()
+        fs = stats["origins"]["filesystem"]
+        assert set(fs) >= {"current_count", "max_concurrent", "total_queued", "tasks_starved", "utilization"}
+        assert fs["max_concurrent"] == 3 and fs["current_count"] == 0 and fs["total_queued"] == 15
+        assert fs["completed_last_minute"] == 10
+        assert fs["throughput_mb_s"] == pytest.approx(10 * 5_242_880 / 60 / 1e6, rel=1e-3)
+        assert stats["origins"]["user_request"]["max_concurrent"] == 15
+        assert list(stats["origins"]) == [o.value for o in ORDER]
+        clock.advance(61)
+        assert (await htm.routing_stats())["origins"]["filesystem"]["completed_last_minute"] == 0
