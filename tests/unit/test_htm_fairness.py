@@ -99,8 +99,8 @@ def test_any_weights_keep_waits_and_lag_bounded(weights: list[int], data: st.Dat
     _, figures = run_pattern(weights, pattern)
     for i, waited in enumerate(figures["waits"]):
         assert waited <= bound(weights, i), (i, weights, waited)
-    # Nobody falls more than a few dispatches behind its fair (GPS) share, whatever arrives when.
-    assert max(figures["max_lag"]) <= len(weights)
+    # Nobody falls more than two dispatches per origin behind its fair (GPS) share, whatever arrives when.
+    assert max(figures["max_lag"]) <= 2 * len(weights)
 
 
 @settings(max_examples=50, deadline=None)

@@ -38,7 +38,10 @@ def test_payload_flags_tag_the_origin_and_the_rule_is_recorded(flag: str, expect
 
 def test_tagging_precedence_explicit_then_flags_then_intent_then_creator() -> None:
     assert tag(explicit="scheduler", payload={"from_hunter_alert": True}) == (Origin.SCHEDULER, "explicit")
-    assert tag(payload={"from_hunter_alert": True}, intent_id="int_1") == (Origin.HUNTER_ALERT, "payload.from_hunter_alert")
+    assert tag(payload={"from_hunter_alert": True}, intent_id="int_1") == (
+        Origin.HUNTER_ALERT,
+        "payload.from_hunter_alert",
+    )
     assert tag(intent_id="int_1") == (Origin.INTENT, "intent_id")
     assert tag(creator_agent="file_watcher") == (Origin.FILESYSTEM_TRIGGER, "creator.agent:file_watcher")
     assert tag(creator_agent="code_agent") == (Origin.EXTERNAL_API, "creator.agent")

@@ -40,7 +40,9 @@ def test_burst_window_admits_n_per_minute_then_delays_until_the_oldest_leaves() 
 def test_no_limit_when_the_burst_limit_is_zero() -> None:
     window = routing.BurstWindow(0)
     for _ in range(1000):
-        d = routing.decide(Origin.USER_REQUEST, Priority.LOW, now=T0, window=window, load=idle_load(), defer=timedelta())
+        d = routing.decide(
+            Origin.USER_REQUEST, Priority.LOW, now=T0, window=window, load=idle_load(), defer=timedelta()
+        )
         assert d.route == "accepted"
 
 
@@ -70,7 +72,12 @@ def test_over_share_work_is_deferred_while_another_origin_is_starved() -> None:
     }
     # The starved origin's own work, and critical work, go straight in.
     own = routing.decide(
-        Origin.FILESYSTEM_TRIGGER, Priority.NORMAL, now=T0, window=routing.BurstWindow(100), load=load, defer=timedelta(5)
+        Origin.FILESYSTEM_TRIGGER,
+        Priority.NORMAL,
+        now=T0,
+        window=routing.BurstWindow(100),
+        load=load,
+        defer=timedelta(5),
     )
     critical = routing.decide(
         Origin.USER_REQUEST, Priority.CRITICAL, now=T0, window=routing.BurstWindow(100), load=load, defer=timedelta(5)
