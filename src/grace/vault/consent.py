@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -204,6 +204,7 @@ class ConsentDecision:
     consent_id: str | None
     reason: str = ""
     anomalies: tuple[str, ...] = ()
+    record: ConsentRecord | None = field(default=None, repr=False, compare=False)
 
     @property
     def approved(self) -> bool:

@@ -333,6 +333,7 @@ class Vault:
         if secret.status != "active":
             return await self._deny_new(base, "the secret has been revoked")
 
+        requester_user_id = requester.user_id if requester else None
         async with self.db.read() as conn:
             found = await anomaly.detect(
                 conn,
@@ -343,6 +344,8 @@ class Vault:
                 action=action,
                 now=now,
             )
+            # Looked up now, used only if governance allows below; an anomaly rules it out.
+            standing = None if found else await self._standing(secret.id, agent, action, now, requester_user_id, conn)
         base["anomalies"] = found
         if found:
             await self._audited(
@@ -387,9 +390,8 @@ class Vault:
                 return await self._deny_new(base, f"governance: {decision.reason}")
 
         if not found:
-            standing = await self._standing(secret.id, agent, action, now, requester.user_id if requester else None)
             if standing is not None:
-                return ConsentDecision("approved", standing.consent_id, "standing consent")
+                return ConsentDecision("approved", standing.consent_id, "standing consent", record=standing)
             if level is risk.RiskLevel.LOW and risk.is_read_only(action):
                 base.update(
                     consent_status="approved",
@@ -459,31 +461,30 @@ class Vault:
         return ConsentDecision("denied", consent_id, reason, tuple(row["anomalies"]))
 
     async def _standing(
-        self, secret_id: str, agent: str, action: str, now: Any, requester_user_id: str | None
+        self, secret_id: str, agent: str, action: str, now: Any, requester_user_id: str | None, conn: AsyncConnection
     ) -> ConsentRecord | None:
-        async with self.db.read() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        select(secret_consent_records)
-                        .where(
-                            secret_consent_records.c.secret_id == secret_id,
-                            secret_consent_records.c.requested_by == agent,
-                            secret_consent_records.c.requested_action == action,
-                            secret_consent_records.c.consent_status == "approved",
-                            secret_consent_records.c.single_use.is_(False),
-                            secret_consent_records.c.valid_until > now,
-                            # The same agent name under another user's token is another agent.
-                            secret_consent_records.c.requester_user_id.is_(None)
-                            if requester_user_id is None
-                            else secret_consent_records.c.requester_user_id == requester_user_id,
-                        )
-                        .order_by(secret_consent_records.c.created_at.desc())
+        rows = (
+            (
+                await conn.execute(
+                    select(secret_consent_records)
+                    .where(
+                        secret_consent_records.c.secret_id == secret_id,
+                        secret_consent_records.c.requested_by == agent,
+                        secret_consent_records.c.requested_action == action,
+                        secret_consent_records.c.consent_status == "approved",
+                        secret_consent_records.c.single_use.is_(False),
+                        secret_consent_records.c.valid_until > now,
+                        # The same agent name under another user's token is another agent.
+                        secret_consent_records.c.requester_user_id.is_(None)
+                        if requester_user_id is None
+                        else secret_consent_records.c.requester_user_id == requester_user_id,
                     )
+                    .order_by(secret_consent_records.c.created_at.desc())
                 )
-                .mappings()
-                .all()
             )
+            .mappings()
+            .all()
+        )
         for row in rows:
             record = consent.record_from_row(row)
             if not record.idle_expired(now):
@@ -931,7 +932,7 @@ class Vault:
             decision = await self.wait(decision.consent_id, wait_seconds)
         if decision.status != "approved" or decision.consent_id is None:
             return AccessResult(decision.status, decision.consent_id, decision.reason, anomalies=decision.anomalies)
-        return await self._release(by, await self.get_consent(decision.consent_id))
+        return await self._release(by, decision.record or await self.get_consent(decision.consent_id))
 
     async def redeem(self, by: Principal, consent_id: str, *, wait_seconds: float = 0) -> AccessResult:
         """Collect the value a consent id stands for (poll mode); pending, denied or released."""
@@ -965,25 +966,26 @@ class Vault:
         if not record.single_use and record.idle_expired(now):
             await self._refuse(by, record, "secret.access_denied", "consent idle too long")
             return AccessResult("denied", record.consent_id, "the consent lapsed after being idle")
-        secret = await self.secrets.get_by_id(record.secret_id)
-        if secret.status != "active":
-            await self._refuse(by, record, "secret.access_denied", "secret revoked")
-            return AccessResult("denied", record.consent_id, "the secret has been revoked")
         try:
-            value = await self.secrets.decrypt(secret.id)
+            secret, value = await self.secrets.open_current(record.secret_id)
         except crypto.IntegrityFailure:
             await self._refuse(by, record, "secret.integrity_failure", "ciphertext failed authentication")
-            log.error("vault.integrity_failure", extra={"secret_id": secret.id})
+            log.error("vault.integrity_failure", extra={"secret_id": record.secret_id})
             raise
+        if value is None:
+            await self._refuse(by, record, "secret.access_denied", "secret revoked")
+            return AccessResult("denied", record.consent_id, "the secret has been revoked")
 
         async def work() -> None:
             async with self.db.write() as conn:
                 await self._use(conn, record, now)
-                await conn.execute(
+                counted = await conn.execute(
                     update(vault_secrets)
-                    .where(vault_secrets.c.id == secret.id)
+                    .where(vault_secrets.c.id == secret.id, vault_secrets.c.status == "active")
                     .values(usage_count=vault_secrets.c.usage_count + 1, last_used_at=now)
                 )
+                if counted.rowcount != 1:
+                    raise _LostRace  # revoked since it was read
                 await conn.execute(
                     insert(vault_usage).values(
                         secret_id=secret.id,
@@ -1013,7 +1015,11 @@ class Vault:
         try:
             await self._audited(work())
         except _LostRace:
-            reason = "this single-use consent was already used" if record.single_use else "the consent was revoked"
+            reason = (
+                "this single-use consent was already used, or it or the secret was revoked"
+                if record.single_use
+                else "the consent or the secret was revoked"
+            )
             await self._refuse(by, record, "secret.access_denied", reason)
             return AccessResult("denied", record.consent_id, reason)
         log.info("vault.secret_released", extra={"secret_id": secret.id, "consent_id": record.consent_id})

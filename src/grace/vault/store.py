@@ -334,6 +334,38 @@ class SecretStore:
             for r in rows
         ]
 
+    async def open_current(self, secret_id: str) -> tuple[SecretInfo, SecretValue | None]:
+        """Read a secret and, when it is active, open its current version (one read transaction)."""
+        async with self.db.read() as conn:
+            found = (
+                (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret_id))).mappings().first()
+            )
+            if found is None:
+                raise errors.NotFound("no such secret")
+            info = secret_info(found)
+            if info.status != "active":
+                return info, None
+            row = (
+                (
+                    await conn.execute(
+                        select(vault_secret_versions).where(
+                            vault_secret_versions.c.secret_id == secret_id,
+                            vault_secret_versions.c.version == info.version,
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise errors.NotFound(f"no version {info.version} of this secret")
+        return info, await self._open(row, secret_id, info.version)
+
+    async def _open(self, row: RowMapping, secret_id: str, version: int) -> SecretValue:
+        dek = await self.keyring.unwrap_dek(row["key_id"], row["dek_id"], row["wrapped_dek"], secret_id, version)
+        plaintext = crypto.open_sealed(dek, row["ciphertext"], crypto.Binding("value", secret_id, version, dek.id))
+        return SecretValue(plaintext.decode())
+
     async def decrypt(self, secret_id: str, version: int | None = None) -> SecretValue:
         """Open a version (the current one by default); IntegrityFailure if anything was altered."""
         async with self.db.read() as conn:
@@ -356,9 +388,7 @@ class SecretStore:
             )
         if row is None:
             raise errors.NotFound(f"no version {version} of this secret")
-        dek = await self.keyring.unwrap_dek(row["key_id"], row["dek_id"], row["wrapped_dek"], secret_id, int(version))
-        plaintext = crypto.open_sealed(dek, row["ciphertext"], crypto.Binding("value", secret_id, int(version), dek.id))
-        return SecretValue(plaintext.decode())
+        return await self._open(row, secret_id, int(version))
 
     async def revoke(self, by: Principal, secret: SecretInfo, reason: str = "") -> SecretInfo:
         """Revoke a secret (soft: the record and its history stay); its consents are revoked with it."""
