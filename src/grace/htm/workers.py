@@ -122,6 +122,7 @@ class WorkerPool:
     _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
     _listen: asyncio.Task[None] | None = None
     _stopping: bool = False
+    _unrecorded: int = 0
     _started: bool = False
     claimed: int = 0
     finished: int = 0
@@ -133,6 +134,12 @@ class WorkerPool:
     @property
     def busy(self) -> int:
         return len(self._running)
+
+    @property
+    def free_slots(self) -> int:
+        """Return slots free to claim into: a slot is taken until its outcome is recorded, so the
+        database's count of running tasks (the global accounting) never exceeds the workers' capacity."""
+        return self.concurrency - len(self._running) - self._unrecorded
 
     # -- life cycle ------------------------------------------------------------
 
@@ -200,8 +207,7 @@ class WorkerPool:
 
     async def claim_once(self) -> list[Task]:
         """Claim tasks for the free slots (at most ``claim_batch``) and start running them."""
-        free = self.concurrency - len(self._running)
-        n = min(free, self.claim_batch)
+        n = min(self.free_slots, self.claim_batch)
         if n <= 0 or self._stopping:
             return []
         tasks = await self.htm.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
@@ -222,12 +228,12 @@ class WorkerPool:
     async def _dispatch_loop(self) -> None:
         poll = self.htm.config.poll_seconds
         while not self._stopping:
-            if len(self._running) >= self.concurrency:
+            if self.free_slots <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             self._wake.clear()
-            want = min(self.concurrency - len(self._running), self.claim_batch)
+            want = min(self.free_slots, self.claim_batch)
             try:
                 got = await self.claim_once()
             except asyncio.CancelledError:
@@ -277,10 +283,12 @@ class WorkerPool:
                 raise
             now_outcome = self._outcome_of(running)
         self._running.pop(task.task_id, None)
-        self._slot_freed.set()
         if now_outcome is not None:
+            self._unrecorded += 1
             self._outcomes.append(now_outcome)
             self._outcome_ready.set()
+        else:
+            self._slot_freed.set()
 
     def _outcome_of(self, running: _Running) -> Outcome | None:
         task = running.task
@@ -326,6 +334,8 @@ class WorkerPool:
             except BaseException:
                 self._outcomes[:0] = batch  # not recorded: try again on the next round
                 raise
+            self._unrecorded -= len(batch)
+            self._slot_freed.set()
             self.finished += len(recorded)
             return len(recorded)
 
