@@ -249,6 +249,14 @@ async def run() -> dict[str, Any]:
     }
     for backend in backends:
         results["backends"][backend] = await bench_backend(backend)
+    results["summary"] = {
+        backend: {
+            "in_process_p50_p99_ms": [r["access_in_process"]["p50_ms"], r["access_in_process"]["p99_ms"]],
+            "http_p50_p99_ms": [r["access_http"]["p50_ms"], r["access_http"]["p99_ms"]],
+            "rotation_10k_seconds": r["rotation_10k"]["seconds"],
+        }
+        for backend, r in results["backends"].items()
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "vault.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
