@@ -28,14 +28,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, literal, select, text, update
+from sqlalchemy import and_, case, delete, func, insert, literal, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
 from grace.clock import Clock
 from grace.htm import fairness, origins
 from grace.htm.origins import ORDER, Origin
-from grace.htm.tables import htm_late_completions, htm_origins, htm_scheduler, htm_tasks, htm_workers
+from grace.htm.tables import (
+    IS_QUEUED,
+    IS_RUNNING,
+    IS_WAITING,
+    htm_late_completions,
+    htm_origins,
+    htm_scheduler,
+    htm_tasks,
+    htm_workers,
+)
 from grace.htm.tasks import FINISHED, WAITING, Status, Task
 from grace.storage import Database
 
@@ -294,55 +303,61 @@ class Queue:
             seq = int(
                 (await conn.execute(select(htm_scheduler.c.dispatched).where(htm_scheduler.c.id == 1))).scalar_one()
             )
-            await conn.execute(
-                update(t).where(t.c.status.in_(("delayed", "deferred")), t.c.queued_at <= now).values(status="queued")
-            )
+            await conn.execute(update(t).where(IS_WAITING, t.c.queued_at <= now).values(status="queued"))
             capacity = await self._capacity(conn, now, fallback)
             slots = await self._origin_slots(conn, n, capacity)
             picks = fairness.pick(slots, n, seq)
             lease_until = now + timedelta(seconds=self.lease_seconds)
-            taken: list[Task] = []
+            # Each picked origin's next tasks by priority and age, then one UPDATE numbering them in
+            # pick order: a handful of statements per claim whatever the batch size.
+            wanted: dict[int, int] = {}
+            for index in picks:
+                wanted[index] = wanted.get(index, 0) + 1
+            per_origin = [
+                select(t.c.seq, t.c.origin)
+                .where(IS_QUEUED, t.c.origin == ORDER[index].value)
+                .order_by(t.c.priority_rank, t.c.seq)
+                .limit(k)
+                .subquery()
+                for index, k in wanted.items()
+            ]
+            chosen: dict[str, list[int]] = {}
+            for sub in per_origin:
+                for row in await conn.execute(select(sub.c.seq, sub.c.origin)):
+                    chosen.setdefault(row.origin, []).append(int(row.seq))
+            numbering: dict[int, int] = {}
             took = [0] * len(slots)
             for index in picks:
-                origin = ORDER[index]
-                next_seq = (
-                    select(t.c.seq)
-                    .where(t.c.status == "queued", t.c.origin == origin.value)
-                    .order_by(t.c.priority_rank, t.c.seq)
-                    .limit(1)
-                    .scalar_subquery()
-                )
-                row = (
-                    (
-                        await conn.execute(
-                            update(t)
-                            .where(t.c.seq == next_seq)
-                            .values(
-                                status="running",
-                                worker_id=worker_id,
-                                attempts=t.c.attempts + 1,
-                                started_at=now,
-                                lease_expires_at=lease_until,
-                                dispatch_seq=seq + len(taken),
-                            )
-                            .returning(*t.c)
-                        )
-                    )
-                    .mappings()
-                    .first()
-                )
-                if row is not None:
-                    taken.append(Task.from_row(row))
+                queue = chosen.get(ORDER[index].value)
+                if queue:
+                    numbering[queue.pop(0)] = seq + len(numbering)
                     took[index] += 1
-            for slot in slots:
-                origin = ORDER[slot.index]
-                await conn.execute(
-                    update(htm_origins)
-                    .where(htm_origins.c.origin == origin.value)
-                    .values(
-                        credit=slot.credit, since=slot.since, dispatched=htm_origins.c.dispatched + took[slot.index]
+            taken: list[Task] = []
+            if numbering:
+                rows = (
+                    await conn.execute(
+                        update(t)
+                        .where(t.c.seq.in_(list(numbering)))
+                        .values(
+                            status="running",
+                            worker_id=worker_id,
+                            attempts=t.c.attempts + 1,
+                            started_at=now,
+                            lease_expires_at=lease_until,
+                            dispatch_seq=case(numbering, value=t.c.seq),
+                        )
+                        .returning(*t.c)
                     )
+                ).mappings()
+                taken = [Task.from_row(r) for r in rows]
+            await conn.execute(
+                update(htm_origins).values(
+                    credit=case({ORDER[x.index].value: x.credit for x in slots}, value=htm_origins.c.origin),
+                    since=case({ORDER[x.index].value: x.since for x in slots}, value=htm_origins.c.origin),
+                    dispatched=htm_origins.c.dispatched
+                    + case({ORDER[x.index].value: took[x.index] for x in slots}, value=htm_origins.c.origin),
                 )
+            )
             await conn.execute(update(htm_scheduler).where(htm_scheduler.c.id == 1).values(dispatched=seq + len(taken)))
         return taken
 
@@ -363,15 +378,21 @@ class Queue:
         t = htm_tasks
         state = {r.origin: r for r in (await conn.execute(select(htm_origins)))}
         running: dict[str, int] = dict(
-            (
-                await conn.execute(select(t.c.origin, func.count()).where(t.c.status == "running").group_by(t.c.origin))
-            ).all()
+            (await conn.execute(select(t.c.origin, func.count()).where(IS_RUNNING).group_by(t.c.origin))).all()
         )
+        # How many claimable tasks each origin has, capped at n: one statement of eight indexed probes.
+        probes = [
+            select(func.count())
+            .select_from(select(literal(1)).where(IS_QUEUED, t.c.origin == origin.value).limit(n).subquery())
+            .scalar_subquery()
+            .label(f"r{origin.position}")
+            for origin in ORDER
+        ]
+        ready_row = (await conn.execute(select(*probes))).one()
         slots = []
         for origin in ORDER:
             row = state[origin.value]
-            ready_q = select(literal(1)).where(t.c.status == "queued", t.c.origin == origin.value).limit(n).subquery()
-            ready = int((await conn.execute(select(func.count()).select_from(ready_q))).scalar_one())
+            ready = int(ready_row[origin.position])
             slots.append(
                 fairness.OriginSlot(
                     index=origin.position,
@@ -431,38 +452,42 @@ class Queue:
         return [Finished.from_row(r) for r in rows]
 
     async def _finish_sqlite(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Finished]:
+        # Outcomes that change the same columns to the same values (typically: completed, no result)
+        # are written by one UPDATE; times differ per task and go in through CASE.
         t = htm_tasks
+        groups: dict[tuple[str, str, str | None, int], list[tuple[Outcome, dict[str, Any]]]] = {}
+        for o in outcomes:
+            v = self._values(o)
+            key = (v["status"], json.dumps(v["result"], sort_keys=True), v["error"], v["give_back"])
+            groups.setdefault(key, []).append((o, v))
         recorded: list[Finished] = []
         async with self.db.write() as conn:
-            for o in outcomes:
-                v = self._values(o)
+            for (status, _, error, give_back), members in groups.items():
+                first = members[0][1]
                 changes: dict[str, Any] = {
-                    "status": v["status"],
-                    "finished_at": v["finished_at"],
-                    "result": v["result"],
-                    "error": v["error"],
+                    "status": status,
+                    "result": first["result"],
+                    "error": error,
                     "lease_expires_at": None,
                 }
-                if v["queued_at"] is not None:
-                    changes["queued_at"] = v["queued_at"]
+                if first["finished_at"] is not None:
+                    changes["finished_at"] = case({o.task_id: v["finished_at"] for o, v in members}, value=t.c.task_id)
+                if first["queued_at"] is not None:
+                    changes["queued_at"] = case({o.task_id: v["queued_at"] for o, v in members}, value=t.c.task_id)
                     changes["worker_id"] = None
-                if v["give_back"]:
+                if give_back:
                     changes["attempts"] = t.c.attempts - 1
-                row = (
-                    await conn.execute(
-                        update(t)
-                        .where(
-                            t.c.task_id == o.task_id,
-                            t.c.status == "running",
-                            t.c.worker_id == worker_id,
-                            t.c.attempts == o.attempt,
-                        )
-                        .values(**changes)
-                        .returning(*SUMMARY)
+                rows = await conn.execute(
+                    update(t)
+                    .where(
+                        tuple_(t.c.task_id, t.c.attempts).in_([(o.task_id, o.attempt) for o, _ in members]),
+                        IS_RUNNING,
+                        t.c.worker_id == worker_id,
                     )
-                ).first()
-                if row is not None:
-                    recorded.append(Finished.from_row(row))
+                    .values(**changes)
+                    .returning(*SUMMARY)
+                )
+                recorded.extend(Finished.from_row(r) for r in rows)
         return recorded
 
     async def _record_late(self, worker_id: str, late: Iterable[Outcome]) -> None:
@@ -515,7 +540,7 @@ class Queue:
             held = (
                 await conn.execute(
                     update(t)
-                    .where(t.c.worker_id == worker_id, t.c.status == "running")
+                    .where(t.c.worker_id == worker_id, IS_RUNNING)
                     .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
                     .returning(t.c.task_id)
                 )
@@ -528,7 +553,7 @@ class Queue:
         """Return tasks whose lease expired to the queue, or fail them when no attempts remain."""
         now = self.clock.now()
         t = htm_tasks
-        expired = and_(t.c.status == "running", t.c.lease_expires_at < now)
+        expired = and_(IS_RUNNING, t.c.lease_expires_at < now)
         async with self.db.write() as conn:
             requeued = (
                 await conn.execute(

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace.htm import origins
 from grace.htm.origins import ORDER, Origin
-from grace.htm.tables import htm_tasks, htm_workers
+from grace.htm.tables import IS_QUEUED, IS_RUNNING, htm_tasks, htm_workers
 from grace.htm.tasks import Priority
 
 __all__ = ["BURST_WINDOW", "BurstWindow", "Load", "RouteDecision", "decide", "load", "lock_origins"]
@@ -130,13 +130,11 @@ async def load(
     t = htm_tasks
     running = {
         Origin(o): int(n)
-        for o, n in (
-            await conn.execute(select(t.c.origin, func.count()).where(t.c.status == "running").group_by(t.c.origin))
-        )
+        for o, n in (await conn.execute(select(t.c.origin, func.count()).where(IS_RUNNING).group_by(t.c.origin)))
     }
     waiting: set[Origin] = set()
     for origin in ORDER:
-        has = (await conn.execute(select(exists().where(t.c.status == "queued", t.c.origin == origin.value)))).scalar()
+        has = (await conn.execute(select(exists().where(IS_QUEUED, t.c.origin == origin.value)))).scalar()
         if has:
             waiting.add(origin)
     capacity = configured

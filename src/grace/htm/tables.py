@@ -19,7 +19,16 @@ from sqlalchemy import (
 
 from grace.storage import UTCDateTime, metadata
 
-__all__ = ["htm_late_completions", "htm_origins", "htm_scheduler", "htm_tasks", "htm_workers"]
+__all__ = [
+    "IS_QUEUED",
+    "IS_RUNNING",
+    "IS_WAITING",
+    "htm_late_completions",
+    "htm_origins",
+    "htm_scheduler",
+    "htm_tasks",
+    "htm_workers",
+]
 
 Seq = BigInteger().with_variant(Integer, "sqlite")
 
@@ -127,3 +136,9 @@ htm_late_completions = Table(
     Column("reason", String(200), nullable=False),
     Column("at", UTCDateTime, nullable=False),
 )
+
+# The partial indexes' predicates, written as literals: SQLite (and PostgreSQL's generic plans) use a
+# partial index only when the query's condition visibly matches it, which a bound parameter does not.
+IS_QUEUED = text("htm_tasks.status = 'queued'")
+IS_RUNNING = text("htm_tasks.status = 'running'")
+IS_WAITING = text("htm_tasks.status IN ('delayed', 'deferred')")
