@@ -90,7 +90,7 @@ async def test_heartbeats_keep_the_lease(database_url: str, clock: ManualClock) 
         await htm.queue.claim("w1", 1, fallback_capacity=1)
         for _ in range(5):
             clock.advance(20)
-            assert await htm.queue.heartbeat("w1") == {task_id}
+            assert await htm.queue.heartbeat("w1", [task_id]) == {task_id}
             assert await htm.reap() == []
         clock.advance(31)
         assert [f.task_id for f in await htm.reap()] == [task_id]

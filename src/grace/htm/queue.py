@@ -532,22 +532,27 @@ class Queue:
 
     # -- leases --------------------------------------------------------------
 
-    async def heartbeat(self, worker_id: str) -> set[str]:
-        """Extend the leases of ``worker_id``'s running tasks; return the ids it still holds."""
+    async def heartbeat(self, worker_id: str, task_ids: Iterable[str]) -> set[str]:
+        """Extend the leases of the given tasks ``worker_id`` runs; return those it still holds.
+
+        Only tasks the worker really has are extended: one it was handed but lost (say, a claim whose
+        answer never arrived) is left to expire and return to the queue.
+        """
         now = self.clock.now()
         t = htm_tasks
+        ids = list(task_ids)
         async with self.db.write() as conn:
             held = (
                 await conn.execute(
                     update(t)
-                    .where(t.c.worker_id == worker_id, IS_RUNNING)
+                    .where(t.c.worker_id == worker_id, IS_RUNNING, t.c.task_id.in_(ids))
                     .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
                     .returning(t.c.task_id)
                 )
             ).scalars()
-            ids = set(held)
+            still = set(held)
             await conn.execute(update(htm_workers).where(htm_workers.c.worker_id == worker_id).values(heartbeat_at=now))
-        return ids
+        return still
 
     async def reap(self) -> list[Finished]:
         """Return tasks whose lease expired to the queue, or fail them when no attempts remain."""

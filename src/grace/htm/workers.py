@@ -373,13 +373,13 @@ class WorkerPool:
 
     async def heartbeat(self) -> None:
         """Extend this worker's leases; stop handlers whose task was cancelled or taken away."""
-        held = await self.htm.queue.heartbeat(self.worker_id)
-        for task_id, running in list(self._running.items()):
-            if task_id not in held and running.reason is None and task_id not in self._pending_ids():
+        # Judge only tasks held before the query: one claimed while it runs is not in its snapshot.
+        asked = set(self._running)
+        held = await self.htm.queue.heartbeat(self.worker_id, asked)
+        for task_id in asked - held:
+            running = self._running.get(task_id)
+            if running is not None and running.reason is None:
                 self._interrupt(running, "cancelled")
-
-    def _pending_ids(self) -> set[str]:
-        return {o.task_id for o in self._outcomes}
 
     async def _maintenance_loop(self) -> None:
         cfg = self.htm.config
