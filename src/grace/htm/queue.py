@@ -208,7 +208,7 @@ class Queue:
     weights: dict[Origin, int]
     lease_seconds: float
     capacity: int = 0
-    _claim_conn: AsyncConnection | None = field(default=None, repr=False)
+    _claim_conns: list[AsyncConnection] = field(default_factory=list, repr=False)
 
     @property
     def total_weight(self) -> int:
@@ -243,10 +243,10 @@ class Queue:
                     )
 
     async def close(self) -> None:
-        if self._claim_conn is not None:
+        conns, self._claim_conns = self._claim_conns, []
+        for conn in conns:
             with contextlib.suppress(Exception):
-                await self._claim_conn.close()
-            self._claim_conn = None
+                await conn.close()
 
     # -- enqueue -------------------------------------------------------------
 
@@ -285,17 +285,19 @@ class Queue:
 
     @contextlib.asynccontextmanager
     async def _claim_connection(self) -> AsyncIterator[AsyncConnection]:
-        # One long-lived autocommit connection for claims: no pool checkout, ping or BEGIN per claim.
-        if self._claim_conn is None or self._claim_conn.closed:
-            conn = await self.db.engine.connect()
-            self._claim_conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        # Long-lived autocommit connections for claims (one per concurrent claimer): no pool checkout,
+        # ping or BEGIN per claim.
+        if self._claim_conns:
+            conn = self._claim_conns.pop()
+        else:
+            conn = await (await self.db.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
         try:
-            yield self._claim_conn
+            yield conn
         except BaseException:
-            conn, self._claim_conn = self._claim_conn, None
             with contextlib.suppress(Exception):
                 await conn.invalidate()
             raise
+        self._claim_conns.append(conn)
 
     async def _claim_sqlite(self, worker_id: str, n: int, now: datetime, fallback: int) -> list[Task]:
         t = htm_tasks

@@ -123,6 +123,8 @@ class WorkerPool:
     _listen: asyncio.Task[None] | None = None
     _stopping: bool = False
     _unrecorded: int = 0
+    _reserved: int = 0
+    claimers: int = 0
     _started: bool = False
     claimed: int = 0
     finished: int = 0
@@ -139,7 +141,7 @@ class WorkerPool:
     def free_slots(self) -> int:
         """Return slots free to claim into: a slot is taken until its outcome is recorded, so the
         database's count of running tasks (the global accounting) never exceeds the workers' capacity."""
-        return self.concurrency - len(self._running) - self._unrecorded
+        return self.concurrency - len(self._running) - self._unrecorded - self._reserved
 
     # -- life cycle ------------------------------------------------------------
 
@@ -157,8 +159,11 @@ class WorkerPool:
     async def start(self) -> None:
         """Register and start claiming, heartbeating and reaping in the background."""
         await self.register()
+        # Several claimers overlap their round trips when claims are small; the database still takes
+        # claims one at a time, so fairness is unchanged.
+        claimers = self.claimers or max(1, min(4, self.concurrency // (2 * self.claim_batch)))
         self._loops = [
-            asyncio.create_task(self._dispatch_loop(), name="grace-htm-dispatch"),
+            *(asyncio.create_task(self._dispatch_loop(), name="grace-htm-dispatch") for _ in range(claimers)),
             asyncio.create_task(self._flush_loop(), name="grace-htm-flush"),
             asyncio.create_task(self._maintenance_loop(), name="grace-htm-maintenance"),
         ]
@@ -210,7 +215,11 @@ class WorkerPool:
         n = min(self.free_slots, self.claim_batch)
         if n <= 0 or self._stopping:
             return []
-        tasks = await self.htm.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
+        self._reserved += n  # other claimers in this pool must not claim into the same slots
+        try:
+            tasks = await self.htm.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
+        finally:
+            self._reserved -= n
         for task in tasks:
             self._launch(task)
         self.claimed += len(tasks)
