@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m bench`` (or ``make bench``) runs every ``bench/bench_*.py`` and writes JSON to bench/results/."""
+"""Benchmarks: ``python -m bench`` (or ``make bench``) runs every ``bench/bench_*.py``; results go to bench/results/."""

@@ -50,7 +50,7 @@ async def run() -> dict[str, Any]:
         async with htmkit.open_htm(url, lease_seconds=LEASE) as htm:
             for _ in range(2):
                 procs.append(
-                    subprocess.Popen(  # our own command
+                    subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurement
                         [GRACE, "worker", "-c", "4", "--handlers", "bench.htm_handlers:register"],
                         cwd=ROOT,
                         env=env,

@@ -84,7 +84,7 @@ async def pgqueuer_run(batch: int, n: int) -> dict[str, Any]:
         producer_conn = await asyncpg.connect(htmkit.asyncpg_dsn(url))
         try:
             await Queries(AsyncpgDriver(conn)).install()
-            qm = QueueManager(AsyncpgDriver(conn))
+            qm = QueueManager(Queries(AsyncpgDriver(conn)))
             producer = Queries(AsyncpgDriver(producer_conn))
             done = 0
 

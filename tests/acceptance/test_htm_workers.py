@@ -142,7 +142,7 @@ async def test_two_worker_processes_share_the_queue_with_global_caps_and_lose_no
     last_start = {o: max(t.started_at for t in tasks if t.origin is o) for o in ORDER}
     all_backlogged_until = min(last_start.values())
     quotas = {name: o["max_concurrent"] for name, o in (await htm.routing_stats())["origins"].items()}
-    assert quotas["user_request"] == 2 and quotas["internal"] == 1
+    assert quotas["user_request"] == 3 and quotas["internal"] == 1
     for origin in ORDER:
         runs = [(t.started_at, t.finished_at) for t in tasks if t.origin is origin]
         assert peak_overlap(runs, all_backlogged_until) <= quotas[origin.value], origin  # type: ignore[arg-type]

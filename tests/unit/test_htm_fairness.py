@@ -163,3 +163,13 @@ def test_an_idle_origin_does_not_hoard_credit() -> None:
     # On return, intent gets its share of the two (25/55), not a catch-up burst for its idle time.
     assert abs(after.count(intent) - 200 * 2500 / 5500) <= 3
     assert "".join("i" if p == intent else "u" for p in after[:20]).count("iii") == 0
+
+
+def test_time_spent_at_its_own_quota_counts_toward_an_origins_wait() -> None:
+    user, internal = ORDER.index(Origin.USER_REQUEST), ORDER.index(Origin.INTERNAL)
+    slots = slots_for({user: 1000, internal: 100}, {internal: 1}, {internal: 1})
+    # internal's one slot is busy: it is passed over for 60 dispatches...
+    assert set(fairness.pick(slots, 60, 0)) == {user}
+    # ...and the moment its task finishes it is due, ahead of the 30% origin.
+    slots[internal].running = 0
+    assert fairness.pick(slots, 1, 60) == [internal]

@@ -65,12 +65,13 @@ def test_unknown_priority_names_the_valid_values() -> None:
         Priority.parse("urgent")
 
 
-def test_quota_is_the_share_of_capacity_rounded_and_at_least_one() -> None:
+def test_quota_is_the_share_of_capacity_rounded_up_and_at_least_one() -> None:
     weights = origins.weights_from_shares(origins.DEFAULT_SHARES)
     total = sum(weights.values())
     assert origins.max_concurrent(weights[Origin.USER_REQUEST], total, 50) == 15  # the seed's 12/15
     assert origins.max_concurrent(weights[Origin.FILESYSTEM_TRIGGER], total, 100) == 5  # the seed's "2/5"
     assert origins.max_concurrent(weights[Origin.INTERNAL], total, 8) == 1
+    assert origins.max_concurrent(weights[Origin.HUNTER_ALERT], total, 16) == 3  # 2.4 slots: never capped below
 
 
 def test_shares_are_configurable_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:

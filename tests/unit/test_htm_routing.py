@@ -66,8 +66,8 @@ def test_over_share_work_is_deferred_while_another_origin_is_starved() -> None:
         "origin": "user_request",
         "route": "deferred",
         "queue_name": "normal_queue",
-        "quota_used": "4/1",
-        "reasoning": "Deferred 5s: filesystem starved while user_request holds 4/1 of its share",
+        "quota_used": "4/2",
+        "reasoning": "Deferred 5s: filesystem starved while user_request holds 4/2 of its share",
         "delay_seconds": 5.0,
     }
     # The starved origin's own work, and critical work, go straight in.
@@ -92,5 +92,5 @@ def test_nobody_is_starved_while_capacity_is_free() -> None:
         Origin.USER_REQUEST, Priority.NORMAL, now=T0, window=routing.BurstWindow(10), load=load, defer=timedelta(5)
     )
     assert d.route == "accepted"
-    assert d.quota_used == "4/2"
-    assert d.reasoning == "Routed to normal queue (user_request 4/2 running)"
+    assert d.quota_used == "4/3"
+    assert d.reasoning == "Routed to normal queue (user_request 4/3 running)"

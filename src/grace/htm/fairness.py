@@ -9,7 +9,8 @@ three additions:
   same weighted order (work-conserving), and it comes back as soon as an
   under-quota origin has work again.
 - **A wait bound.** An origin that has waited ``ceil(total_weight / weight) - 1``
-  dispatches since its last one (or since it last had work) is picked next;
+  dispatches since its last one (or since it last had work; time spent at its own
+  quota counts, so it goes first as soon as its slot frees) is picked next;
   when several are due, the smallest share goes first, then the longest waiting. With the default shares
   the 2% origin is therefore served at least once in every 50 dispatches.
 - **No hoarding.** An idle origin forfeits positive credit (it keeps any debt),
@@ -76,7 +77,7 @@ def pick(slots: Sequence[OriginSlot], n: int, seq: int) -> list[int]:
         for s in slots:
             if s.ready <= 0 and s is not best:
                 s.credit = min(s.credit, 0)
-            if s is best or s not in candidates:
+            if s is best or s.ready <= 0:
                 s.since = s_no + 1
             s.credit = max(-round_weight, min(round_weight, s.credit))
         out.append(best.index)

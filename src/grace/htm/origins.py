@@ -126,5 +126,9 @@ def weights_from_shares(shares: Mapping[Origin, float]) -> dict[Origin, int]:
 
 
 def max_concurrent(weight: int, total_weight: int, capacity: int) -> int:
-    """Return an origin's guaranteed concurrent slots: its share of capacity, rounded, at least 1."""
-    return max(1, (2 * weight * capacity + total_weight) // (2 * total_weight))
+    """Return an origin's guaranteed concurrent slots: its share of capacity rounded up, at least 1.
+
+    Rounding up keeps the cap at or above the origin's average need, so a cap never holds an
+    origin below its share of dispatches (15% of 16 slots is 2.4: a cap of 2 would hold it to 12.5%).
+    """
+    return max(1, (weight * capacity + total_weight - 1) // total_weight)

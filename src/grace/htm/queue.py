@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, literal, select, text, tuple_, update
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
@@ -98,6 +98,7 @@ SUMMARY = (
 )
 
 MAX_ERROR_CHARS = 2000
+LIVENESS_KEY = "grace.htm.worker."
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -562,6 +563,11 @@ class Queue:
         t = htm_tasks
         expired = and_(IS_RUNNING, t.c.lease_expires_at < now)
         async with self.db.write() as conn:
+            dead = await self._dead_workers(conn)
+            if dead:
+                # A registered worker whose liveness lock is free has died: its leases end now.
+                expired = or_(expired, and_(IS_RUNNING, t.c.worker_id.in_(dead)))
+                await conn.execute(delete(htm_workers).where(htm_workers.c.worker_id.in_(dead)))
             requeued = (
                 await conn.execute(
                     update(t)
@@ -598,6 +604,36 @@ class Queue:
                 "htm.lease_expired", extra={"task_id": f.task_id, "status": f.status.value, "attempts": f.attempts}
             )
         return out
+
+    async def _dead_workers(self, conn: AsyncConnection) -> list[str]:
+        """On PostgreSQL, return registered workers holding tasks whose process is gone.
+
+        Every registered worker holds a session advisory lock (:meth:`hold_liveness`); PostgreSQL
+        drops it the moment the worker's connection dies, so a free lock means a dead worker.
+        """
+        if conn.dialect.name != "postgresql":
+            return []
+        holders = (
+            await conn.execute(
+                select(htm_workers.c.worker_id).where(
+                    htm_workers.c.worker_id.in_(select(htm_tasks.c.worker_id).where(IS_RUNNING).distinct())
+                )
+            )
+        ).scalars()
+        dead = []
+        for worker_id in holders:
+            key = {"key": LIVENESS_KEY + worker_id}
+            if (await conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:key))"), key)).scalar():
+                dead.append(worker_id)
+        return dead
+
+    async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:
+        """On PostgreSQL, take the worker's liveness lock on a connection kept open while it lives."""
+        if self.db.is_sqlite:
+            return None
+        conn = await (await self.db.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": LIVENESS_KEY + worker_id})
+        return conn
 
     # -- workers ---------------------------------------------------------------
 

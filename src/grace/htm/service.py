@@ -52,6 +52,7 @@ class HTM:
         self.handlers = HandlerRegistry()
         self.events = events.EventPublisher(bus, enabled=config.events)
         self.pool: WorkerPool | None = None
+        self._pools: list[WorkerPool] = []
         self._prepared = False
         register_builtin_handlers(self.handlers, clock)
 
@@ -65,11 +66,13 @@ class HTM:
 
     def new_pool(self, *, concurrency: int | None = None, claim_batch: int | None = None) -> WorkerPool:
         """Return a worker pool for this process (not started)."""
-        return WorkerPool(
+        pool = WorkerPool(
             self,
             concurrency=concurrency or self.config.concurrency,
             claim_batch=claim_batch or self.config.claim_batch,
         )
+        self._pools.append(pool)
+        return pool
 
     async def start_workers(self, *, concurrency: int | None = None, claim_batch: int | None = None) -> WorkerPool:
         """Start this process's worker pool (the embedded one in ``grace serve``, or ``grace worker``)."""
@@ -84,6 +87,9 @@ class HTM:
         if self.pool is not None:
             await self.pool.stop(grace)
             self.pool = None
+        for pool in self._pools:
+            await pool.release_liveness()
+        self._pools = []
         await self.events.close()
         await self.queue.close()
 
@@ -251,9 +257,7 @@ class HTM:
         log.info("htm.task_cancelled", extra={"task_id": task_id})
         await self.events.emit(events.UPDATE, finished.event())
         if self.pool is not None:
-            running = self.pool._running.get(task_id)
-            if running is not None:
-                self.pool._interrupt(running, "cancelled")
+            self.pool.stop_task(task_id)
         return await self.queue.get(task_id, visible_to=None)
 
     async def late_completions(self, task_id: str, *, principal: Principal | None) -> list[dict[str, Any]]:

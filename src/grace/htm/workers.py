@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from grace import errors
 from grace.clock import Clock
 from grace.htm import queue as queue_module
@@ -121,6 +123,7 @@ class WorkerPool:
     _outcome_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
     _listen: asyncio.Task[None] | None = None
+    _liveness: AsyncConnection | None = None
     _stopping: bool = False
     _unrecorded: int = 0
     _reserved: int = 0
@@ -147,6 +150,8 @@ class WorkerPool:
 
     async def register(self) -> None:
         """Record this worker (for capacity and the dashboard) without starting its loops."""
+        if self._liveness is None:
+            self._liveness = await self.htm.queue.hold_liveness(self.worker_id)
         await self.htm.queue.register_worker(
             self.worker_id,
             host=socket.gethostname(),
@@ -205,6 +210,7 @@ class WorkerPool:
         await self.flush()
         with contextlib.suppress(Exception):
             await self.htm.queue.unregister_worker(self.worker_id)
+        await self.release_liveness()
         self._started = False
         log.info("htm.worker_stopped", extra={"worker_id": self.worker_id, "finished": self.finished})
 
@@ -323,6 +329,21 @@ class WorkerPool:
                 task.task_id, task.attempts, Status.DELAYED, now, error=error, retry_at=now + timedelta(seconds=wait)
             )
         return Outcome(task.task_id, task.attempts, final, now, error=error)
+
+    async def release_liveness(self) -> None:
+        """Close the connection holding this worker's liveness lock (stop, or a test's pool)."""
+        conn, self._liveness = self._liveness, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def stop_task(self, task_id: str) -> bool:
+        """Stop the handler of a task cancelled elsewhere, if it runs here; its outcome is not recorded."""
+        running = self._running.get(task_id)
+        if running is None:
+            return False
+        self._interrupt(running, "cancelled")
+        return True
 
     def _interrupt(self, running: _Running, reason: str) -> None:
         if running.reason is None:

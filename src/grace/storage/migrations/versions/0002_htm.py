@@ -112,7 +112,7 @@ BEGIN
     o_took := array_fill(0, ARRAY[v_k]);
     v_cand := array_fill(false, ARRAY[v_k]);
     FOR i IN 1..v_k LOOP
-        o_quota[i] := greatest(1, (2 * o_weight[i] * v_cap + v_total) / (2 * v_total));
+        o_quota[i] := greatest(1, (o_weight[i] * v_cap + v_total - 1) / v_total);
     END LOOP;
 
     FOR j IN 0..p_n - 1 LOOP
@@ -166,7 +166,7 @@ BEGIN
             IF o_ready[i] <= 0 AND i <> v_best THEN
                 o_credit[i] := least(o_credit[i], 0);
             END IF;
-            IF i = v_best OR NOT v_cand[i] THEN
+            IF i = v_best OR o_ready[i] <= 0 THEN
                 o_since[i] := v_sno + 1;
             END IF;
             o_credit[i] := greatest(-v_round, least(v_round, o_credit[i]));
