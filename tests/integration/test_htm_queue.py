@@ -363,4 +363,4 @@ async def test_on_postgresql_a_dead_workers_tasks_return_without_waiting_for_the
         assert returned.task_id == task_id and returned.status is Status.QUEUED
         gate.release()
         await pool.wait_idle()
-        assert len((await htm.late_completions(task_id, principal=None))) == 1  # its late outcome is refused
+        assert len(await htm.late_completions(task_id, principal=None)) == 1  # its late outcome is refused

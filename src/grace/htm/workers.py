@@ -335,6 +335,8 @@ class WorkerPool:
         conn, self._liveness = self._liveness, None
         if conn is not None:
             with contextlib.suppress(Exception):
+                await conn.invalidate()  # really close it: a pooled session would keep the lock
+            with contextlib.suppress(Exception):
                 await conn.close()
 
     def stop_task(self, task_id: str) -> bool:
