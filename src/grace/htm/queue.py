@@ -286,8 +286,8 @@ class Queue:
 
     @contextlib.asynccontextmanager
     async def _claim_connection(self) -> AsyncIterator[AsyncConnection]:
-        # Long-lived autocommit connections for claims (one per concurrent claimer): no pool checkout,
-        # ping or BEGIN per claim.
+        # Long-lived autocommit connections for the single-statement hot path (claims, finishes; one
+        # per concurrent caller): no pool checkout, ping or BEGIN per call.
         if self._claim_conns:
             conn = self._claim_conns.pop()
         else:
@@ -450,7 +450,8 @@ class Queue:
             "errors": [v["error"] for v in values],
             "give_back": [v["give_back"] for v in values],
         }
-        async with self.db.write() as conn:
+        # One statement, so autocommit is atomic: one round trip, no checkout, ping or BEGIN.
+        async with self._claim_connection() as conn:
             rows = (await conn.execute(FINISH_POSTGRES, params)).all()
         return [Finished.from_row(r) for r in rows]
 
