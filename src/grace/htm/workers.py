@@ -374,6 +374,7 @@ class WorkerPool:
     async def _flush_loop(self) -> None:
         while True:
             await self._outcome_ready.wait()
+            await asyncio.sleep(0)  # let handlers finishing in the same turn join this batch
             self._outcome_ready.clear()
             try:
                 await self.flush()
