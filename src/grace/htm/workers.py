@@ -38,6 +38,7 @@ __all__ = ["Handler", "HandlerRegistry", "TaskContext", "WorkerPool", "load_hand
 log = logging.getLogger("grace.htm")
 
 LISTEN_TIMEOUT = 0.5
+TIDY_SECONDS = 1.0
 
 Handler = Callable[["TaskContext"], Coroutine[Any, Any, Any]]
 
@@ -416,9 +417,9 @@ class WorkerPool:
 
     async def _maintenance_loop(self) -> None:
         cfg = self.htm.config
-        tick = min(1.0, cfg.lease_seconds / 6)
+        tick = min(0.5, cfg.lease_seconds / 6)
         beat_every = cfg.lease_seconds / 3
-        last_beat = 0.0
+        last_beat = last_tidy = 0.0
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(tick)
@@ -429,6 +430,9 @@ class WorkerPool:
                     await self.heartbeat()
                 if await self.htm.reap():
                     self._wake.set()
+                if loop.time() - last_tidy >= TIDY_SECONDS:
+                    last_tidy = loop.time()
+                    await self.htm.queue.tidy()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
