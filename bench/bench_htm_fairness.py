@@ -181,11 +181,17 @@ async def lending() -> dict[str, Any]:
             seq = await all_dispatched(htm)
         before = [t for t in seq if t.started_at and t.started_at.timestamp() < t_return]
         after = [t for t in seq if t.started_at and t.started_at.timestamp() >= t_return]
-        first_seq_after = after[0].dispatch_seq if after else 0
-        reclaim = {}
+        reclaim: dict[str, int | None] = {}
         for origin in idle:
-            first = next((t for t in after if t.origin is origin), None)
-            reclaim[origin.value] = None if first is None else (first.dispatch_seq or 0) - (first_seq_after or 0)
+            # Dispatches to others between the origin's first task arriving and its first dispatch.
+            mine = [t for t in after if t.origin is origin]
+            first = mine[0] if mine else None
+            arrived = min((t.created_at for t in mine), default=None)
+            reclaim[origin.value] = (
+                None
+                if first is None or arrived is None
+                else sum(1 for t in after if t.started_at and arrived <= t.started_at < first.started_at)  # type: ignore[operator]
+            )
         busy_shares = {o: SHARES[o] for o in busy}
         counts_before = {o.value: sum(1 for t in before if t.origin is o) for o in ORDER}
         return {
