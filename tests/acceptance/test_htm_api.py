@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -122,3 +124,19 @@ async def test_routing_stats_per_origin(client: httpx.AsyncClient, admin_headers
     assert hunter["total_queued"] == 3 and hunter["current_count"] == 0 and hunter["utilization"] == 0.0
     assert {"max_concurrent", "tasks_starved", "delayed", "deferred", "throughput_mb_s"} <= set(hunter)
     assert len(stats["origins"]) == 8
+
+
+async def test_the_serving_process_runs_tasks_in_its_embedded_pool(
+    client: httpx.AsyncClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    assert services.htm is not None and services.htm.config.embedded_workers
+    services.start_background()  # what the app's lifespan does in `grace serve`
+    r = await client.post("/api/htm/tasks", json={"task_type": "htm.echo", "payload": {"n": 7}}, headers=admin_headers)
+    task_id = r.json()["task_id"]
+    for _ in range(500):
+        task = (await client.get(f"/api/htm/tasks/{task_id}", headers=admin_headers)).json()["task"]
+        if task["status"] == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert task["status"] == "completed" and task["result"] == {"n": 7}
+    assert services.htm.pool is not None and services.htm.pool.finished == 1
