@@ -50,7 +50,6 @@ DECLARE
     v_cap integer;
     v_total integer;
     v_k integer;
-    v_taken integer := 0;
     o_name text[];
     o_weight integer[];
     o_credit bigint[];
@@ -59,6 +58,9 @@ DECLARE
     o_ready integer[];
     o_quota integer[];
     o_took integer[];
+    v_picks integer[] := '{}';
+    v_slots integer[];
+    v_planned integer;
     v_cand boolean[];
     v_round integer;
     v_any_ready boolean;
@@ -172,35 +174,48 @@ BEGIN
             o_credit[i] := greatest(-v_round, least(v_round, o_credit[i]));
         END LOOP;
 
-        UPDATE htm_tasks
-           SET status = 'running',
-               worker_id = p_worker,
-               attempts = attempts + 1,
-               started_at = p_now,
-               lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
-               dispatch_seq = v_seq + v_taken
-         WHERE seq = (
-                SELECT t.seq FROM htm_tasks t
-                 WHERE t.status = 'queued' AND t.origin = o_name[v_best]
+        v_picks := array_append(v_picks, v_best);
+    END LOOP;
+
+    -- Take each picked origin's tasks in one statement, numbering them in pick order.
+    v_planned := coalesce(array_length(v_picks, 1), 0);
+    FOR i IN 1..v_k LOOP
+        CONTINUE WHEN NOT (i = ANY (v_picks));
+        v_slots := ARRAY(
+            SELECT u.ord - 1 FROM unnest(v_picks) WITH ORDINALITY AS u(o, ord) WHERE u.o = i ORDER BY u.ord
+        );
+        FOR rec IN
+            WITH picked AS (
+                SELECT t.seq, t.priority_rank FROM htm_tasks t
+                 WHERE t.status = 'queued' AND t.origin = o_name[i]
                  ORDER BY t.priority_rank, t.seq
-                 LIMIT 1
-                 FOR UPDATE SKIP LOCKED)
-        RETURNING * INTO rec;
-        IF FOUND THEN
-            v_taken := v_taken + 1;
-            o_took[v_best] := o_took[v_best] + 1;
+                 LIMIT array_length(v_slots, 1)
+                 FOR UPDATE SKIP LOCKED
+            ), numbered AS (
+                SELECT p.seq, row_number() OVER (ORDER BY p.priority_rank, p.seq) AS rn FROM picked p
+            )
+            UPDATE htm_tasks h
+               SET status = 'running',
+                   worker_id = p_worker,
+                   attempts = h.attempts + 1,
+                   started_at = p_now,
+                   lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+                   dispatch_seq = v_seq + v_slots[n.rn]
+              FROM numbered n
+             WHERE h.seq = n.seq
+            RETURNING h.*
+        LOOP
+            o_took[i] := o_took[i] + 1;
             RETURN NEXT rec;
-        ELSE
-            -- Its last ready task was being cancelled at this instant; nothing else to take there.
-            o_ready[v_best] := 0;
-        END IF;
+        END LOOP;
     END LOOP;
 
     UPDATE htm_origins o
        SET credit = v.credit, since = v.since, dispatched = o.dispatched + v.took
       FROM unnest(o_name, o_credit, o_since, o_took) AS v(origin, credit, since, took)
      WHERE o.origin = v.origin;
-    UPDATE htm_scheduler SET dispatched = v_seq + v_taken WHERE id = 1;
+    -- Numbers of picks that found their task taken by a cancel at that instant are left unused.
+    UPDATE htm_scheduler SET dispatched = v_seq + v_planned WHERE id = 1;
     RETURN;
 END;
 $fn$;
