@@ -28,6 +28,8 @@ __all__ = ["PostgresBus"]
 log = logging.getLogger("grace.bus")
 
 CHANNEL = "grace_events"
+_INSERT_EVENTS = insert(events).returning(events.c.id, sort_by_parameter_order=True)
+_NOTIFY = text("SELECT pg_notify(:channel, :id)")
 
 
 class PostgresBus(Bus):
@@ -75,11 +77,13 @@ class PostgresBus(Bus):
     async def _append(self, items: list[tuple[str, dict[str, Any]]], published_at: datetime) -> list[Event]:
         rows = [{"topic": t, "payload": p, "published_at": published_at, "source": self.source} for t, p in items]
         async with self.db.write() as conn:
-            ids = (await conn.execute(insert(events).values(rows).returning(events.c.id))).scalars().all()
+            # One cached statement for any batch size (SQLAlchemy's "insertmanyvalues"),
+            # with the ids returned in the order of the rows.
+            result = await conn.execute(_INSERT_EVENTS, rows)
+            ids = [int(i) for i in result.scalars().all()]
             # Delivered on commit, so no listener is woken before the rows are visible.
-            await conn.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": CHANNEL, "id": str(max(ids))})
-        # One statement draws its ids in row order, so the sorted ids follow the order of items.
-        return [Event(int(i), t, p, published_at, self.source) for i, (t, p) in zip(sorted(ids), items, strict=True)]
+            await conn.execute(_NOTIFY, {"channel": CHANNEL, "id": str(ids[-1])})
+        return [Event(i, t, p, published_at, self.source) for i, (t, p) in zip(ids, items, strict=True)]
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)

@@ -42,8 +42,11 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
             _configure_sqlite(self.engine)
         else:
+            # No pre-ping: it would cost a round trip per transaction on the hot path. A
+            # connection the server dropped raises a disconnect error, which makes
+            # SQLAlchemy discard the whole pool; recycling bounds a connection's age.
             self.engine = create_async_engine(
-                self.url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                self.url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
             )
 
     @property
