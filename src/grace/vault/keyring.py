@@ -226,9 +226,11 @@ class Keyring:
 
     # -- status ------------------------------------------------------------------
 
-    async def keys(self) -> list[KeyInfo]:
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(vault_keys).order_by(vault_keys.c.term))).mappings().all()
+    async def keys(self, conn: AsyncConnection | None = None) -> list[KeyInfo]:
+        if conn is None:
+            async with self.db.read() as own:
+                return await self.keys(own)
+        rows = (await conn.execute(select(vault_keys).order_by(vault_keys.c.term))).mappings().all()
         return [
             KeyInfo(
                 r["id"], r["term"], r["status"], r["created_at"], r["activated_at"], r["expires_at"], r["archived_at"]
@@ -238,11 +240,16 @@ class Keyring:
 
     async def status(self) -> dict[str, Any]:
         """Describe the keyring: active key, expiry (with the 7-day warning), next rotation, unfinished work."""
-        keys = await self.keys()
         now = self.clock.now()
-        active = next((k for k in keys if k.status == "active"), None)
-        running = await self._unfinished()
+        # One read transaction, so the keys and the rotation state come from the same moment.
         async with self.db.read() as conn:
+            keys = await self.keys(conn)
+            active = next((k for k in keys if k.status == "active"), None)
+            running = (
+                (await conn.execute(select(vault_rotations).where(vault_rotations.c.status == "running")))
+                .mappings()
+                .first()
+            )
             per_key: dict[str, int] = dict(
                 (
                     await conn.execute(
