@@ -200,6 +200,10 @@ def _aware(value: Any) -> datetime | None:
     return when.astimezone(UTC)
 
 
+# pg_advisory_xact_lock key that serialises the queue's one-time set-up across processes.
+PREPARE_LOCK = 0x6772616365505250
+
+
 @dataclass
 class Queue:
     """The task table and the operations workers and the router perform on it."""
@@ -220,6 +224,10 @@ class Queue:
     async def prepare(self) -> None:
         """Make sure the dispatch counter and every origin's row exist, with the configured weights."""
         async with self.db.write() as conn:
+            if not self.db.is_sqlite:
+                # Processes starting together must not both insert the rows (SQLite's BEGIN IMMEDIATE
+                # already serialises this); the lock ends with the transaction.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PREPARE_LOCK})
             if (await conn.execute(select(htm_scheduler.c.id).where(htm_scheduler.c.id == 1))).first() is None:
                 await conn.execute(insert(htm_scheduler).values(id=1, dispatched=0))
             existing = {
