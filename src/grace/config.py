@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from grace import errors
 
-__all__ = ["Settings", "default_data_dir", "load_settings"]
+__all__ = ["Settings", "configuration_error", "default_data_dir", "load_settings"]
 
 ENV_PREFIX = "GRACE_"
 
@@ -163,9 +163,14 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "settings"
-            message = str(err["msg"]).removeprefix("Value error, ")
-            problems.append(f"{ENV_PREFIX}{field.upper()} {message}")
-        raise errors.ConfigurationError("; ".join(problems), details=problems) from None
+        raise configuration_error(exc, ENV_PREFIX) from None
+
+
+def configuration_error(exc: ValidationError, prefix: str) -> errors.ConfigurationError:
+    """Turn a settings validation error into one message that names each bad variable."""
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{prefix}{field.upper()} {message}")
+    return errors.ConfigurationError("; ".join(problems), details=problems)

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from grace import errors
+from grace.config import configuration_error
 from grace.htm.origins import DEFAULT_SHARES, Origin, parse_origin
 
 __all__ = ["HTMConfig", "load_config"]
@@ -108,9 +109,4 @@ def load_config(**overrides: Any) -> HTMConfig:
     try:
         return HTMConfig(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "settings"
-            message = str(err["msg"]).removeprefix("Value error, ")
-            problems.append(f"{ENV_PREFIX}{field.upper()} {message}")
-        raise errors.ConfigurationError("; ".join(problems), details=problems) from None
+        raise configuration_error(exc, ENV_PREFIX) from None
