@@ -23,22 +23,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text, tuple_, update
+from sqlalchemy import and_, delete, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
 from grace.clock import Clock
-from grace.htm import fairness, origins
+from grace.htm import sqlite_claims
 from grace.htm.origins import ORDER, Origin
 from grace.htm.tables import (
-    IS_QUEUED,
     IS_RUNNING,
-    IS_WAITING,
     htm_late_completions,
     htm_origins,
     htm_scheduler,
@@ -140,23 +138,23 @@ class Finished:
     error: str | None
 
     @classmethod
-    def from_row(cls, row: Any) -> Finished:
+    def from_row(cls, row: Mapping[Any, Any]) -> Finished:
         return cls(
-            task_id=row.task_id,
-            task_type=row.task_type,
-            origin=row.origin,
-            priority=row.priority,
-            intent_id=row.intent_id,
-            status=Status(row.status),
-            attempts=int(row.attempts),
-            max_attempts=int(row.max_attempts),
-            created_at=_utc(row.created_at),
-            started_at=_aware(row.started_at),
-            finished_at=_aware(row.finished_at),
-            queued_at=_utc(row.queued_at),
-            deadline=_aware(row.deadline),
-            data_size_bytes=int(row.data_size_bytes),
-            error=row.error,
+            task_id=row["task_id"],
+            task_type=row["task_type"],
+            origin=row["origin"],
+            priority=row["priority"],
+            intent_id=row["intent_id"],
+            status=Status(row["status"]),
+            attempts=int(row["attempts"]),
+            max_attempts=int(row["max_attempts"]),
+            created_at=_utc(row["created_at"]),
+            started_at=_aware(row["started_at"]),
+            finished_at=_aware(row["finished_at"]),
+            queued_at=_utc(row["queued_at"]),
+            deadline=_aware(row["deadline"]),
+            data_size_bytes=int(row["data_size_bytes"]),
+            error=row["error"],
         )
 
     def event(self) -> dict[str, Any]:
@@ -309,113 +307,19 @@ class Queue:
         self._claim_conns.append(conn)
 
     async def _claim_sqlite(self, worker_id: str, n: int, now: datetime, fallback: int) -> list[Task]:
-        t = htm_tasks
-        async with self.db.write() as conn:
-            seq = int(
-                (await conn.execute(select(htm_scheduler.c.dispatched).where(htm_scheduler.c.id == 1))).scalar_one()
-            )
-            await conn.execute(update(t).where(IS_WAITING, t.c.queued_at <= now).values(status="queued"))
-            capacity = await self._capacity(conn, now, fallback)
-            slots = await self._origin_slots(conn, n, capacity)
-            picks = fairness.pick(slots, n, seq)
-            lease_until = now + timedelta(seconds=self.lease_seconds)
-            # Each picked origin's next tasks by priority and age, then one UPDATE numbering them in
-            # pick order: a handful of statements per claim whatever the batch size.
-            wanted: dict[int, int] = {}
-            for index in picks:
-                wanted[index] = wanted.get(index, 0) + 1
-            per_origin = [
-                select(t.c.seq, t.c.origin)
-                .where(IS_QUEUED, t.c.origin == ORDER[index].value)
-                .order_by(t.c.priority_rank, t.c.seq)
-                .limit(k)
-                .subquery()
-                for index, k in wanted.items()
-            ]
-            chosen: dict[str, list[int]] = {}
-            for sub in per_origin:
-                for row in await conn.execute(select(sub.c.seq, sub.c.origin)):
-                    chosen.setdefault(row.origin, []).append(int(row.seq))
-            numbering: dict[int, int] = {}
-            took = [0] * len(slots)
-            for index in picks:
-                queue = chosen.get(ORDER[index].value)
-                if queue:
-                    numbering[queue.pop(0)] = seq + len(numbering)
-                    took[index] += 1
-            taken: list[Task] = []
-            if numbering:
-                rows = (
-                    await conn.execute(
-                        update(t)
-                        .where(t.c.seq.in_(list(numbering)))
-                        .values(
-                            status="running",
-                            worker_id=worker_id,
-                            attempts=t.c.attempts + 1,
-                            started_at=now,
-                            lease_expires_at=lease_until,
-                            dispatch_seq=case(numbering, value=t.c.seq),
-                        )
-                        .returning(*t.c)
-                    )
-                ).mappings()
-                taken = [Task.from_row(r) for r in rows]
-            await conn.execute(
-                update(htm_origins).values(
-                    credit=case({ORDER[x.index].value: x.credit for x in slots}, value=htm_origins.c.origin),
-                    since=case({ORDER[x.index].value: x.since for x in slots}, value=htm_origins.c.origin),
-                    dispatched=htm_origins.c.dispatched
-                    + case({ORDER[x.index].value: took[x.index] for x in slots}, value=htm_origins.c.origin),
-                )
-            )
-            await conn.execute(update(htm_scheduler).where(htm_scheduler.c.id == 1).values(dispatched=seq + len(taken)))
-        return taken
-
-    async def _capacity(self, conn: AsyncConnection, now: datetime, fallback: int) -> int:
-        if self.capacity > 0:
-            return self.capacity
-        live = (
-            await conn.execute(
-                select(func.coalesce(func.sum(htm_workers.c.concurrency), 0)).where(
-                    htm_workers.c.heartbeat_at >= now - timedelta(seconds=self.lease_seconds),
-                    htm_workers.c.stopping.is_(False),
-                )
-            )
-        ).scalar_one()
-        return int(live) or max(1, fallback)
-
-    async def _origin_slots(self, conn: AsyncConnection, n: int, capacity: int) -> list[fairness.OriginSlot]:
-        t = htm_tasks
-        state = {r.origin: r for r in (await conn.execute(select(htm_origins)))}
-        running: dict[str, int] = dict(
-            (await conn.execute(select(t.c.origin, func.count()).where(IS_RUNNING).group_by(t.c.origin))).all()
+        lease = timedelta(seconds=self.lease_seconds)
+        req = sqlite_claims.ClaimRequest(
+            worker_id=worker_id,
+            n=n,
+            now=now,
+            lease_until=now + lease,
+            live_after=now - lease,
+            capacity=self.capacity,
+            fallback_capacity=fallback,
+            total_weight=self.total_weight,
         )
-        # How many claimable tasks each origin has, capped at n: one statement of eight indexed probes.
-        probes = [
-            select(func.count())
-            .select_from(select(literal(1)).where(IS_QUEUED, t.c.origin == origin.value).limit(n).subquery())
-            .scalar_subquery()
-            .label(f"r{origin.position}")
-            for origin in ORDER
-        ]
-        ready_row = (await conn.execute(select(*probes))).one()
-        slots = []
-        for origin in ORDER:
-            row = state[origin.value]
-            ready = int(ready_row[origin.position])
-            slots.append(
-                fairness.OriginSlot(
-                    index=origin.position,
-                    weight=int(row.weight),
-                    credit=int(row.credit),
-                    since=int(row.since),
-                    running=int(running.get(origin.value, 0)),
-                    quota=origins.max_concurrent(int(row.weight), self.total_weight, capacity),
-                    ready=ready,
-                )
-            )
-        return slots
+        rows = await self.db.write_sqlite(lambda raw: sqlite_claims.claim(raw, req))
+        return [Task.from_row(r) for r in rows]
 
     # -- finishing -----------------------------------------------------------
 
@@ -461,46 +365,27 @@ class Queue:
         # One statement, so autocommit is atomic: one round trip, no checkout, ping or BEGIN.
         async with self._claim_connection() as conn:
             rows = (await conn.execute(FINISH_POSTGRES, params)).all()
-        return [Finished.from_row(r) for r in rows]
+        return [Finished.from_row(r._mapping) for r in rows]
 
     async def _finish_sqlite(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Finished]:
-        # Outcomes that change the same columns to the same values (typically: completed, no result)
-        # are written by one UPDATE; times differ per task and go in through CASE.
-        t = htm_tasks
-        groups: dict[tuple[str, str, str | None, int], list[tuple[Outcome, dict[str, Any]]]] = {}
+        rows = []
         for o in outcomes:
             v = self._values(o)
-            key = (v["status"], json.dumps(v["result"], sort_keys=True), v["error"], v["give_back"])
-            groups.setdefault(key, []).append((o, v))
-        recorded: list[Finished] = []
-        async with self.db.write() as conn:
-            for (status, _, error, give_back), members in groups.items():
-                first = members[0][1]
-                changes: dict[str, Any] = {
-                    "status": status,
-                    "result": first["result"],
-                    "error": error,
-                    "lease_expires_at": None,
-                }
-                if first["finished_at"] is not None:
-                    changes["finished_at"] = case({o.task_id: v["finished_at"] for o, v in members}, value=t.c.task_id)
-                if first["queued_at"] is not None:
-                    changes["queued_at"] = case({o.task_id: v["queued_at"] for o, v in members}, value=t.c.task_id)
-                    changes["worker_id"] = None
-                if give_back:
-                    changes["attempts"] = t.c.attempts - 1
-                rows = await conn.execute(
-                    update(t)
-                    .where(
-                        tuple_(t.c.task_id, t.c.attempts).in_([(o.task_id, o.attempt) for o, _ in members]),
-                        IS_RUNNING,
-                        t.c.worker_id == worker_id,
-                    )
-                    .values(**changes)
-                    .returning(*SUMMARY)
+            result = None if v["result"] is None else json.dumps(v["result"])
+            rows.append(
+                sqlite_claims.FinishRow(
+                    o.task_id,
+                    o.attempt,
+                    v["status"],
+                    v["finished_at"],
+                    v["queued_at"],
+                    result,
+                    v["error"],
+                    v["give_back"],
                 )
-                recorded.extend(Finished.from_row(r) for r in rows)
-        return recorded
+            )
+        done = await self.db.write_sqlite(lambda raw: sqlite_claims.finish(raw, worker_id, rows))
+        return [Finished.from_row(r) for r in done]
 
     async def _record_late(self, worker_id: str, late: Iterable[Outcome]) -> None:
         rows = []
@@ -607,7 +492,7 @@ class Queue:
             await conn.execute(
                 delete(htm_workers).where(htm_workers.c.heartbeat_at < now - timedelta(seconds=10 * self.lease_seconds))
             )
-        out = [Finished.from_row(r) for r in (*requeued, *failed)]
+        out = [Finished.from_row(r._mapping) for r in (*requeued, *failed)]
         for f in out:
             log.warning(
                 "htm.lease_expired", extra={"task_id": f.task_id, "status": f.status.value, "attempts": f.attempts}
@@ -704,7 +589,7 @@ class Queue:
             if row is None:
                 current = (await conn.execute(select(t.c.status).where(t.c.task_id == task_id, owned))).scalar()
         if row is not None:
-            return Finished.from_row(row)
+            return Finished.from_row(row._mapping)
         if current is None:
             raise errors.NotFound(f"no task {task_id[:60]!r}")
         raise errors.Conflict(f"task {task_id} is already {current}; only waiting or running tasks can be cancelled")
