@@ -45,6 +45,10 @@ class HTMConfig(BaseSettings):
     poll_seconds: float = Field(default=1.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     events: bool = True
+    sla_enabled: bool = True
+    sla_tick_seconds: float = Field(default=1.0, gt=0, le=3600)
+    sla_stats_seconds: float = Field(default=60.0, gt=0)
+    sla_window_seconds: float = Field(default=86400.0, gt=0, le=30 * 86400)
 
     @field_validator("shares", mode="before")
     @classmethod

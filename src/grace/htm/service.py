@@ -8,23 +8,26 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from grace import errors
 from grace.auth import Principal, Role
 from grace.bus import Bus
 from grace.clock import Clock
-from grace.htm import events, origins, routing, stats
+from grace.htm import events, origins, routing, sla, stats
 from grace.htm.config import HTMConfig
-from grace.htm.queue import Finished, Outcome, Queue
+from grace.htm.queue import Exchange, Finished, Outcome, Queue
 from grace.htm.routing import RouteDecision
 from grace.htm.tasks import Status, Task, TaskRequest
 from grace.htm.workers import HandlerRegistry, TaskContext, WorkerPool
 from grace.storage import Database, new_id
 
-__all__ = ["HTM", "Submitted"]
+__all__ = ["HTM", "Enqueued", "Submitted"]
 
 log = logging.getLogger("grace.htm")
 
 SYSTEM_NAME = "grace"
+MAX_SLA_WINDOW_SECONDS = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,14 @@ class Submitted:
 
     def as_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "status": self.status.value, "routing": self.decision.as_dict()}
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """Tasks inserted inside a caller's transaction, to announce once it commits."""
+
+    rows: list[dict[str, Any]]
+    submitted: list[Submitted]
 
 
 class HTM:
@@ -54,7 +65,9 @@ class HTM:
         self.pool: WorkerPool | None = None
         self._pools: list[WorkerPool] = []
         self._prepared = False
+        self.sla = sla.SLAEnforcer(self)
         register_builtin_handlers(self.handlers, clock)
+        self.handlers.register(sla.RESCUE_TASK, sla.rescue_handler(self))
 
     # -- life cycle ------------------------------------------------------------
 
@@ -82,8 +95,15 @@ class HTM:
             await self.pool.start()
         return self.pool
 
+    def start_sla(self) -> bool:
+        """Start the SLA enforcer's loop in this process when ``GRACE_HTM_SLA_ENABLED``; return whether it runs."""
+        if self.config.sla_enabled:
+            self.sla.start()
+        return self.sla.running
+
     async def close(self, *, grace: float | None = None) -> None:
-        """Stop the pool gracefully, publish pending events, close the claim connection."""
+        """Stop the SLA enforcer and the pool gracefully, then publish pending events."""
+        await self.sla.stop()
         if self.pool is not None:
             await self.pool.stop(grace)
             self.pool = None
@@ -91,7 +111,6 @@ class HTM:
             await pool.release_liveness()
         self._pools = []
         await self.events.close()
-        await self.queue.close()
 
     # -- submitting --------------------------------------------------------------
 
@@ -111,6 +130,15 @@ class HTM:
     async def submit_many(self, requests: Sequence[TaskRequest], *, creator: Principal | None) -> list[Submitted]:
         """Route and enqueue several tasks in one transaction (in order)."""
         await self.prepare()
+        async with self.db.write() as conn:
+            enqueued = await self.enqueue_in(conn, requests, creator=creator)
+        await self.announce_created(enqueued)
+        return enqueued.submitted
+
+    async def enqueue_in(
+        self, conn: AsyncConnection, requests: Sequence[TaskRequest], *, creator: Principal | None
+    ) -> Enqueued:
+        """Route and insert tasks inside the caller's write transaction; call :meth:`announce_created` after commit."""
         now = self.clock.now()
         cfg = self.config
         tagged = [
@@ -125,68 +153,71 @@ class HTM:
         ]
         rows: list[dict[str, Any]] = []
         out: list[Submitted] = []
-        async with self.db.write() as conn:
-            chosen = sorted({o for o, _ in tagged})
-            await routing.lock_origins(conn, chosen)
-            load = await routing.load(
-                conn,
-                self.weights,
-                configured=cfg.capacity,
-                fallback=self._fallback_capacity(),
-                live_after=now - timedelta(seconds=cfg.lease_seconds),
+        chosen = sorted({o for o, _ in tagged})
+        await routing.lock_origins(conn, chosen)
+        load = await routing.load(
+            conn,
+            self.weights,
+            configured=cfg.capacity,
+            fallback=self._fallback_capacity(),
+            live_after=now - timedelta(seconds=cfg.lease_seconds),
+        )
+        windows = {o: await routing.BurstWindow.load(conn, o, cfg.burst_limit(o), now) for o in chosen}
+        for request, (origin, rule) in zip(requests, tagged, strict=True):
+            decision = routing.decide(
+                origin,
+                request.priority,
+                now=now,
+                window=windows[origin],
+                load=load,
+                defer=timedelta(seconds=cfg.defer_seconds),
             )
-            windows = {o: await routing.BurstWindow.load(conn, o, cfg.burst_limit(o), now) for o in chosen}
-            for request, (origin, rule) in zip(requests, tagged, strict=True):
-                decision = routing.decide(
-                    origin,
-                    request.priority,
-                    now=now,
-                    window=windows[origin],
-                    load=load,
-                    defer=timedelta(seconds=cfg.defer_seconds),
-                )
-                task_id = new_id("task")
-                status = {"accepted": Status.QUEUED, "delayed": Status.DELAYED, "deferred": Status.DEFERRED}[
-                    decision.route
-                ]
-                rows.append(
-                    {
-                        "task_id": task_id,
-                        "task_type": request.task_type,
-                        "priority": request.priority.value,
-                        "priority_rank": request.priority.rank,
-                        "origin": origin.value,
-                        "origin_rule": rule,
-                        "payload": request.payload,
-                        "data_size_bytes": request.data_size_bytes
-                        if request.data_size_bytes is not None
-                        else request.payload_bytes,
-                        "created_by": creator.user_id if creator else None,
-                        "created_by_name": creator.name if creator else SYSTEM_NAME,
-                        "intent_id": request.intent_id,
-                        "sla_ms": request.sla_ms,
-                        "deadline": now + timedelta(milliseconds=request.sla_ms) if request.sla_ms else None,
-                        "status": status.value,
-                        "route": decision.route,
-                        "route_reason": decision.reasoning[:400],
-                        "attempts": 0,
-                        "max_attempts": request.max_attempts or cfg.max_attempts,
-                        "timeout_seconds": request.timeout_seconds or cfg.timeout_seconds,
-                        "created_at": now,
-                        "admitted_at": decision.admitted_at,
-                        "queued_at": decision.admitted_at,
-                        "started_at": None,
-                        "finished_at": None,
-                        "lease_expires_at": None,
-                        "worker_id": None,
-                        "dispatch_seq": None,
-                        "result": None,
-                        "error": None,
-                    }
-                )
-                out.append(Submitted(task_id, status, decision))
-            await self.queue.insert(conn, rows)
-        for row, sub in zip(rows, out, strict=True):
+            task_id = new_id("task")
+            status = {"accepted": Status.QUEUED, "delayed": Status.DELAYED, "deferred": Status.DEFERRED}[decision.route]
+            rows.append(
+                {
+                    "task_id": task_id,
+                    "task_type": request.task_type,
+                    "priority": request.priority.value,
+                    "priority_rank": request.priority.rank,
+                    "origin": origin.value,
+                    "origin_rule": rule,
+                    "payload": request.payload,
+                    "data_size_bytes": request.data_size_bytes
+                    if request.data_size_bytes is not None
+                    else request.payload_bytes,
+                    "created_by": creator.user_id if creator else None,
+                    "created_by_name": creator.name if creator else SYSTEM_NAME,
+                    "intent_id": request.intent_id,
+                    "sla_ms": request.sla_ms,
+                    "deadline": now + timedelta(milliseconds=request.sla_ms) if request.sla_ms else None,
+                    "status": status.value,
+                    "route": decision.route,
+                    "route_reason": decision.reasoning[:400],
+                    "attempts": 0,
+                    "max_attempts": request.max_attempts or cfg.max_attempts,
+                    "timeout_seconds": request.timeout_seconds or cfg.timeout_seconds,
+                    "created_at": now,
+                    "admitted_at": decision.admitted_at,
+                    "queued_at": decision.admitted_at,
+                    "started_at": None,
+                    "finished_at": None,
+                    "lease_expires_at": None,
+                    "worker_id": None,
+                    "dispatch_seq": None,
+                    "result": None,
+                    "error": None,
+                    "sla_level": 0,
+                    "sla_due_at": sla.first_due(now, request.sla_ms),
+                }
+            )
+            out.append(Submitted(task_id, status, decision))
+        await self.queue.insert(conn, rows)
+        return Enqueued(rows, out)
+
+    async def announce_created(self, enqueued: Enqueued) -> None:
+        """Log and publish ``htm.task.created`` for committed tasks, and wake this process's pool."""
+        for row, sub in zip(enqueued.rows, enqueued.submitted, strict=True):
             log.info(
                 "htm.task_created",
                 extra={
@@ -215,7 +246,6 @@ class HTM:
             )
         if self.pool is not None:
             self.pool.wake()
-        return out
 
     def _fallback_capacity(self) -> int:
         return self.pool.concurrency if self.pool is not None else self.config.concurrency
@@ -283,11 +313,13 @@ class HTM:
                 },
             )
 
-    async def record(self, worker_id: str, outcomes: Sequence[Outcome]) -> tuple[list[Finished], list[Outcome]]:
-        """Record a worker's outcomes and publish what changed."""
-        recorded, late = await self.queue.finish(worker_id, outcomes)
-        await self._announce(recorded)
-        return recorded, late
+    async def record(
+        self, worker_id: str, outcomes: Sequence[Outcome], *, claim: int = 0, fallback_capacity: int = 1
+    ) -> Exchange:
+        """Record a worker's outcomes (and claim up to ``claim`` tasks in the same call); publish what changed."""
+        done = await self.queue.finish_and_claim(worker_id, outcomes, claim, fallback_capacity=fallback_capacity)
+        await self._announce(done.recorded)
+        return done
 
     async def reap(self) -> list[Finished]:
         """Return dead workers' expired leases to the queue (or fail them on their last attempt)."""
@@ -312,6 +344,21 @@ class HTM:
         """Per-origin figures in the seed's shape, plus delayed/deferred counts and throughput."""
         await self.prepare()
         return await stats.routing_stats(self, now=self.clock.now())
+
+    async def sla_stats(self, *, window_seconds: float | None = None) -> dict[str, Any]:
+        """The SLA enforcer's figures (see :meth:`grace.htm.sla.SLAEnforcer.get_statistics`)."""
+        if window_seconds is not None and not 1 <= window_seconds <= MAX_SLA_WINDOW_SECONDS:
+            raise errors.InvalidInput("window_seconds must be between 1 and 2592000 (30 days)")
+        return await self.sla.get_statistics(window_seconds=window_seconds)
+
+    async def sla_violations(
+        self, *, principal: Principal | None, origin: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Unfinished tasks past their deadline, most overdue first: a member's own, or everyone's."""
+        if not 1 <= limit <= 1000:
+            raise errors.InvalidInput("limit must be between 1 and 1000")
+        parsed = origins.parse_origin(origin) if origin else None
+        return await self.sla.active_violations(visible_to=self._visible_to(principal), origin=parsed, limit=limit)
 
 
 def register_builtin_handlers(registry: HandlerRegistry, clock: Clock) -> None:

@@ -23,14 +23,21 @@ __all__ = [
     "IS_QUEUED",
     "IS_RUNNING",
     "IS_WAITING",
+    "SLA_OPEN",
+    "SLA_OUTCOME",
     "htm_late_completions",
     "htm_origins",
     "htm_scheduler",
+    "htm_sla_counters",
     "htm_tasks",
     "htm_workers",
 ]
 
 Seq = BigInteger().with_variant(Integer, "sqlite")
+
+# Status sets of the SLA indexes' predicates (see the literal predicates at the end of the module).
+_UNFINISHED = "status IN ('queued', 'delayed', 'deferred', 'running')"
+_OUTCOME = "status IN ('completed', 'failed', 'timed_out')"
 
 htm_tasks = Table(
     "htm_tasks",
@@ -67,6 +74,11 @@ htm_tasks = Table(
     Column("dispatch_seq", BigInteger, nullable=True),
     Column("result", JSON, nullable=True),
     Column("error", Text, nullable=True),
+    # SLA enforcement (migration 0004_htm_sla). Appended last: the PostgreSQL claim reads rows by
+    # position. The level reached (0 none, 1 warning, 2 violated, 3 critical) and when the next one
+    # falls due; see grace/htm/sla.py.
+    Column("sla_level", SmallInteger, nullable=False, server_default=text("0")),
+    Column("sla_due_at", UTCDateTime, nullable=True),
     Index(
         "ix_htm_tasks_claim",
         "origin",
@@ -91,6 +103,23 @@ htm_tasks = Table(
     Index("ix_htm_tasks_admitted", "origin", "admitted_at"),
     Index("ix_htm_tasks_created_by", "created_by", "seq"),
     Index("ix_htm_tasks_finished_at", "finished_at"),
+    # The SLA enforcer's work list and the active violations: unfinished tasks with a deadline only,
+    # so tasks without an SLA never enter it.
+    Index(
+        "ix_htm_tasks_sla_open",
+        "sla_level",
+        "sla_due_at",
+        postgresql_where=text(f"deadline IS NOT NULL AND {_UNFINISHED}"),
+        sqlite_where=text(f"deadline IS NOT NULL AND {_UNFINISHED}"),
+    ),
+    # The compliance window: tasks with a deadline that ran to an outcome (cancelled ones do not count).
+    Index(
+        "ix_htm_tasks_sla_finished",
+        "finished_at",
+        "deadline",
+        postgresql_where=text(f"deadline IS NOT NULL AND {_OUTCOME}"),
+        sqlite_where=text(f"deadline IS NOT NULL AND {_OUTCOME}"),
+    ),
 )
 
 htm_origins = Table(
@@ -125,6 +154,14 @@ htm_workers = Table(
     Column("stopping", Boolean, nullable=False),
 )
 
+htm_sla_counters = Table(
+    "htm_sla_counters",
+    metadata,
+    # All-time counts of what the SLA enforcer did, written in the transaction that did it.
+    Column("name", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
 htm_late_completions = Table(
     "htm_late_completions",
     metadata,
@@ -142,3 +179,5 @@ htm_late_completions = Table(
 IS_QUEUED = text("htm_tasks.status = 'queued'")
 IS_RUNNING = text("htm_tasks.status = 'running'")
 IS_WAITING = text("htm_tasks.status IN ('delayed', 'deferred')")
+SLA_OPEN = text("htm_tasks.deadline IS NOT NULL AND htm_tasks." + _UNFINISHED)
+SLA_OUTCOME = text("htm_tasks.deadline IS NOT NULL AND htm_tasks." + _OUTCOME)
