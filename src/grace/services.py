@@ -45,12 +45,16 @@ class Services:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
-        """Start the periodic jobs a serving process runs (bus retention)."""
+        """Start the periodic jobs a serving process runs (bus retention, vault upkeep, workers, SLA enforcer)."""
         self._background.append(asyncio.create_task(self._prune_events(), name="grace-bus-prune"))
         if self.vault is not None:
             self._background.append(asyncio.create_task(self._vault_upkeep(), name="grace-vault-upkeep"))
         if self.htm is not None and self.htm.config.embedded_workers:
             self._background.append(asyncio.create_task(self._start_htm_workers(), name="grace-htm-start"))
+        if self.htm is not None:
+            # The serving process owns SLA enforcement (on PostgreSQL, whichever process holds the
+            # leader lock acts); close() stops it through HTM.close().
+            self.htm.start_sla()
 
     async def _start_htm_workers(self) -> None:
         # The serving process runs an embedded worker pool; close() stops it gracefully.

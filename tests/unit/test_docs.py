@@ -11,6 +11,7 @@ import typer
 from grace.api import create_app
 from grace.cli.main import app as cli_app
 from grace.config import Settings, load_settings
+from grace.htm import HTMConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +67,13 @@ def test_every_setting_is_documented() -> None:
     fields = Settings.model_fields
     missing = [f"GRACE_{name.upper()}" for name in fields if f"GRACE_{name.upper()}" not in text]
     assert not missing, f"undocumented settings: {missing}"
+
+
+def test_every_task_manager_setting_is_documented() -> None:
+    text = (ROOT / "docs" / "htm.md").read_text()
+    names = [f"GRACE_HTM_{name.upper()}" for name in HTMConfig.model_fields]
+    missing = [name for name in names if name not in text]
+    assert not missing, f"undocumented task manager settings: {missing}"
 
 
 def test_readme_quickstart_is_two_commands() -> None:

@@ -1,4 +1,4 @@
-"""``grace tasks``: submit, show, list and cancel tasks, and see routing stats; ``grace worker``.
+"""``grace tasks``: submit, show, list and cancel tasks, see routing and SLA stats; ``grace worker``.
 
 The CLI runs beside the database, so it sees every task. A task submitted
 without ``--user`` is Grace's own (origin ``internal`` unless tagged otherwise);
@@ -183,6 +183,60 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print the stats as
     run(work)
 
 
+@app.command("sla")
+def sla(
+    origin: str | None = typer.Option(None, "--origin", "-o", help="Only violations of tasks from this origin."),
+    limit: int = typer.Option(
+        50, "--limit", "-n", min=1, max=1000, help="At most this many violations, most overdue first."
+    ),
+    window_seconds: float | None = typer.Option(
+        None, "--window-seconds", min=1, help="Compliance window (default GRACE_HTM_SLA_WINDOW_SECONDS)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the stats and violations as JSON."),
+) -> None:
+    """Show SLA enforcement: warnings, violations, escalations, rescues, compliance, and the tasks overdue now."""
+
+    async def work() -> None:
+        async with open_services() as services:
+            htm = _htm(services)
+            data = await htm.sla_stats(window_seconds=window_seconds)
+            violations = await htm.sla_violations(principal=None, origin=origin, limit=limit)
+        if as_json:
+            _print_json({"stats": data, "violations": violations})
+            return
+        rate = data["sla_compliance_rate"]
+        hours = data["window_seconds"] / 3600
+        console.print(
+            f"compliance {'n/a' if rate is None else f'{rate:.1%}'} "
+            f"({data['finished_late']} late of {data['finished_with_sla']} finished in the last {hours:g} h)"
+        )
+        console.print(
+            f"warnings {data['warnings_issued']}, violations {data['total_violations']}, "
+            f"escalations {data['escalations_triggered']}, rescue tasks {data['sub_agents_spawned']}, "
+            f"active violations {data['active_violations']}"
+        )
+        if not violations:
+            return
+        table = Table()
+        id_column(table, "task")
+        for name in ("type", "origin", "priority", "status", "level", "overdue", "worker"):
+            table.add_column(name)
+        for v in violations:
+            table.add_row(
+                v["task_id"],
+                v["task_type"],
+                v["origin"],
+                v["priority"],
+                v["status"],
+                v["sla_level"],
+                f"{v['overdue_ms'] / 1000:.1f}s",
+                v["worker_id"] or "",
+            )
+        console.print(table)
+
+    run(work)
+
+
 def worker(
     concurrency: int | None = typer.Option(
         None, "--concurrency", "-c", min=1, help="Tasks run at once (default GRACE_HTM_CONCURRENCY)."
@@ -207,9 +261,13 @@ def worker(
             for spec in handlers:
                 load_handlers(spec, htm.handlers)
             pool = await htm.start_workers(concurrency=concurrency, claim_batch=claim_batch)
+            # On PostgreSQL a worker process can also stand for SLA enforcer: one process across the
+            # cluster holds the leader lock and acts. On SQLite the serving process enforces.
+            enforcing = not services.db.is_sqlite and htm.start_sla()
+            standing = ", SLA enforcer standing for leader" if enforcing else ""
             console.print(
                 f"worker {pool.worker_id} on {services.db.backend}: concurrency {pool.concurrency}, "
-                f"handlers {', '.join(htm.handlers.types())}",
+                f"handlers {', '.join(htm.handlers.types())}{standing}",
                 highlight=False,
             )
             stop = asyncio.Event()

@@ -1,4 +1,4 @@
-"""Tasks: submit, read, list, cancel, and the routing stats."""
+"""Tasks: submit, read, list, cancel, the routing stats, and SLA enforcement's figures and violations."""
 
 from __future__ import annotations
 
@@ -85,3 +85,33 @@ async def routing_stats(principal: CurrentPrincipal, services: ServicesDep) -> d
     """Per-origin load against its share: current_count, max_concurrent, total_queued, tasks_starved,
     utilization, delayed and deferred counts, and throughput over the last minute."""
     return await _htm(services).routing_stats()
+
+
+@router.get("/sla/stats")
+async def sla_stats(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    window_seconds: Annotated[
+        float | None,
+        Query(
+            ge=1, le=30 * 24 * 3600, description="Compliance window in seconds (default GRACE_HTM_SLA_WINDOW_SECONDS)."
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """SLA figures: total_violations, warnings_issued, escalations_triggered and sub_agents_spawned (all-time),
+    sla_compliance_rate over the window (null when no task with an SLA finished in it), and active_violations."""
+    return await _htm(services).sla_stats(window_seconds=window_seconds)
+
+
+@router.get("/sla/violations")
+async def sla_violations(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    origin: Annotated[str | None, Query(max_length=40, description="Only tasks from this origin.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, the most overdue first.")] = 100,
+) -> dict[str, Any]:
+    """Unfinished tasks past their deadline, the most overdue first, with how late each is: members see
+    their own tasks, operators and admins see all."""
+    htm = _htm(services)
+    violations = await htm.sla_violations(principal=principal, origin=origin, limit=limit)
+    return {"violations": violations, "at": htm.clock.now().isoformat()}

@@ -26,7 +26,10 @@ def upgrade() -> None:
     op.add_column("htm_tasks", sa.Column("sla_due_at", TS, nullable=True))
     # Unfinished tasks that already had an SLA are due for a look at once; the enforcer works out
     # which level each has really reached and moves the due time on without firing what is not due.
-    op.execute(f"UPDATE htm_tasks SET sla_due_at = created_at WHERE deadline IS NOT NULL AND {UNFINISHED}")
+    op.execute(
+        "UPDATE htm_tasks SET sla_due_at = created_at "
+        "WHERE deadline IS NOT NULL AND status IN ('queued', 'delayed', 'deferred', 'running')"
+    )
     open_ = sa.text(f"deadline IS NOT NULL AND {UNFINISHED}")
     finished = sa.text(f"deadline IS NOT NULL AND {OUTCOME}")
     op.create_index(
