@@ -148,3 +148,38 @@ async def test_publish_many_keeps_order_and_wakes_once(bus: Bus) -> None:
     with pytest.raises(errors.InvalidInput):
         await bus.publish_many([("fine.topic", {}), ("bad topic", {})])
     assert [e.topic for e in await bus.replay("fine.#")] == []
+
+
+async def test_a_subscriber_reading_during_concurrent_publishing_misses_nothing(
+    db: storage.Database, clock: ManualClock
+) -> None:
+    # Eight publishers (eight buses on one database, as eight processes would be) append batches at
+    # once while a subscriber reads. Ids are handed out before commit, so unless appends become
+    # visible in id order the reader can see a later id first, move its cursor past an earlier one
+    # that commits a moment after, and never deliver it.
+    def new_bus() -> Bus:
+        return InProcessBus(clock=clock) if db.is_sqlite else PostgresBus(db, clock=clock)
+
+    buses = [new_bus() for _ in range(1 if db.is_sqlite else 8)]
+    for b in buses:
+        await b.start()
+    try:
+        async with buses[0].subscribe("load.#") as sub:
+
+            async def publish(b: Bus, k: int) -> None:
+                for round_ in range(10):
+                    await b.publish_many([("load.event", {"k": k, "r": round_, "i": i}) for i in range(20)])
+
+            expected = 20 * 10 * 8
+            publishers = [asyncio.create_task(publish(buses[k % len(buses)], k)) for k in range(8)]
+            received = []
+            while len(received) < expected:
+                event = await sub.get(timeout=10)
+                assert event is not None, f"only {len(received)} of {expected} events were delivered"
+                received.append(event)
+            await asyncio.gather(*publishers)
+            assert [e.id for e in received] == sorted(e.id for e in received)
+            assert len({(e.payload["k"], e.payload["r"], e.payload["i"]) for e in received}) == expected
+    finally:
+        for b in buses:
+            await b.close()

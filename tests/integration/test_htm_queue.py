@@ -62,9 +62,11 @@ async def test_a_dead_workers_tasks_return_after_lease_expiry_and_its_late_compl
         [second] = await htm.queue.claim("live-worker", 1, fallback_capacity=1)
         assert second.task_id == task_id and second.attempts == 2
         # The first worker wakes up and reports: rejected, and recorded.
-        recorded, late = await htm.record("dead-worker", [Outcome(task_id, 1, Status.COMPLETED, clock.now(), result=1)])
+        done = await htm.record("dead-worker", [Outcome(task_id, 1, Status.COMPLETED, clock.now(), result=1)])
+        recorded, late = done.recorded, done.late
         assert recorded == [] and [o.task_id for o in late] == [task_id]
-        recorded, late = await htm.record("live-worker", [Outcome(task_id, 2, Status.COMPLETED, clock.now(), result=2)])
+        done = await htm.record("live-worker", [Outcome(task_id, 2, Status.COMPLETED, clock.now(), result=2)])
+        recorded, late = done.recorded, done.late
         assert [f.status for f in recorded] == [Status.COMPLETED] and late == []
         task = await htm.get(task_id, principal=None)
         assert task.status is Status.COMPLETED and task.result == 2 and task.worker_id == "live-worker"
@@ -77,9 +79,10 @@ async def test_completion_is_idempotent(database_url: str, clock: ManualClock) -
         [task_id] = await submit(htm, Origin.INTENT)
         await htm.queue.claim("w", 1, fallback_capacity=1)
         done = Outcome(task_id, 1, Status.COMPLETED, clock.now(), result={"n": 1})
-        assert len((await htm.record("w", [done]))[0]) == 1
+        assert len((await htm.record("w", [done])).recorded) == 1
         again = Outcome(task_id, 1, Status.FAILED, clock.now(), error="boom")
-        recorded, late = await htm.record("w", [again])
+        done = await htm.record("w", [again])
+        recorded, late = done.recorded, done.late
         assert recorded == [] and late == [again]
         task = await htm.get(task_id, principal=None)
         assert task.status is Status.COMPLETED and task.result == {"n": 1} and task.error is None

@@ -19,18 +19,26 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from grace import errors
 from grace.bus import topics
 from grace.clock import Clock, SystemClock
 
-__all__ = ["Bus", "Event", "Subscription"]
+__all__ = ["Bus", "Checked", "Event", "Subscription"]
 
 log = logging.getLogger("grace.bus")
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 READ_BATCH = 200
+
+
+class Checked(NamedTuple):
+    """An event about to be appended: its topic, its own copy of the payload, and that payload as JSON."""
+
+    topic: str
+    payload: dict[str, Any]
+    encoded: str
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ class Bus(abc.ABC):
     # -- what each implementation provides --------------------------------
 
     @abc.abstractmethod
-    async def _append(self, items: list[tuple[str, dict[str, Any]]], published_at: datetime) -> list[Event]: ...
+    async def _append(self, items: list[Checked], published_at: datetime) -> list[Event]: ...
 
     @abc.abstractmethod
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]: ...
@@ -108,7 +116,7 @@ class Bus(abc.ABC):
 
     async def publish_many(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Event]:
         """Append several events at once (one transaction on PostgreSQL), in order."""
-        checked: list[tuple[str, dict[str, Any]]] = []
+        checked: list[Checked] = []
         for topic, payload in items:
             topics.validate_topic(topic)
             try:
@@ -117,7 +125,7 @@ class Bus(abc.ABC):
                 raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
             if len(encoded) > MAX_PAYLOAD_BYTES:
                 raise errors.PayloadTooLarge(f"event payload is {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-            checked.append((topic, json.loads(encoded)))
+            checked.append(Checked(topic, json.loads(encoded), encoded))
         if not checked:
             return []
         published = await self._append(checked, self.clock.now())

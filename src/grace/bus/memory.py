@@ -7,7 +7,7 @@ from collections import deque
 from datetime import datetime, timedelta
 from typing import Any
 
-from grace.bus.log import Bus, Event
+from grace.bus.log import Bus, Checked, Event
 
 __all__ = ["InProcessBus"]
 
@@ -24,9 +24,9 @@ class InProcessBus(Bus):
         self._next_id = 1
         self._cursors: dict[str, int] = {}
 
-    async def _append(self, items: list[tuple[str, dict[str, Any]]], published_at: datetime) -> list[Event]:
+    async def _append(self, items: list[Checked], published_at: datetime) -> list[Event]:
         out = []
-        for topic, payload in items:
+        for topic, payload, _ in items:
             event = Event(self._next_id, topic, payload, published_at, self.source)
             self._next_id += 1
             self._log.append(event)

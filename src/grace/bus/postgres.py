@@ -15,11 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import make_url
 
-from grace.bus.log import Bus, Event
+from grace.bus.log import Bus, Checked, Event
 from grace.bus.tables import bus_cursors, events
 from grace.storage import Database
 
@@ -28,8 +27,27 @@ __all__ = ["PostgresBus"]
 log = logging.getLogger("grace.bus")
 
 CHANNEL = "grace_events"
-_INSERT_EVENTS = insert(events).returning(events.c.id, sort_by_parameter_order=True)
-_NOTIFY = text("SELECT pg_notify(:channel, :id)")
+# Appends are serialised by this transaction-level advisory lock, so event ids become visible in
+# order: without it, a reader could see id 11 committed before id 10 and move its cursor past 10
+# for good. The whole append is one statement in autocommit (one round trip): take the lock,
+# insert the batch in order (ids come from the sequence in that order), and notify listeners
+# once, on commit, so none wakes before the rows are visible.
+APPEND_LOCK = 0x6772616365425553
+_APPEND = text(
+    """
+    WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(:key)),
+    added AS (
+        INSERT INTO events (topic, payload, published_at, source)
+        SELECT v.topic, CAST(v.payload AS json), :at, :source
+          FROM lock, unnest(CAST(:topics AS text[]), CAST(:payloads AS text[])) WITH ORDINALITY AS v(topic, payload, n)
+         ORDER BY v.n
+        RETURNING id
+    )
+    SELECT id FROM added
+     UNION ALL
+    SELECT NULL FROM (SELECT pg_notify(:channel, '')) AS notified
+    """
+)
 
 
 class PostgresBus(Bus):
@@ -44,7 +62,7 @@ class PostgresBus(Bus):
         self._keepalive: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        dsn = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = self.db.driver_dsn
         self._listener = await asyncpg.connect(dsn)
         await self._listener.add_listener(CHANNEL, self._on_notify)
         self._keepalive = asyncio.create_task(self._watch_listener(dsn), name="grace-bus-listener")
@@ -74,16 +92,18 @@ class PostgresBus(Bus):
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
 
-    async def _append(self, items: list[tuple[str, dict[str, Any]]], published_at: datetime) -> list[Event]:
-        rows = [{"topic": t, "payload": p, "published_at": published_at, "source": self.source} for t, p in items]
-        async with self.db.write() as conn:
-            # One cached statement for any batch size (SQLAlchemy's "insertmanyvalues"),
-            # with the ids returned in the order of the rows.
-            result = await conn.execute(_INSERT_EVENTS, rows)
-            ids = [int(i) for i in result.scalars().all()]
-            # Delivered on commit, so no listener is woken before the rows are visible.
-            await conn.execute(_NOTIFY, {"channel": CHANNEL, "id": str(ids[-1])})
-        return [Event(i, t, p, published_at, self.source) for i, (t, p) in zip(ids, items, strict=True)]
+    async def _append(self, items: list[Checked], published_at: datetime) -> list[Event]:
+        params = {
+            "key": APPEND_LOCK,
+            "topics": [c.topic for c in items],
+            "payloads": [c.encoded for c in items],
+            "at": published_at,
+            "source": self.source,
+            "channel": CHANNEL,
+        }
+        async with self.db.autocommit() as conn:
+            ids = sorted(int(i) for i in (await conn.execute(_APPEND, params)).scalars() if i is not None)
+        return [Event(i, c.topic, c.payload, published_at, self.source) for i, c in zip(ids, items, strict=True)]
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)

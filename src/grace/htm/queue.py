@@ -20,11 +20,11 @@ what another attempt did: its outcome is rejected and recorded in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,12 +46,20 @@ from grace.htm.tables import (
 from grace.htm.tasks import FINISHED, WAITING, Status, Task
 from grace.storage import Database
 
-__all__ = ["Finished", "Outcome", "Queue", "backoff"]
+__all__ = ["Exchange", "Finished", "Outcome", "Queue", "backoff"]
 
 log = logging.getLogger("grace.htm")
 
 CLAIM_POSTGRES = text(
     "SELECT * FROM htm_claim(:worker, :n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after)"
+).columns(*htm_tasks.c)
+
+# htm_finish_claim (migration ``0005_htm_finish_claim``): the outcomes, then a claim, in one call.
+FINISH_CLAIM_POSTGRES = text(
+    "SELECT * FROM htm_finish_claim(:worker, CAST(:task_ids AS text[]), CAST(:attempts AS integer[]), "
+    "CAST(:statuses AS text[]), CAST(:finished AS timestamptz[]), CAST(:queued AS timestamptz[]), "
+    "CAST(:results AS text[]), CAST(:errors AS text[]), CAST(:give_back AS integer[]), "
+    ":n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after)"
 ).columns(*htm_tasks.c)
 
 FINISH_POSTGRES = text(
@@ -75,6 +83,10 @@ FINISH_POSTGRES = text(
               t.created_at, t.started_at, t.finished_at, t.queued_at, t.deadline, t.data_size_bytes, t.error
     """
 )
+
+# PostgreSQL NOTIFY channel on which submits wake idle workers in every process.
+WAKE_CHANNEL = "grace_htm_wake"
+_WAKE = text(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
 
 # Columns handed back after a state change, for events and callers.
 SUMMARY = (
@@ -115,6 +127,15 @@ class Outcome:
     result: Any = None
     error: str | None = None
     retry_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What :meth:`Queue.finish_and_claim` did: outcomes recorded, outcomes rejected as late, tasks claimed."""
+
+    recorded: list[Finished]
+    late: list[Outcome]
+    claimed: list[Task]
 
 
 @dataclass(frozen=True)
@@ -211,7 +232,6 @@ class Queue:
     weights: dict[Origin, int]
     lease_seconds: float
     capacity: int = 0
-    _claim_conns: list[AsyncConnection] = field(default_factory=list, repr=False)
 
     @property
     def total_weight(self) -> int:
@@ -249,36 +269,69 @@ class Queue:
                         update(htm_origins).where(htm_origins.c.origin == origin.value).values(weight=weight)
                     )
 
-    async def close(self) -> None:
-        conns, self._claim_conns = self._claim_conns, []
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
     # -- enqueue -------------------------------------------------------------
 
     async def insert(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert routed tasks inside the router's transaction."""
+        """Insert routed tasks inside the router's transaction.
+
+        On PostgreSQL, when any can run now, idle workers in every process are woken (NOTIFY is
+        delivered on commit, so none looks before the tasks are visible).
+        """
         if rows:
             await conn.execute(insert(htm_tasks), list(rows))
+            if not self.db.is_sqlite and any(r["status"] == "queued" for r in rows):
+                await conn.execute(_WAKE)
 
-    # -- claim ---------------------------------------------------------------
+    # -- claim and finish ----------------------------------------------------
 
     async def claim(self, worker_id: str, n: int, *, fallback_capacity: int) -> list[Task]:
         """Take up to ``n`` tasks by fair pick for ``worker_id``; return them in dispatch order."""
-        if n <= 0:
-            return []
+        return (await self.finish_and_claim(worker_id, [], n, fallback_capacity=fallback_capacity)).claimed
+
+    async def finish(self, worker_id: str, outcomes: Sequence[Outcome]) -> tuple[list[Finished], list[Outcome]]:
+        """Record outcomes of ``worker_id``'s attempts; return (recorded, rejected as late)."""
+        done = await self.finish_and_claim(worker_id, outcomes, 0, fallback_capacity=1)
+        return done.recorded, done.late
+
+    async def finish_and_claim(
+        self, worker_id: str, outcomes: Sequence[Outcome], n: int, *, fallback_capacity: int
+    ) -> Exchange:
+        """Record ``outcomes``, then claim up to ``n`` tasks, in one round trip and one transaction.
+
+        A worker whose tasks just finished claims into the slots they free without a second trip to
+        the database. The claim is the same fair pick as :meth:`claim`.
+        """
+        n = max(0, n)
+        if not outcomes and n == 0:
+            return Exchange([], [], [])
         now = self.clock.now()
         if self.db.is_sqlite:
-            tasks = await self._claim_sqlite(worker_id, n, now, fallback_capacity)
+            recorded, claimed = await self._exchange_sqlite(worker_id, outcomes, n, now, fallback_capacity)
         else:
-            tasks = await self._claim_postgres(worker_id, n, now, fallback_capacity)
-        tasks.sort(key=lambda t: t.dispatch_seq or 0)
-        return tasks
+            recorded, claimed = await self._exchange_postgres(worker_id, outcomes, n, now, fallback_capacity)
+        claimed.sort(key=lambda t: t.dispatch_seq or 0)
+        done = {f.task_id for f in recorded}
+        late = [o for o in outcomes if o.task_id not in done]
+        if late:
+            await self._record_late(worker_id, late)
+        return Exchange(recorded, late, claimed)
 
-    async def _claim_postgres(self, worker_id: str, n: int, now: datetime, fallback: int) -> list[Task]:
-        params = {
-            "worker": worker_id,
+    @staticmethod
+    def _values(o: Outcome) -> dict[str, Any]:
+        final = o.status in FINISHED
+        return {
+            "status": o.status.value,
+            "finished_at": o.at if final else None,
+            "queued_at": o.retry_at if o.status is Status.DELAYED else (o.at if o.status is Status.QUEUED else None),
+            "result": None if o.status is not Status.COMPLETED or o.result is None else json.dumps(o.result),
+            "error": o.error[:MAX_ERROR_CHARS] if o.error else None,
+            "give_back": 1 if o.status is Status.QUEUED else 0,
+        }
+
+    async def _exchange_postgres(
+        self, worker_id: str, outcomes: Sequence[Outcome], n: int, now: datetime, fallback: int
+    ) -> tuple[list[Finished], list[Task]]:
+        claim = {
             "n": n,
             "now": now,
             "lease_seconds": self.lease_seconds,
@@ -286,27 +339,50 @@ class Queue:
             "fallback_capacity": max(1, fallback),
             "live_after": now - timedelta(seconds=self.lease_seconds),
         }
-        async with self._claim_connection() as conn:
-            rows = (await conn.execute(CLAIM_POSTGRES, params)).mappings().all()
-        return [Task.from_row(r) for r in rows]
+        values = [self._values(o) for o in outcomes]
+        finish = {
+            "task_ids": [o.task_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "statuses": [v["status"] for v in values],
+            "finished": [v["finished_at"] for v in values],
+            "queued": [v["queued_at"] for v in values],
+            "results": [v["result"] for v in values],
+            "errors": [v["error"] for v in values],
+            "give_back": [v["give_back"] for v in values],
+        }
+        # Each is one statement, so autocommit makes it one atomic transaction: one round trip, no
+        # pool checkout, ping or BEGIN.
+        async with self.db.autocommit() as conn:
+            if not outcomes:
+                rows = (await conn.execute(CLAIM_POSTGRES, {"worker": worker_id, **claim})).mappings().all()
+                return [], [Task.from_row(r) for r in rows]
+            if n == 0:
+                rows = (await conn.execute(FINISH_POSTGRES, {"worker": worker_id, **finish})).mappings().all()
+                return [Finished.from_row(r) for r in rows], []
+            params = {"worker": worker_id, **finish, **claim}
+            rows = (await conn.execute(FINISH_CLAIM_POSTGRES, params)).mappings().all()
+        # Claimed rows come back running; no outcome is ever recorded as running.
+        recorded = [Finished.from_row(r) for r in rows if r["status"] != "running"]
+        return recorded, [Task.from_row(r) for r in rows if r["status"] == "running"]
 
-    @contextlib.asynccontextmanager
-    async def _claim_connection(self) -> AsyncIterator[AsyncConnection]:
-        # Long-lived autocommit connections for the single-statement hot path (claims, finishes; one
-        # per concurrent caller): no pool checkout, ping or BEGIN per call.
-        if self._claim_conns:
-            conn = self._claim_conns.pop()
-        else:
-            conn = await (await self.db.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            raise
-        self._claim_conns.append(conn)
-
-    async def _claim_sqlite(self, worker_id: str, n: int, now: datetime, fallback: int) -> list[Task]:
+    async def _exchange_sqlite(
+        self, worker_id: str, outcomes: Sequence[Outcome], n: int, now: datetime, fallback: int
+    ) -> tuple[list[Finished], list[Task]]:
+        rows = []
+        for o in outcomes:
+            v = self._values(o)
+            rows.append(
+                sqlite_claims.FinishRow(
+                    o.task_id,
+                    o.attempt,
+                    v["status"],
+                    v["finished_at"],
+                    v["queued_at"],
+                    v["result"],
+                    v["error"],
+                    v["give_back"],
+                )
+            )
         lease = timedelta(seconds=self.lease_seconds)
         req = sqlite_claims.ClaimRequest(
             worker_id=worker_id,
@@ -318,74 +394,13 @@ class Queue:
             fallback_capacity=fallback,
             total_weight=self.total_weight,
         )
-        rows = await self.db.write_sqlite(lambda raw: sqlite_claims.claim(raw, req))
-        return [Task.from_row(r) for r in rows]
 
-    # -- finishing -----------------------------------------------------------
+        def exchange(raw: sqlite3.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            done = sqlite_claims.finish(raw, worker_id, rows) if rows else []
+            return done, (sqlite_claims.claim(raw, req) if n > 0 else [])
 
-    async def finish(self, worker_id: str, outcomes: Sequence[Outcome]) -> tuple[list[Finished], list[Outcome]]:
-        """Record outcomes of ``worker_id``'s attempts; return (recorded, rejected as late)."""
-        if not outcomes:
-            return [], []
-        if self.db.is_sqlite:
-            recorded = await self._finish_sqlite(worker_id, outcomes)
-        else:
-            recorded = await self._finish_postgres(worker_id, outcomes)
-        done = {f.task_id for f in recorded}
-        late = [o for o in outcomes if o.task_id not in done]
-        if late:
-            await self._record_late(worker_id, late)
-        return recorded, late
-
-    @staticmethod
-    def _values(o: Outcome) -> dict[str, Any]:
-        final = o.status in FINISHED
-        return {
-            "status": o.status.value,
-            "finished_at": o.at if final else None,
-            "queued_at": o.retry_at if o.status is Status.DELAYED else (o.at if o.status is Status.QUEUED else None),
-            "result": o.result if o.status is Status.COMPLETED else None,
-            "error": o.error[:MAX_ERROR_CHARS] if o.error else None,
-            "give_back": 1 if o.status is Status.QUEUED else 0,
-        }
-
-    async def _finish_postgres(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Finished]:
-        values = [self._values(o) for o in outcomes]
-        params = {
-            "worker": worker_id,
-            "task_ids": [o.task_id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "statuses": [v["status"] for v in values],
-            "finished": [v["finished_at"] for v in values],
-            "queued": [v["queued_at"] for v in values],
-            "results": [None if v["result"] is None else json.dumps(v["result"]) for v in values],
-            "errors": [v["error"] for v in values],
-            "give_back": [v["give_back"] for v in values],
-        }
-        # One statement, so autocommit is atomic: one round trip, no checkout, ping or BEGIN.
-        async with self._claim_connection() as conn:
-            rows = (await conn.execute(FINISH_POSTGRES, params)).all()
-        return [Finished.from_row(r._mapping) for r in rows]
-
-    async def _finish_sqlite(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Finished]:
-        rows = []
-        for o in outcomes:
-            v = self._values(o)
-            result = None if v["result"] is None else json.dumps(v["result"])
-            rows.append(
-                sqlite_claims.FinishRow(
-                    o.task_id,
-                    o.attempt,
-                    v["status"],
-                    v["finished_at"],
-                    v["queued_at"],
-                    result,
-                    v["error"],
-                    v["give_back"],
-                )
-            )
-        done = await self.db.write_sqlite(lambda raw: sqlite_claims.finish(raw, worker_id, rows))
-        return [Finished.from_row(r) for r in done]
+        done, taken = await self.db.write_sqlite(exchange)
+        return [Finished.from_row(r) for r in done], [Task.from_row(r) for r in taken]
 
     async def _record_late(self, worker_id: str, late: Iterable[Outcome]) -> None:
         rows = []
@@ -508,7 +523,7 @@ class Queue:
         """
         if self.db.is_sqlite:
             return
-        async with self._claim_connection() as conn:
+        async with self.db.autocommit() as conn:
             await conn.execute(text("VACUUM (SKIP_LOCKED) htm_origins, htm_scheduler"))
 
     async def _dead_workers(self, conn: AsyncConnection) -> list[str]:

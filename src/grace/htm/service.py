@@ -16,7 +16,7 @@ from grace.bus import Bus
 from grace.clock import Clock
 from grace.htm import events, origins, routing, sla, stats
 from grace.htm.config import HTMConfig
-from grace.htm.queue import Finished, Outcome, Queue
+from grace.htm.queue import Exchange, Finished, Outcome, Queue
 from grace.htm.routing import RouteDecision
 from grace.htm.tasks import Status, Task, TaskRequest
 from grace.htm.workers import HandlerRegistry, TaskContext, WorkerPool
@@ -102,7 +102,7 @@ class HTM:
         return self.sla.running
 
     async def close(self, *, grace: float | None = None) -> None:
-        """Stop the SLA enforcer and the pool gracefully, publish pending events, close the claim connection."""
+        """Stop the SLA enforcer and the pool gracefully, then publish pending events."""
         await self.sla.stop()
         if self.pool is not None:
             await self.pool.stop(grace)
@@ -111,7 +111,6 @@ class HTM:
             await pool.release_liveness()
         self._pools = []
         await self.events.close()
-        await self.queue.close()
 
     # -- submitting --------------------------------------------------------------
 
@@ -314,11 +313,13 @@ class HTM:
                 },
             )
 
-    async def record(self, worker_id: str, outcomes: Sequence[Outcome]) -> tuple[list[Finished], list[Outcome]]:
-        """Record a worker's outcomes and publish what changed."""
-        recorded, late = await self.queue.finish(worker_id, outcomes)
-        await self._announce(recorded)
-        return recorded, late
+    async def record(
+        self, worker_id: str, outcomes: Sequence[Outcome], *, claim: int = 0, fallback_capacity: int = 1
+    ) -> Exchange:
+        """Record a worker's outcomes (and claim up to ``claim`` tasks in the same call); publish what changed."""
+        done = await self.queue.finish_and_claim(worker_id, outcomes, claim, fallback_capacity=fallback_capacity)
+        await self._announce(done.recorded)
+        return done
 
     async def reap(self) -> list[Finished]:
         """Return dead workers' expired leases to the queue (or fail them on their last attempt)."""

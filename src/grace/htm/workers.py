@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
 from grace.clock import Clock
 from grace.htm import queue as queue_module
-from grace.htm.queue import Outcome
+from grace.htm.queue import WAKE_CHANNEL, Outcome
 from grace.htm.tasks import Status, Task
 
 if TYPE_CHECKING:
@@ -227,12 +228,15 @@ class WorkerPool:
             tasks = await self.htm.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
         finally:
             self._reserved -= n
+        if tasks:
+            await self._started_claimed(tasks)
+        return tasks
+
+    async def _started_claimed(self, tasks: list[Task]) -> None:
         for task in tasks:
             self._launch(task)
         self.claimed += len(tasks)
-        if tasks:
-            await self.htm.on_claimed(self.worker_id, tasks)
-        return tasks
+        await self.htm.on_claimed(self.worker_id, tasks)
 
     def _launch(self, task: Task) -> None:
         timeout = timedelta(seconds=task.timeout_seconds)
@@ -263,16 +267,24 @@ class WorkerPool:
                     await asyncio.wait_for(self._wake.wait(), poll)
 
     async def _listen_loop(self) -> None:
-        # Wake-ups from other processes: a task created anywhere wakes every idle dispatcher. Polls with a
-        # short timeout and checks for shutdown rather than being cancelled mid-wait.
-        sub = self.htm.bus.subscribe("htm.task.created")
+        # Wake-ups from other processes: a submit anywhere notifies WAKE_CHANNEL when it commits, and
+        # every idle dispatcher claims. A lost connection is reopened; meanwhile polling covers the gap.
+        listener: asyncpg.Connection | None = None
         try:
-            async with sub:
-                while not self._stopping:
-                    if await sub.get(timeout=LISTEN_TIMEOUT) is not None:
-                        self._wake.set()
-        except Exception as exc:
-            log.warning("htm.listen_failed", extra={"reason": type(exc).__name__})
+            while not self._stopping:
+                if listener is None or listener.is_closed():
+                    try:
+                        listener = await asyncpg.connect(self.htm.db.driver_dsn)
+                        await listener.add_listener(WAKE_CHANNEL, lambda *_: self._wake.set())
+                        self._wake.set()  # anything submitted while not listening
+                    except (OSError, asyncpg.PostgresError) as exc:
+                        log.warning("htm.listen_failed", extra={"reason": type(exc).__name__})
+                        listener = None
+                await asyncio.sleep(LISTEN_TIMEOUT)
+        finally:
+            if listener is not None and not listener.is_closed():
+                with contextlib.suppress(Exception):
+                    await listener.close()
 
     # -- running ----------------------------------------------------------------
 
@@ -356,21 +368,31 @@ class WorkerPool:
 
     # -- recording outcomes -------------------------------------------------------
 
-    async def flush(self) -> int:
-        """Record every pending outcome in one transaction; return how many were recorded."""
+    async def flush(self, *, claim: bool = False) -> int:
+        """Record every pending outcome in one transaction; return how many were recorded.
+
+        With ``claim``, the same round trip also claims tasks into the slots the outcomes free
+        (and any others free), at most ``claim_batch``, and starts them.
+        """
         async with self._flushing:
             if not self._outcomes:
                 return 0
             batch, self._outcomes = self._outcomes, []
+            n = min(self.claim_batch, self.free_slots + len(batch)) if claim and not self._stopping else 0
+            self._reserved += n
             try:
-                recorded, _late = await self.htm.record(self.worker_id, batch)
+                done = await self.htm.record(self.worker_id, batch, claim=n, fallback_capacity=self.concurrency)
             except BaseException:
                 self._outcomes[:0] = batch  # not recorded: try again on the next round
                 raise
+            finally:
+                self._reserved -= n
             self._unrecorded -= len(batch)
+            self.finished += len(done.recorded)
+            if done.claimed:
+                await self._started_claimed(done.claimed)
             self._slot_freed.set()
-            self.finished += len(recorded)
-            return len(recorded)
+            return len(done.recorded)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -378,7 +400,7 @@ class WorkerPool:
             await asyncio.sleep(0)  # let handlers finishing in the same turn join this batch
             self._outcome_ready.clear()
             try:
-                await self.flush()
+                await self.flush(claim=True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -39,6 +39,7 @@ class Database:
         self.backend = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock()
         self._sqlite_conn: AsyncConnection | None = None
+        self._autocommit: list[AsyncConnection] = []
         if self.backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
@@ -52,6 +53,11 @@ class Database:
             self.engine = create_async_engine(
                 self.url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
             )
+
+    @property
+    def driver_dsn(self) -> str:
+        """The URL in the form asyncpg itself takes (for LISTEN connections); PostgreSQL only."""
+        return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -74,6 +80,28 @@ class Database:
         else:
             async with self.engine.begin() as conn:
                 yield conn
+
+    @contextlib.asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL only: a long-lived autocommit connection for single-statement hot paths.
+
+        One statement is one atomic transaction, sent in one round trip: no pool
+        checkout, BEGIN or COMMIT. Connections are kept (one per concurrent
+        caller) until :meth:`dispose`; one that fails is discarded.
+        """
+        if self.is_sqlite:
+            raise RuntimeError("autocommit connections are for PostgreSQL; SQLite has write_sqlite")
+        if self._autocommit:
+            conn = self._autocommit.pop()
+        else:
+            conn = await (await self.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            raise
+        self._autocommit.append(conn)
 
     async def write_sqlite(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """SQLite only: run ``fn`` in one ``BEGIN IMMEDIATE`` transaction with a single hand-off.
@@ -120,9 +148,10 @@ class Database:
 
     async def dispose(self) -> None:
         conn, self._sqlite_conn = self._sqlite_conn, None
-        if conn is not None:
+        held, self._autocommit = self._autocommit, []
+        for c in [*held, *([conn] if conn is not None else [])]:
             with contextlib.suppress(Exception):
-                await conn.close()
+                await c.close()
         await self.engine.dispose()
 
     def __repr__(self) -> str:
