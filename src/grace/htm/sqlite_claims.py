@@ -48,8 +48,8 @@ SUMMARY_COLUMNS = [
     "error",
 ]
 # The SQL below is built once from this module's constants and the table's column names (never from input).
-_DATETIMES = {c.name for c in htm_tasks.c if c.type.__class__.__name__ == "UTCDateTime"}
-_JSON = {"payload", "result"}
+DATETIME_COLUMNS = {c.name for c in htm_tasks.c if c.type.__class__.__name__ == "UTCDateTime"}
+JSON_COLUMNS = {"payload", "result"}
 
 _SEQ = "SELECT dispatched FROM htm_scheduler WHERE id = 1"
 _RELEASE_WAITING = "UPDATE htm_tasks SET status = 'queued' WHERE status IN ('delayed', 'deferred') AND queued_at <= ?"
@@ -104,10 +104,10 @@ def stamp(when: datetime | None) -> str | None:
 
 def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     out = dict(zip(names, values, strict=True))
-    for name in _DATETIMES.intersection(out):
+    for name in DATETIME_COLUMNS.intersection(out):
         if out[name] is not None:
             out[name] = datetime.fromisoformat(out[name]).replace(tzinfo=UTC)
-    for name in _JSON.intersection(out):
+    for name in JSON_COLUMNS.intersection(out):
         if out[name] is not None:
             out[name] = json.loads(out[name])
     return out
