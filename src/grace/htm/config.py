@@ -41,7 +41,6 @@ class HTMConfig(BaseSettings):
     timeout_seconds: float = Field(default=600.0, gt=0)
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
     defer_seconds: float = Field(default=5.0, gt=0)
-    starve_after_seconds: float = Field(default=5.0, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     events: bool = True
