@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
 from grace.clock import ManualClock
@@ -367,3 +370,53 @@ async def test_on_postgresql_a_dead_workers_tasks_return_without_waiting_for_the
         gate.release()
         await pool.wait_idle()
         assert len(await htm.late_completions(task_id, principal=None)) == 1  # its late outcome is refused
+
+
+async def _until_waiting_on_a_lock(conn: AsyncConnection, count: int) -> None:
+    """Poll until ``count`` other sessions of this database wait on a lock (a barrier between sessions)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(500):
+        if (await conn.execute(query)).scalar_one() >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {count} sessions came to wait on a lock")
+
+
+async def test_recording_outcomes_while_claims_queue_up_cannot_deadlock_with_other_task_changes(
+    database_url: str, clock: ManualClock
+) -> None:
+    # Three sessions: X changes task rows (as SLA escalation or a cancel does) and holds a due
+    # retry's row; a claim holds the dispatch counter and waits for that row (it releases due
+    # retries); a worker records an outcome and wants to claim too. If the worker locked its task
+    # before queueing for the counter, X touching that task would close a cycle and PostgreSQL
+    # would kill one of them. The worker takes the counter first, so everyone finishes.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: no two transactions ever wait on each other")
+    async with manual_htm(database_url, clock, capacity=100) as htm:
+        await submit(htm, Origin.INTENT)
+        [task] = await htm.queue.claim("w", 1, fallback_capacity=1)
+        [retry_id] = await submit(htm, Origin.SCHEDULER)
+        await submit(htm, Origin.INTENT, 2)
+        async with htm.db.write() as conn:  # a retry that fell due a moment ago
+            await conn.execute(
+                text("UPDATE htm_tasks SET status = 'delayed', queued_at = :due WHERE task_id = :id"),
+                {"due": clock.now() - timedelta(seconds=1), "id": retry_id},
+            )
+        async with htm.db.engine.connect() as x, htm.db.engine.connect() as watch:
+            await watch.execution_options(isolation_level="AUTOCOMMIT")
+            await x.begin()
+            await x.execute(text("SELECT 1 FROM htm_tasks WHERE task_id = :id FOR UPDATE"), {"id": retry_id})
+            claim = asyncio.create_task(htm.queue.claim("w2", 1, fallback_capacity=1))
+            await _until_waiting_on_a_lock(watch, 1)
+            outcome = Outcome(task.task_id, task.attempts, Status.COMPLETED, clock.now())
+            record = asyncio.create_task(htm.queue.finish_and_claim("w", [outcome], 1, fallback_capacity=1))
+            await _until_waiting_on_a_lock(watch, 2)
+            await x.execute(text("UPDATE htm_tasks SET priority = 'high' WHERE task_id = :id"), {"id": task.task_id})
+            await x.commit()
+            claimed = await asyncio.wait_for(claim, 10)
+            exchange = await asyncio.wait_for(record, 10)
+        assert [f.task_id for f in exchange.recorded] == [task.task_id]
+        assert len(claimed) == 1 and len(exchange.claimed) == 1
+        assert (await htm.get(task.task_id, principal=None)).status is Status.COMPLETED

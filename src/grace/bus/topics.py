@@ -16,6 +16,7 @@ __all__ = ["literal_prefix", "matches", "validate_pattern", "validate_topic"]
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
+@functools.lru_cache(maxsize=1024)  # a few topics, published thousands of times a second
 def validate_topic(topic: str) -> str:
     """Return ``topic`` if it is a concrete topic name, else raise InvalidInput."""
     if not topic or len(topic) > 200 or not all(_SEGMENT.match(s) for s in topic.split(".")):

@@ -12,6 +12,11 @@ per backend in the named SQL blocks below:
 - ``FINISH_POSTGRES`` records a batch of outcomes in one statement; SQLite
   runs one short UPDATE per outcome in one transaction.
 
+LOCK ORDER (PostgreSQL). A change of several tasks locks their rows in ``seq`` order (outcomes,
+heartbeats, reaping, SLA escalation), and a worker recording outcomes and claiming in one call
+takes the dispatch counter's lock before any task row. So no two transactions wait on each other
+in a cycle; a claim's own task rows are taken with SKIP LOCKED and never waited for.
+
 Every state change is guarded by ``status = 'running' AND worker_id = :worker
 AND attempts = :attempt``, so a worker that lost its lease cannot overwrite
 what another attempt did: its outcome is rejected and recorded in
@@ -64,6 +69,9 @@ FINISH_CLAIM_POSTGRES = text(
 
 FINISH_POSTGRES = text(
     """
+    WITH locked AS (
+        SELECT seq FROM htm_tasks WHERE task_id = ANY(CAST(:task_ids AS text[])) ORDER BY seq FOR UPDATE
+    )
     UPDATE htm_tasks AS t
        SET status = v.status,
            finished_at = v.finished_at,
@@ -79,6 +87,7 @@ FINISH_POSTGRES = text(
             CAST(:errors AS text[]), CAST(:give_back AS integer[])
            ) AS v(task_id, attempt, status, finished_at, queued_at, result, error, give_back)
      WHERE t.task_id = v.task_id AND t.status = 'running' AND t.worker_id = :worker AND t.attempts = v.attempt
+       AND t.seq IN (SELECT seq FROM locked)
     RETURNING t.task_id, t.task_type, t.origin, t.priority, t.intent_id, t.status, t.attempts, t.max_attempts,
               t.created_at, t.started_at, t.finished_at, t.queued_at, t.deadline, t.data_size_bytes, t.error
     """
@@ -488,7 +497,14 @@ class Queue:
             held = (
                 await conn.execute(
                     update(t)
-                    .where(t.c.worker_id == worker_id, IS_RUNNING, t.c.task_id.in_(ids))
+                    .where(
+                        t.c.seq.in_(
+                            select(t.c.seq)
+                            .where(t.c.worker_id == worker_id, IS_RUNNING, t.c.task_id.in_(ids))
+                            .order_by(t.c.seq)
+                            .with_for_update()
+                        )
+                    )
                     .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
                     .returning(t.c.task_id)
                 )
@@ -508,6 +524,8 @@ class Queue:
                 # A registered worker whose liveness lock is free has died: its leases end now.
                 expired = or_(expired, and_(IS_RUNNING, t.c.worker_id.in_(dead)))
                 await conn.execute(delete(htm_workers).where(htm_workers.c.worker_id.in_(dead)))
+            # Rows are locked in seq order, as every multi-row change of tasks does (see LOCK ORDER).
+            expired = t.c.seq.in_(select(t.c.seq).where(expired).order_by(t.c.seq).with_for_update())
             requeued = (
                 await conn.execute(
                     update(t)

@@ -272,7 +272,8 @@ class SLAEnforcer:
         counts: Counter[str] = Counter()
         rescues: list[TaskRequest] = []
         async with self.htm.db.write() as conn:
-            for row in rows:
+            # In seq order, as every change of several tasks locks them (see grace.htm.queue).
+            for row in sorted(rows, key=lambda r: int(r.seq)):
                 seen = int(row.sla_level)
                 reached = max(seen, level_at(row.created_at, int(row.sla_ms), now))
                 values: dict[str, Any] = {

@@ -14,10 +14,12 @@ branch_labels = None
 depends_on = None
 
 # A worker whose tasks finished has free slots: it records the outcomes and claims into those
-# slots in one round trip. The outcomes are written first (row locks on the worker's own tasks
-# only), then htm_claim runs as usual, so the dispatch counter's lock is held no longer than for
-# a plain claim. Outcome rows come back with their recorded status, claimed rows as 'running'
-# (no outcome is ever recorded as 'running'), so the caller can tell them apart.
+# slots in one round trip. The dispatch counter's lock is taken first, then the finished tasks'
+# rows in seq order, then htm_claim runs as usual (re-taking the counter lock it already holds).
+# Taking the counter first means no transaction ever holds task rows while waiting for it, so
+# there is no lock cycle with heartbeats, reaping or SLA escalation (which lock task rows in seq
+# order and never take the counter). Outcome rows come back with their recorded status, claimed
+# rows as 'running' (no outcome is ever recorded as 'running'), so the caller can tell them apart.
 FINISH_CLAIM_FUNCTION = """
 CREATE OR REPLACE FUNCTION htm_finish_claim(
     p_worker text,
@@ -38,6 +40,10 @@ CREATE OR REPLACE FUNCTION htm_finish_claim(
 ) RETURNS SETOF htm_tasks
 LANGUAGE plpgsql AS $fn$
 BEGIN
+    IF p_n > 0 THEN
+        PERFORM 1 FROM htm_scheduler WHERE id = 1 FOR UPDATE;
+    END IF;
+    PERFORM 1 FROM htm_tasks WHERE task_id = ANY (p_task_ids) ORDER BY seq FOR UPDATE;
     RETURN QUERY
     UPDATE htm_tasks AS t
        SET status = v.status,
