@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import errors, storage
+from grace.bus import InProcessBus
 from grace.clock import ManualClock
-from grace.htm import Status, fairness, origins
+from grace.htm import HTM, Status, fairness, load_config, origins
 from grace.htm.origins import ORDER, Origin
 from grace.htm.queue import Outcome
 from tests.htmkit import Gate, manual_htm, settle, submit
@@ -420,3 +421,20 @@ async def test_recording_outcomes_while_claims_queue_up_cannot_deadlock_with_oth
         assert [f.task_id for f in exchange.recorded] == [task.task_id]
         assert len(claimed) == 1 and len(exchange.claimed) == 1
         assert (await htm.get(task.task_id, principal=None)).status is Status.COMPLETED
+
+
+async def test_the_queue_works_on_an_in_memory_sqlite_database(clock: ManualClock) -> None:
+    # The claim's single-hand-off path keeps a connection of its own; an in-memory database is one
+    # connection shared by everything, and must still work.
+    db = storage.Database("sqlite:///:memory:")
+    try:
+        await storage.upgrade(db)
+        htm = HTM(db, InProcessBus(clock=clock), clock, load_config(burst_per_minute=0))
+        [task_id] = await submit(htm, Origin.INTENT)
+        [task] = await htm.queue.claim("w", 5, fallback_capacity=5)
+        done = await htm.record("w", [Outcome(task_id, task.attempts, Status.COMPLETED, clock.now(), result=7)])
+        assert task.task_id == task_id and [f.status for f in done.recorded] == [Status.COMPLETED]
+        assert (await htm.get(task_id, principal=None)).result == 7
+        await htm.close(grace=0)
+    finally:
+        await db.dispose()

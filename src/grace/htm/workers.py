@@ -378,7 +378,7 @@ class WorkerPool:
             if not self._outcomes:
                 return 0
             batch, self._outcomes = self._outcomes, []
-            n = min(self.claim_batch, self.free_slots + len(batch)) if claim and not self._stopping else 0
+            n = max(0, min(self.claim_batch, self.free_slots + len(batch))) if claim and not self._stopping else 0
             self._reserved += n
             try:
                 done = await self.htm.record(self.worker_id, batch, claim=n, fallback_capacity=self.concurrency)
