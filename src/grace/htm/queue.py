@@ -7,10 +7,12 @@ per backend in the named SQL blocks below:
   round trip, outside an explicit transaction, so the dispatch counter's row
   lock is held only while the function runs; tasks are taken with
   ``FOR UPDATE SKIP LOCKED``.
-- On SQLite the same steps run in Python inside one ``BEGIN IMMEDIATE``
-  transaction (SQLite has one writer), using :mod:`grace.htm.fairness`.
-- ``FINISH_POSTGRES`` records a batch of outcomes in one statement; SQLite
-  runs one short UPDATE per outcome in one transaction.
+- ``FINISH_CLAIM_POSTGRES`` calls ``htm_finish_claim`` (migration
+  ``0005_htm_finish_claim``): a batch of outcomes, then (when asked) a claim
+  into the slots they free, in one round trip.
+- On SQLite the same steps are :mod:`grace.htm.sqlite_claims`, run as one call
+  on SQLite's thread inside one ``BEGIN IMMEDIATE`` transaction (SQLite has one
+  writer), using :mod:`grace.htm.fairness`.
 
 LOCK ORDER (PostgreSQL). A change of several tasks locks their rows in ``seq`` order (outcomes,
 heartbeats, reaping, SLA escalation), and a worker recording outcomes and claiming in one call
@@ -66,32 +68,6 @@ FINISH_CLAIM_POSTGRES = text(
     "CAST(:results AS text[]), CAST(:errors AS text[]), CAST(:give_back AS integer[]), "
     ":n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after)"
 ).columns(*htm_tasks.c)
-
-FINISH_POSTGRES = text(
-    """
-    WITH locked AS (
-        SELECT seq FROM htm_tasks WHERE task_id = ANY(CAST(:task_ids AS text[])) ORDER BY seq FOR UPDATE
-    )
-    UPDATE htm_tasks AS t
-       SET status = v.status,
-           finished_at = v.finished_at,
-           queued_at = coalesce(v.queued_at, t.queued_at),
-           result = CAST(v.result AS json),
-           error = v.error,
-           lease_expires_at = NULL,
-           worker_id = CASE WHEN v.status IN ('delayed', 'queued') THEN NULL ELSE t.worker_id END,
-           attempts = t.attempts - v.give_back
-      FROM unnest(
-            CAST(:task_ids AS text[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
-            CAST(:finished AS timestamptz[]), CAST(:queued AS timestamptz[]), CAST(:results AS text[]),
-            CAST(:errors AS text[]), CAST(:give_back AS integer[])
-           ) AS v(task_id, attempt, status, finished_at, queued_at, result, error, give_back)
-     WHERE t.task_id = v.task_id AND t.status = 'running' AND t.worker_id = :worker AND t.attempts = v.attempt
-       AND t.seq IN (SELECT seq FROM locked)
-    RETURNING t.task_id, t.task_type, t.origin, t.priority, t.intent_id, t.status, t.attempts, t.max_attempts,
-              t.created_at, t.started_at, t.finished_at, t.queued_at, t.deadline, t.data_size_bytes, t.error
-    """
-)
 
 # PostgreSQL NOTIFY channel on which submits wake idle workers in every process.
 WAKE_CHANNEL = "grace_htm_wake"
@@ -390,15 +366,12 @@ class Queue:
             "errors": [v["error"] for v in values],
             "give_back": [v["give_back"] for v in values],
         }
-        # Each is one statement, so autocommit makes it one atomic transaction: one round trip, no
-        # pool checkout, ping or BEGIN.
+        # One statement, so autocommit makes it one atomic transaction: one round trip, no pool
+        # checkout, ping or BEGIN. Outcomes without a claim go through the same function with n = 0.
         async with self.db.autocommit() as conn:
             if not outcomes:
                 rows = (await conn.execute(CLAIM_POSTGRES, {"worker": worker_id, **claim})).mappings().all()
                 return [], [Task.from_row(r) for r in rows]
-            if n == 0:
-                rows = (await conn.execute(FINISH_POSTGRES, {"worker": worker_id, **finish})).mappings().all()
-                return [Finished.from_row(r) for r in rows], []
             params = {"worker": worker_id, **finish, **claim}
             rows = (await conn.execute(FINISH_CLAIM_POSTGRES, params)).mappings().all()
         # Claimed rows come back running; no outcome is ever recorded as running.
