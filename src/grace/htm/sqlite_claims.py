@@ -4,9 +4,9 @@ aiosqlite runs every statement on a thread of its own and hands each result back
 to the event loop. A claim is about ten statements, so doing them one by one
 costs ten thread hand-offs plus SQLAlchemy building and compiling each
 statement. Here the whole claim (and a whole batch of outcomes) is a plain
-function run once on that thread, inside the transaction :meth:`Database.write`
-opened with ``BEGIN IMMEDIATE``, with fixed SQL that sqlite3 prepares once and
-caches. The event loop only waits for the answer.
+function run once on that thread, in one ``BEGIN IMMEDIATE`` transaction
+(:meth:`grace.storage.Database.write_sqlite`), with fixed SQL that sqlite3
+prepares once and caches. The event loop only waits for the answer.
 
 The steps and their order are the same as PostgreSQL's ``htm_claim`` and the
 fair pick is :func:`grace.htm.fairness.pick`, so both backends dispatch the same
@@ -115,7 +115,7 @@ def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ClaimRequest:
-    """What one claim needs to know, in SQLite's text form where it is a time."""
+    """What one claim needs to know (times are written in SQLite's text form by :func:`claim`)."""
 
     worker_id: str
     n: int
