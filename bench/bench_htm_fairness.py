@@ -187,10 +187,11 @@ async def lending() -> dict[str, Any]:
             mine = [t for t in after if t.origin is origin]
             first = mine[0] if mine else None
             arrived = min((t.created_at for t in mine), default=None)
+            first_start = first.started_at if first is not None else None
             reclaim[origin.value] = (
                 None
-                if first is None or arrived is None
-                else sum(1 for t in after if t.started_at and arrived <= t.started_at < first.started_at)  # type: ignore[operator]
+                if first_start is None or arrived is None
+                else sum(1 for t in after if t.started_at is not None and arrived <= t.started_at < first_start)
             )
         busy_shares = {o: SHARES[o] for o in busy}
         counts_before = {o.value: sum(1 for t in before if t.origin is o) for o in ORDER}
