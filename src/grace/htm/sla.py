@@ -226,10 +226,7 @@ class SLAEnforcer:
     async def _release(self) -> None:
         conn, self._lock = self._lock, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()  # really close it: a pooled session would keep the lock
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await self.htm.db.discard(conn)  # a pooled session would keep the lock
 
     # -- enforcing --------------------------------------------------------------------
 

@@ -347,10 +347,7 @@ class WorkerPool:
         """Close the connection holding this worker's liveness lock (stop, or a test's pool)."""
         conn, self._liveness = self._liveness, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()  # really close it: a pooled session would keep the lock
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await self.htm.db.discard(conn)  # a pooled session would keep the lock
 
     def stop_task(self, task_id: str) -> bool:
         """Stop the handler of a task cancelled elsewhere, if it runs here; its outcome is not recorded."""

@@ -103,6 +103,14 @@ class Database:
             raise
         self._autocommit.append(conn)
 
+    @staticmethod
+    async def discard(conn: AsyncConnection) -> None:
+        """Close ``conn`` for good, never back to the pool, so session-level locks it holds end now."""
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()
+
     async def write_sqlite(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """SQLite only: run ``fn`` in one ``BEGIN IMMEDIATE`` transaction with a single hand-off.
 
