@@ -101,8 +101,20 @@ htm_tasks = Table(
         sqlite_where=text("status = 'running'"),
     ),
     Index("ix_htm_tasks_admitted", "origin", "admitted_at"),
-    Index("ix_htm_tasks_created_by", "created_by", "seq"),
-    Index("ix_htm_tasks_finished_at", "finished_at"),
+    # Partial (migration 0006): tasks without a creator, or not yet finished, add no entry.
+    Index(
+        "ix_htm_tasks_created_by",
+        "created_by",
+        "seq",
+        postgresql_where=text("created_by IS NOT NULL"),
+        sqlite_where=text("created_by IS NOT NULL"),
+    ),
+    Index(
+        "ix_htm_tasks_finished_at",
+        "finished_at",
+        postgresql_where=text("finished_at IS NOT NULL"),
+        sqlite_where=text("finished_at IS NOT NULL"),
+    ),
     # The SLA enforcer's work list and the active violations: unfinished tasks with a deadline only,
     # so tasks without an SLA never enter it.
     Index(
