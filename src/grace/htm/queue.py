@@ -3,10 +3,11 @@
 Everything goes through SQLAlchemy Core except the hot path, which is written
 per backend in the named SQL blocks below:
 
-- ``CLAIM_POSTGRES`` calls ``htm_claim`` (created by migration ``0002_htm``): one
+- ``CLAIM_POSTGRES`` calls ``htm_claim`` (migration ``0006_htm_lean_claim``): one
   round trip, outside an explicit transaction, so the dispatch counter's row
   lock is held only while the function runs; tasks are taken with
-  ``FOR UPDATE SKIP LOCKED``.
+  ``FOR UPDATE SKIP LOCKED``. A claim on its own commits without waiting for the
+  log flush: a database crash can undo it, which re-runs a task but loses none.
 - ``FINISH_CLAIM_POSTGRES`` calls ``htm_finish_claim`` (migration
   ``0005_htm_finish_claim``): a batch of outcomes, then (when asked) a claim
   into the slots they free, in one round trip.
@@ -57,8 +58,9 @@ __all__ = ["Exchange", "Finished", "Outcome", "Queue", "backoff"]
 
 log = logging.getLogger("grace.htm")
 
+# A claim on its own commits asynchronously (migration ``0006_htm_lean_claim`` says why that loses no task).
 CLAIM_POSTGRES = text(
-    "SELECT * FROM htm_claim(:worker, :n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after)"
+    "SELECT * FROM htm_claim(:worker, :n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after, true)"
 ).columns(*htm_tasks.c)
 
 # htm_finish_claim (migration ``0005_htm_finish_claim``): the outcomes, then a claim, in one call.

@@ -10,6 +10,11 @@ What a claim costs on PostgreSQL is mostly per statement and per index entry, so
   and one statement that takes the picked tasks of every origin and saves the origins' state and
   the counter. The fair pick is the same arithmetic in three passes over the origins instead of five.
   A claim that finds nothing writes nothing.
+- A claim on its own (``p_async_commit``) commits without waiting for the write-ahead log to reach
+  the disk, so the counter's lock is not held through a flush. If the database server itself
+  crashes, the last claims may be undone: those tasks are queued again, and the outcome their first
+  worker reports is rejected as late, so a task can run twice, as after a lost lease, and none is
+  lost. Outcomes, with or without a claim, and submissions still wait for the flush.
 - ``htm_finish_claim`` locks and updates the finished tasks in one statement driven by their ids.
 - Both run with bitmap scans and hash joins off. Without fresh statistics (autovacuum off, or a
   table that just grew) the planner otherwise reads every task that ever ran through the running
@@ -34,27 +39,25 @@ branch_labels = None
 depends_on = None
 
 CLAIM_ARGS = "text, integer, timestamptz, double precision, integer, integer, timestamptz"
-FINISH_CLAIM_ARGS = (
-    "text, text[], integer[], text[], timestamptz[], timestamptz[], text[], text[], integer[], "
-    "integer, timestamptz, double precision, integer, integer, timestamptz"
-)
 
 # The same steps and the same fair pick as before (grace/htm/fairness.py is the reference; a test
 # checks both backends against it). Picks are recorded as (origin, rank within the origin); the take
 # numbers each origin's tasks by priority and age and gives the r-th of them the r-th pick's slot.
 CLAIM_FUNCTION = """
-CREATE OR REPLACE FUNCTION htm_claim(
+CREATE FUNCTION htm_claim(
     p_worker text,
     p_n integer,
     p_now timestamptz,
     p_lease_seconds double precision,
     p_capacity integer,
     p_fallback_capacity integer,
-    p_live_after timestamptz
+    p_live_after timestamptz,
+    p_async_commit boolean DEFAULT false
 ) RETURNS SETOF htm_tasks
 LANGUAGE plpgsql
 SET enable_bitmapscan = off
 SET enable_hashjoin = off
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 DECLARE
     v_seq bigint;
@@ -82,6 +85,9 @@ DECLARE
     j integer;
     i integer;
 BEGIN
+    IF p_async_commit THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
     SELECT dispatched INTO v_seq FROM htm_scheduler WHERE id = 1 FOR UPDATE;
     IF v_seq IS NULL THEN
         RAISE EXCEPTION 'htm_scheduler row missing; start the task manager once to create it';
@@ -261,6 +267,7 @@ CREATE OR REPLACE FUNCTION htm_finish_claim(
 LANGUAGE plpgsql
 SET enable_bitmapscan = off
 SET enable_hashjoin = off
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 BEGIN
     IF p_n > 0 THEN
@@ -305,6 +312,7 @@ def upgrade() -> None:
         op.drop_index(name, table_name="htm_tasks")
         op.create_index(name, "htm_tasks", columns, postgresql_where=sa.text(where), sqlite_where=sa.text(where))
     if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP FUNCTION htm_claim({CLAIM_ARGS})")
         op.execute(CLAIM_FUNCTION)
         op.execute(FINISH_CLAIM_FUNCTION)
 
@@ -315,6 +323,7 @@ def downgrade() -> None:
         op.create_index(name, "htm_tasks", columns)
     if op.get_bind().dialect.name == "postgresql":
         # The earlier revisions' functions, as those migrations created them.
+        op.execute(f"DROP FUNCTION htm_claim({CLAIM_ARGS}, boolean)")
         op.execute(_revision("0002_htm").CLAIM_FUNCTION)
         op.execute(_revision("0005_htm_finish_claim").FINISH_CLAIM_FUNCTION)
 
