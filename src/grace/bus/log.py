@@ -34,11 +34,15 @@ READ_BATCH = 200
 
 
 class Checked(NamedTuple):
-    """An event about to be appended: its topic, its own copy of the payload, and that payload as JSON."""
+    """An event about to be appended: its topic and its payload as JSON."""
 
     topic: str
-    payload: dict[str, Any]
     encoded: str
+
+    def payload(self) -> dict[str, Any]:
+        """Return a copy of the payload of its own, as subscribers will read it back."""
+        decoded: dict[str, Any] = json.loads(self.encoded)
+        return decoded
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class Bus(abc.ABC):
     # -- what each implementation provides --------------------------------
 
     @abc.abstractmethod
-    async def _append(self, items: list[Checked], published_at: datetime) -> list[Event]: ...
+    async def _append(self, items: list[Checked], published_at: datetime, *, returning: bool = True) -> list[Event]:
+        """Append ``items`` in order; return them as events unless ``returning`` is false (then any list)."""
 
     @abc.abstractmethod
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]: ...
@@ -116,21 +121,38 @@ class Bus(abc.ABC):
 
     async def publish_many(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Event]:
         """Append several events at once (one transaction on PostgreSQL), in order."""
-        checked: list[Checked] = []
-        for topic, payload in items:
-            topics.validate_topic(topic)
-            try:
-                encoded = json.dumps(dict(payload))
-            except (TypeError, ValueError) as exc:
-                raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
-            if len(encoded) > MAX_PAYLOAD_BYTES:
-                raise errors.PayloadTooLarge(f"event payload is {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-            checked.append(Checked(topic, json.loads(encoded), encoded))
+        checked = self._check(items)
         if not checked:
             return []
         published = await self._append(checked, self.clock.now())
         self._wake_all()
         return published
+
+    async def publish_batch(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+        """Append several events like :meth:`publish_many` without handing them back; return how many.
+
+        The path for bulk publishers (the task manager's events): no copy of each payload is built.
+        """
+        checked = self._check(items)
+        if not checked:
+            return 0
+        await self._append(checked, self.clock.now(), returning=False)
+        self._wake_all()
+        return len(checked)
+
+    @staticmethod
+    def _check(items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Checked]:
+        checked: list[Checked] = []
+        for topic, payload in items:
+            topics.validate_topic(topic)
+            try:
+                encoded = json.dumps(payload if type(payload) is dict else dict(payload))
+            except (TypeError, ValueError) as exc:
+                raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
+            if len(encoded) > MAX_PAYLOAD_BYTES:
+                raise errors.PayloadTooLarge(f"event payload is {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+            checked.append(Checked(topic, encoded))
+        return checked
 
     def subscribe(self, pattern: str, *, name: str | None = None, since: int | None = None) -> Subscription:
         """Subscribe to topics matching ``pattern``.

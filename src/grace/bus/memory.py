@@ -24,10 +24,10 @@ class InProcessBus(Bus):
         self._next_id = 1
         self._cursors: dict[str, int] = {}
 
-    async def _append(self, items: list[Checked], published_at: datetime) -> list[Event]:
+    async def _append(self, items: list[Checked], published_at: datetime, *, returning: bool = True) -> list[Event]:
         out = []
-        for topic, payload, _ in items:
-            event = Event(self._next_id, topic, payload, published_at, self.source)
+        for item in items:
+            event = Event(self._next_id, item.topic, item.payload(), published_at, self.source)
             self._next_id += 1
             self._log.append(event)
             out.append(event)

@@ -92,7 +92,7 @@ class PostgresBus(Bus):
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
 
-    async def _append(self, items: list[Checked], published_at: datetime) -> list[Event]:
+    async def _append(self, items: list[Checked], published_at: datetime, *, returning: bool = True) -> list[Event]:
         params = {
             "key": APPEND_LOCK,
             "topics": [c.topic for c in items],
@@ -103,7 +103,9 @@ class PostgresBus(Bus):
         }
         async with self.db.autocommit() as conn:
             ids = sorted(int(i) for i in (await conn.execute(_APPEND, params)).scalars() if i is not None)
-        return [Event(i, c.topic, c.payload, published_at, self.source) for i, c in zip(ids, items, strict=True)]
+        if not returning:
+            return []
+        return [Event(i, c.topic, c.payload(), published_at, self.source) for i, c in zip(ids, items, strict=True)]
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)

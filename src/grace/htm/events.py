@@ -2,9 +2,10 @@
 
 Topics: ``htm.task.created``, ``htm.task.update``, ``htm.task.completed``,
 ``htm.task.failed``. Events are queued once the change is committed; one
-background publisher takes everything queued so far and appends it with
-``Bus.publish_many`` (one transaction on PostgreSQL, where each event is a row),
-so a thousand tasks a second cost a few inserts' round trips, not thousands.
+background publisher waits up to ``COALESCE_SECONDS`` for more to gather, then
+takes everything queued so far and appends it with ``Bus.publish_batch`` (one
+transaction on PostgreSQL, where each event is a row), so a thousand tasks a
+second cost a few inserts' round trips, not thousands.
 :meth:`EventPublisher.drain` waits until everything queued so far is published.
 """
 
@@ -28,6 +29,9 @@ FAILED = "htm.task.failed"
 
 BATCH = 500
 BACKLOG = 20_000
+# How long the publisher lets events gather before appending a batch smaller than BATCH: tasks
+# claimed one at a time would otherwise cost an append (a transaction) every few events.
+COALESCE_SECONDS = 0.01
 
 
 class EventPublisher:
@@ -48,14 +52,18 @@ class EventPublisher:
 
     async def emit(self, topic: str, payload: dict[str, Any]) -> None:
         """Queue one event; waits only when the backlog is full."""
-        if not self.enabled:
+        await self.emit_many([(topic, payload)])
+
+    async def emit_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Queue events in order; waits only when the backlog is full."""
+        if not self.enabled or not items:
             return
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name="grace-htm-events")
         while len(self._pending) >= BACKLOG:
             self._room.clear()
             await self._room.wait()
-        self._pending.append((topic, payload))
+        self._pending.extend(items)
         self._idle.clear()
         self._ready.set()
 
@@ -67,11 +75,13 @@ class EventPublisher:
                     return
                 self._ready.clear()
                 await self._ready.wait()
+                if not self._closing:
+                    await asyncio.sleep(COALESCE_SECONDS)
                 continue
             batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
             self._room.set()
             try:
-                await self.bus.publish_many(batch)
+                await self.bus.publish_batch(batch)
                 self.published += len(batch)
             except asyncio.CancelledError:
                 raise

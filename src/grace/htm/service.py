@@ -217,6 +217,7 @@ class HTM:
 
     async def announce_created(self, enqueued: Enqueued) -> None:
         """Log and publish ``htm.task.created`` for committed tasks, and wake this process's pool."""
+        created: list[tuple[str, dict[str, Any]]] = []
         for row, sub in zip(enqueued.rows, enqueued.submitted, strict=True):
             log.info(
                 "htm.task_created",
@@ -227,23 +228,26 @@ class HTM:
                     "route": sub.decision.route,
                 },
             )
-            await self.events.emit(
-                events.CREATED,
-                {
-                    "task_id": sub.task_id,
-                    "task_type": row["task_type"],
-                    "priority": row["priority"],
-                    "origin": row["origin"],
-                    "origin_rule": row["origin_rule"],
-                    "status": sub.status.value,
-                    "route": sub.decision.route,
-                    "delay_seconds": sub.decision.delay_seconds,
-                    "intent_id": row["intent_id"],
-                    "created_by": row["created_by_name"],
-                    "data_size_bytes": row["data_size_bytes"],
-                    "sla_ms": row["sla_ms"],
-                },
+            created.append(
+                (
+                    events.CREATED,
+                    {
+                        "task_id": sub.task_id,
+                        "task_type": row["task_type"],
+                        "priority": row["priority"],
+                        "origin": row["origin"],
+                        "origin_rule": row["origin_rule"],
+                        "status": sub.status.value,
+                        "route": sub.decision.route,
+                        "delay_seconds": sub.decision.delay_seconds,
+                        "intent_id": row["intent_id"],
+                        "created_by": row["created_by_name"],
+                        "data_size_bytes": row["data_size_bytes"],
+                        "sla_ms": row["sla_ms"],
+                    },
+                )
             )
+        await self.events.emit_many(created)
         if self.pool is not None:
             self.pool.wake()
 
@@ -297,21 +301,26 @@ class HTM:
     # -- what workers report -----------------------------------------------------------
 
     async def on_claimed(self, worker_id: str, tasks: Sequence[Task]) -> None:
-        for task in tasks:
-            await self.events.emit(
-                events.UPDATE,
-                {
-                    "task_id": task.task_id,
-                    "task_type": task.task_type,
-                    "origin": task.origin.value,
-                    "priority": task.priority.value,
-                    "intent_id": task.intent_id,
-                    "status": Status.RUNNING.value,
-                    "attempts": task.attempts,
-                    "max_attempts": task.max_attempts,
-                    "worker_id": worker_id,
-                },
-            )
+        running = Status.RUNNING.value
+        await self.events.emit_many(
+            [
+                (
+                    events.UPDATE,
+                    {
+                        "task_id": task.task_id,
+                        "task_type": task.task_type,
+                        "origin": task.origin.value,
+                        "priority": task.priority.value,
+                        "intent_id": task.intent_id,
+                        "status": running,
+                        "attempts": task.attempts,
+                        "max_attempts": task.max_attempts,
+                        "worker_id": worker_id,
+                    },
+                )
+                for task in tasks
+            ]
+        )
 
     async def record(
         self, worker_id: str, outcomes: Sequence[Outcome], *, claim: int = 0, fallback_capacity: int = 1
@@ -328,6 +337,7 @@ class HTM:
         return changed
 
     async def _announce(self, changes: Sequence[Finished]) -> None:
+        changed: list[tuple[str, dict[str, Any]]] = []
         for f in changes:
             if f.status is Status.COMPLETED:
                 topic = events.COMPLETED
@@ -336,7 +346,8 @@ class HTM:
                 log.info("htm.task_failed", extra={"task_id": f.task_id, "status": f.status.value})
             else:
                 topic = events.UPDATE
-            await self.events.emit(topic, f.event())
+            changed.append((topic, f.event()))
+        await self.events.emit_many(changed)
 
     # -- stats ---------------------------------------------------------------------
 

@@ -99,7 +99,6 @@ class HandlerRegistry:
 @dataclass(eq=False)
 class _Running:
     task: Task
-    runner: asyncio.Task[None] | None = None
     handler_task: asyncio.Task[Any] | None = None
     reason: str | None = None  # why it was stopped: timeout, cancelled, shutdown
     deadline: datetime | None = None
@@ -194,7 +193,7 @@ class WorkerPool:
         dispatcher = [t for t in self._loops if t.get_name() == "grace-htm-dispatch"]
         for t in dispatcher:
             t.cancel()
-        runners = [r.runner for r in self._running.values() if r.runner is not None]
+        runners = self._handler_tasks()
         if runners:
             _, pending = await asyncio.wait(runners, timeout=grace)
             if pending:
@@ -239,11 +238,30 @@ class WorkerPool:
         await self.htm.on_claimed(self.worker_id, tasks)
 
     def _launch(self, task: Task) -> None:
-        timeout = timedelta(seconds=task.timeout_seconds)
+        handler = self.htm.handlers.get(task.task_type)
+        if handler is None:
+            known = ", ".join(self.htm.handlers.types()) or "none"
+            error = (
+                f"no handler registered for task type {task.task_type!r} on worker {self.worker_id} "
+                f"(registered: {known})"
+            )
+            self._add_outcome(Outcome(task.task_id, task.attempts, Status.FAILED, self.clock.now(), error=error))
+            return
+        try:
+            # One asyncio task per handler; its outcome is worked out when it ends (see _ended).
+            handler_task = asyncio.create_task(
+                handler(TaskContext(task, self.worker_id, self.clock)), name=f"grace-htm-task-{task.task_id}"
+            )
+        except Exception as exc:  # a handler that is not an async function fails here, not in a task
+            self._add_outcome(self._failure(task, Status.FAILED, f"{type(exc).__name__}: {exc}", self.clock.now()))
+            return
         started = task.started_at or self.clock.now()
-        running = _Running(task, deadline=started + timeout)
+        running = _Running(task, handler_task, deadline=started + timedelta(seconds=task.timeout_seconds))
         self._running[task.task_id] = running
-        running.runner = asyncio.create_task(self._run(running), name=f"grace-htm-task-{task.task_id}")
+        handler_task.add_done_callback(lambda _done: self._ended(running))
+
+    def _handler_tasks(self) -> list[asyncio.Task[Any]]:
+        return [r.handler_task for r in self._running.values() if r.handler_task is not None]
 
     async def _dispatch_loop(self) -> None:
         poll = self.htm.config.poll_seconds
@@ -288,35 +306,19 @@ class WorkerPool:
 
     # -- running ----------------------------------------------------------------
 
-    async def _run(self, running: _Running) -> None:
-        task = running.task
-        now_outcome: Outcome | None = None
-        handler = self.htm.handlers.get(task.task_type)
-        if handler is None:
-            known = ", ".join(self.htm.handlers.types()) or "none"
-            now_outcome = Outcome(
-                task.task_id,
-                task.attempts,
-                Status.FAILED,
-                self.clock.now(),
-                error=f"no handler registered for task type {task.task_type!r} on worker {self.worker_id} "
-                f"(registered: {known})",
-            )
-        else:
-            running.handler_task = asyncio.create_task(handler(TaskContext(task, self.worker_id, self.clock)))
-            try:
-                await asyncio.wait({running.handler_task})
-            except asyncio.CancelledError:
-                running.handler_task.cancel()
-                raise
-            now_outcome = self._outcome_of(running)
-        self._running.pop(task.task_id, None)
-        if now_outcome is not None:
-            self._unrecorded += 1
-            self._outcomes.append(now_outcome)
-            self._outcome_ready.set()
+    def _ended(self, running: _Running) -> None:
+        """Record the outcome of a handler that returned, raised or was stopped, and free its slot."""
+        self._running.pop(running.task.task_id, None)
+        outcome = self._outcome_of(running)
+        if outcome is not None:
+            self._add_outcome(outcome)
         else:
             self._slot_freed.set()
+
+    def _add_outcome(self, outcome: Outcome) -> None:
+        self._unrecorded += 1
+        self._outcomes.append(outcome)
+        self._outcome_ready.set()
 
     def _outcome_of(self, running: _Running) -> Outcome | None:
         task = running.task
@@ -407,7 +409,7 @@ class WorkerPool:
     async def wait_idle(self) -> None:
         """Wait until no task is running here and every outcome is recorded (tests, benchmarks)."""
         while self._running or self._outcomes:
-            runners = [r.runner for r in self._running.values() if r.runner is not None]
+            runners = self._handler_tasks()
             if runners:
                 await asyncio.wait(runners)
             await self.flush()

@@ -15,7 +15,8 @@ What a claim costs on PostgreSQL is mostly per statement and per index entry, so
   crashes, the last claims may be undone: those tasks are queued again, and the outcome their first
   worker reports is rejected as late, so a task can run twice, as after a lost lease, and none is
   lost. Outcomes, with or without a claim, and submissions still wait for the flush.
-- ``htm_finish_claim`` locks and updates the finished tasks in one statement driven by their ids.
+- ``htm_finish_claim`` locks and updates the finished tasks in one statement driven by their ids,
+  reading each one's outcome by its place in the arrays instead of joining them.
 - Both run with bitmap scans and hash joins off. Without fresh statistics (autovacuum off, or a
   table that just grew) the planner otherwise reads every task that ever ran through the running
   tasks' partial index: a bitmap scan never marks the dead entries it meets, so its cost grows with
@@ -275,22 +276,23 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH locked AS MATERIALIZED (
-        SELECT t.seq FROM htm_tasks t WHERE t.task_id = ANY (p_task_ids) ORDER BY t.seq FOR UPDATE
+        SELECT t.seq, array_position(p_task_ids, t.task_id::text) AS i
+          FROM htm_tasks t WHERE t.task_id = ANY (p_task_ids) ORDER BY t.seq FOR UPDATE
     )
     UPDATE htm_tasks AS t
-       SET status = v.status,
-           finished_at = v.finished_at,
-           queued_at = coalesce(v.queued_at, t.queued_at),
-           result = CAST(v.result AS json),
-           error = v.error,
+       SET status = p_statuses[l.i],
+           finished_at = p_finished[l.i],
+           queued_at = coalesce(p_queued[l.i], t.queued_at),
+           result = CAST(p_results[l.i] AS json),
+           error = p_errors[l.i],
            lease_expires_at = NULL,
-           worker_id = CASE WHEN v.status IN ('delayed', 'queued') THEN NULL ELSE t.worker_id END,
-           attempts = t.attempts - v.give_back
-      FROM locked l,
-           unnest(p_task_ids, p_attempts, p_statuses, p_finished, p_queued, p_results, p_errors, p_give_back)
-           AS v(task_id, attempt, status, finished_at, queued_at, result, error, give_back)
-     WHERE t.seq = l.seq AND t.task_id = v.task_id
-       AND t.status = 'running' AND t.worker_id = p_worker AND t.attempts = v.attempt
+           worker_id = CASE WHEN p_statuses[l.i] IN ('delayed', 'queued') THEN NULL ELSE t.worker_id END,
+           attempts = t.attempts - p_give_back[l.i]
+      FROM locked l
+     WHERE t.seq = l.seq
+       -- IS NOT DISTINCT FROM (status is never null) keeps the running tasks' partial index from
+       -- driving this update: the planner would read every running task of every worker.
+       AND t.status IS NOT DISTINCT FROM 'running' AND t.worker_id = p_worker AND t.attempts = p_attempts[l.i]
     RETURNING t.*;
     IF p_n > 0 THEN
         RETURN QUERY
