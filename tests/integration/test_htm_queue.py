@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from grace import errors, storage
 from grace.bus import InProcessBus
 from grace.clock import ManualClock
-from grace.htm import HTM, Status, fairness, load_config, origins
+from grace.htm import HTM, Status, TaskContext, fairness, load_config, origins
 from grace.htm.origins import ORDER, Origin
 from grace.htm.queue import Outcome
 from tests.htmkit import Gate, manual_htm, settle, submit
@@ -174,6 +174,25 @@ async def test_a_task_type_without_a_handler_fails_with_a_clear_error(database_u
         assert task.status is Status.FAILED
         assert "no handler registered for task type 'voice.transcribe'" in (task.error or "")
         assert "htm.noop" in (task.error or "")
+
+
+async def test_a_handler_that_is_not_async_fails_its_task_and_the_worker_goes_on(
+    database_url: str, clock: ManualClock
+) -> None:
+    def not_async(ctx: TaskContext) -> int:  # registered by mistake: returns a value, not a coroutine
+        return 1
+
+    async with manual_htm(database_url, clock) as htm:
+        htm.handlers.register("test.sync", not_async)  # type: ignore[arg-type]
+        [broken] = await submit(htm, Origin.USER_REQUEST, task_type="test.sync", max_attempts=1)
+        [fine] = await submit(htm, Origin.USER_REQUEST, task_type="htm.noop")
+        pool = htm.new_pool(concurrency=2, claim_batch=2)
+        assert len(await pool.claim_once()) == 2
+        await pool.wait_idle()
+        task = await htm.get(broken, principal=None)
+        assert task.status is Status.FAILED and "TypeError" in (task.error or "")
+        assert (await htm.get(fine, principal=None)).status is Status.COMPLETED
+        assert pool.free_slots == 2
 
 
 async def test_cancel_waiting_running_and_finished_tasks(database_url: str, clock: ManualClock) -> None:
