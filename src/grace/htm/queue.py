@@ -544,6 +544,8 @@ class Queue:
         Each claim leaves dead versions of the dispatch counter and the origins' rows; when
         autovacuum is slow (or off) they pile up and every claim walks them. Vacuuming eight rows
         takes well under a millisecond; SKIP_LOCKED lets one worker do it while the others skip.
+        It also makes every session plan ``htm_claim``'s statements afresh (they read
+        ``htm_origins``), so the generic plans it keeps follow the task table as it grows.
         """
         if self.db.is_sqlite:
             return

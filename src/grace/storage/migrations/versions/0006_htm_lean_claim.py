@@ -21,6 +21,12 @@ What a claim costs on PostgreSQL is mostly per statement and per index entry, so
   table that just grew) the planner otherwise reads every task that ever ran through the running
   tasks' partial index: a bitmap scan never marks the dead entries it meets, so its cost grows with
   every task run until the next vacuum, while a plain index scan marks them and skips them after.
+- ``htm_claim`` keeps one generic plan per session: planning its statements cost more than running
+  them. The two that read many tasks (the origins' state and the take) also read ``htm_origins``,
+  whose vacuum by the workers' upkeep (every second) makes PostgreSQL plan them afresh, so a plan
+  made while the task table was small does not outlive it. ``htm_finish_claim``'s update reads
+  only ``htm_tasks`` and is planned on every call: a plan kept from a session's first call, on a
+  nearly empty table, scanned the whole table ever after.
 - Three indexes become partial: tasks without a creator, an intent or a finish time (a queued or
   running task) add no entry to them, and every query that uses them names a value.
 """
@@ -268,16 +274,21 @@ CREATE OR REPLACE FUNCTION htm_finish_claim(
 LANGUAGE plpgsql
 SET enable_bitmapscan = off
 SET enable_hashjoin = off
-SET plan_cache_mode = force_generic_plan
+SET plan_cache_mode = force_custom_plan
 AS $fn$
 BEGIN
     IF p_n > 0 THEN
         PERFORM 1 FROM htm_scheduler WHERE id = 1 FOR UPDATE;
     END IF;
     RETURN QUERY
+    -- A join from the ids (not task_id = ANY): the plan is kept for the session, and for a
+    -- scalar array the planner picks a sequential scan while the table is small.
     WITH locked AS MATERIALIZED (
-        SELECT t.seq, array_position(p_task_ids, t.task_id::text) AS i
-          FROM htm_tasks t WHERE t.task_id = ANY (p_task_ids) ORDER BY t.seq FOR UPDATE
+        SELECT t.seq, x.i
+          FROM unnest(p_task_ids) WITH ORDINALITY AS x(task_id, i)
+          JOIN htm_tasks t ON t.task_id = x.task_id
+         ORDER BY t.seq
+           FOR UPDATE OF t
     )
     UPDATE htm_tasks AS t
        SET status = p_statuses[l.i],
