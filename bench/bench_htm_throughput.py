@@ -52,6 +52,7 @@ async def htm_run(backend: str, batch: int, n: int, events: bool) -> dict[str, A
 
             htm.handlers.register("bench.noop", noop)
             pool = await htm.start_workers()
+            ticks = htmkit.cpu_ticks()
             started = time.perf_counter()
             await submit_all(htm, n)
             submitted = time.perf_counter()
@@ -68,6 +69,7 @@ async def htm_run(backend: str, batch: int, n: int, events: bool) -> dict[str, A
                 "tasks_per_second": round(n / elapsed),
                 "submit_seconds": round(submitted - started, 3),
                 "events_published": htm.events.published,
+                "machine": htmkit.cpu_share(ticks, htmkit.cpu_ticks()),
             }
     finally:
         if backend == "postgresql":
@@ -105,12 +107,14 @@ async def pgqueuer_run(batch: int, n: int) -> dict[str, Any]:
 
             runner = asyncio.create_task(qm.run(batch_size=batch, max_concurrent_tasks=max(CONCURRENCY, 2 * batch)))
             await asyncio.sleep(0.5)  # let it start listening
+            ticks = htmkit.cpu_ticks()
             started = time.perf_counter()
             for start in range(0, n, SUBMIT_BATCH):
                 size = min(SUBMIT_BATCH, n - start)
                 await producer.enqueue(["noop"] * size, [None] * size, [0] * size)
             await asyncio.wait_for(runner, timeout=300)
             elapsed = time.perf_counter() - started
+            machine = htmkit.cpu_share(ticks, htmkit.cpu_ticks())
         finally:
             await conn.close()
             await producer_conn.close()
@@ -121,9 +125,15 @@ async def pgqueuer_run(batch: int, n: int) -> dict[str, Any]:
             "tasks": n,
             "seconds": round(elapsed, 3),
             "tasks_per_second": round(n / elapsed),
+            "machine": machine,
         }
     finally:
         await htmkit.drop_postgres(url)
+
+
+def _machine(r: dict[str, Any]) -> str:
+    m = r.get("machine")
+    return f"(CPUs busy {m['busy_pct']}%, stolen {m['steal_pct']}%)" if m else ""
 
 
 def _key(r: dict[str, Any]) -> str:
@@ -140,16 +150,19 @@ async def run() -> dict[str, Any]:
         for backend, batch, n, events in RUNS:
             r = await htm_run(backend, batch, n, events)
             runs.setdefault(_key(r), []).append(r)
-            print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s", flush=True)
+            print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s {_machine(r)}", flush=True)
         for batch, n in ANCHORS:
             r = await pgqueuer_run(batch, n)
             runs.setdefault(_key(r), []).append(r)
-            print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s", flush=True)
+            print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s {_machine(r)}", flush=True)
     median = {k: round(statistics.median(r["tasks_per_second"] for r in rs)) for k, rs in runs.items()}
+    stolen = [r["machine"]["steal_pct"] for rs in runs.values() for r in rs if r.get("machine")]
     summary: dict[str, Any] = {f"{k}_per_s": v for k, v in median.items()}
     summary["range_per_s"] = {
         k: [min(r["tasks_per_second"] for r in rs), max(r["tasks_per_second"] for r in rs)] for k, rs in runs.items()
     }
+    if stolen:
+        summary["cpu_stolen_pct_median_max"] = [statistics.median(stolen), max(stolen)]
     pq1, pq10 = median["pgqueuer_batch1"], median["pgqueuer_batch10"]
     summary["ratio_htm_pg_batch1_vs_pgqueuer_batch1"] = round(median["htm_postgresql_batch1"] / pq1, 2)
     summary["ratio_htm_pg_batch10_vs_pgqueuer_batch10"] = round(median["htm_postgresql_batch10"] / pq10, 2)

@@ -73,6 +73,30 @@ async def open_htm(url: str, **config: Any) -> AsyncIterator[HTM]:
         await db.dispose()
 
 
+def cpu_ticks() -> list[int] | None:
+    """Return the machine's CPU time counters (Linux ``/proc/stat``), or None where there are none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_share(before: list[int] | None, after: list[int] | None) -> dict[str, float] | None:
+    """Return what the machine's CPUs did between two readings: busy and stolen, in percent.
+
+    "Stolen" is time the hypervisor gave to other machines while this one wanted to run: when it is
+    high, every figure measured over the same stretch is low.
+    """
+    if before is None or after is None:
+        return None
+    delta = [a - b for a, b in zip(after, before, strict=False)]
+    total = sum(delta) or 1
+    idle = delta[3] + delta[4]  # idle, iowait
+    steal = delta[7] if len(delta) > 7 else 0
+    return {"busy_pct": round(100 * (total - idle - steal) / total, 1), "steal_pct": round(100 * steal / total, 1)}
+
+
 async def wait_until(check: Any, timeout: float, interval: float = 0.02) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
