@@ -33,14 +33,25 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 READ_BATCH = 200
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 class Checked(NamedTuple):
-    """An event about to be appended: its topic and its payload as JSON."""
+    """An event about to be appended: its topic, its payload as JSON, and the payload as given."""
 
     topic: str
     encoded: str
+    given: Mapping[str, Any]
 
     def payload(self) -> dict[str, Any]:
-        """Return a copy of the payload of its own, as subscribers will read it back."""
+        """Return a copy of the payload of its own, as subscribers will read it back from JSON.
+
+        A flat payload of plain values with text keys reads back as an equal dict, so a shallow
+        copy is that copy; anything else is decoded from the JSON.
+        """
+        given = self.given
+        if all(type(k) is str and type(v) in _PLAIN for k, v in given.items()):
+            return dict(given)
         decoded: dict[str, Any] = json.loads(self.encoded)
         return decoded
 
@@ -151,7 +162,7 @@ class Bus(abc.ABC):
                 raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
             if len(encoded) > MAX_PAYLOAD_BYTES:
                 raise errors.PayloadTooLarge(f"event payload is {len(encoded)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-            checked.append(Checked(topic, encoded))
+            checked.append(Checked(topic, encoded, payload))
         return checked
 
     def subscribe(self, pattern: str, *, name: str | None = None, since: int | None = None) -> Subscription:

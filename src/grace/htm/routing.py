@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,7 +65,7 @@ class Load:
     running: dict[Origin, int]
     waiting: set[Origin]
 
-    @property
+    @functools.cached_property
     def total_weight(self) -> int:
         return sum(self.weights.values())
 
@@ -165,7 +166,8 @@ def decide(
     quota_used = f"{running}/{quota}"
     queue_name = f"{priority.value}_queue"
     slot = window.next_slot(now)
-    starved = [o for o in load.starved() if o is not origin]
+    # Only an origin at or over its quota can be deferred, so only then is the starved list needed.
+    starved = [o for o in load.starved() if o is not origin] if running >= quota else []
     if slot > now:
         delay = (slot - now).total_seconds()
         decision = RouteDecision(

@@ -20,7 +20,7 @@ from grace.htm.queue import Exchange, Finished, Outcome, Queue
 from grace.htm.routing import RouteDecision
 from grace.htm.tasks import Status, Task, TaskRequest
 from grace.htm.workers import HandlerRegistry, TaskContext, WorkerPool
-from grace.storage import Database, new_id
+from grace.storage import Database, new_ids
 
 __all__ = ["HTM", "Enqueued", "Submitted"]
 
@@ -163,7 +163,8 @@ class HTM:
             live_after=now - timedelta(seconds=cfg.lease_seconds),
         )
         windows = {o: await routing.BurstWindow.load(conn, o, cfg.burst_limit(o), now) for o in chosen}
-        for request, (origin, rule) in zip(requests, tagged, strict=True):
+        ids = new_ids("task", len(requests))
+        for task_id, request, (origin, rule) in zip(ids, requests, tagged, strict=True):
             decision = routing.decide(
                 origin,
                 request.priority,
@@ -172,7 +173,6 @@ class HTM:
                 load=load,
                 defer=timedelta(seconds=cfg.defer_seconds),
             )
-            task_id = new_id("task")
             status = {"accepted": Status.QUEUED, "delayed": Status.DELAYED, "deferred": Status.DEFERRED}[decision.route]
             rows.append(
                 {

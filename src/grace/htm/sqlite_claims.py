@@ -99,7 +99,9 @@ def stamp(when: datetime | None) -> str | None:
     """Return ``when`` as SQLAlchemy stores an aware datetime on SQLite: naive UTC text with microseconds."""
     if when is None:
         return None
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if when.tzinfo is not UTC:
+        when = when.astimezone(UTC)
+    return when.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
