@@ -167,4 +167,5 @@ async def run() -> dict[str, Any]:
     summary["ratio_htm_pg_batch1_vs_pgqueuer_batch1"] = round(median["htm_postgresql_batch1"] / pq1, 2)
     summary["ratio_htm_pg_batch10_vs_pgqueuer_batch10"] = round(median["htm_postgresql_batch10"] / pq10, 2)
     summary["ratio_htm_pg_batch50_vs_pgqueuer_batch10"] = round(median["htm_postgresql_batch50"] / pq10, 2)
+    summary["postgresql_via"] = htmkit.transport()
     return {"summary": summary, "rounds": ROUNDS, "runs": runs, "concurrency": CONCURRENCY}

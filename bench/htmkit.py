@@ -18,7 +18,20 @@ from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import SystemClock
 from grace.htm import HTM, load_config
 
-ADMIN_URL = os.environ.get("GRACE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The server the benchmarks create their databases on: GRACE_BENCH_DATABASE_URL, else the test suite's.
+# On one machine, the local socket (``postgresql://postgres@/postgres?host=/var/run/postgresql``) is
+# cheaper per round trip than TCP on 127.0.0.1; every system in a run uses the same one.
+ADMIN_URL = os.environ.get("GRACE_BENCH_DATABASE_URL") or os.environ.get(
+    "GRACE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def transport(url: str = ADMIN_URL) -> str:
+    """Return how the benchmarks reach PostgreSQL: "unix socket" or "tcp <host>"."""
+    parsed = make_url(url)
+    host = parsed.query.get("host") or parsed.host or ""
+    host = host[0] if isinstance(host, tuple) else host
+    return "unix socket" if not host or host.startswith("/") else f"tcp {host}"
 
 
 def asyncpg_dsn(url: str) -> str:

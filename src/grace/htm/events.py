@@ -31,7 +31,7 @@ BATCH = 500
 BACKLOG = 20_000
 # How long the publisher lets events gather before appending a batch smaller than BATCH: tasks
 # claimed one at a time would otherwise cost an append (a transaction) every few events.
-COALESCE_SECONDS = 0.01
+COALESCE_SECONDS = 0.025
 
 
 class EventPublisher:

@@ -3,13 +3,13 @@
 Everything goes through SQLAlchemy Core except the hot path, which is written
 per backend in the named SQL blocks below:
 
-- ``CLAIM_POSTGRES`` calls ``htm_claim`` (migration ``0006_htm_lean_claim``): one
-  round trip, outside an explicit transaction, so the dispatch counter's row
-  lock is held only while the function runs; tasks are taken with
-  ``FOR UPDATE SKIP LOCKED``. A claim on its own commits without waiting for the
+- ``CLAIM_POSTGRES`` calls ``htm_claim`` (migration ``0006_htm_lean_claim``) on
+  the asyncpg connection itself: one round trip, outside an explicit transaction,
+  so the dispatch counter's row lock is held only while the function runs; tasks
+  are taken with ``FOR UPDATE SKIP LOCKED``. A claim on its own commits without waiting for the
   log flush: a database crash can undo it, which re-runs a task but loses none.
 - ``FINISH_CLAIM_POSTGRES`` calls ``htm_finish_claim`` (migration
-  ``0005_htm_finish_claim``): a batch of outcomes, then (when asked) a claim
+  ``0006_htm_lean_claim``): a batch of outcomes, then (when asked) a claim
   into the slots they free, in one round trip.
 - On SQLite the same steps are :mod:`grace.htm.sqlite_claims`, run as one call
   on SQLite's thread inside one ``BEGIN IMMEDIATE`` transaction (SQLite has one
@@ -59,17 +59,14 @@ __all__ = ["Exchange", "Finished", "Outcome", "Queue", "backoff"]
 log = logging.getLogger("grace.htm")
 
 # A claim on its own commits asynchronously (migration ``0006_htm_lean_claim`` says why that loses no task).
-CLAIM_POSTGRES = text(
-    "SELECT * FROM htm_claim(:worker, :n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after, true)"
-).columns(*htm_tasks.c)
+# Both go straight to asyncpg (Database.autocommit_driver): fixed SQL, prepared once per connection.
+CLAIM_POSTGRES = "SELECT * FROM htm_claim($1, $2, $3, $4, $5, $6, $7, true)"
 
-# htm_finish_claim (migration ``0005_htm_finish_claim``): the outcomes, then a claim, in one call.
-FINISH_CLAIM_POSTGRES = text(
-    "SELECT * FROM htm_finish_claim(:worker, CAST(:task_ids AS text[]), CAST(:attempts AS integer[]), "
-    "CAST(:statuses AS text[]), CAST(:finished AS timestamptz[]), CAST(:queued AS timestamptz[]), "
-    "CAST(:results AS text[]), CAST(:errors AS text[]), CAST(:give_back AS integer[]), "
-    ":n, :now, :lease_seconds, :capacity, :fallback_capacity, :live_after)"
-).columns(*htm_tasks.c)
+# htm_finish_claim (migration ``0006_htm_lean_claim``): the outcomes, then a claim, in one call.
+FINISH_CLAIM_POSTGRES = (
+    "SELECT * FROM htm_finish_claim($1, $2::text[], $3::integer[], $4::text[], $5::timestamptz[], "
+    "$6::timestamptz[], $7::text[], $8::text[], $9::integer[], $10, $11, $12, $13, $14, $15)"
+)
 
 # PostgreSQL NOTIFY channel on which submits wake idle workers in every process.
 WAKE_CHANNEL = "grace_htm_wake"
@@ -349,33 +346,34 @@ class Queue:
     async def _exchange_postgres(
         self, worker_id: str, outcomes: Sequence[Outcome], n: int, now: datetime, fallback: int
     ) -> tuple[list[Finished], list[Task]]:
-        claim = {
-            "n": n,
-            "now": now,
-            "lease_seconds": self.lease_seconds,
-            "capacity": self.capacity,
-            "fallback_capacity": max(1, fallback),
-            "live_after": now - timedelta(seconds=self.lease_seconds),
-        }
-        values = [self._values(o) for o in outcomes]
-        finish = {
-            "task_ids": [o.task_id for o in outcomes],
-            "attempts": [o.attempt for o in outcomes],
-            "statuses": [v["status"] for v in values],
-            "finished": [v["finished_at"] for v in values],
-            "queued": [v["queued_at"] for v in values],
-            "results": [v["result"] for v in values],
-            "errors": [v["error"] for v in values],
-            "give_back": [v["give_back"] for v in values],
-        }
+        claim = (
+            n,
+            now,
+            float(self.lease_seconds),
+            self.capacity,
+            max(1, fallback),
+            now - timedelta(seconds=self.lease_seconds),
+        )
         # One statement, so autocommit makes it one atomic transaction: one round trip, no pool
         # checkout, ping or BEGIN. Outcomes without a claim go through the same function with n = 0.
-        async with self.db.autocommit() as conn:
+        async with self.db.autocommit_driver() as conn:
             if not outcomes:
-                rows = (await conn.execute(CLAIM_POSTGRES, {"worker": worker_id, **claim})).mappings().all()
+                rows = await conn.fetch(CLAIM_POSTGRES, worker_id, *claim)
                 return [], [Task.from_row(r) for r in rows]
-            params = {"worker": worker_id, **finish, **claim}
-            rows = (await conn.execute(FINISH_CLAIM_POSTGRES, params)).mappings().all()
+            values = [self._values(o) for o in outcomes]
+            rows = await conn.fetch(
+                FINISH_CLAIM_POSTGRES,
+                worker_id,
+                [o.task_id for o in outcomes],
+                [o.attempt for o in outcomes],
+                [v["status"] for v in values],
+                [v["finished_at"] for v in values],
+                [v["queued_at"] for v in values],
+                [v["result"] for v in values],
+                [v["error"] for v in values],
+                [v["give_back"] for v in values],
+                *claim,
+            )
         # Claimed rows come back running; no outcome is ever recorded as running.
         recorded = [Finished.from_row(r) for r in rows if r["status"] != "running"]
         return recorded, [Task.from_row(r) for r in rows if r["status"] == "running"]

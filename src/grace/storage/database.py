@@ -103,6 +103,18 @@ class Database:
             raise
         self._autocommit.append(conn)
 
+    @contextlib.asynccontextmanager
+    async def autocommit_driver(self) -> AsyncIterator[Any]:
+        """PostgreSQL only: the asyncpg connection under an :meth:`autocommit` connection.
+
+        For the hottest statements, which are fixed SQL with positional parameters: asyncpg
+        prepares each once per connection, and nothing is compiled or converted in between.
+        Values come back as asyncpg gives them (aware UTC datetimes, JSON decoded).
+        """
+        async with self.autocommit() as conn:
+            raw = await conn.get_raw_connection()
+            yield raw.driver_connection
+
     @staticmethod
     async def discard(conn: AsyncConnection) -> None:
         """Close ``conn`` for good, never back to the pool, so session-level locks it holds end now."""
