@@ -19,7 +19,7 @@ three additions:
   were busy would otherwise cost a small origin many dispatches once they leave.
 
 Everything is integer arithmetic on weights in basis points, so the PostgreSQL
-claim function (migration ``0002_htm``, ``htm_claim``) computes exactly the same
+claim function (``htm_claim``, migration ``0006_htm_lean_claim``) computes exactly the same
 sequence; a test checks that on both backends.
 """
 
