@@ -7,8 +7,12 @@ fresh database): batched enqueue while a QueueManager with ``batch_size`` 1 or 1
 Events (htm.task.created/update/completed) are published as in production.
 
 Every configuration runs ``GRACE_BENCH_ROUNDS`` times (3), interleaved; the summary gives the
-median and the range. Throughput on this kind of shared machine varies by a third from run to run,
-so compare systems within one run (the ratios), not across runs.
+median and the range. A run during which the hypervisor stole more than
+``GRACE_BENCH_STEAL_LIMIT_PCT`` (10%) of the CPUs is run again, at most twice more, keeping the
+attempt with the least stolen time. ``GRACE_BENCH_DATABASE_URL`` picks the PostgreSQL server and
+how to reach it (the local socket is cheaper than TCP); pgqueuer uses the same. Throughput on
+this kind of shared machine varies by a third from run to run, so compare systems within one run
+(the ratios), not across runs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import htmkit
@@ -25,6 +30,11 @@ from grace.htm import HTM, TaskContext
 SUBMIT_BATCH = 500
 CONCURRENCY = 64
 ROUNDS = int(os.environ.get("GRACE_BENCH_ROUNDS", "3"))
+# A run during which the hypervisor stole more than this share of the CPUs is run again (at most
+# STEAL_RETRIES more times) and the attempt with the least stolen time is kept: such a run measures
+# the neighbours, not this code. Every system gets the same treatment; each run records its attempts.
+STEAL_LIMIT_PCT = float(os.environ.get("GRACE_BENCH_STEAL_LIMIT_PCT", "10"))
+STEAL_RETRIES = int(os.environ.get("GRACE_BENCH_STEAL_RETRIES", "2"))
 ANCHORS = [(1, 3_000), (10, 10_000)]  # pgqueuer: batch size, jobs
 RUNS = [  # backend, claim batch, tasks, bus events on
     ("sqlite", 1, 2_000, True),
@@ -131,9 +141,25 @@ async def pgqueuer_run(batch: int, n: int) -> dict[str, Any]:
         await htmkit.drop_postgres(url)
 
 
+async def least_stolen(run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run ``run``; again while the hypervisor stole over STEAL_LIMIT_PCT; keep the least-stolen attempt."""
+    best: dict[str, Any] | None = None
+    for attempt in range(1, STEAL_RETRIES + 2):
+        r = await run()
+        r["attempts"] = attempt
+        stolen = (r.get("machine") or {}).get("steal_pct", 0.0)
+        if best is None or stolen < (best.get("machine") or {}).get("steal_pct", 0.0):
+            best = r
+        if stolen <= STEAL_LIMIT_PCT:
+            break
+    assert best is not None
+    return best
+
+
 def _machine(r: dict[str, Any]) -> str:
     m = r.get("machine")
-    return f"(CPUs busy {m['busy_pct']}%, stolen {m['steal_pct']}%)" if m else ""
+    tries = f", attempt {r['attempts']}" if r.get("attempts", 1) > 1 else ""
+    return f"(CPUs busy {m['busy_pct']}%, stolen {m['steal_pct']}%{tries})" if m else ""
 
 
 def _key(r: dict[str, Any]) -> str:
@@ -148,11 +174,11 @@ async def run() -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(1, ROUNDS + 1):
         for backend, batch, n, events in RUNS:
-            r = await htm_run(backend, batch, n, events)
+            r = await least_stolen(lambda: htm_run(backend, batch, n, events))  # noqa: B023 - awaited at once
             runs.setdefault(_key(r), []).append(r)
             print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s {_machine(r)}", flush=True)
         for batch, n in ANCHORS:
-            r = await pgqueuer_run(batch, n)
+            r = await least_stolen(lambda: pgqueuer_run(batch, n))  # noqa: B023 - awaited at once
             runs.setdefault(_key(r), []).append(r)
             print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s {_machine(r)}", flush=True)
     median = {k: round(statistics.median(r["tasks_per_second"] for r in rs)) for k, rs in runs.items()}
