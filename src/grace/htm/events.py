@@ -2,10 +2,11 @@
 
 Topics: ``htm.task.created``, ``htm.task.update``, ``htm.task.completed``,
 ``htm.task.failed``. Events are queued once the change is committed; one
-background publisher waits up to ``COALESCE_SECONDS`` for more to gather, then
-takes everything queued so far and appends it with ``Bus.publish_batch`` (one
-transaction on PostgreSQL, where each event is a row), so a thousand tasks a
-second cost a few inserts' round trips, not thousands.
+background publisher lets a batch smaller than ``BATCH`` gather for
+``COALESCE_SECONDS``, then takes everything queued so far and appends it with
+``Bus.publish_batch`` (one transaction on PostgreSQL, where each event is a
+row), so a thousand tasks a second cost a few inserts' round trips, not
+thousands.
 :meth:`EventPublisher.drain` waits until everything queued so far is published.
 """
 
@@ -75,9 +76,9 @@ class EventPublisher:
                     return
                 self._ready.clear()
                 await self._ready.wait()
-                if not self._closing:
-                    await asyncio.sleep(COALESCE_SECONDS)
                 continue
+            if len(self._pending) < BATCH and not self._closing:
+                await asyncio.sleep(COALESCE_SECONDS)  # let a small batch grow, under load as when idle
             batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
             self._room.set()
             try:
