@@ -47,6 +47,21 @@ async def test_subscriber_receives_matching_topics_in_order(bus: Bus) -> None:
         assert await sub.get(timeout=0.2) is None
 
 
+async def test_a_batch_arrives_in_order_as_subscribers_read_it_back_from_json(bus: Bus) -> None:
+    flat = {"task_id": "t1", "attempts": 2, "ratio": 0.5, "ok": True, "error": None}
+    nested = {"ids": ("a", "b"), "counts": {1: 2}}  # a tuple and a number key: JSON makes them a list and text
+    async with bus.subscribe("htm.#") as sub:
+        assert await bus.publish_batch([("htm.task.created", flat), ("htm.task.update", nested)]) == 2
+        flat["attempts"] = 3  # the caller's dict changes after publishing: the event keeps what was sent
+        first, second = await sub.get(timeout=5), await sub.get(timeout=5)
+    assert first is not None and second is not None and first.id < second.id
+    assert (first.topic, first.payload) == ("htm.task.created", {**flat, "attempts": 2})
+    assert (second.topic, second.payload) == ("htm.task.update", {"ids": ["a", "b"], "counts": {"1": 2}})
+    assert await bus.publish_batch([]) == 0
+    with pytest.raises(errors.InvalidInput):
+        await bus.publish_batch([("htm.task.created", {"bad": object()})])
+
+
 async def test_a_waiting_subscriber_wakes_on_publish(bus: Bus) -> None:
     async with bus.subscribe("secrets.#") as sub:
         waiter = asyncio.create_task(sub.get(timeout=10))
