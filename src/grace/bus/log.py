@@ -47,7 +47,8 @@ class Checked(NamedTuple):
         """Return a copy of the payload of its own, as subscribers will read it back from JSON.
 
         A flat payload of plain values with text keys reads back as an equal dict, so a shallow
-        copy is that copy; anything else is decoded from the JSON.
+        copy is that copy; anything else is decoded from the JSON. Call it before the publisher
+        can run again: the shallow copy is taken from the publisher's dict when called.
         """
         given = self.given
         if all(type(k) is str and type(v) in _PLAIN for k, v in given.items()):

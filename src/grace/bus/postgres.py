@@ -101,11 +101,15 @@ class PostgresBus(Bus):
             "source": self.source,
             "channel": CHANNEL,
         }
+        # The copies handed back are taken now, before the caller can run again and change its dicts.
+        copies = [c.payload() for c in items] if returning else []
         async with self.db.autocommit() as conn:
             ids = sorted(int(i) for i in (await conn.execute(_APPEND, params)).scalars() if i is not None)
         if not returning:
             return []
-        return [Event(i, c.topic, c.payload(), published_at, self.source) for i, c in zip(ids, items, strict=True)]
+        return [
+            Event(i, c.topic, copy, published_at, self.source) for i, c, copy in zip(ids, items, copies, strict=True)
+        ]
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
