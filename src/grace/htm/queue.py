@@ -6,8 +6,9 @@ per backend in the named SQL blocks below:
 - ``CLAIM_POSTGRES`` calls ``htm_claim`` (migration ``0006_htm_lean_claim``) on
   the asyncpg connection itself: one round trip, outside an explicit transaction,
   so the dispatch counter's row lock is held only while the function runs; tasks
-  are taken with ``FOR UPDATE SKIP LOCKED``. A claim on its own commits without waiting for the
-  log flush: a database crash can undo it, which re-runs a task but loses none.
+  are taken with ``FOR UPDATE SKIP LOCKED``. A claim on its own commits without
+  waiting for the log flush: a database crash can undo it, which re-runs a task
+  but loses none.
 - ``FINISH_CLAIM_POSTGRES`` calls ``htm_finish_claim`` (migration
   ``0006_htm_lean_claim``): a batch of outcomes, then (when asked) a claim
   into the slots they free, in one round trip.
@@ -44,7 +45,10 @@ from grace.clock import Clock
 from grace.htm import sqlite_claims
 from grace.htm.origins import ORDER, Origin
 from grace.htm.tables import (
+    DATETIME_COLUMNS,
     IS_RUNNING,
+    JSON_COLUMNS,
+    SUMMARY_COLUMNS,
     htm_late_completions,
     htm_origins,
     htm_scheduler,
@@ -73,23 +77,7 @@ WAKE_CHANNEL = "grace_htm_wake"
 _WAKE = text(f"SELECT pg_notify('{WAKE_CHANNEL}', '')")
 
 # Columns handed back after a state change, for events and callers.
-SUMMARY = (
-    htm_tasks.c.task_id,
-    htm_tasks.c.task_type,
-    htm_tasks.c.origin,
-    htm_tasks.c.priority,
-    htm_tasks.c.intent_id,
-    htm_tasks.c.status,
-    htm_tasks.c.attempts,
-    htm_tasks.c.max_attempts,
-    htm_tasks.c.created_at,
-    htm_tasks.c.started_at,
-    htm_tasks.c.finished_at,
-    htm_tasks.c.queued_at,
-    htm_tasks.c.deadline,
-    htm_tasks.c.data_size_bytes,
-    htm_tasks.c.error,
-)
+SUMMARY = tuple(htm_tasks.c[name] for name in SUMMARY_COLUMNS)
 
 MAX_ERROR_CHARS = 2000
 LIVENESS_KEY = "grace.htm.worker."
@@ -197,16 +185,16 @@ def _json_text(value: Any) -> str | None:
 
 def _to_sqlite(column: str) -> Callable[[Any], Any]:
     """Return how a value of ``column`` is written on SQLite (SQLAlchemy's text form for times)."""
-    if column in sqlite_claims.JSON_COLUMNS:
+    if column in JSON_COLUMNS:
         return _json_text
-    if column in sqlite_claims.DATETIME_COLUMNS:
+    if column in DATETIME_COLUMNS:
         return sqlite_claims.stamp
     return _same
 
 
 def _to_postgres(column: str) -> Callable[[Any], Any]:
     """Return how a value of ``column`` is written on PostgreSQL (JSON as text, times as they are)."""
-    return _json_text if column in sqlite_claims.JSON_COLUMNS else _same
+    return _json_text if column in JSON_COLUMNS else _same
 
 
 def _utc(value: Any) -> datetime:

@@ -25,31 +25,12 @@ from typing import Any
 
 from grace.htm import fairness, origins
 from grace.htm.origins import ORDER
-from grace.htm.tables import htm_tasks
+from grace.htm.tables import DATETIME_COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS, htm_tasks
 
 __all__ = ["ClaimRequest", "FinishRow", "claim", "finish", "stamp"]
 
 COLUMNS = [c.name for c in htm_tasks.c]
-SUMMARY_COLUMNS = [
-    "task_id",
-    "task_type",
-    "origin",
-    "priority",
-    "intent_id",
-    "status",
-    "attempts",
-    "max_attempts",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "queued_at",
-    "deadline",
-    "data_size_bytes",
-    "error",
-]
 # The SQL below is built once from this module's constants and the table's column names (never from input).
-DATETIME_COLUMNS = {c.name for c in htm_tasks.c if c.type.__class__.__name__ == "UTCDateTime"}
-JSON_COLUMNS = {"payload", "result"}
 
 _SEQ = "SELECT dispatched FROM htm_scheduler WHERE id = 1"
 _RELEASE_WAITING = "UPDATE htm_tasks SET status = 'queued' WHERE status IN ('delayed', 'deferred') AND queued_at <= ?"
@@ -69,7 +50,6 @@ _NEXT = (
     "WHERE status = 'queued' AND origin = ? ORDER BY priority_rank, seq LIMIT ?"
 )
 _ALL = ", ".join(COLUMNS)
-_SUMMARY = ", ".join(SUMMARY_COLUMNS)
 # Every picked task in one statement: ``?5`` is a JSON array of their seqs in dispatch order, and a
 # task's dispatch number is the base plus its place in that array.
 _TAKE = (

@@ -20,11 +20,14 @@ from sqlalchemy import (
 from grace.storage import UTCDateTime, metadata
 
 __all__ = [
+    "DATETIME_COLUMNS",
     "IS_QUEUED",
     "IS_RUNNING",
     "IS_WAITING",
+    "JSON_COLUMNS",
     "SLA_OPEN",
     "SLA_OUTCOME",
+    "SUMMARY_COLUMNS",
     "htm_late_completions",
     "htm_origins",
     "htm_scheduler",
@@ -132,6 +135,28 @@ htm_tasks = Table(
         postgresql_where=text(f"deadline IS NOT NULL AND {_OUTCOME}"),
         sqlite_where=text(f"deadline IS NOT NULL AND {_OUTCOME}"),
     ),
+)
+
+# How each backend's driver needs htm_tasks values written: times (UTCDateTime) and JSON documents.
+DATETIME_COLUMNS = frozenset(c.name for c in htm_tasks.c if isinstance(c.type, UTCDateTime))
+JSON_COLUMNS = frozenset(c.name for c in htm_tasks.c if isinstance(c.type, JSON))
+# The columns handed back after a state change (outcomes, lease expiry, cancel), for events and callers.
+SUMMARY_COLUMNS = (
+    "task_id",
+    "task_type",
+    "origin",
+    "priority",
+    "intent_id",
+    "status",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "queued_at",
+    "deadline",
+    "data_size_bytes",
+    "error",
 )
 
 htm_origins = Table(

@@ -99,7 +99,7 @@ class HandlerRegistry:
 @dataclass(eq=False)
 class _Running:
     task: Task
-    handler_task: asyncio.Task[Any] | None = None
+    handler_task: asyncio.Task[Any]
     reason: str | None = None  # why it was stopped: timeout, cancelled, shutdown
     deadline: datetime | None = None
 
@@ -261,7 +261,7 @@ class WorkerPool:
         handler_task.add_done_callback(lambda _done: self._ended(running))
 
     def _handler_tasks(self) -> list[asyncio.Task[Any]]:
-        return [r.handler_task for r in self._running.values() if r.handler_task is not None]
+        return [r.handler_task for r in self._running.values()]
 
     async def _dispatch_loop(self) -> None:
         poll = self.htm.config.poll_seconds
@@ -323,7 +323,6 @@ class WorkerPool:
     def _outcome_of(self, running: _Running) -> Outcome | None:
         task = running.task
         ht = running.handler_task
-        assert ht is not None
         now = self.clock.now()
         if ht.cancelled() or running.reason is not None:
             if running.reason == "timeout":
@@ -362,7 +361,7 @@ class WorkerPool:
     def _interrupt(self, running: _Running, reason: str) -> None:
         if running.reason is None:
             running.reason = reason
-        if running.handler_task is not None and not running.handler_task.done():
+        if not running.handler_task.done():
             running.handler_task.cancel()
 
     # -- recording outcomes -------------------------------------------------------

@@ -13,7 +13,7 @@ from sqlalchemy.types import TypeDecorator
 
 from grace.clock import ensure_utc
 
-__all__ = ["UTCDateTime", "new_id"]
+__all__ = ["UTCDateTime", "new_id", "new_ids"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
