@@ -41,6 +41,31 @@ async def test_claims_follow_the_reference_fair_pick_on_every_backend(database_u
         assert len(got) == 51 and got.count("internal") >= 1
 
 
+@pytest.mark.parametrize("sizes", [(1,) * 46, (1, 3, 1, 1, 5, 1, 2, 1, 1, 4, 1, 1, 1, 6) + (1,) * 17])
+async def test_single_task_claims_follow_the_reference_fair_pick_with_binding_quotas(
+    database_url: str, clock: ManualClock, sizes: tuple[int, ...]
+) -> None:
+    # Claims of one task take their own path on PostgreSQL (one statement, no loop); with a
+    # capacity of 10 the quotas bind, so the under-quota rule and lending both decide picks.
+    counts = {Origin.USER_REQUEST: 20, Origin.INTENT: 12, Origin.SCHEDULER: 8, Origin.INTERNAL: 6}
+    async with manual_htm(database_url, clock, capacity=10) as htm:
+        for origin, n in counts.items():
+            await submit(htm, origin, n)
+        got: list[str] = []
+        for size in sizes:
+            got += [t.origin.value for t in await htm.queue.claim("w1", size, fallback_capacity=1)]
+        weights = htm.weights
+        total = sum(weights.values())
+        slots = [
+            fairness.OriginSlot(
+                o.position, weights[o], ready=counts.get(o, 0), quota=origins.max_concurrent(weights[o], total, 10)
+            )
+            for o in ORDER
+        ]
+        assert got == [ORDER[i].value for i in fairness.pick(slots, len(got), 0)]
+        assert len(got) == sum(counts.values()) and set(got) == {o.value for o in counts}
+
+
 async def test_within_an_origin_priority_then_age(database_url: str, clock: ManualClock) -> None:
     async with manual_htm(database_url, clock) as htm:
         low = await submit(htm, Origin.SCHEDULER, priority="low")
@@ -404,14 +429,15 @@ async def _until_waiting_on_a_lock(conn: AsyncConnection, count: int) -> None:
     raise AssertionError(f"fewer than {count} sessions came to wait on a lock")
 
 
-async def test_recording_outcomes_while_claims_queue_up_cannot_deadlock_with_other_task_changes(
+async def test_claims_never_wait_for_task_rows_so_recording_outcomes_cannot_deadlock_with_other_changes(
     database_url: str, clock: ManualClock
 ) -> None:
-    # Three sessions: X changes task rows (as SLA escalation or a cancel does) and holds a due
-    # retry's row; a claim holds the dispatch counter and waits for that row (it releases due
-    # retries); a worker records an outcome and wants to claim too. If the worker locked its task
-    # before queueing for the counter, X touching that task would close a cycle and PostgreSQL
-    # would kill one of them. The worker takes the counter first, so everyone finishes.
+    # X changes task rows (as SLA escalation or a cancel does) and holds a due retry's row; Y holds
+    # the dispatch counter (a claim in progress). A claim skips the locked retry instead of waiting
+    # for it; a worker records its outcome (locking its task) and then queues for the counter; X
+    # touching that task waits for the worker. Nobody holding the counter ever waits for a task
+    # row, so there is no cycle: when Y ends, everyone finishes, and the retry joins the queue
+    # once X lets it go.
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has one writer at a time: no two transactions ever wait on each other")
     async with manual_htm(database_url, clock, capacity=100) as htm:
@@ -424,22 +450,33 @@ async def test_recording_outcomes_while_claims_queue_up_cannot_deadlock_with_oth
                 text("UPDATE htm_tasks SET status = 'delayed', queued_at = :due WHERE task_id = :id"),
                 {"due": clock.now() - timedelta(seconds=1), "id": retry_id},
             )
-        async with htm.db.engine.connect() as x, htm.db.engine.connect() as watch:
+        async with (
+            htm.db.engine.connect() as x,
+            htm.db.engine.connect() as y,
+            htm.db.engine.connect() as watch,
+        ):
             await watch.execution_options(isolation_level="AUTOCOMMIT")
             await x.begin()
             await x.execute(text("SELECT 1 FROM htm_tasks WHERE task_id = :id FOR UPDATE"), {"id": retry_id})
-            claim = asyncio.create_task(htm.queue.claim("w2", 1, fallback_capacity=1))
-            await _until_waiting_on_a_lock(watch, 1)
+            [claimed] = await asyncio.wait_for(htm.queue.claim("w2", 1, fallback_capacity=1), 10)
+            assert claimed.task_id != retry_id and claimed.origin is Origin.INTENT
+            await y.begin()
+            await y.execute(text("SELECT 1 FROM htm_scheduler WHERE id = 1 FOR UPDATE"))
             outcome = Outcome(task.task_id, task.attempts, Status.COMPLETED, clock.now())
             record = asyncio.create_task(htm.queue.finish_and_claim("w", [outcome], 1, fallback_capacity=1))
+            await _until_waiting_on_a_lock(watch, 1)
+            change = asyncio.create_task(
+                x.execute(text("UPDATE htm_tasks SET priority = 'high' WHERE task_id = :id"), {"id": task.task_id})
+            )
             await _until_waiting_on_a_lock(watch, 2)
-            await x.execute(text("UPDATE htm_tasks SET priority = 'high' WHERE task_id = :id"), {"id": task.task_id})
-            await x.commit()
-            claimed = await asyncio.wait_for(claim, 10)
+            await y.commit()
             exchange = await asyncio.wait_for(record, 10)
+            await asyncio.wait_for(change, 10)
+            await x.commit()
         assert [f.task_id for f in exchange.recorded] == [task.task_id]
-        assert len(claimed) == 1 and len(exchange.claimed) == 1
+        assert [t.origin for t in exchange.claimed] == [Origin.INTENT]
         assert (await htm.get(task.task_id, principal=None)).status is Status.COMPLETED
+        assert [t.task_id for t in await htm.queue.claim("w2", 1, fallback_capacity=1)] == [retry_id]
 
 
 async def test_the_queue_works_on_an_in_memory_sqlite_database(clock: ManualClock) -> None:

@@ -19,8 +19,8 @@ three additions:
   were busy would otherwise cost a small origin many dispatches once they leave.
 
 Everything is integer arithmetic on weights in basis points, so the PostgreSQL
-claim function (``htm_claim``, migration ``0006_htm_lean_claim``) computes exactly the same
-sequence; a test checks that on both backends.
+claim function (``htm_claim``, migrations ``0006_htm_lean_claim`` and ``0007_htm_single_claim``)
+computes exactly the same sequence; tests check that on both backends, for claims of one task and of several.
 """
 
 from __future__ import annotations

@@ -3,23 +3,25 @@
 Everything goes through SQLAlchemy Core except the hot path, which is written
 per backend in the named SQL blocks below:
 
-- ``CLAIM_POSTGRES`` calls ``htm_claim`` (migration ``0006_htm_lean_claim``) on
+- ``CLAIM_POSTGRES`` calls ``htm_claim`` (migrations ``0006_htm_lean_claim`` and
+  ``0007_htm_single_claim``, which gives a claim of one task a one-statement path) on
   the asyncpg connection itself: one round trip, outside an explicit transaction,
   so the dispatch counter's row lock is held only while the function runs; tasks
   are taken with ``FOR UPDATE SKIP LOCKED``. A claim on its own commits without
   waiting for the log flush: a database crash can undo it, which re-runs a task
   but loses none.
 - ``FINISH_CLAIM_POSTGRES`` calls ``htm_finish_claim`` (migration
-  ``0006_htm_lean_claim``): a batch of outcomes, then (when asked) a claim
+  ``0007_htm_single_claim``): a batch of outcomes, then (when asked) a claim
   into the slots they free, in one round trip.
 - On SQLite the same steps are :mod:`grace.htm.sqlite_claims`, run as one call
   on SQLite's thread inside one ``BEGIN IMMEDIATE`` transaction (SQLite has one
   writer), using :mod:`grace.htm.fairness`.
 
 LOCK ORDER (PostgreSQL). A change of several tasks locks their rows in ``seq`` order (outcomes,
-heartbeats, reaping, SLA escalation), and a worker recording outcomes and claiming in one call
-takes the dispatch counter's lock before any task row. So no two transactions wait on each other
-in a cycle; a claim's own task rows are taken with SKIP LOCKED and never waited for.
+heartbeats, reaping, SLA escalation). A claim holds the dispatch counter's lock and never waits
+for a task row: the tasks it takes, and the due waiting tasks it releases, are locked with SKIP
+LOCKED. So a worker may record outcomes (locking their rows) and then queue for the counter to
+claim, and still no two transactions wait on each other in a cycle.
 
 Every state change is guarded by ``status = 'running' AND worker_id = :worker
 AND attempts = :attempt``, so a worker that lost its lease cannot overwrite
@@ -66,7 +68,7 @@ log = logging.getLogger("grace.htm")
 # Both go straight to asyncpg (Database.autocommit_driver): fixed SQL, prepared once per connection.
 CLAIM_POSTGRES = "SELECT * FROM htm_claim($1, $2, $3, $4, $5, $6, $7, true)"
 
-# htm_finish_claim (migration ``0006_htm_lean_claim``): the outcomes, then a claim, in one call.
+# htm_finish_claim (migration ``0007_htm_single_claim``): the outcomes, then a claim, in one call.
 FINISH_CLAIM_POSTGRES = (
     "SELECT * FROM htm_finish_claim($1, $2::text[], $3::integer[], $4::text[], $5::timestamptz[], "
     "$6::timestamptz[], $7::text[], $8::text[], $9::integer[], $10, $11, $12, $13, $14, $15)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from alembic import command
 from alembic.config import Config
@@ -12,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from grace.storage.database import Database
 
-__all__ = ["current_revision", "head_revision", "upgrade"]
+__all__ = ["current_revision", "head_revision", "revision_module", "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -23,6 +25,20 @@ def _config(connection: Connection | None = None) -> Config:
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
+
+
+def revision_module(name: str) -> ModuleType:
+    """Load migration ``name`` (say ``0006_htm_lean_claim``): a later one's downgrade restores what it made.
+
+    Revision files are loaded by path, as Alembic does (the folder is not a package).
+    """
+    path = MIGRATIONS_DIR / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"grace_revision_{name}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def head_revision() -> str:

@@ -33,12 +33,10 @@ What a claim costs on PostgreSQL is mostly per statement and per index entry, so
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Any
-
 import sqlalchemy as sa
 from alembic import op
+
+from grace.storage.migrate import revision_module
 
 revision = "0006_htm_lean_claim"
 down_revision = "0005_htm_finish_claim"
@@ -337,14 +335,5 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         # The earlier revisions' functions, as those migrations created them.
         op.execute(f"DROP FUNCTION htm_claim({CLAIM_ARGS}, boolean)")
-        op.execute(_revision("0002_htm").CLAIM_FUNCTION)
-        op.execute(_revision("0005_htm_finish_claim").FINISH_CLAIM_FUNCTION)
-
-
-def _revision(name: str) -> Any:
-    # Revision files are loaded by path (the folder is not a package), so load the earlier one the same way.
-    spec = importlib.util.spec_from_file_location(f"grace_revision_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        op.execute(revision_module("0002_htm").CLAIM_FUNCTION)
+        op.execute(revision_module("0005_htm_finish_claim").FINISH_CLAIM_FUNCTION)
