@@ -122,7 +122,7 @@ class WorkerPool:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     _outcome_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    _flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _flushing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     _listen: asyncio.Task[None] | None = None
     _liveness: AsyncConnection | None = None
     _stopping: bool = False
@@ -168,9 +168,13 @@ class WorkerPool:
         # Several claimers overlap their round trips when claims are small; the database still takes
         # claims one at a time, so fairness is unchanged.
         claimers = self.claimers or max(1, min(4, self.concurrency // (2 * self.claim_batch)))
+        # On PostgreSQL two exchanges (outcomes, then a claim) are in flight at once, so this process
+        # works on one answer while the database works on the other. SQLite writes one at a time.
+        flushers = 1 if self.htm.db.is_sqlite else 2
+        self._flushing = asyncio.Semaphore(flushers)
         self._loops = [
             *(asyncio.create_task(self._dispatch_loop(), name="grace-htm-dispatch") for _ in range(claimers)),
-            asyncio.create_task(self._flush_loop(), name="grace-htm-flush"),
+            *(asyncio.create_task(self._flush_loop(), name="grace-htm-flush") for _ in range(flushers)),
             asyncio.create_task(self._maintenance_loop(), name="grace-htm-maintenance"),
         ]
         if not self.htm.db.is_sqlite:
@@ -367,8 +371,9 @@ class WorkerPool:
     # -- recording outcomes -------------------------------------------------------
 
     async def flush(self, *, claim: bool = False) -> int:
-        """Record every pending outcome in one transaction; return how many were recorded.
+        """Record every outcome pending now in one transaction; return how many were recorded.
 
+        On PostgreSQL two flushes may run at once, each with the outcomes pending when it began.
         With ``claim``, the same round trip also claims tasks into the slots the outcomes free
         (and any others free), at most ``claim_batch``, and starts them.
         """
