@@ -8,11 +8,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from grace import errors
 from grace.htm import origins
 from grace.htm.origins import Origin
+
+E = TypeVar("E", bound=enum.Enum)
 
 __all__ = ["Priority", "Status", "Task", "TaskRequest"]
 
@@ -153,6 +155,12 @@ class TaskRequest:
         )
 
 
+def _enum(kind: type[E], value: Any) -> E:
+    """Return the member of ``kind`` with ``value`` (a dictionary lookup; ValueError when there is none)."""
+    member = kind._value2member_map_.get(value)
+    return member if member is not None else kind(value)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Task:
     """A task as stored."""
@@ -187,12 +195,16 @@ class Task:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Task:
-        return cls(
+        # On the claim path for every task: the fields are set straight into a new instance (the
+        # frozen dataclass's __init__ sets them one by one through object.__setattr__), and the
+        # enums are looked up by value. The dataclass's fields are exactly these.
+        task = object.__new__(cls)
+        task.__dict__.update(
             task_id=row["task_id"],
             task_type=row["task_type"],
-            priority=Priority(row["priority"]),
+            priority=_enum(Priority, row["priority"]),
             payload=row["payload"] or {},
-            origin=Origin(row["origin"]),
+            origin=_enum(Origin, row["origin"]),
             origin_rule=row["origin_rule"],
             created_by=row["created_by"],
             created_by_name=row["created_by_name"],
@@ -200,7 +212,7 @@ class Task:
             sla_ms=row["sla_ms"],
             deadline=row["deadline"],
             intent_id=row["intent_id"],
-            status=Status(row["status"]),
+            status=_enum(Status, row["status"]),
             route=row["route"],
             route_reason=row["route_reason"],
             attempts=int(row["attempts"]),
@@ -216,6 +228,7 @@ class Task:
             result=row["result"],
             error=row["error"],
         )
+        return task
 
     @property
     def sla_met(self) -> bool | None:

@@ -40,6 +40,8 @@ class Database:
         self._write_lock = asyncio.Lock()
         self._sqlite_conn: AsyncConnection | None = None
         self._autocommit: list[AsyncConnection] = []
+        # Autocommit connections handed out by autocommit_driver, each with its asyncpg connection.
+        self._drivers: list[tuple[AsyncConnection, Any]] = []
         if self.backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
@@ -91,10 +93,7 @@ class Database:
         """
         if self.is_sqlite:
             raise RuntimeError("autocommit connections are for PostgreSQL; SQLite has write_sqlite")
-        if self._autocommit:
-            conn = self._autocommit.pop()
-        else:
-            conn = await (await self.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
+        conn = self._autocommit.pop() if self._autocommit else await self._open_autocommit()
         try:
             yield conn
         except BaseException:
@@ -102,6 +101,9 @@ class Database:
                 await conn.invalidate()
             raise
         self._autocommit.append(conn)
+
+    async def _open_autocommit(self) -> AsyncConnection:
+        return await (await self.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.asynccontextmanager
     async def autocommit_driver(self) -> AsyncIterator[Any]:
@@ -111,9 +113,20 @@ class Database:
         prepares each once per connection, and nothing is compiled or converted in between.
         Values come back as asyncpg gives them (aware UTC datetimes, JSON decoded).
         """
-        async with self.autocommit() as conn:
-            raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+        if self.is_sqlite:
+            raise RuntimeError("autocommit connections are for PostgreSQL; SQLite has write_sqlite")
+        if self._drivers:
+            conn, driver = self._drivers.pop()
+        else:
+            conn = await self._open_autocommit()
+            driver = (await conn.get_raw_connection()).driver_connection
+        try:
+            yield driver
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            raise
+        self._drivers.append((conn, driver))
 
     @staticmethod
     async def discard(conn: AsyncConnection) -> None:
@@ -169,6 +182,8 @@ class Database:
     async def dispose(self) -> None:
         conn, self._sqlite_conn = self._sqlite_conn, None
         held, self._autocommit = self._autocommit, []
+        held += [c for c, _ in self._drivers]
+        self._drivers = []
         for c in [*held, *([conn] if conn is not None else [])]:
             with contextlib.suppress(Exception):
                 await c.close()
