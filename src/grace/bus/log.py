@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -21,7 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from grace import errors
+from grace import errors, jsontext
 from grace.bus import topics
 from grace.clock import Clock, SystemClock
 
@@ -53,7 +52,7 @@ class Checked(NamedTuple):
         given = self.given
         if all(type(k) is str and type(v) in _PLAIN for k, v in given.items()):
             return dict(given)
-        decoded: dict[str, Any] = json.loads(self.encoded)
+        decoded: dict[str, Any] = jsontext.loads(self.encoded)
         return decoded
 
 
@@ -158,7 +157,7 @@ class Bus(abc.ABC):
         for topic, payload in items:
             topics.validate_topic(topic)
             try:
-                encoded = json.dumps(payload if type(payload) is dict else dict(payload))
+                encoded = jsontext.dumps(payload if type(payload) is dict else dict(payload))
             except (TypeError, ValueError) as exc:
                 raise errors.InvalidInput(f"event payload is not JSON-serialisable: {exc}") from None
             if len(encoded) > MAX_PAYLOAD_BYTES:

@@ -31,8 +31,8 @@ what another attempt did: its outcome is rejected and recorded in
 
 from __future__ import annotations
 
-import json
 import logging
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import errors, jsontext
 from grace.clock import Clock
 from grace.htm import sqlite_claims
 from grace.htm.origins import ORDER, Origin
@@ -182,7 +182,7 @@ def _same(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    return None if value is None else jsontext.dumps(value)
 
 
 def _to_sqlite(column: str) -> Callable[[Any], Any]:
@@ -281,8 +281,16 @@ class Queue:
         sqlite = self.db.is_sqlite
         marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(columns) + 1))
         statement = f"INSERT INTO htm_tasks ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - column names
-        convert = [_to_sqlite(c) if sqlite else _to_postgres(c) for c in columns]
-        values = [tuple(f(r[c]) for f, c in zip(convert, columns, strict=True)) for r in rows]
+        # Only the few JSON and time columns are converted; every other value goes as it is.
+        converted = [(i, f) for i, f in enumerate(_to_sqlite(c) if sqlite else _to_postgres(c) for c in columns)]
+        converted = [(i, f) for i, f in converted if f is not _same]
+        pick = operator.itemgetter(*columns)
+        values = []
+        for r in rows:
+            value = list(pick(r))
+            for i, f in converted:
+                value[i] = f(value[i])
+            values.append(tuple(value))
         await conn.exec_driver_sql(statement, values)
         if not sqlite and any(r["status"] == "queued" for r in rows):
             await conn.execute(_WAKE)
@@ -328,7 +336,7 @@ class Queue:
             "status": o.status.value,
             "finished_at": o.at if final else None,
             "queued_at": o.retry_at if o.status is Status.DELAYED else (o.at if o.status is Status.QUEUED else None),
-            "result": None if o.status is not Status.COMPLETED or o.result is None else json.dumps(o.result),
+            "result": None if o.status is not Status.COMPLETED or o.result is None else jsontext.dumps(o.result),
             "error": o.error[:MAX_ERROR_CHARS] if o.error else None,
             "give_back": 1 if o.status is Status.QUEUED else 0,
         }

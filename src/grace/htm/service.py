@@ -20,6 +20,7 @@ from grace.htm.queue import Exchange, Finished, Outcome, Queue
 from grace.htm.routing import RouteDecision
 from grace.htm.tasks import Status, Task, TaskRequest
 from grace.htm.workers import HandlerRegistry, TaskContext, WorkerPool
+from grace.jsontext import Encoded
 from grace.storage import Database, new_ids
 
 __all__ = ["HTM", "Enqueued", "Submitted"]
@@ -182,7 +183,7 @@ class HTM:
                     "priority_rank": request.priority.rank,
                     "origin": origin.value,
                     "origin_rule": rule,
-                    "payload": request.payload,
+                    "payload": request.payload if request.payload_json is None else Encoded(request.payload_json),
                     "data_size_bytes": request.data_size_bytes
                     if request.data_size_bytes is not None
                     else request.payload_bytes,
@@ -200,13 +201,8 @@ class HTM:
                     "created_at": now,
                     "admitted_at": decision.admitted_at,
                     "queued_at": decision.admitted_at,
-                    "started_at": None,
-                    "finished_at": None,
-                    "lease_expires_at": None,
-                    "worker_id": None,
-                    "dispatch_seq": None,
-                    "result": None,
-                    "error": None,
+                    # started_at, finished_at, lease_expires_at, worker_id, dispatch_seq, result and
+                    # error start empty (NULL): they are not sent.
                     "sla_level": 0,
                     "sla_due_at": sla.first_due(now, request.sla_ms),
                 }

@@ -16,13 +16,13 @@ SQLAlchemy uses for SQLite, because SQLite compares them as text.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from grace import jsontext
 from grace.htm import fairness, origins
 from grace.htm.origins import ORDER
 from grace.htm.tables import DATETIME_COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS, htm_tasks
@@ -91,7 +91,7 @@ def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
             out[name] = datetime.fromisoformat(out[name]).replace(tzinfo=UTC)
     for name in JSON_COLUMNS.intersection(out):
         if out[name] is not None:
-            out[name] = json.loads(out[name])
+            out[name] = jsontext.loads(out[name])
     return out
 
 
@@ -150,7 +150,7 @@ def claim(db: sqlite3.Connection, req: ClaimRequest) -> list[dict[str, Any]]:
             took[index] += 1
     taken: list[dict[str, Any]] = []
     if order:
-        params = (req.worker_id, now, stamp(req.lease_until), seq, json.dumps(order))
+        params = (req.worker_id, now, stamp(req.lease_until), seq, jsontext.dumps(order))
         taken = [_row(COLUMNS, r) for r in db.execute(_TAKE, params)]
     db.executemany(_SAVE_ORIGIN, [(s.credit, s.since, took[s.index], ORDER[s.index].value) for s in slots])
     db.execute(_SAVE_SEQ, (seq + len(order),))
@@ -177,4 +177,4 @@ def finish(db: sqlite3.Connection, worker_id: str, rows: Sequence[FinishRow]) ->
         [r.task_id, r.attempt, r.status, stamp(r.finished_at), stamp(r.queued_at), r.result, r.error, r.give_back]
         for r in rows
     ]
-    return [_row(SUMMARY_COLUMNS, r) for r in db.execute(_FINISH, (worker_id, json.dumps(batch)))]
+    return [_row(SUMMARY_COLUMNS, r) for r in db.execute(_FINISH, (worker_id, jsontext.dumps(batch)))]

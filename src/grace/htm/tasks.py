@@ -96,6 +96,8 @@ class TaskRequest:
     intent_id: str | None = None
     max_attempts: int | None = None
     timeout_seconds: float | None = None
+    # The payload as the JSON text checked by build (stored as it is, not encoded again).
+    payload_json: str | None = None
 
     @classmethod
     def build(
@@ -152,6 +154,7 @@ class TaskRequest:
             intent_id=intent_id,
             max_attempts=max_attempts,
             timeout_seconds=timeout_seconds,
+            payload_json=encoded,
         )
 
 

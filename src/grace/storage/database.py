@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from grace import errors
+from grace import errors, jsontext
 from grace.config import to_async_url
 
 __all__ = ["Database"]
@@ -46,14 +46,19 @@ class Database:
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
+            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, json_deserializer=jsontext.loads)
             _configure_sqlite(self.engine)
         else:
             # No pre-ping: it would cost a round trip per transaction on the hot path. A
             # connection the server dropped raises a disconnect error, which makes
             # SQLAlchemy discard the whole pool; recycling bounds a connection's age.
             self.engine = create_async_engine(
-                self.url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+                self.url,
+                echo=echo,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_recycle=1800,
+                json_deserializer=jsontext.loads,
             )
 
     @property
