@@ -69,10 +69,16 @@ class Load:
     def total_weight(self) -> int:
         return sum(self.weights.values())
 
-    def quota(self, origin: Origin) -> int:
-        return origins.max_concurrent(self.weights[origin], self.total_weight, self.capacity)
+    # A snapshot: capacity, weights and running counts do not change once read, so quotas and
+    # fullness are worked out once (routing a batch asks for them for every task).
+    @functools.cached_property
+    def quotas(self) -> dict[Origin, int]:
+        return {o: origins.max_concurrent(w, self.total_weight, self.capacity) for o, w in self.weights.items()}
 
-    @property
+    def quota(self, origin: Origin) -> int:
+        return self.quotas[origin]
+
+    @functools.cached_property
     def full(self) -> bool:
         return sum(self.running.values()) >= self.capacity
 
@@ -80,7 +86,8 @@ class Load:
         """Return origins with queued work below their share while others hold all capacity."""
         if not self.full:
             return []
-        return [o for o in ORDER if o in self.waiting and self.running.get(o, 0) < self.quota(o)]
+        quotas = self.quotas
+        return [o for o in ORDER if o in self.waiting and self.running.get(o, 0) < quotas[o]]
 
 
 @dataclass

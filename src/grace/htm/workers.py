@@ -253,9 +253,7 @@ class WorkerPool:
             return
         try:
             # One asyncio task per handler; its outcome is worked out when it ends (see _ended).
-            handler_task = asyncio.create_task(
-                handler(TaskContext(task, self.worker_id, self.clock)), name=f"grace-htm-task-{task.task_id}"
-            )
+            handler_task = asyncio.create_task(handler(TaskContext(task, self.worker_id, self.clock)))
         except Exception as exc:  # a handler that is not an async function fails here, not in a task
             self._add_outcome(self._failure(task, Status.FAILED, f"{type(exc).__name__}: {exc}", self.clock.now()))
             return
