@@ -1,13 +1,14 @@
-"""A task read back from a stored row is a whole, ordinary Task."""
+"""Tasks and recorded outcomes read back from stored rows are whole, ordinary values."""
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from grace.htm import Origin, Priority, Status, Task
+from grace.htm.queue import Finished
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -53,3 +54,28 @@ def test_a_task_from_a_row_has_every_field_and_equals_one_built_by_its_construct
 def test_a_row_with_an_unknown_status_is_refused() -> None:
     with pytest.raises(ValueError, match="bogus"):
         Task.from_row(_row(status="bogus"))
+
+
+def test_a_recorded_outcome_from_a_row_has_every_field_in_utc() -> None:
+    naive = "2026-11-21 12:00:01.500000"  # as SQLite hands times back
+    row = {f.name: None for f in dataclasses.fields(Finished)}
+    row.update(
+        task_id="task_1",
+        task_type="bench.noop",
+        origin="intent",
+        priority="normal",
+        status="completed",
+        attempts=1,
+        max_attempts=3,
+        created_at=NOW,
+        started_at=naive,
+        finished_at=NOW.astimezone(timezone(timedelta(hours=2))),
+        queued_at=NOW,
+        data_size_bytes=2,
+    )
+    finished = Finished.from_row(row)
+    assert set(vars(finished)) == {f.name for f in dataclasses.fields(Finished)}
+    assert finished.status is Status.COMPLETED and finished.deadline is None
+    assert finished.started_at == datetime(2026, 11, 21, 12, 0, 1, 500000, tzinfo=UTC)
+    assert finished.finished_at == NOW and finished.finished_at.tzinfo is UTC
+    assert finished.event()["duration_ms"] == -1500.0

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from grace.bus.log import Bus, Checked, Event
@@ -33,21 +33,21 @@ CHANNEL = "grace_events"
 # insert the batch in order (ids come from the sequence in that order), and notify listeners
 # once, on commit, so none wakes before the rows are visible.
 APPEND_LOCK = 0x6772616365425553
-_APPEND = text(
-    """
-    WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(:key)),
+# Run on the asyncpg connection itself (Database.autocommit_driver): fixed SQL, prepared once per
+# connection. $1 lock key, $2 topics, $3 payloads (JSON text), $4 published at, $5 source, $6 channel.
+_APPEND = """
+    WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::bigint)),
     added AS (
         INSERT INTO events (topic, payload, published_at, source)
-        SELECT v.topic, CAST(v.payload AS json), :at, :source
-          FROM lock, unnest(CAST(:topics AS text[]), CAST(:payloads AS text[])) WITH ORDINALITY AS v(topic, payload, n)
+        SELECT v.topic, CAST(v.payload AS json), $4::timestamptz, $5::text
+          FROM lock, unnest($2::text[], $3::text[]) WITH ORDINALITY AS v(topic, payload, n)
          ORDER BY v.n
         RETURNING id
     )
     SELECT id FROM added
      UNION ALL
-    SELECT NULL FROM (SELECT pg_notify(:channel, '')) AS notified
-    """
-)
+    SELECT NULL FROM (SELECT pg_notify($6::text, '')) AS notified
+"""
 
 
 class PostgresBus(Bus):
@@ -93,18 +93,13 @@ class PostgresBus(Bus):
             await self._listener.close()
 
     async def _append(self, items: list[Checked], published_at: datetime, *, returning: bool = True) -> list[Event]:
-        params = {
-            "key": APPEND_LOCK,
-            "topics": [c.topic for c in items],
-            "payloads": [c.encoded for c in items],
-            "at": published_at,
-            "source": self.source,
-            "channel": CHANNEL,
-        }
+        topics_ = [c.topic for c in items]
+        payloads = [c.encoded for c in items]
         # The copies handed back are taken now, before the caller can run again and change its dicts.
         copies = [c.payload() for c in items] if returning else []
-        async with self.db.autocommit() as conn:
-            ids = sorted(int(i) for i in (await conn.execute(_APPEND, params)).scalars() if i is not None)
+        async with self.db.autocommit_driver() as conn:
+            rows = await conn.fetch(_APPEND, APPEND_LOCK, topics_, payloads, published_at, self.source, CHANNEL)
+        ids = sorted(int(r[0]) for r in rows if r[0] is not None)
         if not returning:
             return []
         return [

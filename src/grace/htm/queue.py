@@ -134,13 +134,15 @@ class Finished:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Finished:
-        return cls(
+        # On the outcome path for every task: fields set straight into a new instance, as Task.from_row.
+        finished = object.__new__(cls)
+        finished.__dict__.update(
             task_id=row["task_id"],
             task_type=row["task_type"],
             origin=row["origin"],
             priority=row["priority"],
             intent_id=row["intent_id"],
-            status=Status(row["status"]),
+            status=_STATUS[row["status"]],
             attempts=int(row["attempts"]),
             max_attempts=int(row["max_attempts"]),
             created_at=_utc(row["created_at"]),
@@ -151,6 +153,7 @@ class Finished:
             data_size_bytes=int(row["data_size_bytes"]),
             error=row["error"],
         )
+        return finished
 
     def event(self) -> dict[str, Any]:
         """Return the bus payload describing this change (never the payload or result)."""
@@ -175,6 +178,9 @@ class Finished:
         if self.error:
             out["error"] = self.error
         return out
+
+
+_STATUS = {s.value: s for s in Status}
 
 
 def _same(value: Any) -> Any:
@@ -209,6 +215,8 @@ def _aware(value: Any) -> datetime | None:
     # Text queries on SQLite hand back naive ISO strings; everything stored is UTC.
     if value is None:
         return None
+    if type(value) is datetime and value.tzinfo is UTC:  # as asyncpg hands them back
+        return value
     when: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
     if when.tzinfo is None:
         return when.replace(tzinfo=UTC)
