@@ -31,6 +31,7 @@ what another attempt did: its outcome is rejected and recorded in
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import sqlite3
@@ -40,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, literal, or_, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors, jsontext
@@ -205,6 +207,27 @@ def _to_postgres(column: str) -> Callable[[Any], Any]:
     return _json_text if column in JSON_COLUMNS else _same
 
 
+@functools.lru_cache(maxsize=8)
+def _insert_postgres(columns: tuple[str, ...]) -> str:
+    """Return the insert of a batch of tasks given as one array per column (in ``columns``' order).
+
+    Text goes as ``text[]`` and is checked against each column's length on insert (a cast to
+    ``varchar(n)[]`` would cut it short instead); JSON goes as text and is cast to JSON.
+    """
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    arrays, picks = [], []
+    for i, name in enumerate(columns, 1):
+        kind = htm_tasks.c[name].type.compile(dialect=dialect)
+        base = "text" if kind.startswith(("VARCHAR", "TEXT", "JSON")) else kind.lower()
+        arrays.append(f"${i}::{base}[]")
+        picks.append(f"CAST(u.{name} AS json)" if name in JSON_COLUMNS else f"u.{name}")
+    names = ", ".join(columns)
+    return (
+        f"INSERT INTO htm_tasks ({names}) SELECT {', '.join(picks)} "  # noqa: S608 - column names
+        f"FROM unnest({', '.join(arrays)}) AS u({names})"
+    )
+
+
 def _utc(value: Any) -> datetime:
     out = _aware(value)
     assert out is not None
@@ -283,24 +306,29 @@ class Queue:
         """
         if not rows:
             return
-        # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing cost more
-        # than the insert itself. Times and JSON are put in the form each backend's column takes.
-        columns = list(rows[0])
-        sqlite = self.db.is_sqlite
-        marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(columns) + 1))
-        statement = f"INSERT INTO htm_tasks ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - column names
-        # Only the few JSON and time columns are converted; every other value goes as it is.
-        converted = [(i, f) for i, f in enumerate(_to_sqlite(c) if sqlite else _to_postgres(c) for c in columns)]
-        converted = [(i, f) for i, f in converted if f is not _same]
-        pick = operator.itemgetter(*columns)
-        values = []
-        for r in rows:
-            value = list(pick(r))
-            for i, f in converted:
-                value[i] = f(value[i])
-            values.append(tuple(value))
-        await conn.exec_driver_sql(statement, values)
-        if not sqlite and any(r["status"] == "queued" for r in rows):
+        columns = tuple(rows[0])
+        if self.db.is_sqlite:
+            # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing cost
+            # more than the insert itself. Only the JSON and time columns are converted.
+            marks = ", ".join("?" for _ in columns)
+            statement = f"INSERT INTO htm_tasks ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - column names
+            converted = [(i, f) for i, f in enumerate(_to_sqlite(c) for c in columns) if f is not _same]
+            pick = operator.itemgetter(*columns)
+            values = []
+            for r in rows:
+                value = list(pick(r))
+                for i, f in converted:
+                    value[i] = f(value[i])
+                values.append(tuple(value))
+            await conn.exec_driver_sql(statement, values)
+            return
+        # PostgreSQL: one statement for the whole batch, each column sent as one array (an
+        # executemany would run the insert once per row), on the driver connection under the
+        # router's transaction.
+        arrays = [[_json_text(r[c]) for r in rows] if c in JSON_COLUMNS else [r[c] for r in rows] for c in columns]
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        await driver.execute(_insert_postgres(columns), *arrays)
+        if any(r["status"] == "queued" for r in rows):
             await conn.execute(_WAKE)
 
     # -- claim and finish ----------------------------------------------------
