@@ -16,6 +16,7 @@ SQLAlchemy uses for SQLite, because SQLite compares them as text.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,13 +87,20 @@ def stamp(when: datetime | None) -> str | None:
 
 def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     out = dict(zip(names, values, strict=True))
-    for name in DATETIME_COLUMNS.intersection(out):
+    times, documents = _converted(tuple(names))
+    for name in times:
         if out[name] is not None:
             out[name] = datetime.fromisoformat(out[name]).replace(tzinfo=UTC)
-    for name in JSON_COLUMNS.intersection(out):
+    for name in documents:
         if out[name] is not None:
             out[name] = jsontext.loads(out[name])
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _converted(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return which of ``names`` are stored as text and read back as times, and which as JSON."""
+    return tuple(n for n in names if n in DATETIME_COLUMNS), tuple(n for n in names if n in JSON_COLUMNS)
 
 
 @dataclass(frozen=True)
