@@ -220,6 +220,25 @@ async def test_a_handler_that_is_not_async_fails_its_task_and_the_worker_goes_on
         assert pool.free_slots == 2
 
 
+async def test_a_result_that_is_not_json_fails_its_task_and_the_others_are_recorded(
+    database_url: str, clock: ManualClock
+) -> None:
+    async def returns_a_set(ctx: TaskContext) -> object:
+        return {1, 2}
+
+    async with manual_htm(database_url, clock) as htm:
+        htm.handlers.register("test.set", returns_a_set)
+        [broken] = await submit(htm, Origin.USER_REQUEST, task_type="test.set", max_attempts=1)
+        [fine] = await submit(htm, Origin.USER_REQUEST, task_type="htm.noop")
+        pool = htm.new_pool(concurrency=2, claim_batch=2)
+        assert len(await pool.claim_once()) == 2
+        await asyncio.wait_for(pool.wait_idle(), 10)
+        task = await htm.get(broken, principal=None)
+        assert task.status is Status.FAILED and "result is not JSON" in (task.error or "")
+        assert (await htm.get(fine, principal=None)).status is Status.COMPLETED
+        assert pool.free_slots == 2
+
+
 async def test_cancel_waiting_running_and_finished_tasks(database_url: str, clock: ManualClock) -> None:
     async with manual_htm(database_url, clock, lease_seconds=30) as htm:
         gate = Gate()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import errors, jsontext
 from grace.clock import Clock
 from grace.htm import queue as queue_module
 from grace.htm.queue import WAKE_CHANNEL, Outcome
@@ -335,7 +335,15 @@ class WorkerPool:
         exc = ht.exception()
         if exc is not None:
             return self._failure(task, Status.FAILED, f"{type(exc).__name__}: {exc}", now)
-        return Outcome(task.task_id, task.attempts, Status.COMPLETED, now, result=ht.result())
+        result = ht.result()
+        if result is not None:
+            # Encoded here, so a result that is not JSON fails its own task instead of every
+            # outcome recorded with it.
+            try:
+                result = jsontext.Encoded(jsontext.dumps(result))
+            except (TypeError, ValueError) as exc:
+                return self._failure(task, Status.FAILED, f"the handler's result is not JSON: {exc}", now)
+        return Outcome(task.task_id, task.attempts, Status.COMPLETED, now, result=result)
 
     def _failure(self, task: Task, final: Status, error: str, now: datetime) -> Outcome:
         cfg = self.htm.config
