@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors, storage
@@ -64,6 +66,56 @@ async def test_single_task_claims_follow_the_reference_fair_pick_with_binding_qu
         ]
         assert got == [ORDER[i].value for i in fairness.pick(slots, len(got), 0)]
         assert len(got) == sum(counts.values()) and set(got) == {o.value for o in counts}
+
+
+async def test_a_claim_that_finds_nothing_writes_nothing(database_url: str, clock: ManualClock) -> None:
+    # Idle workers poll: on either backend a claim with nothing to take leaves the database as it
+    # was (no new row versions on PostgreSQL, no commit another connection sees on SQLite).
+    async with manual_htm(database_url, clock) as htm:
+        [task_id] = await submit(htm, Origin.INTENT)
+        assert [t.task_id for t in await htm.queue.claim("w1", 1, fallback_capacity=4)] == [task_id]
+        with _Writes(htm) as writes:
+            before = await writes.mark()
+            for n in (1, 5):
+                assert await htm.queue.claim("w1", n, fallback_capacity=4) == []
+            assert await writes.mark() == before
+            await submit(htm, Origin.INTENT)
+            after_submit = await writes.mark()
+            assert after_submit != before  # the marks do see a write
+            assert len(await htm.queue.claim("w1", 1, fallback_capacity=4)) == 1
+            assert await writes.mark() != after_submit
+
+
+class _Writes:
+    """Marks that change when something is written: row versions on PostgreSQL, SQLite's data_version."""
+
+    def __init__(self, htm: HTM) -> None:
+        self.htm = htm
+        self.other: sqlite3.Connection | None = None
+
+    def __enter__(self) -> _Writes:
+        if self.htm.db.is_sqlite:
+            path = make_url(self.htm.db.url).database
+            assert path is not None
+            # data_version, read on one connection, changes when another connection commits a change.
+            self.other = sqlite3.connect(path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.other is not None:
+            self.other.close()
+
+    async def mark(self) -> object:
+        if self.other is not None:
+            return self.other.execute("PRAGMA data_version").fetchone()[0]
+        async with self.htm.db.read() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT xmin::text FROM htm_scheduler UNION ALL SELECT xmin::text FROM htm_origins "
+                    "UNION ALL SELECT count(*)::text FROM htm_tasks"
+                )
+            )
+            return sorted(r[0] for r in rows)
 
 
 async def test_within_an_origin_priority_then_age(database_url: str, clock: ManualClock) -> None:

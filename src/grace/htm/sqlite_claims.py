@@ -145,6 +145,8 @@ def claim(db: sqlite3.Connection, req: ClaimRequest) -> list[dict[str, Any]]:
             )
         )
     picks = fairness.pick(slots, req.n, seq)
+    if not picks:
+        return []  # nothing to take: the state is unchanged, so there is nothing to save
     wanted: dict[int, int] = {}
     for index in picks:
         wanted[index] = wanted.get(index, 0) + 1
