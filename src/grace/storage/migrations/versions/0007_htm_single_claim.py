@@ -15,6 +15,10 @@ bounds how many claims a second the whole queue makes, whatever the number of wo
   skipped (``SKIP LOCKED``) and join the queue at a later claim. So a transaction may hold task
   rows while it waits for the counter, and ``htm_finish_claim`` now records its outcomes first and
   takes the counter only for the claim: the outcomes are no longer written while other claims wait.
+- ``htm_finish_claim`` keeps one generic plan per session instead of planning every call (planning
+  cost as much as recording a batch of outcomes), with sequential scans off: every read it makes
+  has an index, and a plan made while the task table was nearly empty reads through the indexes
+  as the table grows, where before it kept scanning the whole table.
 """
 
 from __future__ import annotations
@@ -303,7 +307,8 @@ $fn$;
 """
 
 # Outcomes first (their rows locked in seq order by the statement that updates them), then, when
-# asked, a claim, which takes the counter's lock (see the lock order in grace/htm/queue.py).
+# asked, a claim, which takes the counter's lock (see the lock order in grace/htm/queue.py). The
+# settings apply to the claim it calls as well: its reads also all have indexes.
 FINISH_CLAIM_FUNCTION = """
 CREATE OR REPLACE FUNCTION htm_finish_claim(
     p_worker text,
@@ -325,7 +330,8 @@ CREATE OR REPLACE FUNCTION htm_finish_claim(
 LANGUAGE plpgsql
 SET enable_bitmapscan = off
 SET enable_hashjoin = off
-SET plan_cache_mode = force_custom_plan
+SET enable_seqscan = off
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 BEGIN
     RETURN QUERY
