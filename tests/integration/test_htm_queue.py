@@ -7,6 +7,7 @@ import sqlite3
 from collections import Counter
 from datetime import timedelta
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -116,6 +117,50 @@ class _Writes:
                 )
             )
             return sorted(r[0] for r in rows)
+
+
+async def test_claims_and_outcomes_are_never_compiled_by_jit(database_url: str, clock: ManualClock) -> None:
+    # The claim functions run with sequential scans off, which makes every plan's estimated cost
+    # huge; with JIT on, PostgreSQL then compiled each statement (about a second a time) for work
+    # that takes a fraction of a millisecond. Here JIT would compile anything at all
+    # (jit_above_cost = 0), and auto_explain reports every statement the functions run.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("JIT compilation is PostgreSQL's")
+    async with manual_htm(database_url, clock, capacity=100) as htm:
+        reports: list[str] = []
+        async with htm.db.autocommit_driver() as conn:  # the connection the queue's calls reuse
+            if not await conn.fetchval("SELECT pg_jit_available()"):
+                pytest.skip("this PostgreSQL server has no JIT")
+            conn.add_log_listener(lambda _conn, message: reports.append(message.message))
+            try:
+                await conn.execute("LOAD 'auto_explain'")
+            except asyncpg.InsufficientPrivilegeError:
+                pytest.skip("loading auto_explain needs a superuser")
+            for setting in (
+                "auto_explain.log_min_duration = 0",
+                "auto_explain.log_nested_statements = on",
+                "auto_explain.log_analyze = on",
+                "jit_above_cost = 0",
+                "client_min_messages = log",
+            ):
+                await conn.execute(f"SET {setting}")
+        await submit(htm, Origin.INTENT, 3)
+        [one] = await htm.queue.claim("w1", 1, fallback_capacity=10)
+        assert len(await htm.queue.claim("w1", 2, fallback_capacity=10)) == 2
+        await submit(htm, Origin.SCHEDULER, 2)
+        done = await htm.queue.finish_and_claim(
+            "w1", [Outcome(one.task_id, one.attempts, Status.COMPLETED, clock.now())], 1, fallback_capacity=10
+        )
+        assert len(done.recorded) == 1 and len(done.claimed) == 1
+        await asyncio.sleep(0.05)  # let the last notices arrive
+        # The statements inside the two functions (the calls themselves run under the session's settings).
+        inside = [
+            r
+            for r in reports
+            if "plan:" in r and "htm_" in r and "FROM htm_claim($1" not in r and "htm_finish_claim($1" not in r
+        ]
+        assert len(inside) >= 8
+        assert not [p for p in inside if "JIT:" in p]
 
 
 async def test_within_an_origin_priority_then_age(database_url: str, clock: ManualClock) -> None:
