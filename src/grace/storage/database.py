@@ -39,6 +39,7 @@ class Database:
         self.backend = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock()
         self._sqlite_conn: AsyncConnection | None = None
+        self._sqlite_driver: Any = None  # the aiosqlite connection under _sqlite_conn
         self._autocommit: list[AsyncConnection] = []
         # Autocommit connections handed out by autocommit_driver, each with its asyncpg connection.
         self._drivers: list[tuple[AsyncConnection, Any]] = []
@@ -157,8 +158,8 @@ class Database:
                 # A connection of its own, kept open: it went through the engine's connect hook
                 # (WAL, busy timeout, foreign keys) and never sees SQLAlchemy's transactions.
                 self._sqlite_conn = await self.engine.connect()
-            fairy = await self._sqlite_conn.get_raw_connection()
-            driver = fairy.driver_connection  # aiosqlite.Connection
+                self._sqlite_driver = (await self._sqlite_conn.get_raw_connection()).driver_connection
+            driver = self._sqlite_driver  # aiosqlite.Connection
             assert driver is not None
 
             def transaction() -> T:
@@ -186,6 +187,7 @@ class Database:
 
     async def dispose(self) -> None:
         conn, self._sqlite_conn = self._sqlite_conn, None
+        self._sqlite_driver = None
         held, self._autocommit = self._autocommit, []
         held += [c for c, _ in self._drivers]
         self._drivers = []
