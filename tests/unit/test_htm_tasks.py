@@ -79,3 +79,5 @@ def test_a_recorded_outcome_from_a_row_has_every_field_in_utc() -> None:
     assert finished.started_at == datetime(2026, 11, 21, 12, 0, 1, 500000, tzinfo=UTC)
     assert finished.finished_at == NOW and finished.finished_at.tzinfo is UTC
     assert finished.event()["duration_ms"] == -1500.0
+    with pytest.raises(ValueError, match="bogus"):
+        Finished.from_row({**row, "status": "bogus"})

@@ -144,7 +144,7 @@ class Finished:
             origin=row["origin"],
             priority=row["priority"],
             intent_id=row["intent_id"],
-            status=_STATUS[row["status"]],
+            status=_STATUS.get(row["status"]) or Status(row["status"]),
             attempts=int(row["attempts"]),
             max_attempts=int(row["max_attempts"]),
             created_at=_utc(row["created_at"]),

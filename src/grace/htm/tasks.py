@@ -14,9 +14,9 @@ from grace import errors
 from grace.htm import origins
 from grace.htm.origins import Origin
 
-E = TypeVar("E", bound=enum.Enum)
-
 __all__ = ["Priority", "Status", "Task", "TaskRequest"]
+
+E = TypeVar("E", bound=enum.Enum)
 
 _TASK_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.:\-]{0,99}$")
 _INTENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
