@@ -207,9 +207,8 @@ async def test_completion_is_idempotent(database_url: str, clock: ManualClock) -
         done = Outcome(task_id, 1, Status.COMPLETED, clock.now(), result={"n": 1})
         assert len((await htm.record("w", [done])).recorded) == 1
         again = Outcome(task_id, 1, Status.FAILED, clock.now(), error="boom")
-        done = await htm.record("w", [again])
-        recorded, late = done.recorded, done.late
-        assert recorded == [] and late == [again]
+        exchange = await htm.record("w", [again])
+        assert exchange.recorded == [] and exchange.late == [again]
         task = await htm.get(task_id, principal=None)
         assert task.status is Status.COMPLETED and task.result == {"n": 1} and task.error is None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,8 @@ from grace.htm.queue import Finished
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
-def _row(**changes: object) -> dict[str, object]:
-    row: dict[str, object] = {f.name: None for f in dataclasses.fields(Task)}
+def _row(**changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {f.name: None for f in dataclasses.fields(Task)}
     row.update(
         task_id="task_1",
         task_type="bench.noop",
@@ -58,7 +59,7 @@ def test_a_row_with_an_unknown_status_is_refused() -> None:
 
 def test_a_recorded_outcome_from_a_row_has_every_field_in_utc() -> None:
     naive = "2026-11-21 12:00:01.500000"  # as SQLite hands times back
-    row = {f.name: None for f in dataclasses.fields(Finished)}
+    row: dict[str, Any] = {f.name: None for f in dataclasses.fields(Finished)}
     row.update(
         task_id="task_1",
         task_type="bench.noop",
