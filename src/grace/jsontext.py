@@ -4,8 +4,9 @@ Every task costs several small encodings (its payload, its events, its result) a
 two; orjson does each several times faster than :mod:`json`. What orjson refuses (an integer
 wider than 64 bits, a lone surrogate) goes to :mod:`json`, so nothing :mod:`json` accepts is
 refused, and what neither can encode (a datetime, a set) raises ``TypeError`` as :mod:`json` does.
-Two differences from :func:`json.dumps`: the text is compact and not ASCII-escaped, and NaN and
-infinity become ``null`` (JSON has neither; PostgreSQL refuses the ``NaN`` :mod:`json` writes).
+Differences from :func:`json.dumps`: the text is compact and not ASCII-escaped; NaN and infinity
+become ``null`` (JSON has neither; PostgreSQL refuses the ``NaN`` :mod:`json` writes); and UUIDs
+and enum members, which :mod:`json` refuses, are written as their text and their value.
 
 Records that are hashed (the vault's audit chain) keep :mod:`json` and its exact text.
 """
