@@ -25,21 +25,7 @@ from tests.htmkit import Gate, manual_htm, settle, submit
 async def test_claims_follow_the_reference_fair_pick_on_every_backend(database_url: str, clock: ManualClock) -> None:
     counts = {Origin.USER_REQUEST: 40, Origin.HUNTER_ALERT: 30, Origin.REMEDIATION: 20, Origin.INTERNAL: 20}
     async with manual_htm(database_url, clock, capacity=1000) as htm:
-        for origin, n in counts.items():
-            await submit(htm, origin, n)
-        got: list[str] = []
-        for size in (1, 1, 1, 5, 1, 7, 10, 2, 1, 22):
-            got += [t.origin.value for t in await htm.queue.claim("w1", size, fallback_capacity=1)]
-        # The same picks computed by the pure reference (grace.htm.fairness) from the same state.
-        weights = htm.weights
-        total = sum(weights.values())
-        slots = [
-            fairness.OriginSlot(
-                o.position, weights[o], ready=counts.get(o, 0), quota=origins.max_concurrent(weights[o], total, 1000)
-            )
-            for o in ORDER
-        ]
-        expected = [ORDER[i].value for i in fairness.pick(slots, len(got), 0)]
+        got, expected = await _claims_and_reference(htm, counts, (1, 1, 1, 5, 1, 7, 10, 2, 1, 22), capacity=1000)
         assert got == expected
         assert len(got) == 51 and got.count("internal") >= 1
 
@@ -52,21 +38,30 @@ async def test_single_task_claims_follow_the_reference_fair_pick_with_binding_qu
     # capacity of 10 the quotas bind, so the under-quota rule and lending both decide picks.
     counts = {Origin.USER_REQUEST: 20, Origin.INTENT: 12, Origin.SCHEDULER: 8, Origin.INTERNAL: 6}
     async with manual_htm(database_url, clock, capacity=10) as htm:
-        for origin, n in counts.items():
-            await submit(htm, origin, n)
-        got: list[str] = []
-        for size in sizes:
-            got += [t.origin.value for t in await htm.queue.claim("w1", size, fallback_capacity=1)]
-        weights = htm.weights
-        total = sum(weights.values())
-        slots = [
-            fairness.OriginSlot(
-                o.position, weights[o], ready=counts.get(o, 0), quota=origins.max_concurrent(weights[o], total, 10)
-            )
-            for o in ORDER
-        ]
-        assert got == [ORDER[i].value for i in fairness.pick(slots, len(got), 0)]
+        got, expected = await _claims_and_reference(htm, counts, sizes, capacity=10)
+        assert got == expected
         assert len(got) == sum(counts.values()) and set(got) == {o.value for o in counts}
+
+
+async def _claims_and_reference(
+    htm: HTM, counts: dict[Origin, int], sizes: tuple[int, ...], *, capacity: int
+) -> tuple[list[str], list[str]]:
+    """Submit ``counts``, claim in ``sizes``; return the origins claimed, and the pure reference's
+    picks (grace.htm.fairness) from the same state."""
+    for origin, n in counts.items():
+        await submit(htm, origin, n)
+    got: list[str] = []
+    for size in sizes:
+        got += [t.origin.value for t in await htm.queue.claim("w1", size, fallback_capacity=1)]
+    weights = htm.weights
+    total = sum(weights.values())
+    slots = [
+        fairness.OriginSlot(
+            o.position, weights[o], ready=counts.get(o, 0), quota=origins.max_concurrent(weights[o], total, capacity)
+        )
+        for o in ORDER
+    ]
+    return got, [ORDER[i].value for i in fairness.pick(slots, len(got), 0)]
 
 
 async def test_a_claim_that_finds_nothing_writes_nothing(database_url: str, clock: ManualClock) -> None:

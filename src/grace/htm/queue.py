@@ -59,7 +59,7 @@ from grace.htm.tables import (
     htm_tasks,
     htm_workers,
 )
-from grace.htm.tasks import FINISHED, WAITING, Status, Task
+from grace.htm.tasks import FINISHED, WAITING, Status, Task, member_of
 from grace.storage import Database
 
 __all__ = ["Exchange", "Finished", "Outcome", "Queue", "backoff"]
@@ -144,7 +144,7 @@ class Finished:
             origin=row["origin"],
             priority=row["priority"],
             intent_id=row["intent_id"],
-            status=_STATUS.get(row["status"]) or Status(row["status"]),
+            status=member_of(Status, row["status"]),
             attempts=int(row["attempts"]),
             max_attempts=int(row["max_attempts"]),
             created_at=_utc(row["created_at"]),
@@ -182,9 +182,6 @@ class Finished:
         return out
 
 
-_STATUS = {s.value: s for s in Status}
-
-
 def _same(value: Any) -> Any:
     return value
 
@@ -200,11 +197,6 @@ def _to_sqlite(column: str) -> Callable[[Any], Any]:
     if column in DATETIME_COLUMNS:
         return sqlite_claims.stamp
     return _same
-
-
-def _to_postgres(column: str) -> Callable[[Any], Any]:
-    """Return how a value of ``column`` is written on PostgreSQL (JSON as text, times as they are)."""
-    return _json_text if column in JSON_COLUMNS else _same
 
 
 @functools.lru_cache(maxsize=8)

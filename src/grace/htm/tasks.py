@@ -14,7 +14,7 @@ from grace import errors
 from grace.htm import origins
 from grace.htm.origins import Origin
 
-__all__ = ["Priority", "Status", "Task", "TaskRequest"]
+__all__ = ["Priority", "Status", "Task", "TaskRequest", "member_of"]
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -158,7 +158,7 @@ class TaskRequest:
         )
 
 
-def _enum(kind: type[E], value: Any) -> E:
+def member_of(kind: type[E], value: Any) -> E:
     """Return the member of ``kind`` with ``value`` (a dictionary lookup; ValueError when there is none)."""
     member = kind._value2member_map_.get(value)
     return member if member is not None else kind(value)  # type: ignore[return-value]
@@ -205,9 +205,9 @@ class Task:
         task.__dict__.update(
             task_id=row["task_id"],
             task_type=row["task_type"],
-            priority=_enum(Priority, row["priority"]),
+            priority=member_of(Priority, row["priority"]),
             payload=row["payload"] or {},
-            origin=_enum(Origin, row["origin"]),
+            origin=member_of(Origin, row["origin"]),
             origin_rule=row["origin_rule"],
             created_by=row["created_by"],
             created_by_name=row["created_by_name"],
@@ -215,7 +215,7 @@ class Task:
             sla_ms=row["sla_ms"],
             deadline=row["deadline"],
             intent_id=row["intent_id"],
-            status=_enum(Status, row["status"]),
+            status=member_of(Status, row["status"]),
             route=row["route"],
             route_reason=row["route_reason"],
             attempts=int(row["attempts"]),
