@@ -173,3 +173,59 @@ def test_time_spent_at_its_own_quota_counts_toward_an_origins_wait() -> None:
     # ...and the moment its task finishes it is due, ahead of the 30% origin.
     slots[internal].running = 0
     assert fairness.pick(slots, 1, 60) == [internal]
+
+
+def pick_as_stated(slots: list[fairness.OriginSlot], n: int, seq: int) -> list[int]:
+    """The fair pick written as directly as its rule reads (the one the module had first)."""
+    total_weight = sum(s.weight for s in slots)
+    out: list[int] = []
+    for s_no in range(seq, seq + n):
+        ready = [s for s in slots if s.ready > 0]
+        if not ready:
+            break
+        candidates = [s for s in ready if s.running < s.quota] or ready
+        round_weight = sum(s.weight for s in ready)
+        for s in ready:
+            s.credit += s.weight
+        due = [s for s in candidates if s_no - s.since + 1 >= fairness.wait_bound(s.weight, total_weight)]
+        if due:
+            best = min(due, key=lambda s: (s.weight, s.since, s.index))
+        else:
+            best = max(candidates, key=lambda s: (s.credit, s.weight, -s.index))
+        best.credit -= round_weight
+        best.ready -= 1
+        best.running += 1
+        for s in slots:
+            if s.ready <= 0 and s is not best:
+                s.credit = min(s.credit, 0)
+            if s is best or s.ready <= 0:
+                s.since = s_no + 1
+            s.credit = max(-round_weight, min(round_weight, s.credit))
+        out.append(best.index)
+    return out
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 5000),  # weight
+            st.integers(-6000, 6000),  # credit
+            st.integers(0, 200),  # since
+            st.integers(0, 12),  # running
+            st.integers(1, 12),  # quota
+            st.integers(0, 30),  # ready
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(0, 60),
+    st.integers(0, 300),
+)
+def test_the_pick_is_its_rule_as_stated(states: list[tuple[int, int, int, int, int, int]], n: int, seq: int) -> None:
+    def build() -> list[fairness.OriginSlot]:
+        return [fairness.OriginSlot(i, w, c, s, r, q, k) for i, (w, c, s, r, q, k) in enumerate(states)]
+
+    fast, stated = build(), build()
+    assert fairness.pick(fast, n, seq) == pick_as_stated(stated, n, seq)
+    assert [vars(s) for s in fast] == [vars(s) for s in stated]

@@ -53,32 +53,66 @@ def pick(slots: Sequence[OriginSlot], n: int, seq: int) -> list[int]:
     """Pick up to ``n`` dispatches starting at global dispatch number ``seq``; return slot indexes in order.
 
     ``slots`` are updated in place (credit, since, running, ready) and must be
-    in the origins' fixed order.
+    in the origins' fixed order. Each dispatch, in words (the module docstring gives the why):
+
+    1. the origins with work are the *ready* ones; the *candidates* are those under their quota,
+       or every ready one when none is;
+    2. every ready origin earns its weight in credit;
+    3. a candidate that has waited its bound is *due*; the due one with the smallest weight, then
+       the longest waiting, then the first in order wins; when none is due, the candidate with the
+       most credit, then the largest weight, then the first in order;
+    4. the winner pays the round (the weights of the ready origins) and its wait restarts; an
+       origin without work forfeits positive credit and its wait restarts too; every credit is then
+       kept within the round, ``[-round, round]``.
+
+    The state is kept in plain lists while picking (a claim on SQLite runs this for every task it
+    takes), and written back to ``slots`` at the end.
     """
+    k = len(slots)
     total_weight = sum(s.weight for s in slots)
+    weight = [s.weight for s in slots]
+    credit = [s.credit for s in slots]
+    since = [s.since for s in slots]
+    running = [s.running for s in slots]
+    quota = [s.quota for s in slots]
+    ready = [s.ready for s in slots]
+    bound = [wait_bound(w, total_weight) for w in weight]
+    positions = range(k)
     out: list[int] = []
     for s_no in range(seq, seq + n):
-        ready = [s for s in slots if s.ready > 0]
-        if not ready:
+        live = [i for i in positions if ready[i] > 0]
+        if not live:
             break
-        under = [s for s in ready if s.running < s.quota]
-        candidates = under or ready
-        round_weight = sum(s.weight for s in ready)
-        for s in ready:
-            s.credit += s.weight
-        due = [s for s in candidates if s_no - s.since + 1 >= wait_bound(s.weight, total_weight)]
-        if due:
-            best = min(due, key=lambda s: (s.weight, s.since, s.index))
-        else:
-            best = max(candidates, key=lambda s: (s.credit, s.weight, -s.index))
-        best.credit -= round_weight
-        best.ready -= 1
-        best.running += 1
-        for s in slots:
-            if s.ready <= 0 and s is not best:
-                s.credit = min(s.credit, 0)
-            if s is best or s.ready <= 0:
-                s.since = s_no + 1
-            s.credit = max(-round_weight, min(round_weight, s.credit))
-        out.append(best.index)
+        candidates = [i for i in live if running[i] < quota[i]] or live
+        round_weight = 0
+        for i in live:
+            credit[i] += weight[i]
+            round_weight += weight[i]
+        best = -1
+        for i in candidates:  # in order, so a strict comparison keeps the first of equals
+            if s_no - since[i] + 1 >= bound[i] and (
+                best < 0 or weight[i] < weight[best] or (weight[i] == weight[best] and since[i] < since[best])
+            ):
+                best = i
+        if best < 0:
+            for i in candidates:
+                if best < 0 or credit[i] > credit[best] or (credit[i] == credit[best] and weight[i] > weight[best]):
+                    best = i
+        credit[best] -= round_weight
+        ready[best] -= 1
+        running[best] += 1
+        for i in positions:
+            if ready[i] <= 0:
+                if i != best and credit[i] > 0:
+                    credit[i] = 0
+                since[i] = s_no + 1
+            elif i == best:
+                since[i] = s_no + 1
+            if credit[i] > round_weight:
+                credit[i] = round_weight
+            elif credit[i] < -round_weight:
+                credit[i] = -round_weight
+        out.append(slots[best].index)
+    for i, s in enumerate(slots):
+        s.credit, s.since, s.running, s.ready = credit[i], since[i], running[i], ready[i]
     return out

@@ -232,7 +232,9 @@ def _aware(value: Any) -> datetime | None:
         return None
     if type(value) is datetime and value.tzinfo is UTC:  # as asyncpg hands them back
         return value
-    when: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        return sqlite_claims.unstamp(value)
+    when: datetime = value
     if when.tzinfo is None:
         return when.replace(tzinfo=UTC)
     return when.astimezone(UTC)

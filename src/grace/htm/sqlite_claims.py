@@ -28,7 +28,7 @@ from grace.htm import fairness, origins
 from grace.htm.origins import ORDER
 from grace.htm.tables import DATETIME_COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS, htm_tasks
 
-__all__ = ["ClaimRequest", "FinishRow", "claim", "finish", "stamp"]
+__all__ = ["ClaimRequest", "FinishRow", "claim", "finish", "stamp", "unstamp"]
 
 COLUMNS = [c.name for c in htm_tasks.c]
 # The SQL below is built once from this module's constants and the table's column names (never from input).
@@ -50,13 +50,19 @@ _NEXT = (
     "SELECT seq FROM htm_tasks INDEXED BY ix_htm_tasks_claim "
     "WHERE status = 'queued' AND origin = ? ORDER BY priority_rank, seq LIMIT ?"
 )
-_ALL = ", ".join(COLUMNS)
+
+
+def _qualified(columns: Sequence[str]) -> str:
+    return ", ".join(f"htm_tasks.{c}" for c in columns)
+
+
 # Every picked task in one statement: ``?5`` is a JSON array of their seqs in dispatch order, and a
-# task's dispatch number is the base plus its place in that array.
+# task's dispatch number is the base plus its place in that array. Joined from the array (UPDATE ...
+# FROM), so the array is read once, not searched again for every row taken.
 _TAKE = (
     "UPDATE htm_tasks SET status = 'running', worker_id = ?1, attempts = attempts + 1, started_at = ?2, "  # noqa: S608
-    "lease_expires_at = ?3, dispatch_seq = ?4 + (SELECT j.key FROM json_each(?5) AS j WHERE j.value = htm_tasks.seq) "
-    f"WHERE seq IN (SELECT value FROM json_each(?5)) AND status = 'queued' RETURNING {_ALL}"
+    "lease_expires_at = ?3, dispatch_seq = ?4 + j.key FROM json_each(?5) AS j "
+    f"WHERE htm_tasks.seq = j.value AND htm_tasks.status = 'queued' RETURNING {_qualified(COLUMNS)}"
 )
 _SAVE_ORIGIN = "UPDATE htm_origins SET credit = ?, since = ?, dispatched = dispatched + ? WHERE origin = ?"
 _SAVE_SEQ = "UPDATE htm_scheduler SET dispatched = ? WHERE id = 1"
@@ -72,17 +78,43 @@ _FINISH = (
     "json_extract(value, '$[4]') AS queued_at, json_extract(value, '$[5]') AS result, "
     "json_extract(value, '$[6]') AS error, json_extract(value, '$[7]') AS give_back FROM json_each(?2)) AS v "
     "WHERE htm_tasks.task_id = v.task_id AND htm_tasks.attempts = v.attempt AND htm_tasks.status = 'running' "
-    f"AND htm_tasks.worker_id = ?1 RETURNING {', '.join('htm_tasks.' + c for c in SUMMARY_COLUMNS)}"
+    f"AND htm_tasks.worker_id = ?1 RETURNING {_qualified(SUMMARY_COLUMNS)}"
 )
+
+
+# Times repeat: a batch of tasks shares its creation time, a claim its start and lease, so each
+# conversion is remembered (a few thousand at most; the table is emptied when full). Formatting and
+# replacing a datetime's zone cost microseconds each, more than the rest of a row's conversion.
+_CACHE_LIMIT = 4096
+_stamps: dict[datetime, str] = {}
+_times: dict[str, datetime] = {}
 
 
 def stamp(when: datetime | None) -> str | None:
     """Return ``when`` as SQLAlchemy stores an aware datetime on SQLite: naive UTC text with microseconds."""
     if when is None:
         return None
-    if when.tzinfo is not UTC:
-        when = when.astimezone(UTC)
-    return when.replace(tzinfo=None).isoformat(" ", "microseconds")
+    text = _stamps.get(when)
+    if text is None:
+        utc = when if when.tzinfo is UTC else when.astimezone(UTC)
+        text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+        if len(_stamps) >= _CACHE_LIMIT:
+            _stamps.clear()
+        _stamps[when] = text
+    return text
+
+
+def unstamp(text: str) -> datetime:
+    """Return the aware UTC datetime that :func:`stamp` (or SQLAlchemy) wrote as ``text``."""
+    when = _times.get(text)
+    if when is None:
+        when = datetime.fromisoformat(text)
+        # The text has no offset; naming it in the text is cheaper than replacing the zone after.
+        when = datetime.fromisoformat(text + "+00:00") if when.tzinfo is None else when.astimezone(UTC)
+        if len(_times) >= _CACHE_LIMIT:
+            _times.clear()
+        _times[text] = when
+    return when
 
 
 def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
@@ -90,7 +122,7 @@ def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     times, documents = _converted(tuple(names))
     for name in times:
         if out[name] is not None:
-            out[name] = datetime.fromisoformat(out[name]).replace(tzinfo=UTC)
+            out[name] = unstamp(out[name])
     for name in documents:
         if out[name] is not None:
             out[name] = jsontext.loads(out[name])
