@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from grace import storage
+from grace import memory, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import SystemClock
 from grace.htm import HTM, load_config
@@ -78,12 +79,14 @@ async def open_htm(url: str, **config: Any) -> AsyncIterator[HTM]:
     await bus.start()
     htm = HTM(db, bus, clock, load_config(**{"burst_per_minute": 0, **config}))
     await htm.prepare()
+    memory.settle()  # as ``grace serve`` and ``grace worker`` do once started
     try:
         yield htm
     finally:
         await htm.close(grace=1)
         await bus.close()
         await db.dispose()
+        gc.unfreeze()  # the next run starts from the same state
 
 
 def cpu_ticks() -> list[int] | None:

@@ -66,7 +66,7 @@ def serve(
     """Run Grace: migrate, create the first admin if needed, and serve the API and UI."""
     import uvicorn
 
-    from grace import logs
+    from grace import logs, memory
     from grace.api import create_app
 
     overrides: dict[str, object] = {}
@@ -99,7 +99,9 @@ def serve(
 
     run(prepare)
     logs.configure(cfg.log_level, json_lines=cfg.log_json)
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_config=None, server_header=False)
+    app = create_app(cfg)
+    memory.settle()  # what start-up made lives as long as the process: keep it out of collections
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, server_header=False)
 
 
 def main() -> None:

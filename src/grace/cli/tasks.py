@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from grace import errors, logs
+from grace import errors, logs, memory
 from grace.auth import Principal
 from grace.cli.common import console, id_column, open_services, run
 from grace.htm import HTM
@@ -261,6 +261,7 @@ def worker(
             for spec in handlers:
                 load_handlers(spec, htm.handlers)
             pool = await htm.start_workers(concurrency=concurrency, claim_batch=claim_batch)
+            memory.settle()  # what start-up made lives as long as the process: keep it out of collections
             # On PostgreSQL a worker process can also stand for SLA enforcer: one process across the
             # cluster holds the leader lock and acts. On SQLite the serving process enforces.
             enforcing = not services.db.is_sqlite and htm.start_sla()
