@@ -51,12 +51,15 @@ async def test_a_batch_arrives_in_order_as_subscribers_read_it_back_from_json(bu
     flat = {"task_id": "t1", "attempts": 2, "ratio": 0.5, "ok": True, "error": None}
     nested = {"ids": ("a", "b"), "counts": {1: 2}}  # a tuple and a number key: JSON makes them a list and text
     async with bus.subscribe("htm.#") as sub:
-        assert await bus.publish_batch([("htm.task.created", flat), ("htm.task.update", nested)]) == 2
+        numbered = {7: "seven"}  # plain values under a number key: JSON makes the key text
+        batch = [("htm.task.created", flat), ("htm.task.update", nested), ("htm.task.failed", numbered)]
+        assert await bus.publish_batch(batch) == 3
         flat["attempts"] = 3  # the caller's dict changes after publishing: the event keeps what was sent
-        first, second = await sub.get(timeout=5), await sub.get(timeout=5)
+        first, second, third = await sub.get(timeout=5), await sub.get(timeout=5), await sub.get(timeout=5)
     assert first is not None and second is not None and first.id < second.id
     assert (first.topic, first.payload) == ("htm.task.created", {**flat, "attempts": 2})
     assert (second.topic, second.payload) == ("htm.task.update", {"ids": ["a", "b"], "counts": {"1": 2}})
+    assert third is not None and third.payload == {"7": "seven"}
     assert await bus.publish_batch([]) == 0
     with pytest.raises(errors.InvalidInput):
         await bus.publish_batch([("htm.task.created", {"bad": object()})])

@@ -27,7 +27,7 @@ class InProcessBus(Bus):
     async def _append(self, items: list[Checked], published_at: datetime, *, returning: bool = True) -> list[Event]:
         out = []
         for item in items:
-            event = Event(self._next_id, item.topic, item.payload(), published_at, self.source)
+            event = Event.make(self._next_id, item.topic, item.payload(), published_at, self.source)
             self._next_id += 1
             self._log.append(event)
             out.append(event)

@@ -64,6 +64,8 @@ class Load:
     weights: Mapping[Origin, int]
     running: dict[Origin, int]
     waiting: set[Origin]
+    _starved: list[Origin] = field(default_factory=list, repr=False)
+    _starved_at: int = field(default=-1, repr=False)
 
     @functools.cached_property
     def total_weight(self) -> int:
@@ -86,8 +88,13 @@ class Load:
         """Return origins with queued work below their share while others hold all capacity."""
         if not self.full:
             return []
-        quotas = self.quotas
-        return [o for o in ORDER if o in self.waiting and self.running.get(o, 0) < quotas[o]]
+        # Only ``waiting`` changes in a snapshot, and it only grows (routing adds the origins it
+        # accepts work for), so the answer is kept until it has grown.
+        if self._starved_at != len(self.waiting):
+            quotas = self.quotas
+            self._starved = [o for o in ORDER if o in self.waiting and self.running.get(o, 0) < quotas[o]]
+            self._starved_at = len(self.waiting)
+        return list(self._starved)
 
 
 @dataclass

@@ -27,6 +27,8 @@ __all__ = ["HTM", "Enqueued", "Submitted"]
 
 log = logging.getLogger("grace.htm")
 
+_STATUS_OF_ROUTE = {"accepted": Status.QUEUED, "delayed": Status.DELAYED, "deferred": Status.DEFERRED}
+
 SYSTEM_NAME = "grace"
 MAX_SLA_WINDOW_SECONDS = 30 * 24 * 3600
 
@@ -174,7 +176,7 @@ class HTM:
                 load=load,
                 defer=timedelta(seconds=cfg.defer_seconds),
             )
-            status = {"accepted": Status.QUEUED, "delayed": Status.DELAYED, "deferred": Status.DEFERRED}[decision.route]
+            status = _STATUS_OF_ROUTE[decision.route]
             rows.append(
                 {
                     "task_id": task_id,
@@ -214,16 +216,18 @@ class HTM:
     async def announce_created(self, enqueued: Enqueued) -> None:
         """Log and publish ``htm.task.created`` for committed tasks, and wake this process's pool."""
         created: list[tuple[str, dict[str, Any]]] = []
+        logging_each = log.isEnabledFor(logging.INFO)  # asked once: a batch may hold thousands
         for row, sub in zip(enqueued.rows, enqueued.submitted, strict=True):
-            log.info(
-                "htm.task_created",
-                extra={
-                    "task_id": sub.task_id,
-                    "task_type": row["task_type"],
-                    "origin": row["origin"],
-                    "route": sub.decision.route,
-                },
-            )
+            if logging_each:
+                log.info(
+                    "htm.task_created",
+                    extra={
+                        "task_id": sub.task_id,
+                        "task_type": row["task_type"],
+                        "origin": row["origin"],
+                        "route": sub.decision.route,
+                    },
+                )
             created.append(
                 (
                     events.CREATED,

@@ -20,6 +20,9 @@ E = TypeVar("E", bound=enum.Enum)
 
 _TASK_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.:\-]{0,99}$")
 _INTENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+# Payloads are checked by the standard library, which refuses NaN and infinity (orjson would write
+# them as null); one encoder, not one built per call.
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 class Priority(enum.StrEnum):
@@ -124,7 +127,7 @@ class TaskRequest:
             origin = origins.parse_origin(origin).value
         body = dict(payload or {})
         try:
-            encoded = json.dumps(body, separators=(",", ":"), allow_nan=False)
+            encoded = _PAYLOAD_ENCODER.encode(body)
         except (TypeError, ValueError):
             raise errors.InvalidInput("payload must be a JSON object of JSON values") from None
         size = len(encoded.encode())
