@@ -168,9 +168,11 @@ class WorkerPool:
         # Several claimers overlap their round trips when claims are small; the database still takes
         # claims one at a time, so fairness is unchanged.
         claimers = self.claimers or max(1, min(4, self.concurrency // (2 * self.claim_batch)))
-        # On PostgreSQL two exchanges (outcomes, then a claim) are in flight at once, so this process
-        # works on one answer while the database works on the other. SQLite writes one at a time.
-        flushers = 1 if self.htm.db.is_sqlite else 2
+        # Two exchanges (outcomes, then a claim) are in flight at once, so this process works on one
+        # answer while the database works on the other. On SQLite the second waits for the single
+        # writer, but it is ready to go the moment the first commits, and SQLite's thread, which
+        # runs without the event loop's lock while in SQLite, is kept busy.
+        flushers = 2
         self._flushing = asyncio.Semaphore(flushers)
         self._loops = [
             *(asyncio.create_task(self._dispatch_loop(), name="grace-htm-dispatch") for _ in range(claimers)),
@@ -379,7 +381,7 @@ class WorkerPool:
     async def flush(self, *, claim: bool = False) -> int:
         """Record every outcome pending now in one transaction; return how many were recorded.
 
-        On PostgreSQL two flushes may run at once, each with the outcomes pending when it began.
+        Two flushes may run at once, each with the outcomes pending when it began.
         With ``claim``, the same round trip also claims tasks into the slots the outcomes free
         (and any others free), at most ``claim_batch``, and starts them.
         """
