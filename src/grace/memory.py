@@ -1,7 +1,7 @@
 """Garbage collection in a long-running Grace process.
 
 Python's collector walks every tracked object on each full collection. A Grace
-process holds a few hundred thousand objects it made while starting (imported
+process holds over a hundred thousand objects it made while starting (imported
 modules, the web framework's and the database layer's tables) that live as long
 as the process; walking them again and again cost 5-7% of a worker's time under
 load. ``settle`` moves them out of the collector's reach once start-up is done

@@ -108,9 +108,10 @@ def unstamp(text: str) -> datetime:
     """Return the aware UTC datetime that :func:`stamp` (or SQLAlchemy) wrote as ``text``."""
     when = _times.get(text)
     if when is None:
-        when = datetime.fromisoformat(text)
-        # The text has no offset; naming it in the text is cheaper than replacing the zone after.
-        when = datetime.fromisoformat(text + "+00:00") if when.tzinfo is None else when.astimezone(UTC)
+        parsed = datetime.fromisoformat(text)
+        # SQLite's text has no offset (it is UTC): parsing it again with the offset named is cheaper
+        # than replacing the parsed value's zone.
+        when = datetime.fromisoformat(text + "+00:00") if parsed.tzinfo is None else parsed.astimezone(UTC)
         if len(_times) >= _CACHE_LIMIT:
             _times.clear()
         _times[text] = when
