@@ -25,7 +25,7 @@ test: $(STAMP)
 test-sqlite: $(STAMP)
 	GRACE_TEST_BACKENDS=sqlite $(BIN)/pytest
 
-## lint: ruff (lint and format check) and mypy (strict on src/grace)
+## lint: ruff (lint and format check) and mypy (strict, on src/grace and the tests)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
 	$(BIN)/ruff format --check src tests $(wildcard bench)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,12 +15,13 @@ from grace.logs import JsonFormatter
 from grace.services import Services
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
     assert body["error"]["code"] == code and body["error"]["message"]
-    return body["error"]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 async def test_health_needs_no_principal_and_ready_checks_the_database(client: httpx.AsyncClient) -> None:
@@ -123,7 +126,7 @@ async def test_malformed_json_gets_422_and_logs_only_id_and_reason(
 async def test_wrong_types_get_422_naming_the_field(client: httpx.AsyncClient, admin_headers: dict[str, str]) -> None:
     response = await client.post("/api/users", json={"username": 42, "role": "wizard"}, headers=admin_headers)
     error = assert_error(response, 422, "invalid_input")
-    locations = {tuple(d["loc"]) for d in error["details"]}  # type: ignore[union-attr]
+    locations = {tuple(d["loc"]) for d in error["details"]}
     assert ("body", "username") in locations and ("body", "role") in locations
 
 
@@ -134,7 +137,7 @@ async def test_oversized_bodies_get_413(
     too_big = b"x" * (limit + 1)
     assert_error(await client.post("/api/users", content=too_big, headers=admin_headers), 413, "payload_too_large")
 
-    async def chunks():  # no Content-Length: the limit is enforced while streaming
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit is enforced while streaming
         for _ in range(limit // 65536 + 2):
             yield b"y" * 65536
 

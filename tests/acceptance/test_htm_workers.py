@@ -24,7 +24,7 @@ from grace import storage
 from grace.bus import InProcessBus
 from grace.clock import SystemClock
 from grace.htm import HTM, Status, Task, load_config
-from grace.htm.origins import ORDER
+from grace.htm.origins import ORDER, Origin
 from tests.backends import PostgresTestDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,8 @@ async def test_two_worker_processes_share_the_queue_with_global_caps_and_lose_no
     procs, log = workers
 
     async def both_registered() -> bool:
-        return (await htm.routing_stats())["workers"] == 2
+        workers: int = (await htm.routing_stats())["workers"]
+        return workers == 2
 
     await wait_for(both_registered, 60)
     # Phase 1: every origin backlogged, capacity 8 across the two processes.
@@ -139,13 +140,16 @@ async def test_two_worker_processes_share_the_queue_with_global_caps_and_lose_no
     assert len(tasks) == 48 and {t.worker_id.split(":")[1] for t in tasks if t.worker_id} == {str(p.pid) for p in procs}
     # While every origin still had work waiting, no origin ran more than its share of the 8 slots,
     # counted across both processes.
-    last_start = {o: max(t.started_at for t in tasks if t.origin is o) for o in ORDER}
+    runs: dict[Origin, list[tuple[datetime, datetime]]] = {o: [] for o in ORDER}
+    for t in tasks:
+        assert t.started_at is not None and t.finished_at is not None  # every task completed
+        runs[t.origin].append((t.started_at, t.finished_at))
+    last_start = {o: max(start for start, _ in runs[o]) for o in ORDER}
     all_backlogged_until = min(last_start.values())
     quotas = {name: o["max_concurrent"] for name, o in (await htm.routing_stats())["origins"].items()}
     assert quotas["user_request"] == 3 and quotas["internal"] == 1
     for origin in ORDER:
-        runs = [(t.started_at, t.finished_at) for t in tasks if t.origin is origin]
-        assert peak_overlap(runs, all_backlogged_until) <= quotas[origin.value], origin  # type: ignore[arg-type]
+        assert peak_overlap(runs[origin], all_backlogged_until) <= quotas[origin.value], origin
 
     # Phase 2: kill -9 one worker while it holds tasks.
     second = [htm.request("test.work", origin="intent", payload={"seconds": 1.0}) for _ in range(16)]

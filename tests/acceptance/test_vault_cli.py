@@ -7,9 +7,8 @@ import base64
 from pathlib import Path
 
 import pytest
-from click.testing import Result
 from sqlalchemy import update
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from grace.auth import Principal, Role
 from grace.cli.main import app

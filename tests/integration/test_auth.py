@@ -32,7 +32,7 @@ async def test_passwords_and_tokens_are_stored_only_as_hashes(
     grant = await sign_in.start_session(await sign_in.verify_password("alice", password))
 
     async with db.read() as conn:
-        dumped = []
+        dumped: list[str] = []
         for table in (users, api_tokens, sessions):
             for row in (await conn.execute(select(table))).all():
                 dumped.extend(str(v) for v in row)

@@ -7,14 +7,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from grace import errors, storage
-from grace.bus import Bus, InProcessBus, PostgresBus
+from grace.bus import Bus, Event, InProcessBus, PostgresBus
 from grace.clock import ManualClock
 from tests.backends import PostgresTestDatabase
 
@@ -52,7 +53,11 @@ async def test_a_batch_arrives_in_order_as_subscribers_read_it_back_from_json(bu
     nested = {"ids": ("a", "b"), "counts": {1: 2}}  # a tuple and a number key: JSON makes them a list and text
     async with bus.subscribe("htm.#") as sub:
         numbered = {7: "seven"}  # plain values under a number key: JSON makes the key text
-        batch = [("htm.task.created", flat), ("htm.task.update", nested), ("htm.task.failed", numbered)]
+        batch: list[tuple[str, Mapping[str, Any]]] = [
+            ("htm.task.created", flat),
+            ("htm.task.update", nested),
+            ("htm.task.failed", numbered),  # type: ignore[list-item]  # a number key, outside the signature on purpose
+        ]
         assert await bus.publish_batch(batch) == 3
         flat["attempts"] = 3  # the caller's dict changes after publishing: the event keeps what was sent
         first, second, third = await sub.get(timeout=5), await sub.get(timeout=5), await sub.get(timeout=5)
@@ -190,7 +195,7 @@ async def test_a_subscriber_reading_during_concurrent_publishing_misses_nothing(
 
             expected = 20 * 10 * 8
             publishers = [asyncio.create_task(publish(buses[k % len(buses)], k)) for k in range(8)]
-            received = []
+            received: list[Event] = []
             while len(received) < expected:
                 event = await sub.get(timeout=10)
                 assert event is not None, f"only {len(received)} of {expected} events were delivered"

@@ -177,7 +177,7 @@ async def test_a_rescue_task_runs_on_a_real_worker_and_returns_a_task_whose_leas
     async with manual_htm(database_url, clock, lease_seconds=1) as htm:
         [stuck] = await submit(htm, Origin.INTENT, sla_ms=1000, task_type="test.never_runs")
         [taken] = await htm.queue.claim("vanished-worker", 1, fallback_capacity=1)  # then it never reports
-        assert taken.task_id == stuck
+        assert taken.task_id == stuck and taken.started_at is not None
         clock.advance(2)
         tick = await htm.sla.tick()
         rescue_id = tick.rescues[stuck]

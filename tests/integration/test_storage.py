@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
@@ -10,6 +11,7 @@ from sqlalchemy.exc import StatementError
 
 from grace import storage
 from grace.auth.tables import users
+from tests.backends import PostgresTestDatabase
 
 
 async def test_migrations_reapply_as_a_no_op(db: storage.Database) -> None:
@@ -19,7 +21,7 @@ async def test_migrations_reapply_as_a_no_op(db: storage.Database) -> None:
     assert (before, after) == (head, head)
 
 
-async def test_migrations_apply_on_an_empty_sqlite_file(tmp_path) -> None:
+async def test_migrations_apply_on_an_empty_sqlite_file(tmp_path: Path) -> None:
     db = storage.Database(f"sqlite:///{tmp_path / 'fresh.db'}")
     try:
         assert await storage.current_revision(db) is None
@@ -68,7 +70,9 @@ async def test_naive_timestamps_are_refused(db: storage.Database) -> None:
         assert (await conn.execute(select(users.c.id))).all() == []
 
 
-async def test_migrations_apply_on_an_empty_postgresql_database(postgres_database) -> None:
+async def test_migrations_apply_on_an_empty_postgresql_database(
+    postgres_database: PostgresTestDatabase | None,
+) -> None:
     if postgres_database is None:
         pytest.skip("needs PostgreSQL")
     import asyncpg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select, update
@@ -24,7 +25,7 @@ async def logged(cast: Cast) -> AsyncIterator[Cast]:
     await reprotect_audit(cast.services.db)
 
 
-async def _rows(cast: Cast) -> list[dict[str, object]]:
+async def _rows(cast: Cast) -> list[dict[str, Any]]:
     async with cast.services.db.read() as conn:
         return [dict(r) for r in (await conn.execute(select(vault_audit).order_by(vault_audit.c.seq))).mappings()]
 
@@ -75,7 +76,7 @@ async def test_an_entry_slipped_into_the_middle_is_detected(logged: Cast) -> Non
         for row in reversed(rows[5:]):
             await conn.execute(
                 update(vault_audit).where(vault_audit.c.seq == row["seq"]).values(seq=int(row["seq"]) + 1)
-            )  # type: ignore[call-overload]
+            )
         forged = dict(rows[5])
         forged.update(seq=6, actor="mallory", prev_hash=rows[4]["hash"])
         await conn.execute(insert(vault_audit).values(**forged))

@@ -8,14 +8,17 @@ import pytest
 from sqlalchemy import select, text
 
 from grace import errors
-from grace.vault import AuditUnavailable, governance
+from grace.auth import Principal
+from grace.vault import AccessResult, AuditUnavailable, SecretInfo, governance
 from grace.vault.tables import secret_consent_records, vault_audit
 from tests.vaultkit import Cast
 
 GITHUB_TOKEN = "ghp_" + "A1b2C3d4" * 4
 
 
-async def _store(c: Cast, key: str = "github_token", kind: str = "api_key", value: str = GITHUB_TOKEN, **kw: object):
+async def _store(
+    c: Cast, key: str = "github_token", kind: str = "api_key", value: str = GITHUB_TOKEN, **kw: object
+) -> SecretInfo:
     return await c.vault.store(c.owner, key, value, secret_type=kind, service=kw.pop("service", "github"), **kw)  # type: ignore[arg-type]
 
 
@@ -30,7 +33,9 @@ async def _status(c: Cast, consent_id: str) -> str:
     return (await c.vault.get_consent(consent_id)).status
 
 
-async def _ask(c: Cast, key: str = "github_token", action: str = "git_push", who=None, **kw: object):
+async def _ask(
+    c: Cast, key: str = "github_token", action: str = "git_push", who: Principal | None = None, **kw: object
+) -> AccessResult:
     return await c.vault.access(who or c.agent, key, action=action, purpose="push code", wait_seconds=0, **kw)  # type: ignore[arg-type]
 
 
@@ -94,6 +99,7 @@ async def test_no_answer_by_the_timeout_means_deny(cast: Cast) -> None:
 async def test_answering_after_expiry_is_refused_and_audited(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     assert pending.status == "pending" and pending.value is None
     cast.clock.advance(301)
     with pytest.raises(errors.Conflict, match="expired"):
@@ -106,6 +112,7 @@ async def test_answering_after_expiry_is_refused_and_audited(cast: Cast) -> None
 async def test_the_requesting_agent_cannot_approve(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     with pytest.raises(errors.PermissionDenied, match="agent"):
         await cast.vault.respond(cast.agent, pending.consent_id, True)
     with pytest.raises(errors.PermissionDenied, match="agent"):
@@ -117,6 +124,7 @@ async def test_the_requesting_agent_cannot_approve(cast: Cast) -> None:
 async def test_another_member_cannot_approve(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     with pytest.raises(errors.PermissionDenied, match="owner"):
         await cast.vault.respond(cast.other, pending.consent_id, True)
     assert await _status(cast, pending.consent_id) == "pending"
@@ -135,6 +143,7 @@ async def test_another_member_cannot_approve(cast: Cast) -> None:
 async def test_answering_twice_is_refused_and_changes_nothing(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, False, reason="no")
     with pytest.raises(errors.Conflict, match="already denied"):
         await cast.vault.respond(cast.owner, pending.consent_id, True)
@@ -145,6 +154,7 @@ async def test_answering_twice_is_refused_and_changes_nothing(cast: Cast) -> Non
 async def test_replaying_a_used_single_use_consent_is_denied(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True)
     first = await cast.vault.redeem(cast.agent, pending.consent_id)
     assert first.approved
@@ -160,6 +170,7 @@ async def test_persistent_consent_covers_exactly_agent_secret_action(cast: Cast)
     await _store(cast)
     await _store(cast, "gitlab_token", service="gitlab")
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True, idle_timeout_seconds=600)
     assert (await cast.vault.redeem(cast.agent, pending.consent_id)).approved
     again = await _ask(cast)
@@ -175,6 +186,7 @@ async def test_persistent_consent_covers_exactly_agent_secret_action(cast: Cast)
 async def test_persistent_consent_has_a_hard_expiry(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True, valid_for_seconds=3600)
     for _ in range(5):
         cast.clock.advance(600)
@@ -186,6 +198,7 @@ async def test_persistent_consent_has_a_hard_expiry(cast: Cast) -> None:
 async def test_revoking_a_consent_blocks_the_next_use(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True)
     assert (await _ask(cast)).approved
     await cast.vault.revoke_consent(cast.owner, pending.consent_id, "changed my mind")
@@ -201,6 +214,7 @@ async def test_revoking_a_consent_blocks_the_next_use(cast: Cast) -> None:
 async def test_critical_needs_a_second_approver_and_is_single_use_under_a_race(cast: Cast) -> None:
     await _store(cast, "deploy_key", kind="ssh_key", value="-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END-----")
     pending = await _ask(cast, key="deploy_key", action="ssh_deploy")
+    assert pending.consent_id is not None
     record = await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True)
     assert record.status == "pending" and record.awaiting_second_approval
     with pytest.raises(errors.PermissionDenied, match="operator or admin"):
@@ -245,6 +259,7 @@ async def test_low_risk_read_only_approves_itself_and_is_audited(cast: Cast) -> 
 async def test_a_burst_forces_a_fresh_consent_and_publishes_an_anomaly(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True)
     assert (await cast.vault.redeem(cast.agent, pending.consent_id)).approved
     for _ in range(9):
@@ -271,6 +286,7 @@ async def test_first_time_action_and_unusual_hour_against_the_agents_baseline(ca
 async def test_a_revoked_secret_is_never_released(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True)
     await cast.vault.revoke_secret(cast.owner, "github_token", reason="leaked")
     assert (await cast.vault.redeem(cast.agent, pending.consent_id)).status == "denied"
@@ -285,6 +301,7 @@ async def test_a_revoked_secret_is_never_released(cast: Cast) -> None:
 async def test_an_audit_write_failure_releases_nothing(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True)
     db = cast.services.db
     async with db.write() as conn:
@@ -360,6 +377,7 @@ async def test_consent_records_keep_the_seed_schema(cast: Cast) -> None:
 async def test_an_agent_of_the_same_name_under_another_users_token_gets_nothing(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)
+    assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True)
     assert (await cast.vault.redeem(cast.agent, pending.consent_id)).approved
     # An admin's token for an agent that is also called code_agent: neither the consent id nor the standing consent.

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -151,9 +152,7 @@ async def test_a_passphrase_master_key_opens_the_same_vault_again(database_url: 
         first = await Vault.open(settings, db, ManualClock(), InProcessBus())
         second = await Vault.open(settings, db, ManualClock(), InProcessBus())
         assert first.master.key_id == second.master.key_id and first.master.source == "passphrase"
-        wrong = settings.model_copy(
-            update={"master_passphrase": settings.master_passphrase.__class__("another long phrase")}
-        )
+        wrong = settings.model_copy(update={"master_passphrase": SecretStr("another long phrase")})
         with pytest.raises(errors.ConfigurationError, match="does not match"):
             await Vault.open(wrong, db, ManualClock(), InProcessBus())
         assert not (tmp_path / "master.key").exists()
@@ -161,7 +160,9 @@ async def test_a_passphrase_master_key_opens_the_same_vault_again(database_url: 
         await db.dispose()
 
 
-async def test_the_key_file_is_created_0600_and_refused_when_readable_by_others(tmp_path: Path, caplog) -> None:
+async def test_the_key_file_is_created_0600_and_refused_when_readable_by_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from grace.vault import masterkey
 
     path = tmp_path / "keys" / "master.key"
@@ -231,7 +232,7 @@ async def test_a_crash_at_every_step_of_a_rotation_loses_nothing(
     )
     lines: list[str] = []
     deadline = time.monotonic() + 60
-    assert child.stdout is not None
+    assert child.stdout is not None and child.stderr is not None
     while time.monotonic() < deadline:
         line = child.stdout.readline()
         if not line:
@@ -243,7 +244,7 @@ async def test_a_crash_at_every_step_of_a_rotation_loses_nothing(
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(timeout=30) == -signal.SIGKILL
     child.stdout.close()
-    child.stderr.close()  # type: ignore[union-attr]
+    child.stderr.close()
 
     # "Restart": a fresh process-level view of the same database and key file.
     db = Database(database_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.engine.interfaces import ReflectedIndex
 
 from grace import storage
 from grace.vault import tables
@@ -27,7 +28,7 @@ async def test_tables_match_the_migration(db: storage.Database) -> None:
 
 
 async def test_one_active_key_is_a_unique_index(db: storage.Database) -> None:
-    def indexes(conn: Connection) -> list[dict[str, object]]:
+    def indexes(conn: Connection) -> list[ReflectedIndex]:
         return list(inspect(conn).get_indexes("vault_keys"))
 
     async with db.engine.connect() as conn:

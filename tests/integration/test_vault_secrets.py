@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -16,7 +17,7 @@ VALUE_A = "sk_live_" + "a1B2c3D4e5" * 3
 VALUE_B = "sk_live_" + "z9Y8x7W6v5" * 3
 
 
-async def _row(cast: Cast, secret_id: str, version: int) -> dict[str, object]:
+async def _row(cast: Cast, secret_id: str, version: int) -> dict[str, Any]:
     async with cast.services.db.read() as conn:
         return dict(
             (
@@ -126,7 +127,7 @@ async def test_flipping_any_byte_in_the_tables_is_refused(cast: Cast) -> None:
     info = await cast.vault.store(cast.owner, "stripe", VALUE_A, secret_type="api_key", service="stripe")
     original = await _row(cast, info.id, 1)
     for column in ("ciphertext", "wrapped_dek"):
-        blob = bytes(original[column])  # type: ignore[arg-type]
+        blob = bytes(original[column])
         for index in range(len(blob)):
             tampered = bytearray(blob)
             tampered[index] ^= 0x01 << (index % 8)
@@ -190,7 +191,7 @@ async def test_a_tampered_secret_is_never_released_and_the_failure_is_audited(ca
     info = await cast.vault.store(cast.owner, "stripe", VALUE_A, secret_type="api_key", service="stripe")
     pending = await cast.vault.access(cast.agent, "stripe", action="charge", wait_seconds=0)
     await cast.vault.respond(cast.owner, pending.consent_id or "", True)
-    blob = bytearray((await _row(cast, info.id, 1))["ciphertext"])  # type: ignore[arg-type]
+    blob = bytearray((await _row(cast, info.id, 1))["ciphertext"])
     blob[-1] ^= 0x80
     await _set(cast, info.id, 1, ciphertext=bytes(blob))
     with pytest.raises(IntegrityFailure) as caught:

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import click
 import pytest
 import typer
+from typer.core import TyperGroup, TyperOption
 
 from grace.api import create_app
 from grace.cli.main import app as cli_app
 from grace.config import Settings, load_settings
 from grace.htm import HTMConfig
 
+if TYPE_CHECKING:
+    # What typer.main.get_command returns. Recent typer builds on its own copy of click, so its
+    # commands are neither click.Command nor click.Group: only typer's own classes recognise them.
+    from typer._click import Command
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _commands(command: click.Command, path: str = "grace") -> list[tuple[str, click.Command]]:
+def _commands(command: Command, path: str = "grace") -> list[tuple[str, Command]]:
     found = [(path, command)]
-    if isinstance(command, click.Group):
+    if isinstance(command, TyperGroup):
         for name, sub in command.commands.items():
             found.extend(_commands(sub, f"{path} {name}"))
     return found
@@ -28,10 +34,10 @@ COMMANDS = _commands(typer.main.get_command(cli_app))
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
-def test_every_cli_command_has_help(path: str, command: click.Command) -> None:
+def test_every_cli_command_has_help(path: str, command: Command) -> None:
     assert (command.help or command.short_help or "").strip(), f"`{path}` has no help text"
     for param in command.params:
-        if isinstance(param, click.Option) and param.name != "help":
+        if isinstance(param, TyperOption) and param.name != "help":
             assert (param.help or "").strip(), f"`{path}` option {param.opts} has no help text"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import TypedDict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,12 @@ DEFAULT_WEIGHTS = [weights_from_shares(DEFAULT_SHARES)[o] for o in ORDER]
 UNLIMITED = 10**9
 
 
-def run_pattern(weights: list[int], backlogged: list[list[bool]]) -> tuple[list[int | None], dict[str, list[int]]]:
+class Figures(TypedDict):
+    waits: list[int]
+    max_lag: list[float]
+
+
+def run_pattern(weights: list[int], backlogged: list[list[bool]]) -> tuple[list[int | None], Figures]:
     """Dispatch one task per step; at step s origin i has work iff backlogged[s][i]. No quotas bind.
 
     Returns the origin picked at each step and, per origin, the waits (dispatches that went to

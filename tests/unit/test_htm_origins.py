@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from grace import errors
@@ -116,6 +118,6 @@ def test_payload_over_the_limit_is_refused_with_its_size() -> None:
         ({"payload": {"x": float("nan")}}, "JSON"),
     ],
 )
-def test_bad_fields_are_refused_by_name(kwargs: dict[str, object], message: str) -> None:
+def test_bad_fields_are_refused_by_name(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(errors.InvalidInput, match=message):
         build(**kwargs)
