@@ -260,8 +260,10 @@ def worker(
             htm = _htm(services)
             for spec in handlers:
                 load_handlers(spec, htm.handlers)
+            # What start-up made lives as long as the process: keep it out of collections. Done before
+            # the pool starts, so the one full collection it takes holds up no task.
+            memory.settle()
             pool = await htm.start_workers(concurrency=concurrency, claim_batch=claim_batch)
-            memory.settle()  # what start-up made lives as long as the process: keep it out of collections
             # On PostgreSQL a worker process can also stand for SLA enforcer: one process across the
             # cluster holds the leader lock and acts. On SQLite the serving process enforces.
             enforcing = not services.db.is_sqlite and htm.start_sla()
