@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from grace.htm import Origin, Priority, Status, Task
+from grace.htm import Origin, Priority, Status, Task, TaskRequest
 from grace.htm.queue import Finished
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -82,3 +83,26 @@ def test_a_recorded_outcome_from_a_row_has_every_field_in_utc() -> None:
     assert finished.event()["duration_ms"] == -1500.0
     with pytest.raises(ValueError, match="bogus"):
         Finished.from_row({**row, "status": "bogus"})
+
+
+@pytest.mark.parametrize("payload", [None, {}, {"path": "/notes/a.wav", "n": 2}])
+def test_a_checked_request_has_every_field_and_equals_one_built_by_its_constructor(
+    payload: dict[str, Any] | None,
+) -> None:
+    request = TaskRequest.build(
+        "voice.transcribe", payload=payload, priority="high", origin="intent", sla_ms=500, max_payload_bytes=1000
+    )
+    text = json.dumps(payload or {}, separators=(",", ":"))
+    built = TaskRequest(
+        task_type="voice.transcribe",
+        priority=Priority.HIGH,
+        payload=dict(payload or {}),
+        payload_bytes=len(text),
+        origin="intent",
+        sla_ms=500,
+        payload_json=text,
+    )
+    assert set(vars(request)) == {f.name for f in dataclasses.fields(TaskRequest)}
+    assert request == built
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.sla_ms = 1  # type: ignore[misc]

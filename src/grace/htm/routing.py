@@ -147,11 +147,10 @@ async def load(
         Origin(o): int(n)
         for o, n in (await conn.execute(select(t.c.origin, func.count()).where(IS_RUNNING).group_by(t.c.origin)))
     }
-    waiting: set[Origin] = set()
-    for origin in ORDER:
-        has = (await conn.execute(select(exists().where(IS_QUEUED, t.c.origin == origin.value)))).scalar()
-        if has:
-            waiting.add(origin)
+    # Which origins have queued work: eight indexed probes in one statement, not eight statements.
+    probes = [exists().where(IS_QUEUED, t.c.origin == origin.value) for origin in ORDER]
+    has = (await conn.execute(select(*probes))).one()
+    waiting = {origin for origin, flag in zip(ORDER, has, strict=True) if flag}
     capacity = configured
     if capacity <= 0:
         live = (

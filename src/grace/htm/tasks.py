@@ -127,7 +127,7 @@ class TaskRequest:
             origin = origins.parse_origin(origin).value
         body = dict(payload or {})
         try:
-            encoded = _PAYLOAD_ENCODER.encode(body)
+            encoded = _PAYLOAD_ENCODER.encode(body) if body else "{}"
         except (TypeError, ValueError):
             raise errors.InvalidInput("payload must be a JSON object of JSON values") from None
         size = len(encoded.encode())
@@ -146,7 +146,9 @@ class TaskRequest:
             raise errors.InvalidInput("max_attempts must be between 1 and 100")
         if timeout_seconds is not None and not 0 < timeout_seconds <= 7 * 24 * 3600:
             raise errors.InvalidInput("timeout_seconds must be more than 0 and at most 7 days")
-        return cls(
+        # Checked, so the fields are set straight in (as Task.from_row does): a batch may hold thousands.
+        request = object.__new__(cls)
+        request.__dict__.update(
             task_type=task_type,
             priority=prio,
             payload=body,
@@ -159,6 +161,7 @@ class TaskRequest:
             timeout_seconds=timeout_seconds,
             payload_json=encoded,
         )
+        return request
 
 
 def member_of(kind: type[E], value: Any) -> E:
