@@ -89,6 +89,18 @@ async def test_each_level_fires_at_its_threshold_and_not_before(database_url: st
         assert all("payload" not in e.payload for e in await sla_events(htm))
 
 
+async def test_sla_events_are_published_when_task_events_are_switched_off(
+    database_url: str, clock: ManualClock
+) -> None:
+    async with manual_htm(database_url, clock, events=False) as htm:
+        [task_id] = await submit(htm, Origin.INTENT, sla_ms=1000)
+        clock.advance(1.0)
+        await htm.sla.tick()
+        assert fired(await sla_events(htm)) == [("htm.sla.warning", task_id), ("htm.sla.violated", task_id)]
+        assert await sla_events(htm, "htm.sla.stats")  # the first tick's statistics
+        assert await htm.bus.replay("htm.task.#") == []  # the task events stayed off
+
+
 async def test_a_late_first_look_fires_every_level_passed_in_order(database_url: str, clock: ManualClock) -> None:
     async with manual_htm(database_url, clock) as htm:
         [task_id] = await submit(htm, Origin.SCHEDULER, sla_ms=1000)

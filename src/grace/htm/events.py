@@ -36,7 +36,12 @@ COALESCE_SECONDS = 0.025
 
 
 class EventPublisher:
-    """Queue events for publication on the bus; publish them in batches in the background."""
+    """Queue events for publication on the bus; publish them in batches in the background.
+
+    ``enabled`` switches the task events off (``GRACE_HTM_EVENTS=false``); events emitted as
+    ``essential`` (the SLA enforcer's warnings, violations and statistics) are published anyway:
+    they are rare, and they are how an operator hears that a deadline is slipping.
+    """
 
     def __init__(self, bus: Bus, *, enabled: bool = True) -> None:
         self.bus = bus
@@ -51,13 +56,13 @@ class EventPublisher:
         self.published = 0
         self.failed = 0
 
-    async def emit(self, topic: str, payload: dict[str, Any]) -> None:
+    async def emit(self, topic: str, payload: dict[str, Any], *, essential: bool = False) -> None:
         """Queue one event; waits only when the backlog is full."""
-        await self.emit_many([(topic, payload)])
+        await self.emit_many([(topic, payload)], essential=essential)
 
-    async def emit_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        """Queue events in order; waits only when the backlog is full."""
-        if not self.enabled or not items:
+    async def emit_many(self, items: list[tuple[str, dict[str, Any]]], *, essential: bool = False) -> None:
+        """Queue events in order (dropped while disabled, unless ``essential``); waits only when the backlog is full."""
+        if not (self.enabled or essential) or not items:
             return
         if self._runner is None:
             self._runner = asyncio.create_task(self._run(), name="grace-htm-events")

@@ -364,7 +364,7 @@ class SLAEnforcer:
                 f"htm.sla_{LEVEL_NAMES[level]}",
                 extra={"task_id": row.task_id, "origin": row.origin, "elapsed_ratio": payload["elapsed_ratio"]},
             )
-            await self.htm.events.emit(TOPICS[level], payload)
+            await self.htm.events.emit(TOPICS[level], payload, essential=True)
 
     # -- reporting ----------------------------------------------------------------------
 
@@ -407,7 +407,7 @@ class SLAEnforcer:
         """Publish ``htm.sla.stats`` with the current statistics and return them."""
         stats = await self.get_statistics()
         self._last_stats = self.htm.clock.now()
-        await self.htm.events.emit(STATS, stats)
+        await self.htm.events.emit(STATS, stats, essential=True)
         return stats
 
     async def active_violations(
