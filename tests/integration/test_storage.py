@@ -93,3 +93,52 @@ async def test_migrations_apply_on_an_empty_postgresql_database(
         conn = await asyncpg.connect(admin)
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
+
+
+async def test_after_commit_runs_once_the_write_commits_and_never_after_a_rollback(db: storage.Database) -> None:
+    ran: list[str] = []
+
+    def row(user_id: str) -> dict[str, object]:
+        now = datetime.now(UTC)
+        return {
+            "id": user_id,
+            "username": user_id,
+            "password_hash": None,
+            "role": "member",
+            "disabled": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    async with db.write() as conn:
+        await conn.execute(insert(users).values(**row("usr_kept")))
+        db.after_commit(conn, lambda: ran.append("kept"))
+        assert ran == []  # not before the commit
+    assert ran == ["kept"]
+
+    async def failing_change() -> None:
+        async with db.write() as conn:
+            await conn.execute(insert(users).values(**row("usr_lost")))
+            db.after_commit(conn, lambda: ran.append("lost"))
+            raise RuntimeError("the change fails")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    # The next transaction, on the same pooled connection or another, does not run what was queued
+    # for the rolled-back one.
+    for _ in range(3):
+        async with db.write() as conn:
+            await conn.execute(select(users.c.id))
+    assert ran == ["kept"]
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    async with db.write() as conn:
+        await conn.execute(insert(users).values(**row("usr_after")))
+        db.after_commit(conn, broken)  # a failing follow-up is logged; the commit stands
+        db.after_commit(conn, lambda: ran.append("after"))
+    assert ran == ["kept", "after"]
+    async with db.read() as conn:
+        ids = set((await conn.execute(select(users.c.id))).scalars())
+    assert {"usr_kept", "usr_after"} <= ids and "usr_lost" not in ids

@@ -114,6 +114,35 @@ async def test_a_truncated_log_with_its_checkpoints_is_caught_by_the_anchor_file
     assert report.truncated == [10, 11, 12, 13]
 
 
+async def test_the_newest_entries_deleted_after_the_last_checkpoint_are_caught_by_the_anchor(logged: Cast) -> None:
+    # No checkpoint was asked for and none is due (13 entries): the anchor file follows every commit.
+    async with logged.services.db.read() as conn:
+        assert (await conn.execute(select(vault_audit_checkpoints))).first() is None
+    async with logged.services.db.write() as conn:
+        await conn.execute(delete(vault_audit).where(vault_audit.c.seq > 11))
+    report = await logged.vault.verify_audit()
+    assert report.truncated == [12, 13] and not (report.deleted or report.modified or report.inserted)
+
+
+async def test_an_entry_whose_change_rolled_back_does_not_advance_the_anchor(cast: Cast) -> None:
+    await cast.vault.store(cast.owner, "k", "value-" + "x" * 20, secret_type="api_key", service="s")
+    audit = cast.vault.audit
+    assert audit.anchor_path is not None
+    before = json.loads(audit.anchor_path.read_text())
+
+    async def failing_change() -> None:
+        async with cast.services.db.write() as conn:
+            await audit.append(conn, "test.entry", actor="test")
+            raise RuntimeError("the change it records fails")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    assert json.loads(audit.anchor_path.read_text()) == before
+    assert (await cast.vault.verify_audit()).ok  # the log did not lose an entry it never had
+    entry = await audit.record("test.entry", actor="test")
+    assert json.loads(audit.anchor_path.read_text())["seq"] == entry.seq == before["seq"] + 1
+
+
 async def test_a_forged_checkpoint_is_detected(logged: Cast) -> None:
     await logged.vault.audit.checkpoint()
     async with logged.services.db.write() as conn:

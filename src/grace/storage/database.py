@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from grace import errors, jsontext
 from grace.config import to_async_url
+
+log = logging.getLogger("grace.storage")
 
 __all__ = ["Database"]
 
@@ -79,15 +82,23 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """Open a write transaction; on SQLite, the only one in this process."""
+        """Open a write transaction; on SQLite, the only one in this process.
+
+        Functions given to :meth:`after_commit` during it run once it has committed.
+        """
         if self.is_sqlite:
             async with self._write_lock, self.engine.connect() as conn:
                 conn = await conn.execution_options(sqlite_immediate=True)
-                async with conn.begin():
+                async with _committing(conn):
                     yield conn
         else:
-            async with self.engine.begin() as conn:
+            async with self.engine.connect() as conn, _committing(conn):
                 yield conn
+
+    @staticmethod
+    def after_commit(conn: AsyncConnection, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when the :meth:`write` transaction on ``conn`` commits; never if it rolls back."""
+        conn.info.setdefault(_AFTER_COMMIT, []).append(fn)
 
     @contextlib.asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
@@ -218,3 +229,27 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+_AFTER_COMMIT = "grace.after_commit"
+
+
+@contextlib.asynccontextmanager
+async def _committing(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Run ``conn``'s transaction, then the functions queued for after its commit.
+
+    The queue lives in the pooled connection's ``info``, so it is emptied on the way in and on a
+    rollback: nothing queued for one transaction can run after another.
+    """
+    conn.info.pop(_AFTER_COMMIT, None)
+    try:
+        async with conn.begin():
+            yield
+    except BaseException:
+        conn.info.pop(_AFTER_COMMIT, None)
+        raise
+    for fn in conn.info.pop(_AFTER_COMMIT, []):
+        try:
+            fn()
+        except Exception as exc:  # the transaction is committed; what follows it must not undo that
+            log.warning("storage.after_commit_failed", extra={"reason": type(exc).__name__})

@@ -5,9 +5,10 @@ chain key is derived from the master key, which never touches the database,
 so nobody who can only write the database can forge or re-chain an entry.
 Every ``CHECKPOINT_EVERY`` entries (and on demand) the head is signed with an
 Ed25519 key that is also derived from the master key; the public key can be
-published to let others check checkpoints. :meth:`AuditLog.checkpoint` also
-writes the newest checkpoint to an anchor file outside the database, so a log
-truncated together with its checkpoints is still caught.
+published to let others check checkpoints. Every committed entry also advances
+an anchor file outside the database to the signed head, so deleting the newest
+entries, with or without the checkpoints, is caught by someone who can only
+write the database.
 
 Sensitive values are never stored: :meth:`AuditLog.fingerprint` gives an HMAC
 that tells two values apart without revealing them. Entries are written in the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -230,6 +232,9 @@ class AuditLog:
         await conn.execute(insert(vault_audit).values(seq=seq, **row))
         if seq % CHECKPOINT_EVERY == 0:
             await self._insert_checkpoint(conn, seq, row["hash"])
+        head_hash = row["hash"]
+        # Only once the entry is committed: an anchor ahead of the log would read as a truncation.
+        self.db.after_commit(conn, lambda: self._advance_anchor(seq, head_hash))
         return _entry({"seq": seq, **row})  # type: ignore[arg-type]
 
     async def record(self, event: str, **kwargs: Any) -> AuditEntry:
@@ -300,12 +305,26 @@ class AuditLog:
         self._write_anchor(checkpoint)
         return checkpoint
 
+    def _advance_anchor(self, seq: int, head_hash: str) -> None:
+        """Write the signed head ``seq`` to the anchor file (after its entry committed)."""
+        if self._anchor_behind(seq):
+            self._store_anchor(
+                Checkpoint(seq, head_hash, self.clock.now(), self._sign(seq, head_hash), self.public_key)
+            )
+
     def _write_anchor(self, checkpoint: Checkpoint) -> None:
+        if self._anchor_behind(checkpoint.seq):
+            self._store_anchor(checkpoint)
+
+    def _anchor_behind(self, seq: int) -> bool:
+        """Return whether there is an anchor file to write and it holds no head as late as ``seq``."""
         if self.anchor_path is None:
-            return
+            return False
         current = self._read_anchor()
-        if current is not None and current.seq >= checkpoint.seq:
-            return
+        return current is None or current.seq < seq
+
+    def _store_anchor(self, checkpoint: Checkpoint) -> None:
+        assert self.anchor_path is not None
         body = {
             "seq": checkpoint.seq,
             "head_hash": checkpoint.head_hash,
@@ -315,7 +334,7 @@ class AuditLog:
         }
         try:
             self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.anchor_path.with_suffix(".tmp")
+            tmp = self.anchor_path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing it never share this
             tmp.write_text(json.dumps(body))
             tmp.replace(self.anchor_path)
         except OSError as exc:
