@@ -158,3 +158,16 @@ async def test_checkpoints_are_signed_automatically_every_64_entries(cast: Cast)
         seqs = list((await conn.execute(select(vault_audit_checkpoints.c.seq))).scalars())
     assert seqs == [64]
     assert (await cast.vault.verify_audit()).ok
+
+
+async def test_an_anchor_this_key_did_not_sign_is_replaced_by_the_next_entry(cast: Cast) -> None:
+    audit = cast.vault.audit
+    assert audit.anchor_path is not None
+    entry = await audit.record("test.entry", actor="test")
+    forged = json.loads(audit.anchor_path.read_text())
+    forged.update(seq=10_000, signature="00" * 64)  # far ahead, so a real head would never pass it
+    audit.anchor_path.write_text(json.dumps(forged))
+    nxt = await audit.record("test.entry", actor="test")
+    anchor = json.loads(audit.anchor_path.read_text())
+    assert anchor["seq"] == nxt.seq == entry.seq + 1 and anchor["signature"] != "00" * 64
+    assert (await cast.vault.verify_audit()).ok

@@ -317,11 +317,15 @@ class AuditLog:
             self._store_anchor(checkpoint)
 
     def _anchor_behind(self, seq: int) -> bool:
-        """Return whether there is an anchor file to write and it holds no head as late as ``seq``."""
+        """Return whether there is an anchor file to write and it holds no genuine head as late as ``seq``.
+
+        An anchor this key did not sign (unreadable, forged, or from before the master key changed)
+        is replaced rather than trusted to be ahead.
+        """
         if self.anchor_path is None:
             return False
         current = self._read_anchor()
-        return current is None or current.seq < seq
+        return current is None or current.seq < seq or not self._signature_ok(current)
 
     def _store_anchor(self, checkpoint: Checkpoint) -> None:
         assert self.anchor_path is not None
