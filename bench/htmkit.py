@@ -79,6 +79,7 @@ async def open_htm(url: str, **config: Any) -> AsyncIterator[HTM]:
     await bus.start()
     htm = HTM(db, bus, clock, load_config(**{"burst_per_minute": 0, **config}))
     await htm.prepare()
+    thresholds = gc.get_threshold()
     memory.settle()  # as ``grace serve`` and ``grace worker`` do once started
     try:
         yield htm
@@ -87,6 +88,7 @@ async def open_htm(url: str, **config: Any) -> AsyncIterator[HTM]:
         await bus.close()
         await db.dispose()
         gc.unfreeze()  # the next run starts from the same state
+        gc.set_threshold(*thresholds)
 
 
 def cpu_ticks() -> list[int] | None:
