@@ -7,7 +7,6 @@ constructed at import time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -67,7 +66,8 @@ class Services:
         while True:
             try:
                 await self.vault.tick()
-            except Exception as exc:  # try again on the next round
+            except Exception as exc:  # try again on the next round, unless asked to stop
+                _stop_if_cancelled()
                 log.warning("vault.upkeep_failed", extra={"reason": type(exc).__name__})
             await asyncio.sleep(VAULT_UPKEEP_INTERVAL_SECONDS)
 
@@ -77,21 +77,42 @@ class Services:
                 dropped = await self.bus.prune()
                 if dropped:
                     log.info("bus.pruned", extra={"events": dropped})
-            except Exception as exc:  # keep pruning on the next round
+            except Exception as exc:  # keep pruning on the next round, unless asked to stop
+                _stop_if_cancelled()
                 log.warning("bus.prune_failed", extra={"reason": type(exc).__name__})
             await asyncio.sleep(BUS_PRUNE_INTERVAL_SECONDS)
 
     async def close(self) -> None:
         for task in self._background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _stop(task)
         if self.vault is not None:
             await self.vault.close()
         if self.htm is not None:
             await self.htm.close()
         await self.bus.close()
         await self.db.dispose()
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop.
+
+    Cancelling a task in the middle of a database call can surface as another error raised while
+    the driver cleans up; a loop that retries on errors would then never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, asking again if a cancellation was swallowed."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning(
+            "services.background_failed", extra={"task": task.get_name(), "reason": type(task.exception()).__name__}
+        )
 
 
 async def build(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import StatementError
 
 from grace import storage
@@ -142,3 +143,30 @@ async def test_after_commit_runs_once_the_write_commits_and_never_after_a_rollba
     async with db.read() as conn:
         ids = set((await conn.execute(select(users.c.id))).scalars())
     assert {"usr_kept", "usr_after"} <= ids and "usr_lost" not in ids
+
+
+async def test_a_write_cancelled_in_the_middle_of_a_statement_ends_cancelled(db: storage.Database) -> None:
+    # A cancelled transaction must end with the cancellation itself: a loop that retries on errors
+    # (the serving process's upkeep jobs) would otherwise never stop.
+    slow = (
+        "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) "
+        "SELECT x FROM c) AS counted"
+        if db.is_sqlite
+        else "SELECT pg_sleep(3)"
+    )
+    ran: list[str] = []
+    inside = asyncio.Event()
+
+    async def long_write() -> None:
+        async with db.write() as conn:
+            db.after_commit(conn, lambda: ran.append("committed"))
+            inside.set()
+            await conn.execute(text(slow))
+
+    task = asyncio.create_task(long_write())
+    await inside.wait()
+    await asyncio.sleep(0.2)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=60)
+    assert task in done and task.cancelled(), None if not task.done() else task.exception()
+    assert ran == []

@@ -46,6 +46,8 @@ class Database:
         self._autocommit: list[AsyncConnection] = []
         # Autocommit connections handed out by autocommit_driver, each with its asyncpg connection.
         self._drivers: list[tuple[AsyncConnection, Any]] = []
+        # What to run once each open write transaction commits, by the id of its connection object.
+        self._after_commit: dict[int, list[Callable[[], None]]] = {}
         if self.backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
@@ -89,16 +91,40 @@ class Database:
         if self.is_sqlite:
             async with self._write_lock, self.engine.connect() as conn:
                 conn = await conn.execution_options(sqlite_immediate=True)
-                async with _committing(conn):
+                async with self._committing(conn):
                     yield conn
         else:
-            async with self.engine.connect() as conn, _committing(conn):
+            async with self.engine.connect() as conn, self._committing(conn):
                 yield conn
 
-    @staticmethod
-    def after_commit(conn: AsyncConnection, fn: Callable[[], None]) -> None:
+    def after_commit(self, conn: AsyncConnection, fn: Callable[[], None]) -> None:
         """Run ``fn`` when the :meth:`write` transaction on ``conn`` commits; never if it rolls back."""
-        conn.info.setdefault(_AFTER_COMMIT, []).append(fn)
+        hooks = self._after_commit.get(id(conn))
+        if hooks is None:
+            raise RuntimeError("after_commit needs a connection from Database.write()")
+        hooks.append(fn)
+
+    @contextlib.asynccontextmanager
+    async def _committing(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        """Run ``conn``'s transaction, then the functions queued for after its commit.
+
+        The queue is this object's, not the connection's: after a cancelled statement, reading the
+        connection's own state may try to reconnect, which would replace the cancellation with
+        another error. Nothing queued survives the transaction it was queued in.
+        """
+        key = id(conn)
+        hooks: list[Callable[[], None]] = []
+        self._after_commit[key] = hooks
+        try:
+            async with conn.begin():
+                yield
+        finally:
+            self._after_commit.pop(key, None)
+        for fn in hooks:
+            try:
+                fn()
+            except Exception as exc:  # the transaction is committed; what follows it must not undo that
+                log.warning("storage.after_commit_failed", extra={"reason": type(exc).__name__})
 
     @contextlib.asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
@@ -229,27 +255,3 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-_AFTER_COMMIT = "grace.after_commit"
-
-
-@contextlib.asynccontextmanager
-async def _committing(conn: AsyncConnection) -> AsyncIterator[None]:
-    """Run ``conn``'s transaction, then the functions queued for after its commit.
-
-    The queue lives in the pooled connection's ``info``, so it is emptied on the way in and on a
-    rollback: nothing queued for one transaction can run after another.
-    """
-    conn.info.pop(_AFTER_COMMIT, None)
-    try:
-        async with conn.begin():
-            yield
-    except BaseException:
-        conn.info.pop(_AFTER_COMMIT, None)
-        raise
-    for fn in conn.info.pop(_AFTER_COMMIT, []):
-        try:
-            fn()
-        except Exception as exc:  # the transaction is committed; what follows it must not undo that
-            log.warning("storage.after_commit_failed", extra={"reason": type(exc).__name__})
