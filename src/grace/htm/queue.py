@@ -61,6 +61,7 @@ from grace.htm.tables import (
 )
 from grace.htm.tasks import FINISHED, WAITING, Status, Task, member_of
 from grace.storage import Database
+from grace.storage.types import utc_from_text, utc_text
 
 __all__ = ["Exchange", "Finished", "Outcome", "Queue", "backoff"]
 
@@ -195,7 +196,7 @@ def _to_sqlite(column: str) -> Callable[[Any], Any]:
     if column in JSON_COLUMNS:
         return _json_text
     if column in DATETIME_COLUMNS:
-        return sqlite_claims.stamp
+        return utc_text
     return _same
 
 
@@ -233,7 +234,7 @@ def _aware(value: Any) -> datetime | None:
     if type(value) is datetime and value.tzinfo is UTC:  # as asyncpg hands them back
         return value
     if isinstance(value, str):
-        return sqlite_claims.unstamp(value)
+        return utc_from_text(value)
     when: datetime = value
     if when.tzinfo is None:
         return when.replace(tzinfo=UTC)

@@ -20,15 +20,16 @@ import functools
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from grace import jsontext
 from grace.htm import fairness, origins
 from grace.htm.origins import ORDER
 from grace.htm.tables import DATETIME_COLUMNS, JSON_COLUMNS, SUMMARY_COLUMNS, htm_tasks
+from grace.storage.types import utc_from_text, utc_text
 
-__all__ = ["ClaimRequest", "FinishRow", "claim", "finish", "stamp", "unstamp"]
+__all__ = ["ClaimRequest", "FinishRow", "claim", "finish"]
 
 COLUMNS = [c.name for c in htm_tasks.c]
 # The SQL below is built once from this module's constants and the table's column names (never from input).
@@ -82,48 +83,12 @@ _FINISH = (
 )
 
 
-# Times repeat: a batch of tasks shares its creation time, a claim its start and lease, so each
-# conversion is remembered (a few thousand at most; the table is emptied when full). Formatting and
-# replacing a datetime's zone cost microseconds each, more than the rest of a row's conversion.
-_CACHE_LIMIT = 4096
-_stamps: dict[datetime, str] = {}
-_times: dict[str, datetime] = {}
-
-
-def stamp(when: datetime | None) -> str | None:
-    """Return ``when`` as SQLAlchemy stores an aware datetime on SQLite: naive UTC text with microseconds."""
-    if when is None:
-        return None
-    text = _stamps.get(when)
-    if text is None:
-        utc = when if when.tzinfo is UTC else when.astimezone(UTC)
-        text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
-        if len(_stamps) >= _CACHE_LIMIT:
-            _stamps.clear()
-        _stamps[when] = text
-    return text
-
-
-def unstamp(text: str) -> datetime:
-    """Return the aware UTC datetime that :func:`stamp` (or SQLAlchemy) wrote as ``text``."""
-    when = _times.get(text)
-    if when is None:
-        parsed = datetime.fromisoformat(text)
-        # SQLite's text has no offset (it is UTC): parsing it again with the offset named is cheaper
-        # than replacing the parsed value's zone.
-        when = datetime.fromisoformat(text + "+00:00") if parsed.tzinfo is None else parsed.astimezone(UTC)
-        if len(_times) >= _CACHE_LIMIT:
-            _times.clear()
-        _times[text] = when
-    return when
-
-
 def _row(names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     out = dict(zip(names, values, strict=True))
     times, documents = _converted(tuple(names))
     for name in times:
         if out[name] is not None:
-            out[name] = unstamp(out[name])
+            out[name] = utc_from_text(out[name])
     for name in documents:
         if out[name] is not None:
             out[name] = jsontext.loads(out[name])
@@ -152,12 +117,12 @@ class ClaimRequest:
 
 def claim(db: sqlite3.Connection, req: ClaimRequest) -> list[dict[str, Any]]:
     """Claim up to ``req.n`` tasks by fair pick; return the claimed rows (runs on the database's thread)."""
-    now = stamp(req.now)
+    now = utc_text(req.now)
     seq = int(db.execute(_SEQ).fetchone()[0])
     db.execute(_RELEASE_WAITING, (now,))
     capacity = req.capacity
     if capacity <= 0:
-        capacity = int(db.execute(_LIVE_CAPACITY, (stamp(req.live_after),)).fetchone()[0]) or max(
+        capacity = int(db.execute(_LIVE_CAPACITY, (utc_text(req.live_after),)).fetchone()[0]) or max(
             1, req.fallback_capacity
         )
     state = {o: (int(w), int(c), int(s)) for o, w, c, s in db.execute(_ORIGINS)}
@@ -193,7 +158,7 @@ def claim(db: sqlite3.Connection, req: ClaimRequest) -> list[dict[str, Any]]:
             took[index] += 1
     taken: list[dict[str, Any]] = []
     if order:
-        params = (req.worker_id, now, stamp(req.lease_until), seq, jsontext.dumps(order))
+        params = (req.worker_id, now, utc_text(req.lease_until), seq, jsontext.dumps(order))
         taken = [_row(COLUMNS, r) for r in db.execute(_TAKE, params)]
     db.executemany(_SAVE_ORIGIN, [(s.credit, s.since, took[s.index], ORDER[s.index].value) for s in slots])
     db.execute(_SAVE_SEQ, (seq + len(order),))
@@ -217,7 +182,7 @@ class FinishRow:
 def finish(db: sqlite3.Connection, worker_id: str, rows: Sequence[FinishRow]) -> list[dict[str, Any]]:
     """Record outcomes of ``worker_id``'s attempts; return the summary of each one recorded."""
     batch = [
-        [r.task_id, r.attempt, r.status, stamp(r.finished_at), stamp(r.queued_at), r.result, r.error, r.give_back]
+        [r.task_id, r.attempt, r.status, utc_text(r.finished_at), utc_text(r.queued_at), r.result, r.error, r.give_back]
         for r in rows
     ]
     return [_row(SUMMARY_COLUMNS, r) for r in db.execute(_FINISH, (worker_id, jsontext.dumps(batch)))]

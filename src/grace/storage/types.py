@@ -13,7 +13,7 @@ from sqlalchemy.types import TypeDecorator
 
 from grace.clock import ensure_utc
 
-__all__ = ["UTCDateTime", "new_id", "new_ids"]
+__all__ = ["UTCDateTime", "new_id", "new_ids", "utc_from_text", "utc_text"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -37,10 +37,48 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            return utc_from_text(value)
+        parsed: datetime = value
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)
+
+
+# Times repeat: a batch of tasks shares its creation time, a claim its start and lease, so each
+# conversion is remembered (a few thousand at most; the table is emptied when full). Formatting and
+# replacing a datetime's zone cost microseconds each, more than the rest of a row's conversion.
+_CACHE_LIMIT = 4096
+_stamps: dict[datetime, str] = {}
+_times: dict[str, datetime] = {}
+
+
+def utc_text(when: datetime | None) -> str | None:
+    """Return ``when`` as :class:`UTCDateTime` stores it on SQLite: naive UTC text with microseconds."""
+    if when is None:
+        return None
+    text = _stamps.get(when)
+    if text is None:
+        utc = when if when.tzinfo is UTC else when.astimezone(UTC)
+        text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+        if len(_stamps) >= _CACHE_LIMIT:
+            _stamps.clear()
+        _stamps[when] = text
+    return text
+
+
+def utc_from_text(text: str) -> datetime:
+    """Return the aware UTC datetime that :func:`utc_text` (or SQLAlchemy) wrote as ``text``."""
+    when = _times.get(text)
+    if when is None:
+        parsed = datetime.fromisoformat(text)
+        # SQLite's text has no offset (it is UTC): parsing it again with the offset named is cheaper
+        # than replacing the parsed value's zone.
+        when = datetime.fromisoformat(text + "+00:00") if parsed.tzinfo is None else parsed.astimezone(UTC)
+        if len(_times) >= _CACHE_LIMIT:
+            _times.clear()
+        _times[text] = when
+    return when
 
 
 def new_id(prefix: str) -> str:
