@@ -107,21 +107,16 @@ def load_from_file(path: Path, *, create: bool = True) -> MasterKey:
         if not create:
             raise errors.ConfigurationError(f"GRACE_MASTER_KEY_FILE: {path} does not exist")
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_from_file(path, create=False)  # another process created it first
-        with os.fdopen(fd, "w") as handle:
-            handle.write(generate_encoded() + "\n")
-        created = True
-        log.warning(
-            "vault.master_key_file_created",
-            extra={
-                "path": str(path),
-                "warning": "a new master key was generated; back this file up now: without it every stored "
-                "secret is lost. Set GRACE_MASTER_KEY or GRACE_MASTER_PASSPHRASE to manage the key yourself.",
-            },
-        )
+        created = _create(path)
+        if created:
+            log.warning(
+                "vault.master_key_file_created",
+                extra={
+                    "path": str(path),
+                    "warning": "a new master key was generated; back this file up now: without it every stored "
+                    "secret is lost. Set GRACE_MASTER_KEY or GRACE_MASTER_PASSPHRASE to manage the key yourself.",
+                },
+            )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise errors.ConfigurationError(
@@ -129,6 +124,34 @@ def load_from_file(path: Path, *, create: bool = True) -> MasterKey:
         )
     material = _decode(path.read_text().strip(), f"GRACE_MASTER_KEY_FILE ({path})")
     return MasterKey(material, "file", created_file=path if created else None)
+
+
+def _create(path: Path) -> bool:
+    """Write a new key to ``path`` whole, or leave the one another process wrote; return True if this one wrote it.
+
+    The key is written and flushed to disk under a temporary name, then linked to ``path``, which
+    fails if the file exists: so ``path`` never exists half-written, and of processes starting
+    together exactly one key wins and every one of them reads it.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate_encoded() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False  # another process created it first
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the new name survives a power cut as well as the contents
+        finally:
+            os.close(directory)
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def from_passphrase(passphrase: str, salt: bytes) -> MasterKey:
