@@ -26,11 +26,28 @@ from grace.config import to_async_url
 
 log = logging.getLogger("grace.storage")
 
-__all__ = ["Database"]
+__all__ = ["Database", "SQLiteConnection"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 T = TypeVar("T")
+
+
+class SQLiteConnection(sqlite3.Connection):
+    """A sqlite3 connection that ends its open transaction before it closes.
+
+    ``close()`` leaves the connection open, and with it its transaction and SQLite's write lock,
+    while any statement of it is still referenced: the cursor of a call that was cancelled
+    mid-statement is, by the cancelled call's traceback. SQLAlchemy closes such a connection
+    without a rollback, so without this every later write in every process found the database
+    locked until this process exited.
+    """
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.in_transaction:
+                self.rollback()
+        super().close()
 
 
 class Database:
@@ -52,7 +69,9 @@ class Database:
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, json_deserializer=jsontext.loads)
+            self.engine: AsyncEngine = create_async_engine(
+                self.url, echo=echo, json_deserializer=jsontext.loads, connect_args={"factory": SQLiteConnection}
+            )
             _configure_sqlite(self.engine)
         else:
             # No pre-ping: it would cost a round trip per transaction on the hot path. A
