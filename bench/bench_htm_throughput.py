@@ -38,6 +38,7 @@ STEAL_RETRIES = int(os.environ.get("GRACE_BENCH_STEAL_RETRIES", "2"))
 ANCHORS = [(1, 3_000), (10, 10_000)]  # pgqueuer: batch size, jobs
 RUNS = [  # backend, claim batch, tasks, bus events on
     ("sqlite", 1, 2_000, True),
+    ("sqlite", 16, 10_000, True),  # the default claim batch
     ("sqlite", 50, 10_000, True),
     ("postgresql", 1, 4_000, True),
     ("postgresql", 10, 10_000, True),
