@@ -19,10 +19,11 @@ change (and any release of a value) fails with it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -307,14 +308,32 @@ class AuditLog:
 
     def _advance_anchor(self, seq: int, head_hash: str) -> None:
         """Write the signed head ``seq`` to the anchor file (after its entry committed)."""
-        if self._anchor_behind(seq):
-            self._store_anchor(
-                Checkpoint(seq, head_hash, self.clock.now(), self._sign(seq, head_hash), self.public_key)
-            )
+        self._replace_anchor_if_behind(
+            seq, lambda: Checkpoint(seq, head_hash, self.clock.now(), self._sign(seq, head_hash), self.public_key)
+        )
 
     def _write_anchor(self, checkpoint: Checkpoint) -> None:
-        if self._anchor_behind(checkpoint.seq):
-            self._store_anchor(checkpoint)
+        self._replace_anchor_if_behind(checkpoint.seq, lambda: checkpoint)
+
+    def _replace_anchor_if_behind(self, seq: int, make: Callable[[], Checkpoint]) -> None:
+        """Replace the anchor with ``make()`` unless it already holds a genuine head as late as ``seq``.
+
+        Processes sharing the anchor check and replace it one at a time (an exclusive lock on a file
+        beside it): otherwise one that read the anchor before another advanced it could put it back.
+        """
+        if self.anchor_path is None:
+            return
+        try:
+            self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.anchor_path.with_name(self.anchor_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self._anchor_behind(seq):
+                    self._store_anchor(make())
+            finally:
+                os.close(fd)  # and with it the lock
+        except OSError as exc:
+            log.warning("vault.audit_anchor_failed", extra={"reason": type(exc).__name__})
 
     def _anchor_behind(self, seq: int) -> bool:
         """Return whether there is an anchor file to write and it holds no genuine head as late as ``seq``.
@@ -336,13 +355,9 @@ class AuditLog:
             "signature": checkpoint.signature,
             "public_key": checkpoint.public_key,
         }
-        try:
-            self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.anchor_path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing it never share this
-            tmp.write_text(json.dumps(body))
-            tmp.replace(self.anchor_path)
-        except OSError as exc:
-            log.warning("vault.audit_anchor_failed", extra={"reason": type(exc).__name__})
+        tmp = self.anchor_path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing it never share this
+        tmp.write_text(json.dumps(body))
+        tmp.replace(self.anchor_path)
 
     def _read_anchor(self) -> Checkpoint | None:
         if self.anchor_path is None or not self.anchor_path.exists():
