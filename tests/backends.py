@@ -9,9 +9,11 @@ run under ``CI=true``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -75,6 +77,24 @@ class PostgresTestDatabase:
             await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
         finally:
             await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def empty_sibling(self, suffix: str) -> AsyncIterator[str]:
+        """Create a database beside this one that no migration has touched; yield its URL, then drop it."""
+        name = f"{self.name}_{suffix}"
+        conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        try:
+            yield make_url(self.url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url))
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
 
     async def drop(self) -> None:
         conn = await asyncpg.connect(_asyncpg_dsn(self.admin_url))

@@ -77,6 +77,20 @@ def database_url(
 
 
 @pytest.fixture
+async def empty_database_url(
+    backend: str, tmp_path: Path, postgres_database: PostgresTestDatabase | None
+) -> AsyncIterator[str]:
+    """A database no migration has touched yet, on the parametrised backend."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    if postgres_database is None:
+        pytest.skip("PostgreSQL not configured or unreachable (set GRACE_TEST_DATABASE_URL)")
+    async with postgres_database.empty_sibling("empty") as url:
+        yield url
+
+
+@pytest.fixture
 async def db(database_url: str) -> AsyncIterator[storage.Database]:
     database = storage.Database(database_url)
     yield database

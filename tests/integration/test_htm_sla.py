@@ -6,17 +6,15 @@ Time moves only when a test moves the ManualClock, and every tick is driven dire
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 
 from grace import storage
 from grace.bus import Event
@@ -27,7 +25,6 @@ from grace.htm.queue import Outcome
 from grace.htm.sla import SLAEnforcer
 from grace.htm.tables import htm_tasks
 from grace.storage import migrate
-from tests.backends import PostgresTestDatabase
 from tests.htmkit import manual_htm, submit
 
 SLA_TOPICS = "htm.sla.*"
@@ -331,29 +328,6 @@ async def test_only_the_leader_enforces_on_postgresql(database_url: str, clock: 
         assert not (await a.sla.tick()).leader  # and the old leader comes back as a follower
         assert fired(await sla_events(a)) == [("htm.sla.warning", task_id)]
         assert fired(await sla_events(b)) == [("htm.sla.violated", task_id)]
-
-
-@pytest.fixture
-async def empty_database_url(
-    backend: str, tmp_path: Path, postgres_database: PostgresTestDatabase | None
-) -> AsyncIterator[str]:
-    """A database no migration has touched yet, on the parametrised backend."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'upgrade.db'}"
-        return
-    if postgres_database is None:
-        pytest.skip("PostgreSQL not configured or unreachable (set GRACE_TEST_DATABASE_URL)")
-    admin = make_url(postgres_database.admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    name = postgres_database.name + "_sla"
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    try:
-        yield make_url(postgres_database.url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 async def _alembic(db: storage.Database, action: str, revision: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from sqlalchemy.exc import StatementError
 
 from grace import storage
 from grace.auth.tables import users
-from tests.backends import PostgresTestDatabase
 
 
 async def test_migrations_reapply_as_a_no_op(db: storage.Database) -> None:
@@ -64,32 +62,8 @@ async def test_naive_timestamps_are_refused(db: storage.Database) -> None:
         assert (await conn.execute(select(users.c.id))).all() == []
 
 
-@pytest.fixture
-async def empty_url(backend: str, tmp_path: Path, postgres_database: PostgresTestDatabase | None) -> AsyncIterator[str]:
-    """The URL of a database that was never migrated, on the parametrised backend."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    if postgres_database is None:
-        pytest.skip("needs PostgreSQL")
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    name = postgres_database.name + "_empty"
-    admin = make_url(postgres_database.admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    try:
-        yield make_url(postgres_database.url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-
-async def test_migrations_apply_on_an_empty_database(empty_url: str) -> None:
-    db = storage.Database(empty_url)
+async def test_migrations_apply_on_an_empty_database(empty_database_url: str) -> None:
+    db = storage.Database(empty_database_url)
     try:
         assert await storage.current_revision(db) is None
         assert await storage.upgrade(db) == (None, storage.head_revision())
@@ -98,10 +72,12 @@ async def test_migrations_apply_on_an_empty_database(empty_url: str) -> None:
         await db.dispose()
 
 
-async def test_processes_starting_together_on_an_empty_database_migrate_it_once(empty_url: str, tmp_path: Path) -> None:
+async def test_processes_starting_together_on_an_empty_database_migrate_it_once(
+    empty_database_url: str, tmp_path: Path
+) -> None:
     # A server and its workers started at once on a new database: one migrates, the others wait
     # for it and find nothing to do.
-    env = {**os.environ, "GRACE_DATABASE_URL": empty_url, "GRACE_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "GRACE_DATABASE_URL": empty_database_url, "GRACE_DATA_DIR": str(tmp_path / "data")}
     grace = str(Path(sys.executable).with_name("grace"))
     procs = [
         await asyncio.create_subprocess_exec(
@@ -112,7 +88,7 @@ async def test_processes_starting_together_on_an_empty_database_migrate_it_once(
     outputs = [(await asyncio.wait_for(p.communicate(), 120))[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert sorted("upgraded from empty" in out for out in outputs) == [False, False, True], outputs
-    db = storage.Database(empty_url)
+    db = storage.Database(empty_database_url)
     try:
         assert await storage.current_revision(db) == storage.head_revision()
         async with db.write() as conn:
