@@ -520,11 +520,93 @@ async def test_on_postgresql_a_dead_workers_tasks_return_without_waiting_for_the
         await pool.claim_once()
         assert await htm.reap() == []  # alive: its lock is held
         await pool.release_liveness()  # what the server sees when the worker's process dies
-        [returned] = await htm.reap()  # no clock movement: the lease has 30 s left
+        confirm = htm.queue.liveness_confirm_seconds
+        assert confirm == 3.0
+        assert await htm.reap() == []  # free once is not dead yet: a restarted server frees every lock
+        clock.advance(confirm - 0.001)
+        assert await htm.reap() == []
+        clock.advance(0.001)
+        [returned] = await htm.reap()  # the lease still has 27 s left
         assert returned.task_id == task_id and returned.status is Status.QUEUED
         gate.release()
         await pool.wait_idle()
         assert len(await htm.late_completions(task_id, principal=None)) == 1  # its late outcome is refused
+
+
+async def test_a_worker_whose_connection_dropped_takes_its_lock_again_and_keeps_its_tasks(
+    database_url: str, clock: ManualClock
+) -> None:
+    # What a PostgreSQL restart does to a worker: the connection holding its liveness lock is gone.
+    # It must not be taken for dead, nor its running tasks run again elsewhere.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("liveness locks are PostgreSQL's; on SQLite one process holds every worker")
+    async with manual_htm(database_url, clock, lease_seconds=30) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        [task_id] = await submit(htm, Origin.INTENT)
+        pool = htm.new_pool(concurrency=1, claim_batch=1)
+        await pool.register()
+        await pool.claim_once()
+        assert await pool.keep_alive() is False  # nothing lost yet
+        async with htm.db.write() as conn:
+            pid = pool._liveness_driver.get_server_pid()
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(200):
+            if pool._liveness_driver.is_closed():
+                break
+            await asyncio.sleep(0.01)
+        assert await htm.reap() == []  # another worker's reaper looks before this one has its lock back
+        async with htm.db.write() as conn:
+            await conn.execute(text("DELETE FROM htm_workers"))  # as the clean-up after a long outage does
+        assert await pool.keep_alive() is True
+        clock.advance(htm.queue.liveness_confirm_seconds + 1)
+        assert await htm.reap() == []  # its lock is held again
+        async with htm.db.read() as conn:  # registered again, so counted in the capacity
+            assert (await conn.execute(text("SELECT worker_id FROM htm_workers"))).scalars().all() == [pool.worker_id]
+        gate.release()
+        await pool.wait_idle()
+        task = await htm.get(task_id, principal=None)
+        assert task.status is Status.COMPLETED and task.attempts == 1
+        assert await htm.late_completions(task_id, principal=None) == []
+
+
+async def test_outcomes_a_dropped_connection_kept_from_the_database_are_recorded_on_the_next_try(
+    database_url: str, clock: ManualClock
+) -> None:
+    # The server drops every connection (a restart) just before a worker records an outcome; the
+    # outcome must be recorded when the database answers again, not wait for another task to end
+    # (meanwhile its lease would run out and the task run again).
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the server dropping connections is PostgreSQL's case")
+    async with manual_htm(database_url, clock, poll_seconds=0.05) as htm:
+        gate = Gate()
+        htm.handlers.register("test.gate", gate)
+        [task_id] = await submit(htm, Origin.INTENT)
+        pool = htm.new_pool(concurrency=1, claim_batch=1)
+        await pool.start()
+        for _ in range(300):
+            if gate.started:
+                break
+            await asyncio.sleep(0.01)
+        dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            gate.release()
+            status = None
+            for _ in range(300):
+                status = await admin.fetchval("SELECT status FROM htm_tasks WHERE task_id = $1", task_id)
+                if status == "completed":
+                    break
+                await asyncio.sleep(0.02)
+            assert status == "completed"
+            assert await admin.fetchval("SELECT attempts FROM htm_tasks WHERE task_id = $1", task_id) == 1
+        finally:
+            await admin.close()
+        await pool.stop(grace=1)
 
 
 async def _until_waiting_on_a_lock(conn: AsyncConnection, count: int) -> None:

@@ -36,7 +36,7 @@ import logging
 import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,6 +86,8 @@ SUMMARY = tuple(htm_tasks.c[name] for name in SUMMARY_COLUMNS)
 
 MAX_ERROR_CHARS = 2000
 LIVENESS_KEY = "grace.htm.worker."
+# A worker whose liveness lock has been free this long (or a quarter of the lease, if shorter) is dead.
+LIVENESS_CONFIRM_SECONDS = 3.0
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:
@@ -254,6 +256,8 @@ class Queue:
     weights: dict[Origin, int]
     lease_seconds: float
     capacity: int = 0
+    # When this process's reaper first saw each registered worker's liveness lock free (see _dead_workers).
+    _free_since: dict[str, datetime] = field(default_factory=dict, repr=False)
 
     @property
     def total_weight(self) -> int:
@@ -579,11 +583,20 @@ class Queue:
         async with self.db.autocommit() as conn:
             await conn.execute(text("VACUUM (SKIP_LOCKED) htm_origins, htm_scheduler"))
 
+    @property
+    def liveness_confirm_seconds(self) -> float:
+        """How long a worker's liveness lock must stay free before the worker counts as dead."""
+        return min(LIVENESS_CONFIRM_SECONDS, self.lease_seconds / 4)
+
     async def _dead_workers(self, conn: AsyncConnection) -> list[str]:
         """On PostgreSQL, return registered workers holding tasks whose process is gone.
 
         Every registered worker holds a session advisory lock (:meth:`hold_liveness`); PostgreSQL
-        drops it the moment the worker's connection dies, so a free lock means a dead worker.
+        drops it the moment the worker's connection dies. A free lock is a dead worker once it has
+        stayed free for :attr:`liveness_confirm_seconds`: when the server itself restarts, every
+        worker's lock is free for a moment, and each live worker takes its lock again within a
+        maintenance tick (:meth:`WorkerPool.keep_alive`). Without the wait, every task running
+        anywhere would be taken away and run again after a restart.
         """
         if conn.dialect.name != "postgresql":
             return []
@@ -594,11 +607,17 @@ class Queue:
                 )
             )
         ).scalars()
+        now = self.clock.now()
+        confirm = timedelta(seconds=self.liveness_confirm_seconds)
         dead = []
+        free: dict[str, datetime] = {}
         for worker_id in holders:
             key = {"key": LIVENESS_KEY + worker_id}
             if (await conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:key))"), key)).scalar():
-                dead.append(worker_id)
+                since = free[worker_id] = self._free_since.get(worker_id, now)
+                if now - since >= confirm:
+                    dead.append(worker_id)
+        self._free_since = free  # a lock seen held again, or a worker gone, starts afresh
         return dead
 
     async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:

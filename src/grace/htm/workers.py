@@ -125,6 +125,7 @@ class WorkerPool:
     _flushing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     _listen: asyncio.Task[None] | None = None
     _liveness: AsyncConnection | None = None
+    _liveness_driver: Any = None  # the asyncpg connection under _liveness
     _stopping: bool = False
     _unrecorded: int = 0
     _reserved: int = 0
@@ -152,7 +153,7 @@ class WorkerPool:
     async def register(self) -> None:
         """Record this worker (for capacity and the dashboard) without starting its loops."""
         if self._liveness is None:
-            self._liveness = await self.htm.queue.hold_liveness(self.worker_id)
+            await self._hold_liveness()
         await self.htm.queue.register_worker(
             self.worker_id,
             host=socket.gethostname(),
@@ -161,6 +162,30 @@ class WorkerPool:
             task_types=self.htm.handlers.types(),
         )
         self._started = True
+
+    async def _hold_liveness(self) -> None:
+        self._liveness = await self.htm.queue.hold_liveness(self.worker_id)
+        self._liveness_driver = (
+            None if self._liveness is None else (await self._liveness.get_raw_connection()).driver_connection
+        )
+
+    async def keep_alive(self) -> bool:
+        """On PostgreSQL, take this worker's liveness lock again if its connection was lost; return whether it did.
+
+        The lock lives on one connection. When the server restarts, or that connection drops, the
+        lock is gone, and after a short wait (``Queue.liveness_confirm_seconds``) other workers
+        would take this one for dead and run its tasks again. The maintenance loop calls this
+        every tick, before reaping: the lock is taken again on a new connection and the worker
+        registered again (a reaper may have removed it).
+        """
+        if self.htm.db.is_sqlite or not self._started or self._stopping:
+            return False
+        if self._liveness_driver is not None and not self._liveness_driver.is_closed():
+            return False
+        await self.release_liveness()
+        await self.register()
+        log.warning("htm.liveness_restored", extra={"worker_id": self.worker_id})
+        return True
 
     async def start(self) -> None:
         """Register and start claiming, heartbeating and reaping in the background."""
@@ -358,7 +383,7 @@ class WorkerPool:
 
     async def release_liveness(self) -> None:
         """Close the connection holding this worker's liveness lock (stop, or a test's pool)."""
-        conn, self._liveness = self._liveness, None
+        conn, self._liveness, self._liveness_driver = self._liveness, None, None
         if conn is not None:
             await self.htm.db.discard(conn)  # a pooled session would keep the lock
 
@@ -417,6 +442,8 @@ class WorkerPool:
             except Exception as exc:
                 log.warning("htm.flush_failed", extra={"worker_id": self.worker_id, "reason": type(exc).__name__})
                 await asyncio.sleep(self.htm.config.poll_seconds)
+                if self._outcomes:
+                    self._outcome_ready.set()  # what failed is pending still: try again without waiting for more
 
     async def wait_idle(self) -> None:
         """Wait until no task is running here and every outcome is recorded (tests, benchmarks)."""
@@ -458,6 +485,7 @@ class WorkerPool:
             await asyncio.sleep(tick)
             try:
                 self.check_timeouts()
+                await self.keep_alive()
                 if loop.time() - last_beat >= beat_every:
                     last_beat = loop.time()
                     await self.heartbeat()
