@@ -14,9 +14,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors, storage
-from grace.bus import InProcessBus
+from grace.bus import InProcessBus, PostgresBus
 from grace.clock import ManualClock
 from grace.htm import HTM, Status, TaskContext, fairness, load_config, origins
+from grace.htm.events import COMPLETED, UPDATE, EventPublisher
 from grace.htm.origins import ORDER, Origin
 from grace.htm.queue import Outcome
 from tests.htmkit import Gate, manual_htm, settle, submit
@@ -607,6 +608,37 @@ async def test_outcomes_a_dropped_connection_kept_from_the_database_are_recorded
         finally:
             await admin.close()
         await pool.stop(grace=1)
+
+
+async def test_events_a_dropped_connection_kept_from_the_bus_are_published_on_the_next_try(
+    database_url: str,
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the server dropping connections is PostgreSQL's case")
+    db = storage.Database(database_url)
+    bus = PostgresBus(db)
+    publisher = EventPublisher(bus)
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(dsn)
+    try:
+        await publisher.emit(UPDATE, {"task_id": "task_a", "status": "running"})
+        await publisher.drain()
+        await admin.execute(  # what a server restart does to the bus's connections
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        await publisher.emit(COMPLETED, {"task_id": "task_a", "status": "completed"})
+        await publisher.drain()
+        published = await bus.replay("htm.task.#")
+        assert [(e.topic, e.payload["status"]) for e in published] == [
+            (UPDATE, "running"),
+            (COMPLETED, "completed"),
+        ]
+        assert (publisher.published, publisher.failed) == (2, 0)
+    finally:
+        await admin.close()
+        await publisher.close()
+        await db.dispose()
 
 
 async def _until_waiting_on_a_lock(conn: AsyncConnection, count: int) -> None:

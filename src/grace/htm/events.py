@@ -6,7 +6,9 @@ background publisher lets a batch smaller than ``BATCH`` gather for
 ``COALESCE_SECONDS``, then takes everything queued so far and appends it with
 ``Bus.publish_batch`` (one transaction on PostgreSQL, where each event is a
 row), so a thousand tasks a second cost a few inserts' round trips, not
-thousands.
+thousands. A batch whose append fails is tried again three times within about
+three seconds (a connection the server dropped is replaced meanwhile), then
+logged and dropped.
 :meth:`EventPublisher.drain` waits until everything queued so far is published.
 """
 
@@ -33,6 +35,8 @@ BACKLOG = 20_000
 # How long the publisher lets events gather before appending a batch smaller than BATCH: tasks
 # claimed one at a time would otherwise cost an append (a transaction) every few events.
 COALESCE_SECONDS = 0.025
+# Waits before each new try of a batch whose append failed; after the last, the batch is dropped.
+PUBLISH_RETRY_SECONDS = (0.1, 0.5, 2.0)
 
 
 class EventPublisher:
@@ -86,14 +90,30 @@ class EventPublisher:
                 await asyncio.sleep(COALESCE_SECONDS)  # let a small batch grow, under load as when idle
             batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
             self._room.set()
+            await self._publish(batch)
+
+    async def _publish(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Append ``batch``, trying again a few times (a dropped connection is replaced on the next try).
+
+        The tasks' state is committed whatever happens here; a batch that fails every try is logged
+        and dropped, not retried forever. An append whose answer was lost after it committed is
+        appended again, so a subscriber may, rarely, see an event twice.
+        """
+        for wait in (*PUBLISH_RETRY_SECONDS, None):
             try:
                 await self.bus.publish_batch(batch)
-                self.published += len(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the tasks' state is committed; a lost event is logged, not retried forever
-                self.failed += len(batch)
-                log.warning("htm.event_publish_failed", extra={"events": len(batch), "reason": type(exc).__name__})
+            except Exception as exc:
+                if wait is None:
+                    self.failed += len(batch)
+                    log.warning("htm.event_publish_failed", extra={"events": len(batch), "reason": type(exc).__name__})
+                    return
+                log.warning("htm.event_publish_retry", extra={"events": len(batch), "reason": type(exc).__name__})
+                await asyncio.sleep(wait)
+            else:
+                self.published += len(batch)
+                return
 
     async def drain(self) -> None:
         """Wait until every event queued so far has been published."""
