@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -20,6 +22,7 @@ from grace.htm import HTM, Status, TaskContext, fairness, load_config, origins
 from grace.htm.events import COMPLETED, UPDATE, EventPublisher
 from grace.htm.origins import ORDER, Origin
 from grace.htm.queue import Outcome
+from grace.htm.workers import WorkerPool
 from tests.htmkit import Gate, manual_htm, settle, submit
 
 
@@ -507,9 +510,11 @@ async def test_routing_stats_have_the_seeds_shape(database_url: str, clock: Manu
         assert (await htm.routing_stats())["origins"]["filesystem"]["completed_last_minute"] == 0
 
 
-async def test_on_postgresql_a_dead_workers_tasks_return_without_waiting_for_the_lease(
+@contextlib.asynccontextmanager
+async def _one_task_claimed_on_postgresql(
     database_url: str, clock: ManualClock
-) -> None:
+) -> AsyncIterator[tuple[HTM, Gate, WorkerPool, str]]:
+    """A registered worker holding one gated task (lease 30 s), for the liveness tests."""
     if not database_url.startswith("postgresql"):
         pytest.skip("liveness locks are PostgreSQL's; on SQLite one process holds every worker")
     async with manual_htm(database_url, clock, lease_seconds=30) as htm:
@@ -519,6 +524,21 @@ async def test_on_postgresql_a_dead_workers_tasks_return_without_waiting_for_the
         pool = htm.new_pool(concurrency=1, claim_batch=1)
         await pool.register()
         await pool.claim_once()
+        yield htm, gate, pool, task_id
+
+
+async def _drop_every_other_connection(admin: asyncpg.Connection) -> None:
+    """Do to this database's other sessions what a server restart does: end them."""
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+
+
+async def test_on_postgresql_a_dead_workers_tasks_return_without_waiting_for_the_lease(
+    database_url: str, clock: ManualClock
+) -> None:
+    async with _one_task_claimed_on_postgresql(database_url, clock) as (htm, gate, pool, task_id):
         assert await htm.reap() == []  # alive: its lock is held
         await pool.release_liveness()  # what the server sees when the worker's process dies
         confirm = htm.queue.liveness_confirm_seconds
@@ -539,15 +559,7 @@ async def test_a_worker_whose_connection_dropped_takes_its_lock_again_and_keeps_
 ) -> None:
     # What a PostgreSQL restart does to a worker: the connection holding its liveness lock is gone.
     # It must not be taken for dead, nor its running tasks run again elsewhere.
-    if not database_url.startswith("postgresql"):
-        pytest.skip("liveness locks are PostgreSQL's; on SQLite one process holds every worker")
-    async with manual_htm(database_url, clock, lease_seconds=30) as htm:
-        gate = Gate()
-        htm.handlers.register("test.gate", gate)
-        [task_id] = await submit(htm, Origin.INTENT)
-        pool = htm.new_pool(concurrency=1, claim_batch=1)
-        await pool.register()
-        await pool.claim_once()
+    async with _one_task_claimed_on_postgresql(database_url, clock) as (htm, gate, pool, task_id):
         assert await pool.keep_alive() is False  # nothing lost yet
         async with htm.db.write() as conn:
             pid = pool._liveness_driver.get_server_pid()
@@ -592,10 +604,7 @@ async def test_outcomes_a_dropped_connection_kept_from_the_database_are_recorded
         dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
         admin = await asyncpg.connect(dsn)
         try:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+            await _drop_every_other_connection(admin)
             gate.release()
             status = None
             for _ in range(300):
@@ -623,10 +632,7 @@ async def test_events_a_dropped_connection_kept_from_the_bus_are_published_on_th
     try:
         await publisher.emit(UPDATE, {"task_id": "task_a", "status": "running"})
         await publisher.drain()
-        await admin.execute(  # what a server restart does to the bus's connections
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+        await _drop_every_other_connection(admin)  # the bus's connections among them
         await publisher.emit(COMPLETED, {"task_id": "task_a", "status": "completed"})
         await publisher.drain()
         published = await bus.replay("htm.task.#")
