@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from grace import auth, storage
+from grace import auth, errors, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import Clock, SystemClock
 from grace.config import Settings
@@ -121,7 +121,12 @@ async def build(
     """Connect to the database, apply migrations, create the first admin if needed, wire capabilities."""
     clock = clock or SystemClock()
     htm_config = load_htm_config()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"GRACE_DATA_DIR: {settings.data_dir} cannot be created: {exc.strerror or exc}"
+        ) from None
     db = storage.Database(settings.database_url)
     try:
         if migrate:

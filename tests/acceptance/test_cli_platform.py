@@ -92,3 +92,30 @@ def test_bad_configuration_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("GRACE_MASTER_KEY", "changeme")
     result = CliRunner().invoke(app, ["users", "list"])
     assert result.exit_code == 1 and "GRACE_MASTER_KEY" in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"GRACE_DATABASE_URL": "postgresql://grace:not-for-your-eyes@127.0.0.1:1/grace"},
+            "the database at postgresql://grace:***@127.0.0.1:1/grace cannot be reached: ",
+        ),
+        (
+            {"GRACE_DATABASE_URL": "sqlite:////proc/no-such-dir/grace.db"},
+            "the SQLite database /proc/no-such-dir/grace.db cannot be created",
+        ),
+        ({"GRACE_DATA_DIR": "/proc/no-such-dir"}, "/proc/no-such-dir"),  # the data directory, or the database in it
+    ],
+)
+@pytest.mark.parametrize("argv", [["db", "upgrade"], ["users", "list"]])
+def test_a_database_that_cannot_be_reached_is_a_message_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], message: str, argv: list[str]
+) -> None:
+    monkeypatch.setenv("GRACE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("GRACE_DATABASE_URL", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1 and message in result.output and "cannot be" in result.output, result.output
+    assert "Traceback" not in result.output and "not-for-your-eyes" not in result.output

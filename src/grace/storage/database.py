@@ -68,7 +68,13 @@ class Database:
         if self.backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise errors.StorageUnavailable(
+                        f"the SQLite database {database} cannot be created: {exc.strerror or exc} "
+                        "(check GRACE_DATABASE_URL or GRACE_DATA_DIR)"
+                    ) from None
             self.engine: AsyncEngine = create_async_engine(
                 self.url, echo=echo, json_deserializer=jsontext.loads, connect_args={"factory": SQLiteConnection}
             )
@@ -234,12 +240,33 @@ class Database:
             return result
 
     async def ping(self) -> None:
-        """Check the database answers; raise StorageUnavailable if not."""
+        """Check the database answers; raise StorageUnavailable if not (saying only that, for ``/ready``)."""
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except (OSError, OperationalError, DBAPIError) as exc:
             raise errors.StorageUnavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+
+    async def reach(self) -> None:
+        """Check the database answers; raise StorageUnavailable naming it (password hidden) and why not.
+
+        For whoever starts Grace: the message goes to their terminal, not to a client.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (OSError, OperationalError, DBAPIError) as exc:
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise errors.StorageUnavailable(
+                f"the database at {self.display_url} cannot be reached: {reason} "
+                "(check GRACE_DATABASE_URL and that the server is running)"
+            ) from None
+
+    @property
+    def display_url(self) -> str:
+        """The database URL as it may be shown: with the password hidden."""
+        return make_url(self.url).set(drivername=self.backend).render_as_string(hide_password=True)
 
     async def dispose(self) -> None:
         conn, self._sqlite_conn = self._sqlite_conn, None
@@ -253,7 +280,7 @@ class Database:
         await self.engine.dispose()
 
     def __repr__(self) -> str:
-        return f"Database(backend={self.backend!r}, url={make_url(self.url).render_as_string(hide_password=True)!r})"
+        return f"Database(backend={self.backend!r}, url={self.display_url!r})"
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -76,6 +76,7 @@ async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str
         command.upgrade(_config(connection), revision)
         return before
 
+    await db.reach()  # a database that cannot be reached is a clear message, not a traceback
     async with db.engine.connect() as conn:
         if db.is_sqlite:
             conn = await conn.execution_options(sqlite_immediate=True)
