@@ -240,22 +240,21 @@ class Database:
             return result
 
     async def ping(self) -> None:
-        """Check the database answers; raise StorageUnavailable if not (saying only that, for ``/ready``)."""
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except (OSError, OperationalError, DBAPIError) as exc:
-            raise errors.StorageUnavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+        """Check the database answers; raise StorageUnavailable if not, saying only that (for ``/ready``)."""
+        await self.reach(say_where=False)
 
-    async def reach(self) -> None:
-        """Check the database answers; raise StorageUnavailable naming it (password hidden) and why not.
+    async def reach(self, *, say_where: bool = True) -> None:
+        """Check the database answers; raise StorageUnavailable if not.
 
-        For whoever starts Grace: the message goes to their terminal, not to a client.
+        With ``say_where`` the message names the database (password hidden) and why it cannot be
+        reached: for whoever starts Grace, on their terminal, not for a client.
         """
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except (OSError, OperationalError, DBAPIError) as exc:
+            if not say_where:
+                raise errors.StorageUnavailable(f"the database cannot be reached ({type(exc).__name__})") from None
             cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
             reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             raise errors.StorageUnavailable(
