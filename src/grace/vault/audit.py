@@ -336,13 +336,11 @@ class AuditLog:
             log.warning("vault.audit_anchor_failed", extra={"reason": type(exc).__name__})
 
     def _anchor_behind(self, seq: int) -> bool:
-        """Return whether there is an anchor file to write and it holds no genuine head as late as ``seq``.
+        """Return whether the anchor file holds no genuine head as late as ``seq``.
 
         An anchor this key did not sign (unreadable, forged, or from before the master key changed)
         is replaced rather than trusted to be ahead.
         """
-        if self.anchor_path is None:
-            return False
         current = self._read_anchor()
         return current is None or current.seq < seq or not self._signature_ok(current)
 
