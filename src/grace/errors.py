@@ -4,6 +4,7 @@
     ├── InvalidInput           (422)
     ├── NotFound               (404)
     ├── Conflict               (409)
+    │   └── TaskAlreadyFinished    (409, cancelling a task that has finished)
     ├── PayloadTooLarge        (413)
     ├── Unauthenticated        (401)
     ├── PermissionDenied       (403)
@@ -29,6 +30,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "StorageUnavailable",
+    "TaskAlreadyFinished",
     "Unauthenticated",
 ]
 
@@ -60,6 +62,12 @@ class Conflict(GraceError):
     """The request conflicts with the current state."""
 
     code = "conflict"
+
+
+class TaskAlreadyFinished(Conflict):
+    """The task has already finished; only waiting or running tasks can be changed."""
+
+    code = "task_already_finished"
 
 
 class PayloadTooLarge(GraceError):

@@ -61,6 +61,7 @@ async def test_cancel_then_cancel_again_is_a_conflict(client: httpx.AsyncClient,
     assert r.status_code == 200 and r.json()["task"]["status"] == "cancelled"
     r = await client.post(f"/api/htm/tasks/{task_id}/cancel", headers=admin_headers)
     assert r.status_code == 409 and "already cancelled" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "task_already_finished"
 
 
 async def test_cancel_of_a_completed_task_is_a_conflict(
@@ -77,6 +78,7 @@ async def test_cancel_of_a_completed_task_is_a_conflict(
     assert shown["status"] == "completed" and shown["attempts"] == 1
     r = await client.post(f"/api/htm/tasks/{task_id}/cancel", headers=admin_headers)
     assert r.status_code == 409 and r.json()["error"]["message"].startswith(f"task {task_id} is already completed")
+    assert r.json()["error"]["code"] == "task_already_finished"
 
 
 @pytest.mark.parametrize(

@@ -352,7 +352,7 @@ async def test_cancel_waiting_running_and_finished_tasks(database_url: str, cloc
         await pool.wait_idle()
         task = await htm.get(running, principal=None)
         assert task.status is Status.CANCELLED and task.result is None
-        with pytest.raises(errors.Conflict, match="already cancelled"):
+        with pytest.raises(errors.TaskAlreadyFinished, match="already cancelled"):
             await htm.cancel(running, principal=None)
         with pytest.raises(errors.NotFound):
             await htm.cancel("task_nope", principal=None)

@@ -679,7 +679,9 @@ class Queue:
             return Finished.from_row(row._mapping)
         if current is None:
             raise errors.NotFound(f"no task {task_id[:60]!r}")
-        raise errors.Conflict(f"task {task_id} is already {current}; only waiting or running tasks can be cancelled")
+        raise errors.TaskAlreadyFinished(
+            f"task {task_id} is already {current}; only waiting or running tasks can be cancelled"
+        )
 
     async def get(self, task_id: str, *, visible_to: str | None) -> Task:
         query = select(htm_tasks).where(htm_tasks.c.task_id == task_id)
