@@ -18,6 +18,7 @@ import asyncpg
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from grace import storage
 from grace.bus.log import Bus, Checked, Event
 from grace.bus.tables import bus_cursors, events
 from grace.storage import Database
@@ -27,12 +28,14 @@ __all__ = ["PostgresBus"]
 log = logging.getLogger("grace.bus")
 
 CHANNEL = "grace_events"
-# Appends are serialised by this transaction-level advisory lock, so event ids become visible in
+# Appends are serialised by this named lock (grace.storage.locks), so event ids become visible in
 # order: without it, a reader could see id 11 committed before id 10 and move its cursor past 10
-# for good. The whole append is one statement in autocommit (one round trip): take the lock,
-# insert the batch in order (ids come from the sequence in that order), and notify listeners
-# once, on commit, so none wakes before the rows are visible.
-APPEND_LOCK = 0x6772616365425553
+# for good. The whole append is one statement in autocommit (one round trip), so the statement
+# takes the lock itself rather than through storage.serialise (a round trip of its own): take the
+# lock, insert the batch in order (ids come from the sequence in that order), and notify
+# listeners once, on commit, so none wakes before the rows are visible.
+APPEND_LOCK = "grace.bus.append"
+_APPEND_KEY = storage.lock_key(APPEND_LOCK)
 # Run on the asyncpg connection itself (Database.autocommit_driver): fixed SQL, prepared once per
 # connection. $1 lock key, $2 topics, $3 payloads (JSON text), $4 published at, $5 source, $6 channel.
 _APPEND = """
@@ -98,7 +101,7 @@ class PostgresBus(Bus):
         # The copies handed back are taken now, before the caller can run again and change its dicts.
         copies = [c.payload() for c in items] if returning else []
         async with self.db.autocommit_driver() as conn:
-            rows = await conn.fetch(_APPEND, APPEND_LOCK, topics_, payloads, published_at, self.source, CHANNEL)
+            rows = await conn.fetch(_APPEND, _APPEND_KEY, topics_, payloads, published_at, self.source, CHANNEL)
         ids = sorted(int(r[0]) for r in rows if r[0] is not None)
         if not returning:
             return []

@@ -44,7 +44,7 @@ from sqlalchemy import and_, delete, insert, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors, jsontext
+from grace import errors, jsontext, storage
 from grace.clock import Clock
 from grace.htm import sqlite_claims
 from grace.htm.origins import ORDER, Origin
@@ -243,8 +243,8 @@ def _aware(value: Any) -> datetime | None:
     return when.astimezone(UTC)
 
 
-# pg_advisory_xact_lock key that serialises the queue's one-time set-up across processes.
-PREPARE_LOCK = 0x6772616365505250
+# The lock that serialises the queue's one-time set-up across processes.
+PREPARE_LOCK = "grace.htm.prepare"
 
 
 @dataclass
@@ -268,10 +268,8 @@ class Queue:
     async def prepare(self) -> None:
         """Make sure the dispatch counter and every origin's row exist, with the configured weights."""
         async with self.db.write() as conn:
-            if not self.db.is_sqlite:
-                # Processes starting together must not both insert the rows (SQLite's BEGIN IMMEDIATE
-                # already serialises this); the lock ends with the transaction.
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PREPARE_LOCK})
+            # Processes starting together must not both insert the rows; the lock ends with the transaction.
+            await storage.serialise(conn, PREPARE_LOCK)
             if (await conn.execute(select(htm_scheduler.c.id).where(htm_scheduler.c.id == 1))).first() is None:
                 await conn.execute(insert(htm_scheduler).values(id=1, dispatched=0))
             existing = {
@@ -612,8 +610,7 @@ class Queue:
         dead = []
         free: dict[str, datetime] = {}
         for worker_id in holders:
-            key = {"key": LIVENESS_KEY + worker_id}
-            if (await conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:key))"), key)).scalar():
+            if await storage.try_serialise(conn, LIVENESS_KEY + worker_id):
                 since = free[worker_id] = self._free_since.get(worker_id, now)
                 if now - since >= confirm:
                     dead.append(worker_id)
@@ -625,7 +622,7 @@ class Queue:
         if self.db.is_sqlite:
             return None
         conn = await (await self.db.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": LIVENESS_KEY + worker_id})
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": storage.lock_key(LIVENESS_KEY + worker_id)})
         return conn
 
     # -- workers ---------------------------------------------------------------

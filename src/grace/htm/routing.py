@@ -3,8 +3,8 @@
 - Burst protection is a sliding log per origin: at most N tasks are admitted in
   any 60 seconds; the next one is delayed exactly until the oldest admission in
   the window is a minute old. Admission times live in ``htm_tasks.admitted_at``,
-  so every API node shares the window (on PostgreSQL each origin's routing is
-  serialised with an advisory lock; SQLite has one writer).
+  so every API node shares the window (each origin's routing is serialised by a
+  named lock, ``grace.htm.route.<origin>``: see :func:`grace.storage.serialise`).
 - Anti-starvation: when the workers' capacity is fully held and some origin has
   queued work below its guaranteed share (it is *starved*), new work of origins
   at or over their share is deferred, so the starved origin goes first.
@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select, text
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grace import storage
 from grace.htm import origins
 from grace.htm.origins import ORDER, Origin
 from grace.htm.tables import IS_QUEUED, IS_RUNNING, htm_tasks, htm_workers
@@ -131,11 +132,9 @@ class BurstWindow:
 
 
 async def lock_origins(conn: AsyncConnection, chosen: Sequence[Origin]) -> None:
-    """Serialise routing per origin across PostgreSQL nodes (a no-op on SQLite's single writer)."""
-    if conn.dialect.name != "postgresql":
-        return
-    for origin in sorted(set(chosen)):
-        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"grace.htm.route.{origin}"})
+    """Serialise routing per origin across processes, for the rest of ``conn``'s transaction."""
+    for origin in sorted(set(chosen)):  # one order everywhere, so two routers never deadlock
+        await storage.serialise(conn, f"grace.htm.route.{origin}")
 
 
 async def load(

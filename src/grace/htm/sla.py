@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, case, func, or_, select, text, union_all, update
+from sqlalchemy import and_, case, func, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import errors, storage
 from grace.htm import origins
 from grace.htm.tables import IS_QUEUED, SLA_OPEN, SLA_OUTCOME, htm_sla_counters, htm_tasks
 from grace.htm.tasks import Priority, Status, TaskRequest
@@ -78,8 +78,8 @@ COUNTERS = ("warnings_issued", "total_violations", "escalations_triggered", "sub
 BATCH = 200  # tasks escalated per transaction
 MAX_BATCHES = 20  # per tick; whatever is left is due on the next tick
 HIGH_RANK = Priority.HIGH.rank
-# Two-key advisory locks live apart from the one-key locks the workers and the router take.
-LEADER_LOCK = text("SELECT pg_try_advisory_lock(hashtext('grace.htm'), hashtext('sla.enforcer'))")
+# The leadership whose holder enforces, one across the processes sharing a PostgreSQL database.
+LEADER_LOCK = "grace.htm.sla.enforcer"
 
 _DUE_COLUMNS = (
     htm_tasks.c.seq,
@@ -156,7 +156,7 @@ class SLAEnforcer:
         self.htm = htm
         # On PostgreSQL, act only while holding the leader lock. Off only in tests of the guarded UPDATE.
         self.singleton = singleton
-        self._lock: AsyncConnection | None = None
+        self._leadership = storage.Leadership(htm.db, LEADER_LOCK)
         self._runner: asyncio.Task[None] | None = None
         self._last_stats: datetime | None = None
 
@@ -168,7 +168,7 @@ class SLAEnforcer:
     @property
     def is_leader(self) -> bool:
         """Return whether this enforcer acts: always on SQLite, the lock holder on PostgreSQL."""
-        return self.htm.db.is_sqlite or not self.singleton or self._lock is not None
+        return not self.singleton or self._leadership.is_leader
 
     # -- life cycle ------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class SLAEnforcer:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-        await self._release()
+        await self._leadership.release()
 
     async def _run(self) -> None:
         # The loop's pace is wall time; every decision inside a tick uses the injected clock.
@@ -200,33 +200,9 @@ class SLAEnforcer:
     # -- leadership ---------------------------------------------------------------
 
     async def _lead(self) -> bool:
-        if self.htm.db.is_sqlite or not self.singleton:
+        if not self.singleton:
             return True
-        if self._lock is not None:
-            try:
-                await self._lock.execute(text("SELECT 1"))
-                return True
-            except Exception as exc:  # the lock went with its connection; try to take it again below
-                log.warning("htm.sla_leadership_lost", extra={"reason": type(exc).__name__})
-                await self._release()
-        conn = await (await self.htm.db.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            held = bool((await conn.execute(LEADER_LOCK)).scalar())
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            raise
-        if not held:
-            await conn.close()
-            return False
-        self._lock = conn
-        log.info("htm.sla_leader", extra={"backend": self.htm.db.backend})
-        return True
-
-    async def _release(self) -> None:
-        conn, self._lock = self._lock, None
-        if conn is not None:
-            await self.htm.db.discard(conn)  # a pooled session would keep the lock
+        return await self._leadership.acquire()
 
     # -- enforcing --------------------------------------------------------------------
 

@@ -1,10 +1,25 @@
-"""Storage: the async database handle, shared column types and migrations."""
+"""Storage: the async database handle, shared column types, locks across processes and migrations."""
 
 from __future__ import annotations
 
 from grace.storage.database import Database
+from grace.storage.locks import Leadership, serialise, try_serialise
+from grace.storage.locks import key as lock_key
 from grace.storage.metadata import metadata
 from grace.storage.migrate import current_revision, head_revision, upgrade
 from grace.storage.types import UTCDateTime, new_id, new_ids
 
-__all__ = ["Database", "UTCDateTime", "current_revision", "head_revision", "metadata", "new_id", "new_ids", "upgrade"]
+__all__ = [
+    "Database",
+    "Leadership",
+    "UTCDateTime",
+    "current_revision",
+    "head_revision",
+    "lock_key",
+    "metadata",
+    "new_id",
+    "new_ids",
+    "serialise",
+    "try_serialise",
+    "upgrade",
+]

@@ -12,13 +12,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from grace.storage import locks
 from grace.storage.database import Database
 
 __all__ = ["current_revision", "head_revision", "revision_module", "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# pg_advisory_xact_lock key that serialises migrations across processes ("graceMIG").
-MIGRATION_LOCK = 0x67726163654D4947
+# The lock that serialises migrations across processes.
+MIGRATION_LOCK = "grace.storage.migrate"
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -64,14 +65,11 @@ async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str
     """Migrate the database to ``revision``; return (before, after). Re-running is a no-op.
 
     Processes starting together on a new database take turns: the first migrates while the others
-    wait, then find nothing to do. On PostgreSQL the transaction takes an advisory lock first; on
-    SQLite it begins with ``BEGIN IMMEDIATE``, the write lock. Either way the current revision is
-    read only once the lock is held.
+    wait, then find nothing to do: the transaction is serialised (:func:`locks.serialise`; on
+    SQLite it begins with ``BEGIN IMMEDIATE``, the write lock) before it reads the current revision.
     """
 
     def _upgrade(connection: Connection) -> str | None:
-        if connection.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         before = MigrationContext.configure(connection).get_current_revision()
         command.upgrade(_config(connection), revision)
         return before
@@ -81,6 +79,7 @@ async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str
         if db.is_sqlite:
             conn = await conn.execution_options(sqlite_immediate=True)
         async with conn.begin():
+            await locks.serialise(conn, MIGRATION_LOCK)
             before = await conn.run_sync(_upgrade)
     after = await current_revision(db)
     assert after is not None

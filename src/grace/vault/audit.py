@@ -32,10 +32,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grace import storage
 from grace.clock import Clock
 from grace.storage import Database
 from grace.vault import crypto
@@ -49,8 +50,8 @@ log = logging.getLogger("grace.vault")
 GENESIS = "0" * 64
 CHECKPOINT_EVERY = 64
 MOVE_WINDOW = 64
-# pg_advisory_xact_lock key that serialises appends to the chain across processes.
-AUDIT_LOCK = 0x6772616365417564
+# The lock that serialises appends to the chain across processes.
+AUDIT_LOCK = "grace.vault.audit"
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,7 @@ class AuditLog:
         return crypto.mac(self._chain_key, _payload(seq, row))
 
     async def _lock(self, conn: AsyncConnection) -> None:
-        if not self.db.is_sqlite:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
+        await storage.serialise(conn, AUDIT_LOCK)
 
     async def append(
         self,
