@@ -28,6 +28,7 @@ def test_exported_members() -> None:
             "TaskRequest",
             "WorkerPool",
             "load_config",
+            "load_handlers",
         ]
     )
     for name in grace.htm.__all__:

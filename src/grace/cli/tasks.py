@@ -18,8 +18,7 @@ from rich.table import Table
 from grace import errors, logs, memory
 from grace.auth import Principal
 from grace.cli.common import console, id_column, open_services, run
-from grace.htm import HTM
-from grace.htm.workers import load_handlers
+from grace.htm import HTM, load_handlers
 from grace.services import Services
 
 app = typer.Typer(help="Submit and follow tasks, and see how fairly work is routed.", no_args_is_help=True)

@@ -15,7 +15,7 @@ from grace.htm.origins import DEFAULT_SHARES, Origin
 from grace.htm.routing import RouteDecision
 from grace.htm.service import HTM, Submitted
 from grace.htm.tasks import Priority, Status, Task, TaskRequest
-from grace.htm.workers import Handler, HandlerRegistry, TaskContext, WorkerPool
+from grace.htm.workers import Handler, HandlerRegistry, TaskContext, WorkerPool, load_handlers
 
 __all__ = [
     "DEFAULT_SHARES",
@@ -33,4 +33,5 @@ __all__ = [
     "TaskRequest",
     "WorkerPool",
     "load_config",
+    "load_handlers",
 ]
