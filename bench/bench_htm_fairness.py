@@ -123,7 +123,7 @@ async def flood() -> dict[str, Any]:
             for origin in ORDER[1:]:
                 await htm.submit_many(requests(htm, origin, int(FLOOD_SECONDS * CAPACITY_PER_S)), creator=None)
             await htm.submit_many(requests(htm, Origin.USER_REQUEST, int(CAPACITY_PER_S)), creator=None)
-            pool = await htm.start_workers()
+            await htm.start_workers()
             # The flood comes from another process, as API traffic would: 10x what the workers can run.
             flooder = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -138,8 +138,7 @@ async def flood() -> dict[str, Any]:
             )
             out, _ = await flooder.communicate()
             submitted = int(out.decode().strip() or 0)
-            await pool.stop(grace=1.0)
-            htm.pool = None
+            await htm.stop_workers(grace=1.0)
             stats = await htm.routing_stats()
             seq = await all_dispatched(htm)
             still_waiting = {o: v["total_queued"] for o, v in stats["origins"].items()}
@@ -168,7 +167,7 @@ async def lending() -> dict[str, Any]:
             htm.handlers.register("bench.sleep", sleep_handler)
             for origin in busy:
                 await htm.submit_many(requests(htm, origin, int(2 * phase * CAPACITY_PER_S)), creator=None)
-            pool = await htm.start_workers()
+            await htm.start_workers()
             t0 = time.time()
             await asyncio.sleep(phase)
             t_return = time.time()
@@ -176,8 +175,7 @@ async def lending() -> dict[str, Any]:
                 await htm.submit_many(requests(htm, origin, int(phase * CAPACITY_PER_S)), creator=None)
             await asyncio.sleep(phase)
             t_end = time.time()
-            await pool.stop(grace=1.0)
-            htm.pool = None
+            await htm.stop_workers(grace=1.0)
             seq = await all_dispatched(htm)
         before = [t for t in seq if t.started_at and t.started_at.timestamp() < t_return]
         after = [t for t in seq if t.started_at and t.started_at.timestamp() >= t_return]

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from grace import storage
 from grace.bus import Event
 from grace.clock import ManualClock
-from grace.htm import HTM, Status, sla
+from grace.htm import HTM, Status
 from grace.htm.origins import Origin
 from grace.htm.queue import Outcome
 from grace.htm.sla import SLAEnforcer
@@ -33,6 +33,19 @@ SLA_TOPICS = "htm.sla.*"
 async def sla_events(htm: HTM, topic: str = SLA_TOPICS) -> list[Event]:
     await htm.events.drain()
     return await htm.bus.replay(topic)
+
+
+def unguarded_enforcer(htm: HTM) -> SLAEnforcer:
+    """An enforcer on ``htm``'s parts that acts without the leader lock."""
+    return SLAEnforcer(
+        htm.db,
+        htm.clock,
+        htm.config,
+        submitter=htm.submitter,
+        publisher=htm.events,
+        report=htm.sla_report,
+        singleton=False,
+    )
 
 
 def fired(events: list[Event]) -> list[tuple[str, str]]:
@@ -131,7 +144,7 @@ async def test_each_level_fires_once_across_ticks_restarts_and_concurrent_enforc
     # lets exactly one transaction make each transition.
     async with manual_htm(database_url, clock) as a, manual_htm(database_url, clock) as b:
         clock.advance(0.5)  # 130%
-        one, two = SLAEnforcer(a, singleton=False), SLAEnforcer(b, singleton=False)
+        one, two = unguarded_enforcer(a), unguarded_enforcer(b)
         ticks = await asyncio.gather(one.tick(), two.tick(), one.tick(), two.tick())
         violated = [t for tick in ticks for t in tick.tasks_at("violated")]
         assert sorted(violated) == sorted(ids)
@@ -146,7 +159,7 @@ async def test_each_level_fires_once_across_ticks_restarts_and_concurrent_enforc
             assert sorted(t for top, t in events if top == topic) == sorted(ids), topic
         queued_rescues = await a.list_tasks(principal=None, origin="remediation", limit=100)
         assert len(queued_rescues) == 30
-        stats = await a.sla.get_statistics()
+        stats = await a.sla_stats()
         assert stats["warnings_issued"] == stats["total_violations"] == stats["sub_agents_spawned"] == 30
 
 
@@ -217,12 +230,12 @@ async def test_a_rescue_of_a_queued_task_reports_what_is_ahead_of_it(database_ur
         assert late in (await htm.sla.tick()).rescues
         await htm.cancel(ahead[0], principal=None)  # no longer ahead
         # What the rescue handler runs (the worker-driven run is the lease test above).
-        result = await sla.inspect_overdue(htm, late)
+        result = await htm.rescuer.inspect_overdue(late)
         assert result["status"] == "queued" and result["priority"] == "high"
         assert result["queued_ahead"] == 2  # the two critical tasks left; the low ones are behind it
         assert result["action"] == "none" and result["lease_expired"] is None and result["overdue_ms"] == 1000
         assert "2 scheduler task(s) ahead" in result["summary"]
-        gone = await sla.inspect_overdue(htm, "task_missing")
+        gone = await htm.rescuer.inspect_overdue("task_missing")
         assert gone["found"] is False and gone["action"] == "none"
 
 
@@ -248,7 +261,7 @@ async def test_a_task_without_an_sla_is_never_touched(database_url: str, clock: 
             assert (await htm.sla.tick()).fired == []
         assert await column(htm, task_id, "sla_level") == 0 and await column(htm, task_id, "sla_due_at") is None
         assert await htm.get(task_id, principal=None) == before
-        assert (await htm.sla.get_statistics())["active_violations"] == 0
+        assert (await htm.sla_stats())["active_violations"] == 0
 
 
 async def test_statistics_match_the_scenario_and_survive_a_restart(database_url: str, clock: ManualClock) -> None:
@@ -301,10 +314,10 @@ async def test_statistics_match_the_scenario_and_survive_a_restart(database_url:
         assert len(stats_events) == 4 and stats_events[-1].payload == published
 
     async with manual_htm(database_url, clock, sla_window_seconds=3600) as restarted:
-        again = await restarted.sla.get_statistics()
+        again = await restarted.sla_stats()
         assert {k: again[k] for k in expected} == expected
         clock.advance(3600)  # the finished ones leave the window; the counts are all-time
-        later = await restarted.sla.get_statistics()
+        later = await restarted.sla_stats()
         assert later["sla_compliance_rate"] is None and later["finished_with_sla"] == 0
         assert later["warnings_issued"] == 4 and later["sub_agents_spawned"] == 1
         assert later["active_violations"] == 2  # warned is past its deadline now too, counted before any tick

@@ -1,4 +1,4 @@
-"""Property tests of the SLA thresholds (grace.htm.sla): each level falls due exactly at its fraction of the SLA."""
+"""Property tests of the SLA thresholds (grace.htm.sla_levels): each level falls due at exactly its fraction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grace.htm import sla
+from grace.htm import sla_levels as sla
 
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)

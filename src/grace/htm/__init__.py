@@ -13,7 +13,8 @@ from __future__ import annotations
 from grace.htm.config import HTMConfig, load_config
 from grace.htm.origins import DEFAULT_SHARES, Origin
 from grace.htm.routing import RouteDecision
-from grace.htm.service import HTM, Submitted
+from grace.htm.service import HTM
+from grace.htm.submission import Submitted
 from grace.htm.tasks import Priority, Status, Task, TaskRequest
 from grace.htm.workers import Handler, HandlerRegistry, TaskContext, WorkerPool, load_handlers
 

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, select
 
 from grace.htm import routing
-from grace.htm.origins import ORDER
+from grace.htm.config import HTMConfig
+from grace.htm.origins import ORDER, Origin
 from grace.htm.tables import htm_origins, htm_tasks, htm_workers
-
-if TYPE_CHECKING:
-    from grace.htm.service import HTM
+from grace.storage import Database
 
 __all__ = ["THROUGHPUT_WINDOW", "routing_stats"]
 
 THROUGHPUT_WINDOW = timedelta(seconds=60)
 
 
-async def routing_stats(htm: HTM, *, now: datetime) -> dict[str, Any]:
+async def routing_stats(
+    db: Database, cfg: HTMConfig, weights: dict[Origin, int], *, fallback_capacity: int, now: datetime
+) -> dict[str, Any]:
     """Return ``{"origins": {name: {...}}, ...}`` with current_count, max_concurrent, total_queued,
-    tasks_starved, utilization, delayed/deferred counts and throughput over the last minute."""
+    tasks_starved, utilization, delayed/deferred counts and throughput over the last minute.
+
+    ``fallback_capacity`` is the capacity to assume while no worker has a heartbeat.
+    """
     t = htm_tasks
-    cfg = htm.config
     live_after = now - timedelta(seconds=cfg.lease_seconds)
-    async with htm.db.read() as conn:
+    async with db.read() as conn:
         load = await routing.load(
             conn,
-            htm.weights,
+            weights,
             configured=cfg.capacity,
-            fallback=htm._fallback_capacity(),
+            fallback=fallback_capacity,
             live_after=live_after,
         )
         counts: dict[tuple[str, str], int] = {
@@ -76,7 +79,7 @@ async def routing_stats(htm: HTM, *, now: datetime) -> dict[str, Any]:
         done, done_bytes = recent.get((o, "completed"), (0, 0))
         failed = sum(recent.get((o, s), (0, 0))[0] for s in ("failed", "timed_out"))
         out[o] = {
-            "share": round(htm.weights[origin] / load.total_weight, 4),
+            "share": round(weights[origin] / load.total_weight, 4),
             "current_count": running,
             "max_concurrent": quota,
             "total_queued": queued + delayed + deferred,

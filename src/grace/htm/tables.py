@@ -25,6 +25,7 @@ __all__ = [
     "IS_RUNNING",
     "IS_WAITING",
     "JSON_COLUMNS",
+    "SLA_COLUMNS",
     "SLA_OPEN",
     "SLA_OUTCOME",
     "SUMMARY_COLUMNS",
@@ -218,3 +219,20 @@ IS_RUNNING = text("htm_tasks.status = 'running'")
 IS_WAITING = text("htm_tasks.status IN ('delayed', 'deferred')")
 SLA_OPEN = text("htm_tasks.deadline IS NOT NULL AND htm_tasks." + _UNFINISHED)
 SLA_OUTCOME = text("htm_tasks.deadline IS NOT NULL AND htm_tasks." + _OUTCOME)
+
+# What the SLA enforcer reads of a due task, and its reporting of a violation.
+SLA_COLUMNS = (
+    htm_tasks.c.seq,
+    htm_tasks.c.task_id,
+    htm_tasks.c.task_type,
+    htm_tasks.c.origin,
+    htm_tasks.c.priority,
+    htm_tasks.c.priority_rank,
+    htm_tasks.c.status,
+    htm_tasks.c.intent_id,
+    htm_tasks.c.worker_id,
+    htm_tasks.c.created_at,
+    htm_tasks.c.sla_ms,
+    htm_tasks.c.deadline,
+    htm_tasks.c.sla_level,
+)

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,13 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from grace import errors, jsontext
 from grace.clock import Clock
 from grace.htm import queue as queue_module
-from grace.htm.queue import WAKE_CHANNEL, Outcome
+from grace.htm.config import HTMConfig
+from grace.htm.outcomes import Recorder
+from grace.htm.queue import WAKE_CHANNEL, Outcome, Queue
 from grace.htm.tasks import Status, Task
+from grace.storage import Database
 
-if TYPE_CHECKING:
-    from grace.htm.service import HTM
-
-__all__ = ["Handler", "HandlerRegistry", "TaskContext", "WorkerPool", "load_handlers"]
+__all__ = ["Handler", "HandlerRegistry", "LocalWorkers", "TaskContext", "WorkerPool", "load_handlers"]
 
 log = logging.getLogger("grace.htm")
 
@@ -112,7 +112,12 @@ def new_worker_id() -> str:
 class WorkerPool:
     """Claim and run tasks in this process."""
 
-    htm: HTM
+    db: Database
+    clock: Clock
+    config: HTMConfig
+    queue: Queue
+    recorder: Recorder  # records outcomes and reaps, publishing the task events
+    handlers: HandlerRegistry
     concurrency: int
     claim_batch: int
     worker_id: str = field(default_factory=new_worker_id)
@@ -135,10 +140,6 @@ class WorkerPool:
     finished: int = 0
 
     @property
-    def clock(self) -> Clock:
-        return self.htm.clock
-
-    @property
     def busy(self) -> int:
         return len(self._running)
 
@@ -154,17 +155,17 @@ class WorkerPool:
         """Record this worker (for capacity and the dashboard) without starting its loops."""
         if self._liveness is None:
             await self._hold_liveness()
-        await self.htm.queue.register_worker(
+        await self.queue.register_worker(
             self.worker_id,
             host=socket.gethostname(),
             pid=os.getpid(),
             concurrency=self.concurrency,
-            task_types=self.htm.handlers.types(),
+            task_types=self.handlers.types(),
         )
         self._started = True
 
     async def _hold_liveness(self) -> None:
-        self._liveness = await self.htm.queue.hold_liveness(self.worker_id)
+        self._liveness = await self.queue.hold_liveness(self.worker_id)
         self._liveness_driver = (
             None if self._liveness is None else (await self._liveness.get_raw_connection()).driver_connection
         )
@@ -178,7 +179,7 @@ class WorkerPool:
         every tick, before reaping: the lock is taken again on a new connection and the worker
         registered again (a reaper may have removed it).
         """
-        if self.htm.db.is_sqlite or not self._started or self._stopping:
+        if self.db.is_sqlite or not self._started or self._stopping:
             return False
         if self._liveness_driver is not None and not self._liveness_driver.is_closed():
             return False
@@ -204,7 +205,7 @@ class WorkerPool:
             *(asyncio.create_task(self._flush_loop(), name="grace-htm-flush") for _ in range(flushers)),
             asyncio.create_task(self._maintenance_loop(), name="grace-htm-maintenance"),
         ]
-        if not self.htm.db.is_sqlite:
+        if not self.db.is_sqlite:
             # Only PostgreSQL has other processes to hear from; on SQLite submits wake the pool directly.
             self._listen = asyncio.create_task(self._listen_loop(), name="grace-htm-listen")
         log.info("htm.worker_started", extra={"worker_id": self.worker_id, "concurrency": self.concurrency})
@@ -217,10 +218,10 @@ class WorkerPool:
         """Stop claiming; let running tasks finish for ``grace`` seconds, then release the rest to the queue."""
         if not self._started:
             return
-        grace = self.htm.config.shutdown_grace_seconds if grace is None else grace
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
         self._stopping = True
         with contextlib.suppress(Exception):
-            await self.htm.queue.mark_stopping(self.worker_id)
+            await self.queue.mark_stopping(self.worker_id)
         dispatcher = [t for t in self._loops if t.get_name() == "grace-htm-dispatch"]
         for t in dispatcher:
             t.cancel()
@@ -241,7 +242,7 @@ class WorkerPool:
         self._listen = None
         await self.flush()
         with contextlib.suppress(Exception):
-            await self.htm.queue.unregister_worker(self.worker_id)
+            await self.queue.unregister_worker(self.worker_id)
         await self.release_liveness()
         self._started = False
         log.info("htm.worker_stopped", extra={"worker_id": self.worker_id, "finished": self.finished})
@@ -255,7 +256,7 @@ class WorkerPool:
             return []
         self._reserved += n  # other claimers in this pool must not claim into the same slots
         try:
-            tasks = await self.htm.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
+            tasks = await self.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
         finally:
             self._reserved -= n
         if tasks:
@@ -266,12 +267,12 @@ class WorkerPool:
         for task in tasks:
             self._launch(task)
         self.claimed += len(tasks)
-        await self.htm.on_claimed(self.worker_id, tasks)
+        await self.recorder.claimed(self.worker_id, tasks)
 
     def _launch(self, task: Task) -> None:
-        handler = self.htm.handlers.get(task.task_type)
+        handler = self.handlers.get(task.task_type)
         if handler is None:
-            known = ", ".join(self.htm.handlers.types()) or "none"
+            known = ", ".join(self.handlers.types()) or "none"
             error = (
                 f"no handler registered for task type {task.task_type!r} on worker {self.worker_id} "
                 f"(registered: {known})"
@@ -293,7 +294,7 @@ class WorkerPool:
         return [r.handler_task for r in self._running.values()]
 
     async def _dispatch_loop(self) -> None:
-        poll = self.htm.config.poll_seconds
+        poll = self.config.poll_seconds
         while not self._stopping:
             if self.free_slots <= 0:
                 self._slot_freed.clear()
@@ -321,7 +322,7 @@ class WorkerPool:
             while not self._stopping:
                 if listener is None or listener.is_closed():
                     try:
-                        listener = await asyncpg.connect(self.htm.db.driver_dsn)
+                        listener = await asyncpg.connect(self.db.driver_dsn)
                         await listener.add_listener(WAKE_CHANNEL, lambda *_: self._wake.set())
                         self._wake.set()  # anything submitted while not listening
                     except (OSError, asyncpg.PostgresError) as exc:
@@ -373,7 +374,7 @@ class WorkerPool:
         return Outcome(task.task_id, task.attempts, Status.COMPLETED, now, result=result)
 
     def _failure(self, task: Task, final: Status, error: str, now: datetime) -> Outcome:
-        cfg = self.htm.config
+        cfg = self.config
         if task.attempts < task.max_attempts:
             wait = queue_module.backoff(task.attempts, cfg.retry_base_seconds, cfg.retry_max_seconds)
             return Outcome(
@@ -385,7 +386,7 @@ class WorkerPool:
         """Close the connection holding this worker's liveness lock (stop, or a test's pool)."""
         conn, self._liveness, self._liveness_driver = self._liveness, None, None
         if conn is not None:
-            await self.htm.db.discard(conn)  # a pooled session would keep the lock
+            await self.db.discard(conn)  # a pooled session would keep the lock
 
     def stop_task(self, task_id: str) -> bool:
         """Stop the handler of a task cancelled elsewhere, if it runs here; its outcome is not recorded."""
@@ -417,7 +418,7 @@ class WorkerPool:
             n = max(0, min(self.claim_batch, self.free_slots + len(batch))) if claim and not self._stopping else 0
             self._reserved += n
             try:
-                done = await self.htm.record(self.worker_id, batch, claim=n, fallback_capacity=self.concurrency)
+                done = await self.recorder.record(self.worker_id, batch, claim=n, fallback_capacity=self.concurrency)
             except BaseException:
                 self._outcomes[:0] = batch  # not recorded: try again on the next round
                 raise
@@ -441,7 +442,7 @@ class WorkerPool:
                 raise
             except Exception as exc:
                 log.warning("htm.flush_failed", extra={"worker_id": self.worker_id, "reason": type(exc).__name__})
-                await asyncio.sleep(self.htm.config.poll_seconds)
+                await asyncio.sleep(self.config.poll_seconds)
                 if self._outcomes:
                     self._outcome_ready.set()  # what failed is pending still: try again without waiting for more
 
@@ -469,14 +470,14 @@ class WorkerPool:
         """Extend this worker's leases; stop handlers whose task was cancelled or taken away."""
         # Judge only tasks held before the query: one claimed while it runs is not in its snapshot.
         asked = set(self._running)
-        held = await self.htm.queue.heartbeat(self.worker_id, asked)
+        held = await self.queue.heartbeat(self.worker_id, asked)
         for task_id in asked - held:
             running = self._running.get(task_id)
             if running is not None and running.reason is None:
                 self._interrupt(running, "cancelled")
 
     async def _maintenance_loop(self) -> None:
-        cfg = self.htm.config
+        cfg = self.config
         tick = min(0.5, cfg.lease_seconds / 6)
         beat_every = cfg.lease_seconds / 3
         last_beat = last_tidy = 0.0
@@ -489,15 +490,38 @@ class WorkerPool:
                 if loop.time() - last_beat >= beat_every:
                     last_beat = loop.time()
                     await self.heartbeat()
-                if await self.htm.reap():
+                if await self.recorder.reap():
                     self._wake.set()
                 if loop.time() - last_tidy >= TIDY_SECONDS:
                     last_tidy = loop.time()
-                    await self.htm.queue.tidy()
+                    await self.queue.tidy()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("htm.maintenance_failed", extra={"reason": type(exc).__name__})
+
+
+class LocalWorkers:
+    """The worker pool started in this process, if any: what a submit wakes, and the capacity it implies."""
+
+    def __init__(self, default_concurrency: int) -> None:
+        self.pool: WorkerPool | None = None
+        self.default_concurrency = default_concurrency
+
+    @property
+    def fallback_capacity(self) -> int:
+        """Return the capacity to assume while no worker has a heartbeat: this pool's, else the configured one."""
+        return self.pool.concurrency if self.pool is not None else self.default_concurrency
+
+    def wake(self) -> None:
+        """Tell this process's pool there may be new work (other processes hear it from the database)."""
+        if self.pool is not None:
+            self.pool.wake()
+
+    def stop_task(self, task_id: str) -> None:
+        """Stop the handler of a task cancelled here, if it runs in this process."""
+        if self.pool is not None:
+            self.pool.stop_task(task_id)
 
 
 def load_handlers(spec: str, registry: HandlerRegistry) -> None:

@@ -1,0 +1,204 @@
+"""Submitting tasks: validate, tag the origin, route, insert, and announce them once committed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grace.auth import Principal
+from grace.clock import Clock
+from grace.htm import events, origins, routing, sla_levels
+from grace.htm.config import HTMConfig
+from grace.htm.queue import Queue
+from grace.htm.routing import RouteDecision
+from grace.htm.tasks import Status, TaskRequest
+from grace.htm.workers import LocalWorkers
+from grace.jsontext import Encoded
+from grace.storage import Database, new_ids
+
+__all__ = ["SYSTEM_NAME", "Enqueued", "Submitted", "Submitter"]
+
+log = logging.getLogger("grace.htm")
+
+_STATUS_OF_ROUTE = {"accepted": Status.QUEUED, "delayed": Status.DELAYED, "deferred": Status.DEFERRED}
+
+SYSTEM_NAME = "grace"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submitted task's id, status and routing decision."""
+
+    task_id: str
+    status: Status
+    decision: RouteDecision
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "status": self.status.value, "routing": self.decision.as_dict()}
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """Tasks inserted inside a caller's transaction, to announce once it commits."""
+
+    rows: list[dict[str, Any]]
+    submitted: list[Submitted]
+
+
+class Submitter:
+    """Route and enqueue tasks; what the facade and the SLA enforcer (for rescue tasks) submit through."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        config: HTMConfig,
+        *,
+        weights: dict[origins.Origin, int],
+        queue: Queue,
+        publisher: events.EventPublisher,
+        local: LocalWorkers,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.config = config
+        self.weights = weights
+        self.queue = queue
+        self.events = publisher
+        self.local = local
+        self._prepared = False
+
+    async def prepare(self) -> None:
+        """Create the scheduling rows this configuration needs (once per process; idempotent)."""
+        if not self._prepared:
+            await self.queue.prepare()
+            self._prepared = True
+
+    def request(self, task_type: str, **fields: Any) -> TaskRequest:
+        """Validate a submission against this configuration's limits."""
+        return TaskRequest.build(task_type, max_payload_bytes=self.config.max_payload_bytes, **fields)
+
+    async def submit_many(self, requests: Sequence[TaskRequest], *, creator: Principal | None) -> list[Submitted]:
+        """Route and enqueue several tasks in one transaction (in order)."""
+        await self.prepare()
+        async with self.db.write() as conn:
+            enqueued = await self.enqueue_in(conn, requests, creator=creator)
+        await self.announce_created(enqueued)
+        return enqueued.submitted
+
+    async def enqueue_in(
+        self, conn: AsyncConnection, requests: Sequence[TaskRequest], *, creator: Principal | None
+    ) -> Enqueued:
+        """Route and insert tasks inside the caller's write transaction; call :meth:`announce_created` after commit."""
+        now = self.clock.now()
+        cfg = self.config
+        tagged = [
+            origins.tag_origin(
+                explicit=r.origin,
+                payload=r.payload,
+                intent_id=r.intent_id,
+                creator_agent=creator.agent if creator else None,
+                creator_is_user=creator is not None,
+            )
+            for r in requests
+        ]
+        rows: list[dict[str, Any]] = []
+        out: list[Submitted] = []
+        chosen = sorted({o for o, _ in tagged})
+        await routing.lock_origins(conn, chosen)
+        load = await routing.load(
+            conn,
+            self.weights,
+            configured=cfg.capacity,
+            fallback=self.local.fallback_capacity,
+            live_after=now - timedelta(seconds=cfg.lease_seconds),
+        )
+        windows = {o: await routing.BurstWindow.load(conn, o, cfg.burst_limit(o), now) for o in chosen}
+        ids = new_ids("task", len(requests))
+        for task_id, request, (origin, rule) in zip(ids, requests, tagged, strict=True):
+            decision = routing.decide(
+                origin,
+                request.priority,
+                now=now,
+                window=windows[origin],
+                load=load,
+                defer=timedelta(seconds=cfg.defer_seconds),
+            )
+            status = _STATUS_OF_ROUTE[decision.route]
+            rows.append(
+                {
+                    "task_id": task_id,
+                    "task_type": request.task_type,
+                    "priority": request.priority.value,
+                    "priority_rank": request.priority.rank,
+                    "origin": origin.value,
+                    "origin_rule": rule,
+                    "payload": request.payload if request.payload_json is None else Encoded(request.payload_json),
+                    "data_size_bytes": request.data_size_bytes
+                    if request.data_size_bytes is not None
+                    else request.payload_bytes,
+                    "created_by": creator.user_id if creator else None,
+                    "created_by_name": creator.name if creator else SYSTEM_NAME,
+                    "intent_id": request.intent_id,
+                    "sla_ms": request.sla_ms,
+                    "deadline": now + timedelta(milliseconds=request.sla_ms) if request.sla_ms else None,
+                    "status": status.value,
+                    "route": decision.route,
+                    "route_reason": decision.reasoning[:400],
+                    "attempts": 0,
+                    "max_attempts": request.max_attempts or cfg.max_attempts,
+                    "timeout_seconds": request.timeout_seconds or cfg.timeout_seconds,
+                    "created_at": now,
+                    "admitted_at": decision.admitted_at,
+                    "queued_at": decision.admitted_at,
+                    # started_at, finished_at, lease_expires_at, worker_id, dispatch_seq, result and
+                    # error start empty (NULL): they are not sent.
+                    "sla_level": 0,
+                    "sla_due_at": sla_levels.first_due(now, request.sla_ms),
+                }
+            )
+            out.append(Submitted(task_id, status, decision))
+        await self.queue.insert(conn, rows)
+        return Enqueued(rows, out)
+
+    async def announce_created(self, enqueued: Enqueued) -> None:
+        """Log and publish ``htm.task.created`` for committed tasks, and wake this process's pool."""
+        created: list[tuple[str, dict[str, Any]]] = []
+        logging_each = log.isEnabledFor(logging.INFO)  # asked once: a batch may hold thousands
+        for row, sub in zip(enqueued.rows, enqueued.submitted, strict=True):
+            if logging_each:
+                log.info(
+                    "htm.task_created",
+                    extra={
+                        "task_id": sub.task_id,
+                        "task_type": row["task_type"],
+                        "origin": row["origin"],
+                        "route": sub.decision.route,
+                    },
+                )
+            created.append(
+                (
+                    events.CREATED,
+                    {
+                        "task_id": sub.task_id,
+                        "task_type": row["task_type"],
+                        "priority": row["priority"],
+                        "origin": row["origin"],
+                        "origin_rule": row["origin_rule"],
+                        "status": sub.status.value,
+                        "route": sub.decision.route,
+                        "delay_seconds": sub.decision.delay_seconds,
+                        "intent_id": row["intent_id"],
+                        "created_by": row["created_by_name"],
+                        "data_size_bytes": row["data_size_bytes"],
+                        "sla_ms": row["sla_ms"],
+                    },
+                )
+            )
+        await self.events.emit_many(created)
+        self.local.wake()
