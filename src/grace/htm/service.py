@@ -49,7 +49,7 @@ class HTM:
         self.events = events.EventPublisher(bus, enabled=config.events)
         self.local = LocalWorkers(config.concurrency)
         self.submitter = submission.Submitter(
-            db, clock, config, weights=self.weights, queue=self.queue, publisher=self.events, local=self.local
+            db, clock, config, weights=self.weights, queue=self.queue, events=self.events, local=self.local
         )
         self.recorder = Recorder(self.queue, self.events)
         self.sla_report = sla_stats.SLAReport(db, clock, config)

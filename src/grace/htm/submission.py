@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -50,28 +50,19 @@ class Enqueued:
     submitted: list[Submitted]
 
 
+@dataclass(eq=False)
 class Submitter:
     """Route and enqueue tasks; what the facade and the SLA enforcer (for rescue tasks) submit through."""
 
-    def __init__(
-        self,
-        db: Database,
-        clock: Clock,
-        config: HTMConfig,
-        *,
-        weights: dict[origins.Origin, int],
-        queue: Queue,
-        publisher: events.EventPublisher,
-        local: LocalWorkers,
-    ) -> None:
-        self.db = db
-        self.clock = clock
-        self.config = config
-        self.weights = weights
-        self.queue = queue
-        self.events = publisher
-        self.local = local
-        self._prepared = False
+    db: Database
+    clock: Clock
+    config: HTMConfig
+    _: KW_ONLY
+    weights: dict[origins.Origin, int]
+    queue: Queue
+    events: events.EventPublisher
+    local: LocalWorkers  # woken by a submit; its capacity counts until a worker has a heartbeat
+    _prepared: bool = field(default=False, init=False)
 
     async def prepare(self) -> None:
         """Create the scheduling rows this configuration needs (once per process; idempotent)."""
