@@ -21,10 +21,7 @@ FRAMEWORKS = {"fastapi", "starlette", "typer", "uvicorn"}
 PACKAGES = {f"grace.{p.parent.name}" for p in ROOT.glob("*/__init__.py")}
 
 # Imports that break the rule today, each with why it is tolerated and until when. Empty is the goal.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("grace.htm.queue", "grace.storage.types"): "the queue's backend split moves these conversions behind storage",
-    ("grace.htm.sqlite_claims", "grace.storage.types"): "the queue's backend split moves these conversions too",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,138 @@
+"""The queue on PostgreSQL: claims and outcomes through ``htm_claim`` / ``htm_finish_claim``, liveness locks.
+
+- A claim calls ``htm_claim`` (``grace/htm/sql/schema.sql``) on the asyncpg connection itself:
+  one round trip, outside an explicit transaction, so the dispatch counter's row lock is held only
+  while the function runs; tasks are taken with ``FOR UPDATE SKIP LOCKED``. A claim on its own
+  commits without waiting for the log flush: a database crash can undo it, which re-runs a task
+  but loses none.
+- Outcomes go through ``htm_finish_claim``: a batch of outcomes, then (when asked) a claim into
+  the slots they free, in one round trip.
+- Each registered worker holds a session advisory lock (its liveness lock) on a connection of its
+  own; the server drops it with the connection when the worker's process dies.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grace import jsontext, storage
+from grace.htm import sql
+from grace.htm.attempts import Finished
+from grace.htm.queue_backend import Claim, OutcomeRow, QueueBackend
+from grace.htm.tables import IS_RUNNING, JSON_COLUMNS, htm_tasks, htm_workers
+from grace.htm.tasks import Task
+
+__all__ = ["LIVENESS_KEY", "WAKE_CHANNEL", "PostgresQueue"]
+
+_SQL = sql.queries()
+
+# Both go straight to asyncpg (Database.autocommit_driver): fixed SQL, prepared once per connection.
+CLAIM = _SQL["pg_claim"]
+FINISH_CLAIM = _SQL["pg_finish_claim"]
+
+# The NOTIFY channel on which submits wake idle workers in every process.
+WAKE_CHANNEL = "grace_htm_wake"
+_WAKE = text(_SQL["pg_wake"]).bindparams(channel=WAKE_CHANNEL)
+
+# A worker's liveness lock is the advisory lock named LIVENESS_KEY + worker_id (grace.storage.lock_key).
+LIVENESS_KEY = "grace.htm.worker."
+_LIVENESS_HOLD = text(_SQL["pg_liveness_hold"])
+_TIDY = text(_SQL["pg_tidy"])
+
+
+@functools.lru_cache(maxsize=8)
+def _insert(columns: tuple[str, ...]) -> str:
+    """Return the insert of a batch of tasks given as one array per column (in ``columns``' order)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    arrays, values = [], []
+    for i, name in enumerate(columns, 1):
+        kind = htm_tasks.c[name].type.compile(dialect=dialect)
+        base = "text" if kind.startswith(("VARCHAR", "TEXT", "JSON")) else kind.lower()
+        arrays.append(f"${i}::{base}[]")
+        values.append(f"CAST(u.{name} AS json)" if name in JSON_COLUMNS else f"u.{name}")
+    return _SQL["pg_insert_tasks"].format(
+        columns=", ".join(columns), values=", ".join(values), arrays=", ".join(arrays)
+    )
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else jsontext.dumps(value)
+
+
+@dataclass
+class PostgresQueue(QueueBackend):
+    """The queue's backend-specific operations on PostgreSQL."""
+
+    db: storage.Database
+
+    async def insert(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        # One statement for the whole batch on the driver connection, under the caller's transaction.
+        columns = tuple(rows[0])
+        arrays = [[_json_text(r[c]) for r in rows] if c in JSON_COLUMNS else [r[c] for r in rows] for c in columns]
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        await driver.execute(_insert(columns), *arrays)
+        # NOTIFY is delivered on commit, so no worker looks before the tasks are visible.
+        if any(r["status"] == "queued" for r in rows):
+            await conn.execute(_WAKE)
+
+    async def exchange(self, outcomes: Sequence[OutcomeRow], claim: Claim) -> tuple[list[Finished], list[Task]]:
+        args = (
+            claim.n,
+            claim.now,
+            float(claim.lease_seconds),
+            claim.capacity,
+            max(1, claim.fallback_capacity),
+            claim.now - timedelta(seconds=claim.lease_seconds),
+        )
+        # One statement, so autocommit makes it one atomic transaction: one round trip, no pool
+        # checkout, ping or BEGIN. Outcomes without a claim go through the same function with n = 0.
+        async with self.db.autocommit_driver() as conn:
+            if not outcomes:
+                rows = await conn.fetch(CLAIM, claim.worker_id, *args)
+                return [], [Task.from_row(r) for r in rows]
+            # One array per field of the outcomes, in OutcomeRow's order (the function's parameters').
+            fields = [list(f) for f in zip(*outcomes, strict=True)]
+            rows = await conn.fetch(FINISH_CLAIM, claim.worker_id, *fields, *args)
+        # Claimed rows come back running; no outcome is ever recorded as running.
+        recorded = [Finished.from_row(r) for r in rows if r["status"] != "running"]
+        return recorded, [Task.from_row(r) for r in rows if r["status"] == "running"]
+
+    async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:
+        conn = await (await self.db.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(_LIVENESS_HOLD, {"key": storage.lock_key(LIVENESS_KEY + worker_id)})
+        return conn
+
+    async def free_liveness(self, conn: AsyncConnection) -> list[str]:
+        holders = (
+            await conn.execute(
+                select(htm_workers.c.worker_id).where(
+                    htm_workers.c.worker_id.in_(select(htm_tasks.c.worker_id).where(IS_RUNNING).distinct())
+                )
+            )
+        ).scalars()
+        free = []
+        for worker_id in holders:
+            # Taken when free, for the rest of the reap's transaction: its worker is gone.
+            if await storage.try_serialise(conn, LIVENESS_KEY + worker_id):
+                free.append(worker_id)
+        return free
+
+    async def tidy(self) -> None:
+        """Vacuum the two tiny tables every claim rewrites.
+
+        Each claim leaves dead versions of the dispatch counter and the origins' rows; when
+        autovacuum is slow (or off) they pile up and every claim walks them. Vacuuming eight rows
+        takes well under a millisecond; SKIP_LOCKED lets one worker do it while the others skip.
+        It also makes every session plan ``htm_claim``'s statements afresh (they read
+        ``htm_origins``), so the generic plans it keeps follow the task table as it grows.
+        """
+        async with self.db.autocommit() as conn:
+            await conn.execute(_TIDY)

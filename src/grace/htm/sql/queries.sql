@@ -1,0 +1,121 @@
+-- The statements the task queue sends on its hot path, per backend (names start with the backend).
+-- Everything else the queue does goes through SQLAlchemy Core (grace/htm/queue.py, leases.py).
+--
+-- Blocks are named `-- name: <name>`; the comment lines right after a name describe the block.
+-- `{placeholders}` are filled once from the package's constants (origins, column names), never
+-- from input. Loaded by grace.htm.sql; used by grace.htm.postgres_queue and grace.htm.sqlite_queue.
+
+
+-- PostgreSQL ---------------------------------------------------------------------------------------
+-- Fixed SQL with positional parameters, sent on the asyncpg connection itself (prepared once per
+-- connection) unless a block says otherwise.
+
+-- name: pg_claim
+-- A claim on its own: htm_claim (schema.sql) with p_async_commit, so it commits without waiting
+-- for the log flush (migration 0006_htm_lean_claim says why that loses no task). Parameters: worker,
+-- n, now, lease seconds, configured capacity (0: the live workers'), fallback capacity, live after.
+SELECT * FROM htm_claim($1, $2, $3, $4, $5, $6, $7, true);
+
+-- name: pg_finish_claim
+-- Outcomes (one array per field, in the same order), then a claim with the parameters of pg_claim.
+SELECT * FROM htm_finish_claim($1, $2::text[], $3::integer[], $4::text[], $5::timestamptz[],
+    $6::timestamptz[], $7::text[], $8::text[], $9::integer[], $10, $11, $12, $13, $14, $15);
+
+-- name: pg_insert_tasks
+-- A batch of new tasks in one statement, each column sent as one array (an executemany would run
+-- the insert once per row). {columns}: the columns given; {arrays}: `$i::<type>[]` per column,
+-- text for text and JSON (checked against the column's length on insert, where a cast to
+-- varchar(n)[] would cut it short); {values}: `u.<column>`, cast to json for JSON columns.
+INSERT INTO htm_tasks ({columns}) SELECT {values} FROM unnest({arrays}) AS u({columns});
+
+-- name: pg_wake
+-- Wake idle workers in every process; NOTIFY is delivered on commit, so none looks too early.
+-- Sent through SQLAlchemy inside the submit's transaction.
+SELECT pg_notify(:channel, '');
+
+-- name: pg_liveness_hold
+-- Take a worker's liveness lock (its key from grace.storage.lock_key) on a connection kept open while
+-- the worker lives. Whether it is free is asked through grace.storage.try_serialise.
+SELECT pg_advisory_lock(:key);
+
+-- name: pg_tidy
+-- Vacuum the two tiny tables every claim rewrites; SKIP_LOCKED lets one worker do it at a time.
+VACUUM (SKIP_LOCKED) htm_origins, htm_scheduler;
+
+
+-- SQLite -------------------------------------------------------------------------------------------
+-- Run by grace/htm/sqlite_claims.py on SQLite's own thread inside one BEGIN IMMEDIATE transaction,
+-- and prepared once by sqlite3. Times are text in SQLAlchemy's form (SQLite compares them as text).
+
+-- name: sqlite_insert_tasks
+-- New tasks, one row each, through the driver's executemany.
+INSERT INTO htm_tasks ({columns}) VALUES ({marks});
+
+-- name: sqlite_dispatched
+-- The dispatch counter (SQLite has one writer, so the transaction already holds it).
+SELECT dispatched FROM htm_scheduler WHERE id = 1;
+
+-- name: sqlite_release_waiting
+-- Waiting tasks that are due join the queue.
+UPDATE htm_tasks SET status = 'queued' WHERE status IN ('delayed', 'deferred') AND queued_at <= ?;
+
+-- name: sqlite_live_capacity
+-- The concurrency of the workers that heartbeat since the given time.
+SELECT coalesce(sum(concurrency), 0) FROM htm_workers WHERE heartbeat_at >= ? AND stopping = 0;
+
+-- name: sqlite_origins
+SELECT origin, weight, credit, since FROM htm_origins;
+
+-- name: sqlite_running
+SELECT origin, count(*) FROM htm_tasks WHERE status = 'running' GROUP BY origin;
+
+-- name: sqlite_ready_origin
+-- How many claimable tasks one origin has, capped at the batch; the claim reads every origin's in
+-- one statement (`SELECT <this for each origin, in their order>`). The claim index is named:
+-- without statistics SQLite may pick the (origin, admitted_at) index instead and walk every task
+-- the origin ever had.
+(SELECT count(*) FROM (SELECT 1 FROM htm_tasks INDEXED BY ix_htm_tasks_claim WHERE status = 'queued' AND origin = '{origin}' LIMIT ?));
+
+-- name: sqlite_next
+-- An origin's next tasks by priority and age.
+SELECT seq FROM htm_tasks INDEXED BY ix_htm_tasks_claim
+ WHERE status = 'queued' AND origin = ? ORDER BY priority_rank, seq LIMIT ?;
+
+-- name: sqlite_take
+-- Every picked task in one statement: ?5 is a JSON array of their seqs in dispatch order, and a
+-- task's dispatch number is the base (?4) plus its place in that array. Joined from the array
+-- (UPDATE ... FROM), so the array is read once, not searched again for every row taken.
+-- {columns}: every column of htm_tasks, qualified with the table's name.
+UPDATE htm_tasks SET status = 'running', worker_id = ?1, attempts = attempts + 1, started_at = ?2,
+       lease_expires_at = ?3, dispatch_seq = ?4 + j.key
+  FROM json_each(?5) AS j
+ WHERE htm_tasks.seq = j.value AND htm_tasks.status = 'queued'
+RETURNING {columns};
+
+-- name: sqlite_save_origin
+UPDATE htm_origins SET credit = ?, since = ?, dispatched = dispatched + ? WHERE origin = ?;
+
+-- name: sqlite_save_dispatched
+UPDATE htm_scheduler SET dispatched = ? WHERE id = 1;
+
+-- name: sqlite_finish
+-- A batch of outcomes in one statement, guarded by worker (?1), status and attempt: ?2 is a JSON
+-- array of [task_id, attempt, status, finished_at, queued_at, result, error, give_back].
+-- {columns}: the summary columns handed back (grace.htm.tables.SUMMARY_COLUMNS), qualified.
+UPDATE htm_tasks
+   SET status = v.status,
+       finished_at = coalesce(v.finished_at, htm_tasks.finished_at),
+       queued_at = coalesce(v.queued_at, htm_tasks.queued_at),
+       result = v.result,
+       error = v.error,
+       lease_expires_at = NULL,
+       attempts = htm_tasks.attempts - v.give_back,
+       worker_id = CASE WHEN v.status IN ('delayed', 'queued') THEN NULL ELSE htm_tasks.worker_id END
+  FROM (SELECT json_extract(value, '$[0]') AS task_id, json_extract(value, '$[1]') AS attempt,
+               json_extract(value, '$[2]') AS status, json_extract(value, '$[3]') AS finished_at,
+               json_extract(value, '$[4]') AS queued_at, json_extract(value, '$[5]') AS result,
+               json_extract(value, '$[6]') AS error, json_extract(value, '$[7]') AS give_back
+          FROM json_each(?2)) AS v
+ WHERE htm_tasks.task_id = v.task_id AND htm_tasks.attempts = v.attempt AND htm_tasks.status = 'running'
+   AND htm_tasks.worker_id = ?1
+RETURNING {columns};
