@@ -226,7 +226,7 @@ async def bench_backend(backend: str) -> dict[str, Any]:
             services = await build(settings, migrate=False)
             try:
                 assert services.vault is not None
-                services.vault.anomaly_policy = AnomalyPolicy(burst_count=10**9)
+                services.vault.consents.anomaly_policy = AnomalyPolicy(burst_count=10**9)
                 owner, agent, token = await _cast(services)
                 return {
                     "access_in_process": await bench_access_in_process(services, owner, agent),

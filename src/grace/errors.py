@@ -4,6 +4,7 @@
     ├── InvalidInput           (422)
     ├── NotFound               (404)
     ├── Conflict               (409)
+    │   ├── ConsentAlreadyAnswered (409, answering a consent request that is no longer pending)
     │   └── TaskAlreadyFinished    (409, cancelling a task that has finished)
     ├── PayloadTooLarge        (413)
     ├── Unauthenticated        (401)
@@ -23,6 +24,7 @@ from typing import Any
 __all__ = [
     "ConfigurationError",
     "Conflict",
+    "ConsentAlreadyAnswered",
     "GraceError",
     "InvalidInput",
     "NotFound",
@@ -62,6 +64,12 @@ class Conflict(GraceError):
     """The request conflicts with the current state."""
 
     code = "conflict"
+
+
+class ConsentAlreadyAnswered(Conflict):
+    """This consent request was already answered (approved, denied, expired or revoked); nothing changed."""
+
+    code = "consent_already_answered"
 
 
 class TaskAlreadyFinished(Conflict):

@@ -165,6 +165,26 @@ async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(http: httpx.AsyncC
     ]
 
 
+async def test_an_answer_to_an_answered_request_is_a_409_a_client_can_tell_apart(
+    http: httpx.AsyncClient, cast: Cast
+) -> None:
+    assert (await _store(http, cast)).status_code == 201
+    consent_id = (await _ask(http, cast)).json()["consent_id"]
+    answer = {"consent_id": consent_id, "approved": True}
+    first = await http.post("/api/secrets/consent/respond", json=answer, headers=cast.headers("owner"))
+    assert first.status_code == 200
+    again = await http.post("/api/secrets/consent/respond", json=answer, headers=cast.headers("owner"))
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "consent_already_answered"
+    assert "already approved" in again.json()["error"]["message"]
+    # Another conflict keeps the generic code, so a client can branch on the one it cares about.
+    await http.post("/api/secrets/consent/revoke", json={"consent_id": consent_id}, headers=cast.headers("owner"))
+    revoked_twice = await http.post(
+        "/api/secrets/consent/revoke", json={"consent_id": consent_id}, headers=cast.headers("owner")
+    )
+    assert revoked_twice.status_code == 409 and revoked_twice.json()["error"]["code"] == "conflict"
+
+
 async def test_every_vault_route_needs_a_principal(http: httpx.AsyncClient) -> None:
     for method, path in [
         ("POST", "/api/secrets/store"),

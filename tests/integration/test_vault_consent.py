@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from sqlalchemy import select, text
@@ -80,12 +81,12 @@ async def test_no_answer_by_the_timeout_means_deny(cast: Cast) -> None:
     waiter = asyncio.create_task(
         cast.vault.request_consent(
             "github_token",
-            "api_key",
-            "github",
-            "code_agent",
-            "push",
-            "git_push",
-            cast.owner.user_id,
+            secret_type="api_key",
+            service="github",
+            requested_by="code_agent",
+            requested_for="push",
+            requested_action="git_push",
+            user_id=cast.owner.user_id,
             timeout_seconds=300,
         )
     )
@@ -211,6 +212,49 @@ async def test_revoking_a_consent_blocks_the_next_use(cast: Cast) -> None:
         await cast.vault.revoke_consent(cast.owner, pending.consent_id)
 
 
+async def test_every_late_answer_raises_consent_already_answered(cast: Cast) -> None:
+    await _store(cast)
+    answered = await _ask(cast)
+    assert answered.consent_id is not None
+    await cast.vault.respond(cast.owner, answered.consent_id, True)
+    with pytest.raises(errors.ConsentAlreadyAnswered, match="already approved"):
+        await cast.vault.respond(cast.owner, answered.consent_id, False)
+
+    raced = await _ask(cast)
+    assert raced.consent_id is not None
+    outcomes = await asyncio.gather(
+        *(cast.vault.respond(cast.owner, raced.consent_id, approve) for approve in (True, False)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(o, errors.ConsentAlreadyAnswered) for o in outcomes) == 1
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 1
+
+    late = await _ask(cast)
+    assert late.consent_id is not None
+    cast.clock.advance(301)
+    with pytest.raises(errors.ConsentAlreadyAnswered, match="expired"):
+        await cast.vault.respond(cast.owner, late.consent_id, True)
+
+
+async def test_governance_judges_at_request_and_at_approval_with_one_shape_of_record(cast: Cast) -> None:
+    await _store(cast, "gh_password", kind="password", value="correct horse battery staple")
+    pending = await _ask(cast, key="gh_password", action="git_push")
+    assert pending.consent_id is not None
+    await cast.vault.respond(cast.owner, pending.consent_id, True)
+    async with cast.services.db.read() as conn:
+        rows = (
+            await conn.execute(
+                select(vault_audit.c.consent_id, vault_audit.c.details)
+                .where(vault_audit.c.event == "governance.decision")
+                .order_by(vault_audit.c.seq)
+            )
+        ).all()
+    details = [json.loads(d) for _, d in rows]
+    assert [d["stage"] for d in details] == ["request", "approval"]
+    assert all(d["action"] == "git_push" and d["requested_by"] == "code_agent" and d["allowed"] for d in details)
+    assert [cid for cid, _ in rows] == [None, pending.consent_id]
+
+
 async def test_critical_needs_a_second_approver_and_is_single_use_under_a_race(cast: Cast) -> None:
     await _store(cast, "deploy_key", kind="ssh_key", value="-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn\n-----END-----")
     pending = await _ask(cast, key="deploy_key", action="ssh_deploy")
@@ -235,7 +279,7 @@ async def test_critical_needs_a_second_approver_and_is_single_use_under_a_race(c
 
 
 async def test_governance_denies_high_risk_outside_policy(cast: Cast) -> None:
-    cast.vault.policy = governance.Policy.from_dict(
+    cast.vault.consents.policy = governance.Policy.from_dict(
         {"rules": [{"name": "github pushes only", "effect": "allow", "services": ["github"], "actions": ["git_push"]}]}
     )
     await _store(cast, "gh_password", kind="password", value="correct horse battery staple")

@@ -23,6 +23,7 @@ STATUS: dict[type[errors.GraceError], int] = {
     errors.InvalidInput: 422,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.ConsentAlreadyAnswered: 409,
     errors.PayloadTooLarge: 413,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,

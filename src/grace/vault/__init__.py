@@ -7,15 +7,17 @@ usage anomalies, and a tamper-evident audit log. :class:`Vault` is the facade.
 
 from __future__ import annotations
 
-from grace.vault.audit import AuditEntry, VerifyReport
+from grace.vault.audit import AuditEntry, AuditUnavailable, VerifyReport
 from grace.vault.consent import ConsentDecision, ConsentRecord
 from grace.vault.crypto import IntegrityFailure
 from grace.vault.governance import Policy
 from grace.vault.keyring import RotationReport
 from grace.vault.masterkey import MasterKey, generate_encoded
+from grace.vault.release import AccessResult
 from grace.vault.risk import RiskLevel, SecretType
-from grace.vault.service import ROTATION_TASK, AccessResult, AuditUnavailable, Vault
+from grace.vault.service import Vault
 from grace.vault.store import SecretInfo, SecretValue
+from grace.vault.upkeep import ROTATION_TASK
 
 __all__ = [
     "ROTATION_TASK",

@@ -23,29 +23,32 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import insert, select
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import storage
+from grace import errors, storage
 from grace.clock import Clock
 from grace.storage import Database
 from grace.vault import crypto
 from grace.vault.masterkey import MasterKey
 from grace.vault.tables import vault_audit, vault_audit_checkpoints
 
-__all__ = ["AuditEntry", "AuditLog", "Checkpoint", "VerifyReport"]
+__all__ = ["AuditEntry", "AuditLog", "AuditUnavailable", "Checkpoint", "VerifyReport", "audited"]
 
 log = logging.getLogger("grace.vault")
+
+T = TypeVar("T")
 
 GENESIS = "0" * 64
 CHECKPOINT_EVERY = 64
@@ -481,3 +484,18 @@ class AuditLog:
             },
         )
         return report
+
+
+class AuditUnavailable(errors.StorageUnavailable):
+    """The audit log could not be written, so nothing was released or changed."""
+
+    code = "audit_unavailable"
+
+
+async def audited(work: Awaitable[T]) -> T:
+    """Run ``work``; a database failure becomes AuditUnavailable (every vault write carries its audit entry)."""
+    try:
+        return await work
+    except DBAPIError as exc:
+        log.error("vault.audit_write_failed", extra={"reason": type(exc.orig).__name__ if exc.orig else "unknown"})
+        raise AuditUnavailable() from None

@@ -1,9 +1,10 @@
-"""Consent records (the seed's ``secret_consent_records``) and the rules of their life.
+"""Consent records (the seed's ``secret_consent_records``) and their store.
 
 Status moves ``pending -> approved | denied | expired``, ``approved ->
-consumed`` (single use) or ``revoked``; every move is one conditional UPDATE,
-so answering twice, using twice, or using after a revocation loses the race
-cleanly instead of doing the thing twice.
+consumed`` (single use) or ``revoked``; every move is one conditional UPDATE
+in :class:`ConsentStore`, so answering twice, using twice, or using after a
+revocation loses the race cleanly instead of doing the thing twice. Which move
+to make, and when, is decided by the consent workflow (``workflow.py``).
 """
 
 from __future__ import annotations
@@ -14,21 +15,31 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
+from grace.auth import Principal
+from grace.storage import Database, new_id
+from grace.vault.audit import AuditLog
+from grace.vault.tables import secret_consent_records
 
 __all__ = [
     "ConsentDecision",
     "ConsentPolicy",
     "ConsentRecord",
+    "ConsentStore",
     "record_from_row",
+    "requester_name",
+    "summarise",
     "validate_action",
     "validate_agent",
     "validate_context",
 ]
 
 MAX_CONTEXT_BYTES = 4096
+_table = secret_consent_records
 _ACTION = re.compile(r"^[a-z0-9][a-z0-9_.:\-]{0,127}$")
 _AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
 
@@ -43,6 +54,11 @@ class ConsentPolicy:
     persistent_valid_for: timedelta = timedelta(hours=24)
     max_valid_for: timedelta = timedelta(days=30)
     idle_timeout: timedelta = timedelta(minutes=30)
+
+
+def requester_name(principal: Principal) -> str:
+    """Return the name a consent is asked under: the agent's, else the user's."""
+    return principal.agent or principal.username
 
 
 def validate_action(action: str) -> str:
@@ -114,6 +130,12 @@ class ConsentRecord:
     @property
     def awaiting_second_approval(self) -> bool:
         return self.status == "pending" and self.second_approval_required and self.approved_by is not None
+
+    def given_to(self, principal: Principal) -> bool:
+        """Return whether ``principal`` is the one this consent was asked for: same agent name, same user's token."""
+        if self.requested_by != requester_name(principal):
+            return False
+        return self.requester_user_id is None or self.requester_user_id == principal.user_id
 
     def idle_expired(self, now: datetime) -> bool:
         if self.idle_timeout_seconds is None:
@@ -221,3 +243,252 @@ class ConsentDecision:
             "reason": self.reason,
             "anomalies": list(self.anomalies),
         }
+
+
+def summarise(records: list[ConsentRecord]) -> dict[str, Any]:
+    """Aggregate consents: by status and risk, approval rate, response time."""
+    by_status: dict[str, int] = {}
+    by_risk: dict[str, int] = {}
+    waits: list[float] = []
+    for record in records:
+        by_status[record.status] = by_status.get(record.status, 0) + 1
+        by_risk[record.risk_level] = by_risk.get(record.risk_level, 0) + 1
+        if record.responded_at and not record.auto_approved:
+            waits.append((record.responded_at - record.created_at).total_seconds())
+    granted = sum(by_status.get(s, 0) for s in ("approved", "consumed"))
+    decided = granted + by_status.get("denied", 0) + by_status.get("expired", 0)
+    return {
+        "total": len(records),
+        "by_status": by_status,
+        "by_risk": by_risk,
+        "approval_rate": round(granted / decided, 4) if decided else None,
+        "auto_approved": sum(1 for r in records if r.auto_approved),
+        "with_anomalies": sum(1 for r in records if r.anomalies),
+        "pending": by_status.get("pending", 0),
+        "average_response_seconds": round(sum(waits) / len(waits), 3) if waits else None,
+    }
+
+
+class ConsentStore:
+    """Read and write consent records; each change of status is one conditional UPDATE with its audit entry.
+
+    Every write to ``secret_consent_records`` goes through here. Writes that
+    stand alone open their own transaction; those that belong to a larger
+    change (a release, a secret's revocation) take the caller's connection.
+    """
+
+    def __init__(self, db: Database, audit: AuditLog) -> None:
+        self.db = db
+        self.audit = audit
+
+    def __repr__(self) -> str:
+        return "ConsentStore()"
+
+    async def get(self, consent_id: str) -> ConsentRecord:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(_table).where(_table.c.consent_id == consent_id))).mappings().first()
+        if row is None:
+            raise errors.NotFound(f"no consent request {consent_id[:128]!r}")
+        return record_from_row(row)
+
+    async def _select(self, query: Any) -> list[ConsentRecord]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [record_from_row(r) for r in rows]
+
+    async def insert(self, row: dict[str, Any], event: str, *, actor: str) -> str:
+        """Insert a new consent record and its audit entry in one transaction; return its id."""
+        consent_id = new_id("cns")
+        async with self.db.write() as conn:
+            await conn.execute(insert(_table).values(consent_id=consent_id, **row))
+            await self.audit.append(
+                conn,
+                event,
+                actor=actor,
+                user_id=row["user_id"],
+                secret_id=row["secret_id"],
+                consent_id=consent_id,
+                outcome="denied" if row["consent_status"] == "denied" else "ok",
+                details={
+                    "secret_key": row["secret_key"],
+                    "requested_by": row["requested_by"],
+                    "requested_action": row["requested_action"],
+                    "risk_level": row["risk_level"],
+                    "reason": row["denial_reason"],
+                    "anomalies": row["anomalies"],
+                },
+            )
+        return consent_id
+
+    async def standing(
+        self,
+        conn: AsyncConnection,
+        *,
+        secret_id: str,
+        agent: str,
+        action: str,
+        requester_user_id: str | None,
+        now: datetime,
+    ) -> ConsentRecord | None:
+        """Return the newest approved persistent consent for exactly (agent, secret, action) still in force."""
+        rows = (
+            (
+                await conn.execute(
+                    select(_table)
+                    .where(
+                        _table.c.secret_id == secret_id,
+                        _table.c.requested_by == agent,
+                        _table.c.requested_action == action,
+                        _table.c.consent_status == "approved",
+                        _table.c.single_use.is_(False),
+                        _table.c.valid_until > now,
+                        # The same agent name under another user's token is another agent.
+                        _table.c.requester_user_id.is_(None)
+                        if requester_user_id is None
+                        else _table.c.requester_user_id == requester_user_id,
+                    )
+                    .order_by(_table.c.created_at.desc())
+                )
+            )
+            .mappings()
+            .all()
+        )
+        for row in rows:
+            record = record_from_row(row)
+            if not record.idle_expired(now):
+                return record
+        return None
+
+    async def answer(self, record: ConsentRecord, values: dict[str, Any], event: str, *, actor: str) -> bool:
+        """Record an answer to a pending request; False if it was answered (or half-answered) meanwhile."""
+        condition = [_table.c.consent_id == record.consent_id, _table.c.consent_status == "pending"]
+        if record.second_approval_required:
+            # The first approval and the second must each happen once.
+            condition.append(
+                _table.c.approved_by.is_(None)
+                if record.approved_by is None
+                else _table.c.approved_by == record.approved_by
+            )
+        details = {
+            "requested_by": record.requested_by,
+            "requested_action": record.requested_action,
+            "reason": values.get("denial_reason"),
+            "single_use": values.get("single_use"),
+        }
+        outcome = "denied" if values.get("consent_status") == "denied" else "ok"
+        return await self._change(record, condition, values, event, actor=actor, outcome=outcome, details=details)
+
+    async def expire(self, record: ConsentRecord) -> bool:
+        """Expire a pending request (no answer means deny); False if it was answered first."""
+        return await self._change(
+            record,
+            [_table.c.consent_id == record.consent_id, _table.c.consent_status == "pending"],
+            {"consent_status": "expired", "denial_reason": "no answer before the timeout"},
+            "consent.expired",
+            actor="vault",
+            outcome="denied",
+            details={"requested_by": record.requested_by, "requested_action": record.requested_action},
+        )
+
+    async def revoke(self, record: ConsentRecord, *, actor: str, reason: str, now: datetime) -> bool:
+        """Revoke a pending or approved consent; False if it is neither any more."""
+        return await self._change(
+            record,
+            [_table.c.consent_id == record.consent_id, _table.c.consent_status.in_(("pending", "approved"))],
+            {"consent_status": "revoked", "revoked_at": now, "revoked_by": actor},
+            "consent.revoked",
+            actor=actor,
+            details={"reason": reason[:256], "was": record.status},
+        )
+
+    async def _change(
+        self,
+        record: ConsentRecord,
+        condition: list[ColumnElement[bool]],
+        values: dict[str, Any],
+        event: str,
+        *,
+        actor: str,
+        details: dict[str, Any],
+        outcome: str = "ok",
+    ) -> bool:
+        async with self.db.write() as conn:
+            result = await conn.execute(update(_table).where(*condition).values(**values))
+            if result.rowcount != 1:
+                return False
+            await self.audit.append(
+                conn,
+                event,
+                actor=actor,
+                user_id=record.user_id,
+                secret_id=record.secret_id,
+                consent_id=record.consent_id,
+                outcome=outcome,
+                details=details,
+            )
+            return True
+
+    async def revoke_for_secret(self, conn: AsyncConnection, secret_id: str, *, actor: str, now: datetime) -> None:
+        """Revoke every pending or approved consent for a secret, inside the caller's transaction."""
+        await conn.execute(
+            update(_table)
+            .where(_table.c.secret_id == secret_id, _table.c.consent_status.in_(("pending", "approved")))
+            .values(consent_status="revoked", revoked_at=now, revoked_by=actor)
+        )
+
+    async def use(self, conn: AsyncConnection, record: ConsentRecord, now: datetime) -> bool:
+        """Count one use inside the caller's release transaction; False if it may not be used (any more)."""
+        if record.single_use:
+            statement = (
+                update(_table)
+                .where(
+                    _table.c.consent_id == record.consent_id,
+                    _table.c.consent_status == "approved",
+                    _table.c.used_count == 0,
+                )
+                .values(consent_status="consumed", used_count=1, last_used_at=now)
+            )
+        else:
+            statement = (
+                update(_table)
+                .where(
+                    _table.c.consent_id == record.consent_id,
+                    _table.c.consent_status == "approved",
+                    _table.c.valid_until > now,
+                )
+                .values(used_count=_table.c.used_count + 1, last_used_at=now)
+            )
+        return (await conn.execute(statement)).rowcount == 1
+
+    async def past_expiry(self, now: datetime) -> list[ConsentRecord]:
+        """Return the pending requests whose answer window has passed."""
+        return await self._select(
+            select(_table).where(_table.c.consent_status == "pending", _table.c.expires_at <= now)
+        )
+
+    async def history(self, owner_id: str, *, secret_key: str | None = None, limit: int = 100) -> list[ConsentRecord]:
+        """Return the owner's consent records, newest first."""
+        query = (
+            select(_table)
+            .where(_table.c.user_id == owner_id)
+            .order_by(_table.c.created_at.desc())
+            .limit(max(1, min(limit, 1000)))
+        )
+        if secret_key:
+            query = query.where(_table.c.secret_key == secret_key)
+        return await self._select(query)
+
+    async def pending(self, owner_id: str, now: datetime, *, second_approvals: bool) -> list[ConsentRecord]:
+        """Return the owner's open requests, oldest first; with ``second_approvals``, anyone's awaiting a second."""
+        condition: ColumnElement[bool] = _table.c.user_id == owner_id
+        if second_approvals:
+            condition = condition | (_table.c.second_approval_required.is_(True) & _table.c.approved_by.is_not(None))
+        return await self._select(
+            select(_table)
+            .where(condition, _table.c.consent_status == "pending", _table.c.expires_at > now)
+            .order_by(_table.c.created_at)
+        )
+
+    async def count(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(_table))).scalar_one())

@@ -13,6 +13,7 @@ What each level demands of a consent:
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
 
 from grace import errors
 
@@ -24,6 +25,16 @@ __all__ = [
     "effective_risk",
     "is_read_only",
 ]
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _parse(kind: type[_E], value: str, noun: str, plural: str) -> _E:
+    try:
+        return kind(value.strip().lower())
+    except ValueError:
+        valid = ", ".join(member.value for member in kind)
+        raise errors.InvalidInput(f"unknown {noun} {value[:40]!r}; valid {plural}: {valid}") from None
 
 
 class RiskLevel(enum.StrEnum):
@@ -38,11 +49,7 @@ class RiskLevel(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> RiskLevel:
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            valid = ", ".join(r.value for r in cls)
-            raise errors.InvalidInput(f"unknown risk level {value[:40]!r}; valid levels: {valid}") from None
+        return _parse(cls, value, "risk level", "levels")
 
     @property
     def needs_governance(self) -> bool:
@@ -59,11 +66,7 @@ class SecretType(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> SecretType:
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            valid = ", ".join(t.value for t in cls)
-            raise errors.InvalidInput(f"unknown secret type {value[:40]!r}; valid types: {valid}") from None
+        return _parse(cls, value, "secret type", "types")
 
     @property
     def base_risk(self) -> RiskLevel:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,10 +22,11 @@ from grace.clock import Clock
 from grace.storage import Database, new_id
 from grace.vault import crypto, risk
 from grace.vault.audit import AuditLog
+from grace.vault.consent import ConsentStore
 from grace.vault.keyring import Keyring
-from grace.vault.tables import secret_consent_records, vault_secret_versions, vault_secrets
+from grace.vault.tables import vault_secret_versions, vault_secrets, vault_usage
 
-__all__ = ["MAX_VALUE_BYTES", "SecretInfo", "SecretStore", "SecretValue", "validate_key"]
+__all__ = ["MAX_VALUE_BYTES", "SecretInfo", "SecretStore", "SecretValue", "owner_for", "validate_key"]
 
 MAX_VALUE_BYTES = 64 * 1024
 HINT_MIN_LENGTH = 16
@@ -55,6 +56,13 @@ class SecretValue:
 
     def __hash__(self) -> int:
         return hash(("SecretValue", len(self._value)))
+
+
+def owner_for(by: Principal, user_id: str | None) -> str:
+    """Return whose secrets a call acts on: the caller's, or (admins only) the user it names."""
+    owner = user_id or by.user_id
+    by.require_self_or_admin(owner)
+    return owner
 
 
 def validate_key(key: str) -> str:
@@ -154,11 +162,12 @@ def secret_info(row: RowMapping) -> SecretInfo:
 class SecretStore:
     """Store, read, list and revoke secrets."""
 
-    def __init__(self, db: Database, clock: Clock, keyring: Keyring, audit: AuditLog) -> None:
+    def __init__(self, db: Database, clock: Clock, keyring: Keyring, audit: AuditLog, consents: ConsentStore) -> None:
         self.db = db
         self.clock = clock
         self.keyring = keyring
         self.audit = audit
+        self.consents = consents
 
     def __repr__(self) -> str:
         return "SecretStore()"
@@ -403,14 +412,7 @@ class SecretStore:
             )
             if result.rowcount != 1:
                 raise errors.Conflict(f"secret {secret.key!r} is already revoked")
-            await conn.execute(
-                update(secret_consent_records)
-                .where(
-                    secret_consent_records.c.secret_id == secret.id,
-                    secret_consent_records.c.consent_status.in_(("pending", "approved")),
-                )
-                .values(consent_status="revoked", revoked_at=now, revoked_by=by.name)
-            )
+            await self.consents.revoke_for_secret(conn, secret.id, actor=by.name, now=now)
             await self.audit.append(
                 conn,
                 "secret.revoked",
@@ -421,6 +423,28 @@ class SecretStore:
             )
             row = (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret.id))).mappings().one()
         return secret_info(row)
+
+    async def count_use(
+        self, conn: AsyncConnection, secret: SecretInfo, *, agent: str, action: str, now: datetime
+    ) -> bool:
+        """Count a release inside the caller's transaction (anomalies read it); False if revoked meanwhile."""
+        counted = await conn.execute(
+            update(vault_secrets)
+            .where(vault_secrets.c.id == secret.id, vault_secrets.c.status == "active")
+            .values(usage_count=vault_secrets.c.usage_count + 1, last_used_at=now)
+        )
+        if counted.rowcount != 1:
+            return False
+        await conn.execute(
+            insert(vault_usage).values(
+                secret_id=secret.id, owner_id=secret.owner_id, agent=agent, action=action, at=now, hour=now.hour
+            )
+        )
+        return True
+
+    async def count(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(vault_secrets))).scalar_one())
 
     async def rotation_due(self, owner_id: str | None, *, within: timedelta = timedelta(0)) -> list[SecretInfo]:
         """Return active secrets whose rotation is due now (or within ``within``)."""
