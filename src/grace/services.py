@@ -16,7 +16,7 @@ from grace import auth, errors, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import Clock, SystemClock
 from grace.config import Settings
-from grace.htm import HTM
+from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
 from grace.vault import ROTATION_TASK, Vault
 
@@ -140,7 +140,7 @@ async def build(
     except BaseException:
         await db.dispose()
         raise
-    accounts = auth.Accounts(db, clock)
+    accounts = auth.Accounts(db, clock, limits=task_limits())
     sign_in = auth.SignIn(
         db,
         clock,
@@ -165,8 +165,11 @@ async def build(
 
 
 def _run_vault_rotation_on_htm(htm: HTM, vault: Vault) -> None:
-    """Key rotation runs as the HTM task type ``vault.rotate_keys`` (resumable, retried, on the dashboard)."""
-    htm.handlers.register(ROTATION_TASK, vault.run_rotation_task)
+    """Key rotation runs as the HTM task type ``vault.rotate_keys`` (resumable, retried, on the dashboard).
+
+    Admins may submit it (people, never an agent); the upkeep loop and ``keys/rotate`` submit it as Grace.
+    """
+    htm.handlers.register(ROTATION_TASK, vault.run_rotation_task, submitters=ADMINS)
 
     async def submit(payload: dict[str, Any]) -> str:
         decision = await htm.route_task(

@@ -13,22 +13,27 @@ PACKAGE = Path(grace.htm.__file__).parent
 def test_exported_members() -> None:
     assert sorted(grace.htm.__all__) == sorted(
         [
+            "ADMINS",
+            "ANYONE",
             "DEFAULT_SHARES",
             "HTM",
             "HTMConfig",
             "Handler",
             "HandlerRegistry",
+            "INTERNAL",
             "Origin",
             "Priority",
             "RouteDecision",
             "Status",
             "Submitted",
+            "Submitters",
             "Task",
             "TaskContext",
             "TaskRequest",
             "WorkerPool",
             "load_config",
             "load_handlers",
+            "task_limits",
         ]
     )
     for name in grace.htm.__all__:

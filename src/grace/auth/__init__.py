@@ -1,9 +1,22 @@
-"""Principals: users with roles, API tokens for agents, and browser sessions."""
+"""Principals: users with roles, API tokens for agents, browser sessions, and the scopes tokens carry."""
 
 from __future__ import annotations
 
 from grace.auth.accounts import Accounts, BootstrapCredentials, TokenInfo, User
 from grace.auth.principals import Principal, Role
+from grace.auth.scopes import AGENT_SCOPES, Scope, TaskLimits
 from grace.auth.sessions import SessionGrant, SignIn
 
-__all__ = ["Accounts", "BootstrapCredentials", "Principal", "Role", "SessionGrant", "SignIn", "TokenInfo", "User"]
+__all__ = [
+    "AGENT_SCOPES",
+    "Accounts",
+    "BootstrapCredentials",
+    "Principal",
+    "Role",
+    "Scope",
+    "SessionGrant",
+    "SignIn",
+    "TaskLimits",
+    "TokenInfo",
+    "User",
+]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
+from grace.auth import scopes as scopes_module
 from grace.auth import secrets
 from grace.auth.principals import Principal, Role
+from grace.auth.scopes import Scope, TaskLimits
 from grace.auth.tables import api_tokens, sessions, users
 from grace.clock import Clock
 from grace.storage import Database, new_id
@@ -55,6 +59,10 @@ class TokenInfo:
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    scopes: tuple[str, ...] = ()
+    origins: tuple[str, ...] | None = None  # None: whatever the user's role may claim
+    max_priority: str | None = None  # None: whatever the user's role may use
+    parent_id: str | None = None  # the token that issued it
 
     def as_dict(self) -> dict[str, object]:
         def iso(value: datetime | None) -> str | None:
@@ -66,6 +74,10 @@ class TokenInfo:
             "name": self.name,
             "agent": self.agent,
             "prefix": self.prefix,
+            "scopes": list(self.scopes),
+            "origins": list(self.origins) if self.origins is not None else None,
+            "max_priority": self.max_priority,
+            "parent_id": self.parent_id,
             "created_at": iso(self.created_at),
             "last_used_at": iso(self.last_used_at),
             "expires_at": iso(self.expires_at),
@@ -90,6 +102,7 @@ def _user(row: RowMapping) -> User:
 
 
 def _token(row: RowMapping) -> TokenInfo:
+    origins = row["origins"]
     return TokenInfo(
         row["id"],
         row["user_id"],
@@ -100,7 +113,17 @@ def _token(row: RowMapping) -> TokenInfo:
         row["last_used_at"],
         row["expires_at"],
         row["revoked_at"],
+        tuple(sorted(scopes_module.parse_names(row["scopes"]))),
+        tuple(sorted(scopes_module.parse_names(origins))) if origins is not None else None,
+        row["max_priority"],
+        row["parent_id"],
     )
+
+
+def _stored_scopes(stored: str | None) -> frozenset[Scope]:
+    """Return the scopes a row holds; a name this version does not know grants nothing."""
+    known = {s.value for s in Scope}
+    return frozenset(Scope(name) for name in scopes_module.parse_names(stored) if name in known)
 
 
 def validate_username(username: str) -> str:
@@ -116,9 +139,11 @@ def validate_username(username: str) -> str:
 class Accounts:
     """Create, list and disable users; issue, resolve and revoke API tokens."""
 
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, *, limits: TaskLimits | None = None) -> None:
         self.db = db
         self.clock = clock
+        # The task manager's origins and priorities per role, to cap what a token may be given.
+        self.limits = limits
 
     # -- users ----------------------------------------------------------------
 
@@ -230,9 +255,22 @@ class Accounts:
         agent: str | None = None,
         expires_in: timedelta | None = None,
         plaintext: str | None = None,
+        scopes: Iterable[str] | None = None,
+        origins: Iterable[str] | None = None,
+        max_priority: str | None = None,
+        by: Principal | None = None,
     ) -> tuple[TokenInfo, str]:
-        """Issue a token for ``user_id``; return its description and the token, shown once."""
+        """Issue a token for ``user_id``; return its description and the token, shown once.
+
+        ``by`` is who asks (None: the local CLI or the first start). An agent never issues tokens, and
+        nobody gets a token holding more than their own credentials: scopes, origins, priority and,
+        when ``by`` is itself a token, lifetime are capped by its own (see :func:`grace.auth.scopes.grant_for`).
+        """
+        if by is not None:
+            by.require_scope(Scope.TOKENS, "issue tokens")
         user = await self.get_user(user_id)
+        if by is not None:
+            by.require_self_or_admin(user.id)
         if agent is not None:
             agent = agent.strip().lower()
             if not _AGENT.match(agent):
@@ -243,8 +281,18 @@ class Accounts:
             raise errors.InvalidInput("a token name is at most 128 characters")
         if expires_in is not None and expires_in <= timedelta(0):
             raise errors.InvalidInput("a token's lifetime must be positive")
+        grant = scopes_module.grant_for(
+            user.role,
+            agent=agent is not None,
+            issuer=by,
+            limits=self.limits,
+            scopes=scopes,
+            origins=origins,
+            max_priority=max_priority,
+        )
         plaintext = plaintext or secrets.generate_token()
         now = self.clock.now()
+        expires_at = now + expires_in if expires_in else None
         row = {
             "id": new_id("tok"),
             "user_id": user.id,
@@ -254,15 +302,40 @@ class Accounts:
             "prefix": plaintext[:8],
             "created_at": now,
             "last_used_at": None,
-            "expires_at": now + expires_in if expires_in else None,
+            "expires_at": expires_at,
             "revoked_at": None,
+            "scopes": scopes_module.format_names(s.value for s in grant.scopes),
+            "origins": scopes_module.format_names(grant.origins) if grant.origins is not None else None,
+            "max_priority": grant.max_priority,
+            "parent_id": by.token_id if by is not None else None,
         }
         try:
             async with self.db.write() as conn:
+                if by is not None and by.token_id is not None:
+                    row["expires_at"] = await self._within_issuer(conn, by.token_id, expires_at)
                 await conn.execute(insert(api_tokens).values(**row))
         except IntegrityError:
             raise errors.Conflict("that token is already in use") from None
         return _token(row), plaintext  # type: ignore[arg-type]
+
+    @staticmethod
+    async def _within_issuer(conn: AsyncConnection, issuer_id: str, expires_at: datetime | None) -> datetime | None:
+        """Return ``expires_at`` cut to the issuing token's own expiry; refuse if that token was revoked meanwhile."""
+        issuer = (
+            (
+                await conn.execute(
+                    select(api_tokens.c.expires_at, api_tokens.c.revoked_at).where(api_tokens.c.id == issuer_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if issuer is None or issuer["revoked_at"] is not None:
+            raise errors.Unauthenticated("invalid or revoked token")
+        limit: datetime | None = issuer["expires_at"]
+        if limit is not None and (expires_at is None or expires_at > limit):
+            return limit
+        return expires_at
 
     async def list_tokens(self, user_id: str | None = None) -> list[TokenInfo]:
         query = select(api_tokens).order_by(api_tokens.c.created_at)
@@ -273,15 +346,29 @@ class Accounts:
         return [_token(r) for r in rows]
 
     async def revoke_token(self, token_id: str, *, by: Principal | None = None) -> TokenInfo:
-        """Revoke a token. Members may revoke only their own; ``by=None`` is the local CLI."""
+        """Revoke a token and every token it issued, down the line.
+
+        Members may revoke only their own; agents none; ``by=None`` is the local CLI.
+        """
+        if by is not None:
+            by.require_scope(Scope.TOKENS, "revoke tokens")
+        now = self.clock.now()
         async with self.db.write() as conn:
             row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().first()
             if row is None or (by is not None and row["user_id"] != by.user_id and not by.is_admin):
                 raise errors.NotFound(f"no token {token_id!r}")
-            if row["revoked_at"] is None:
+            # A token's descendants go with it: a leaked token must not leave one behind.
+            seen: set[str] = set()
+            frontier = [token_id]
+            while frontier:
+                seen.update(frontier)
                 await conn.execute(
-                    update(api_tokens).where(api_tokens.c.id == token_id).values(revoked_at=self.clock.now())
+                    update(api_tokens)
+                    .where(api_tokens.c.id.in_(frontier), api_tokens.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
                 )
+                children = await conn.execute(select(api_tokens.c.id).where(api_tokens.c.parent_id.in_(frontier)))
+                frontier = [c for (c,) in children.all() if c not in seen]
         async with self.db.read() as conn:
             row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().one()
         return _token(row)
@@ -301,6 +388,9 @@ class Accounts:
                             api_tokens.c.expires_at,
                             api_tokens.c.revoked_at,
                             api_tokens.c.last_used_at,
+                            api_tokens.c.scopes,
+                            api_tokens.c.origins,
+                            api_tokens.c.max_priority,
                             users.c.id.label("user_id"),
                             users.c.username,
                             users.c.role,
@@ -321,4 +411,14 @@ class Accounts:
         if row["last_used_at"] is None or now - row["last_used_at"] > LAST_USED_RESOLUTION:
             async with self.db.write() as conn:
                 await conn.execute(update(api_tokens).where(api_tokens.c.id == row["id"]).values(last_used_at=now))
-        return Principal(row["user_id"], row["username"], Role(row["role"]), agent=row["agent"], token_id=row["id"])
+        origins = row["origins"]
+        return Principal(
+            row["user_id"],
+            row["username"],
+            Role(row["role"]),
+            agent=row["agent"],
+            token_id=row["id"],
+            scopes=_stored_scopes(row["scopes"]),
+            origins=scopes_module.parse_names(origins) if origins is not None else None,
+            max_priority=row["max_priority"],
+        )

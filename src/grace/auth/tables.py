@@ -33,6 +33,14 @@ api_tokens = Table(
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("expires_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
+    # Space-separated scope names; a row written without them holds none (migration 0008_token_scopes).
+    Column("scopes", String(200), nullable=False, server_default=""),
+    # Space-separated origins the token may claim; NULL: whatever its user's role may.
+    Column("origins", String(200), nullable=True),
+    # The most urgent priority it may use; NULL: whatever its user's role may.
+    Column("max_priority", String(16), nullable=True),
+    # The token that issued this one (revoking it revokes this one too); NULL: a session or the CLI.
+    Column("parent_id", String(40), nullable=True, index=True),
 )
 
 sessions = Table(

@@ -10,6 +10,7 @@ and recorded. See docs/htm.md.
 
 from __future__ import annotations
 
+from grace.htm.admission import ADMINS, ANYONE, INTERNAL, Submitters, task_limits
 from grace.htm.config import HTMConfig, load_config
 from grace.htm.origins import DEFAULT_SHARES, Origin
 from grace.htm.routing import RouteDecision
@@ -19,8 +20,11 @@ from grace.htm.tasks import Priority, Status, Task, TaskRequest
 from grace.htm.workers import Handler, HandlerRegistry, TaskContext, WorkerPool, load_handlers
 
 __all__ = [
+    "ADMINS",
+    "ANYONE",
     "DEFAULT_SHARES",
     "HTM",
+    "INTERNAL",
     "HTMConfig",
     "Handler",
     "HandlerRegistry",
@@ -29,10 +33,12 @@ __all__ = [
     "RouteDecision",
     "Status",
     "Submitted",
+    "Submitters",
     "Task",
     "TaskContext",
     "TaskRequest",
     "WorkerPool",
     "load_config",
     "load_handlers",
+    "task_limits",
 ]

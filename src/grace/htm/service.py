@@ -19,7 +19,7 @@ from grace import errors
 from grace.auth import Principal, Role
 from grace.bus import Bus
 from grace.clock import Clock
-from grace.htm import events, origins, rescue, sla, sla_stats, stats, submission
+from grace.htm import admission, events, origins, rescue, sla, sla_stats, stats, submission
 from grace.htm.config import HTMConfig
 from grace.htm.outcomes import Recorder
 from grace.htm.queue import Exchange, Finished, Outcome, Queue
@@ -49,7 +49,14 @@ class HTM:
         self.events = events.EventPublisher(bus, enabled=config.events)
         self.local = LocalWorkers(config.concurrency)
         self.submitter = submission.Submitter(
-            db, clock, config, weights=self.weights, queue=self.queue, events=self.events, local=self.local
+            db,
+            clock,
+            config,
+            weights=self.weights,
+            queue=self.queue,
+            events=self.events,
+            local=self.local,
+            handlers=self.handlers,
         )
         self.recorder = Recorder(self.queue, self.events)
         self.sla_report = sla_stats.SLAReport(db, clock, config)
@@ -59,7 +66,8 @@ class HTM:
         self.rescuer = rescue.Rescuer(db, clock, self.recorder)
         self._pools: list[WorkerPool] = []
         register_builtin_handlers(self.handlers, clock)
-        self.handlers.register(rescue.TASK_TYPE, self.rescuer.handle)
+        # Rescues report on anyone's task: only the SLA enforcer submits them.
+        self.handlers.register(rescue.TASK_TYPE, self.rescuer.handle, submitters=admission.INTERNAL)
 
     @property
     def pool(self) -> WorkerPool | None:
@@ -150,8 +158,11 @@ class HTM:
 
     @staticmethod
     def _visible_to(principal: Principal | None) -> str | None:
-        """Return whose tasks ``principal`` may see: None for everyone's (operators, admins, the CLI)."""
-        if principal is None or principal.has_role(Role.OPERATOR):
+        """Return whose tasks ``principal`` may see: None for everyone's (operators, admins, the CLI).
+
+        An agent sees its own user's tasks only, whatever its user's role.
+        """
+        if principal is None or (principal.has_role(Role.OPERATOR) and not principal.is_agent):
             return None
         return principal.user_id
 
@@ -244,6 +255,6 @@ def register_builtin_handlers(registry: HandlerRegistry, clock: Clock) -> None:
         await clock.sleep(float(seconds))
         return {"slept": float(seconds)}
 
-    registry.register("htm.noop", noop)
-    registry.register("htm.echo", echo)
-    registry.register("htm.sleep", sleep)
+    registry.register("htm.noop", noop, submitters=admission.ANYONE)
+    registry.register("htm.echo", echo, submitters=admission.ANYONE)
+    registry.register("htm.sleep", sleep, submitters=admission.ANYONE)

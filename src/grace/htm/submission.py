@@ -12,12 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace.auth import Principal
 from grace.clock import Clock
-from grace.htm import events, origins, routing, sla_levels
+from grace.htm import admission, events, origins, routing, sla_levels
 from grace.htm.config import HTMConfig
 from grace.htm.queue import Queue
 from grace.htm.routing import RouteDecision
 from grace.htm.tasks import Status, TaskRequest
-from grace.htm.workers import LocalWorkers
+from grace.htm.workers import HandlerRegistry, LocalWorkers
 from grace.jsontext import Encoded
 from grace.storage import Database, new_ids
 
@@ -62,6 +62,7 @@ class Submitter:
     queue: Queue
     events: events.EventPublisher
     local: LocalWorkers  # woken by a submit; its capacity counts until a worker has a heartbeat
+    handlers: HandlerRegistry  # who may submit each task type
     _prepared: bool = field(default=False, init=False)
 
     async def prepare(self) -> None:
@@ -98,6 +99,11 @@ class Submitter:
             )
             for r in requests
         ]
+        # Who may submit what is checked here, where every submission passes, so no edge can skip it.
+        for request, (origin, _) in zip(requests, tagged, strict=True):
+            admission.admit(
+                creator, request.task_type, origin, request.priority, self.handlers.submitters(request.task_type)
+            )
         rows: list[dict[str, Any]] = []
         out: list[Submitted] = []
         chosen = sorted({o for o, _ in tagged})

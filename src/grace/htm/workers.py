@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors, jsontext
 from grace.clock import Clock
+from grace.htm import admission
 from grace.htm import queue as queue_module
 from grace.htm.config import HTMConfig
 from grace.htm.outcomes import Recorder
@@ -66,28 +67,43 @@ class TaskContext:
 
 
 class HandlerRegistry:
-    """Handlers by task type."""
+    """Handlers by task type, and who may submit each type."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._submitters: dict[str, admission.Submitters] = {}
 
-    def register(self, task_type: str, handler: Handler, *, replace: bool = False) -> None:
-        """Register ``handler`` for ``task_type``; refuses a second one unless ``replace``."""
+    def register(
+        self,
+        task_type: str,
+        handler: Handler,
+        *,
+        submitters: admission.Submitters = admission.ANYONE,
+        replace: bool = False,
+    ) -> None:
+        """Register ``handler`` for ``task_type`` and who may submit it; refuses a second one unless ``replace``."""
         if task_type in self._handlers and not replace:
             raise errors.Conflict(f"a handler for task type {task_type!r} is already registered")
         self._handlers[task_type] = handler
+        self._submitters[task_type] = submitters
 
-    def handler(self, task_type: str) -> Callable[[Handler], Handler]:
+    def handler(
+        self, task_type: str, *, submitters: admission.Submitters = admission.ANYONE
+    ) -> Callable[[Handler], Handler]:
         """Register the decorated function for ``task_type``."""
 
         def decorate(fn: Handler) -> Handler:
-            self.register(task_type, fn)
+            self.register(task_type, fn, submitters=submitters)
             return fn
 
         return decorate
 
     def get(self, task_type: str) -> Handler | None:
         return self._handlers.get(task_type)
+
+    def submitters(self, task_type: str) -> admission.Submitters:
+        """Return who may submit ``task_type``: as declared, else the default for its name."""
+        return self._submitters.get(task_type) or admission.default_submitters(task_type)
 
     def types(self) -> list[str]:
         return sorted(self._handlers)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from grace import errors
+from grace.api import policy
 from grace.api.deps import SESSION_COOKIE, CurrentPrincipal, ServicesDep
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -34,7 +35,7 @@ async def _credentials(request: Request) -> Credentials:
         raise errors.InvalidInput("send 'username' and 'password'") from None
 
 
-@router.post("/login")
+@router.post("/login", dependencies=[policy.PUBLIC])
 async def login(request: Request, response: Response, services: ServicesDep) -> dict[str, object]:
     """Sign in with a username and password (JSON or form); sets the session cookie and returns the CSRF token."""
     creds = await _credentials(request)
@@ -57,7 +58,7 @@ async def login(request: Request, response: Response, services: ServicesDep) -> 
     }
 
 
-@router.post("/logout")
+@router.post("/logout", dependencies=[policy.SIGNED_IN])
 async def logout(response: Response, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, bool]:
     """End the current browser session."""
     if principal.session_id:
@@ -66,7 +67,7 @@ async def logout(response: Response, principal: CurrentPrincipal, services: Serv
     return {"signed_out": True}
 
 
-@router.get("/me")
+@router.get("/me", dependencies=[policy.SIGNED_IN])
 async def me(principal: CurrentPrincipal) -> dict[str, object]:
     """Describe the caller: user, role, and the agent name when a token names one."""
     return {

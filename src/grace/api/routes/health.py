@@ -5,18 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from grace import __version__, storage
+from grace.api import policy
 from grace.api.deps import ServicesDep
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get("/health", dependencies=[policy.PUBLIC])
 async def health() -> dict[str, str]:
     """Report that the process is up (liveness); no authentication."""
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/ready")
+@router.get("/ready", dependencies=[policy.PUBLIC])
 async def ready(services: ServicesDep) -> dict[str, str | None]:
     """Report whether the database answers and is migrated (readiness); 503 if not."""
     await services.db.ping()

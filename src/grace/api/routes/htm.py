@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from grace import errors
+from grace.api import policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.htm import HTM
 from grace.services import Services
@@ -33,7 +34,7 @@ def _htm(services: Services) -> HTM:
     return services.htm
 
 
-@router.post("/tasks", status_code=201)
+@router.post("/tasks", status_code=201, dependencies=[policy.TASKS])
 async def submit_task(body: NewTask, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Submit a task; returns its task_id, status and the routing decision (accepted, delayed or deferred)."""
     htm = _htm(services)
@@ -52,7 +53,7 @@ async def submit_task(body: NewTask, principal: CurrentPrincipal, services: Serv
     return submitted.as_dict()
 
 
-@router.get("/tasks")
+@router.get("/tasks", dependencies=[policy.TASKS])
 async def list_tasks(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -65,7 +66,7 @@ async def list_tasks(
     return {"tasks": [t.as_dict(include_payload=False) for t in tasks]}
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", dependencies=[policy.TASKS])
 async def get_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Show one task with its payload, result or error, and any rejected late completions."""
     htm = _htm(services)
@@ -73,21 +74,21 @@ async def get_task(task_id: str, principal: CurrentPrincipal, services: Services
     return {"task": task.as_dict(), "late_completions": await htm.late_completions(task_id, principal=principal)}
 
 
-@router.post("/tasks/{task_id}/cancel")
+@router.post("/tasks/{task_id}/cancel", dependencies=[policy.TASKS])
 async def cancel_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Cancel a waiting or running task; 409 if it already finished."""
     task = await _htm(services).cancel(task_id, principal=principal)
     return {"task": task.as_dict(include_payload=False)}
 
 
-@router.get("/routing/stats")
+@router.get("/routing/stats", dependencies=[policy.TASKS])
 async def routing_stats(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Per-origin load against its share: current_count, max_concurrent, total_queued, tasks_starved,
     utilization, delayed and deferred counts, and throughput over the last minute."""
     return await _htm(services).routing_stats()
 
 
-@router.get("/sla/stats")
+@router.get("/sla/stats", dependencies=[policy.TASKS])
 async def sla_stats(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -103,7 +104,7 @@ async def sla_stats(
     return await _htm(services).sla_stats(window_seconds=window_seconds)
 
 
-@router.get("/sla/violations")
+@router.get("/sla/violations", dependencies=[policy.TASKS])
 async def sla_violations(
     principal: CurrentPrincipal,
     services: ServicesDep,

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from grace import errors
+from grace.api import policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.auth import Principal, Role
 from grace.services import Services
@@ -108,7 +109,7 @@ def _access_answer(result: AccessResult, response: Response, key: str) -> dict[s
     return body
 
 
-@router.post("/store", status_code=201)
+@router.post("/store", status_code=201, dependencies=[policy.SECRETS])
 async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Store a secret (or a new version of one); the answer shows it masked, never the value."""
     info = await _vault(services).store(
@@ -125,7 +126,7 @@ async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: S
     return {"secret": info.as_dict()}
 
 
-@router.get("")
+@router.get("", dependencies=[policy.SECRETS])
 async def list_secrets(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -136,7 +137,7 @@ async def list_secrets(
     return {"secrets": [s.as_dict() for s in secrets]}
 
 
-@router.get("/rotation/due")
+@router.get("/rotation/due", dependencies=[policy.SECRETS])
 async def rotation_due(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -147,7 +148,7 @@ async def rotation_due(
     return {"due": [s.as_dict() for s in due]}
 
 
-@router.get("/consent/history")
+@router.get("/consent/history", dependencies=[policy.CONSENTS])
 async def consent_history(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -161,7 +162,7 @@ async def consent_history(
     return {"consents": [r.as_dict() for r in records]}
 
 
-@router.get("/consent/pending")
+@router.get("/consent/pending", dependencies=[policy.CONSENTS])
 async def consent_pending(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -173,7 +174,7 @@ async def consent_pending(
     return {"pending": [r.as_dict(now) for r in await vault.pending(principal, user_id)]}
 
 
-@router.get("/consent/stats")
+@router.get("/consent/stats", dependencies=[policy.CONSENTS])
 async def consent_stats(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -183,7 +184,7 @@ async def consent_stats(
     return {"stats": await _vault(services).stats(principal, user_id)}
 
 
-@router.get("/consent/stream")
+@router.get("/consent/stream", dependencies=[policy.CONSENTS])
 async def consent_stream(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -246,14 +247,14 @@ def _sse(event: str, data: dict[str, Any], event_id: str) -> str:
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-@router.get("/consent/{consent_id}")
+@router.get("/consent/{consent_id}", dependencies=[policy.CONSENTS])
 async def consent_detail(consent_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Show one consent request (yours, or one you are asked to second)."""
     record = await _vault(services).consent_for(principal, consent_id)
     return {"consent": record.as_dict(services.clock.now())}
 
 
-@router.post("/consent/respond")
+@router.post("/consent/respond", dependencies=[policy.CONSENTS])
 async def consent_respond(body: RespondBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Approve or deny a pending request (the owner or an admin; critical risk also needs a second approver)."""
     _check_user(principal, body.user_id)
@@ -269,7 +270,7 @@ async def consent_respond(body: RespondBody, principal: CurrentPrincipal, servic
     return {"consent": record.as_dict(services.clock.now())}
 
 
-@router.post("/consent/revoke")
+@router.post("/consent/revoke", dependencies=[policy.CONSENTS])
 async def consent_revoke(body: RevokeConsentBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Revoke a consent; the next use of it is refused."""
     _check_user(principal, body.user_id)
@@ -277,7 +278,7 @@ async def consent_revoke(body: RevokeConsentBody, principal: CurrentPrincipal, s
     return {"consent": record.as_dict()}
 
 
-@router.get("/audit")
+@router.get("/audit", dependencies=[policy.AUDIT])
 async def audit_log(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -290,14 +291,14 @@ async def audit_log(
     return {"entries": [e.as_dict() for e in entries]}
 
 
-@router.get("/keys/status")
+@router.get("/keys/status", dependencies=[policy.KEYS])
 async def keys_status(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Describe the keyring (admin only): active key, expiry with the 7-day warning, next rotation."""
     principal.require(Role.ADMIN)
     return {"keys": await _vault(services).keys_status()}
 
 
-@router.post("/keys/rotate", status_code=202)
+@router.post("/keys/rotate", status_code=202, dependencies=[policy.KEYS])
 async def keys_rotate(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Start (or resume) a key rotation as a background task (admin only); follow it on keys/status."""
     principal.require(Role.ADMIN)
@@ -306,14 +307,14 @@ async def keys_rotate(principal: CurrentPrincipal, services: ServicesDep) -> dic
     return {**started, "keys": await vault.keys_status()}
 
 
-@router.get("/audit/verify")
+@router.get("/audit/verify", dependencies=[policy.AUDIT_ADMIN])
 async def audit_verify(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Check the whole audit chain and its signed checkpoints (admin only); lists any tampering found."""
     principal.require(Role.ADMIN)
     return {"report": (await _vault(services).verify_audit()).as_dict()}
 
 
-@router.post("/{key}/access")
+@router.post("/{key}/access", dependencies=[policy.ASK_SECRETS])
 async def access_secret(
     key: str, body: AccessBody, response: Response, principal: CurrentPrincipal, services: ServicesDep
 ) -> dict[str, Any]:
@@ -341,7 +342,7 @@ async def access_secret(
     return _access_answer(result, response, key)
 
 
-@router.post("/{key}/revoke")
+@router.post("/{key}/revoke", dependencies=[policy.SECRETS])
 async def revoke_secret(
     key: str, body: RevokeSecretBody, principal: CurrentPrincipal, services: ServicesDep
 ) -> dict[str, Any]:
@@ -350,7 +351,7 @@ async def revoke_secret(
     return {"secret": info.as_dict()}
 
 
-@router.get("/{key}")
+@router.get("/{key}", dependencies=[policy.SECRETS])
 async def secret_detail(
     key: str,
     principal: CurrentPrincipal,

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from grace.api.deps import CurrentPrincipal, ServicesDep, require_role
-from grace.auth import Principal, Role
+from grace.api import policy
+from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.auth import Role
 
 router = APIRouter(prefix="/api", tags=["users"])
-AdminOnly = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 
 
 class NewUser(BaseModel):
@@ -26,16 +26,30 @@ class NewToken(BaseModel):
     agent: Annotated[str | None, Field(min_length=1, max_length=64)] = None
     expires_in_days: Annotated[int | None, Field(ge=1, le=3650)] = None
     user_id: Annotated[str | None, Field(max_length=40)] = None
+    scopes: Annotated[
+        list[Annotated[str, Field(max_length=32)]] | None,
+        Field(
+            max_length=20,
+            description="What it may do (default: all its creator may give it; agents: tasks, secrets:ask).",
+        ),
+    ] = None
+    origins: Annotated[
+        list[Annotated[str, Field(max_length=40)]] | None,
+        Field(max_length=20, description="The task origins it may claim (default: its user's role's)."),
+    ] = None
+    max_priority: Annotated[
+        str | None, Field(max_length=16, description="The most urgent task priority it may use.")
+    ] = None
 
 
-@router.get("/users")
-async def list_users(_: AdminOnly, services: ServicesDep) -> dict[str, object]:
+@router.get("/users", dependencies=[policy.USERS])
+async def list_users(services: ServicesDep) -> dict[str, object]:
     """List every user (admin only)."""
     return {"users": [u.as_dict() for u in await services.accounts.list_users()]}
 
 
-@router.post("/users", status_code=201)
-async def create_user(body: NewUser, _: AdminOnly, services: ServicesDep) -> dict[str, object]:
+@router.post("/users", status_code=201, dependencies=[policy.USERS])
+async def create_user(body: NewUser, services: ServicesDep) -> dict[str, object]:
     """Create a user (admin only); a generated password is returned once."""
     user, password = await services.accounts.create_user(body.username, body.role, body.password)
     out: dict[str, object] = {"user": user.as_dict()}
@@ -44,32 +58,39 @@ async def create_user(body: NewUser, _: AdminOnly, services: ServicesDep) -> dic
     return out
 
 
-@router.post("/users/{username}/disable")
-async def disable_user(username: str, _: AdminOnly, services: ServicesDep) -> dict[str, object]:
+@router.post("/users/{username}/disable", dependencies=[policy.USERS])
+async def disable_user(username: str, services: ServicesDep) -> dict[str, object]:
     """Disable a user (admin only); their tokens and sessions stop working at once."""
     return {"user": (await services.accounts.set_disabled(username, True)).as_dict()}
 
 
-@router.get("/tokens")
+@router.get("/tokens", dependencies=[policy.TOKENS])
 async def list_tokens(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
     """List your API tokens (admins see everyone's); never the token values."""
     user_id = None if principal.is_admin else principal.user_id
     return {"tokens": [t.as_dict() for t in await services.accounts.list_tokens(user_id)]}
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, dependencies=[policy.TOKENS])
 async def create_token(body: NewToken, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
-    """Issue an API token, optionally naming the agent that will use it; the token is shown once."""
-    user_id = body.user_id or principal.user_id
-    principal.require_self_or_admin(user_id)
+    """Issue an API token, optionally naming the agent that will use it and narrowing its scopes; shown once.
+
+    Never from an agent's token, and never with more than the caller's own credentials hold."""
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
     info, plaintext = await services.accounts.create_token(
-        user_id, name=body.name, agent=body.agent, expires_in=expires
+        body.user_id or principal.user_id,
+        name=body.name,
+        agent=body.agent,
+        expires_in=expires,
+        scopes=body.scopes,
+        origins=body.origins,
+        max_priority=body.max_priority,
+        by=principal,
     )
     return {"token": plaintext, "info": info.as_dict()}
 
 
-@router.post("/tokens/{token_id}/revoke")
+@router.post("/tokens/{token_id}/revoke", dependencies=[policy.TOKENS])
 async def revoke_token(token_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
-    """Revoke an API token (yours, or anyone's for an admin)."""
+    """Revoke an API token (yours, or anyone's for an admin) and every token it issued."""
     return {"token": (await services.accounts.revoke_token(token_id, by=principal)).as_dict()}
