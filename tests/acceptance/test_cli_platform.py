@@ -58,6 +58,31 @@ def test_users_and_tokens_lifecycle(grace: CliRunner) -> None:
     assert "yes" in grace.invoke(app, ["users", "list"]).output
 
 
+def test_tokens_carry_the_scopes_and_limits_they_were_given(grace: CliRunner) -> None:
+    assert grace.invoke(app, ["users", "create", "tess", "--role", "member"]).exit_code == 0
+    narrow = grace.invoke(
+        app,
+        ["tokens", "create", "--user", "tess", "--scope", "tasks", "--origin", "intent", "--max-priority", "normal"],
+    )
+    assert narrow.exit_code == 0, narrow.output
+    assert "scopes: tasks (origins: intent; at most normal)" in narrow.output
+    agent = grace.invoke(app, ["tokens", "create", "--user", "tess", "--agent", "code_agent"])
+    assert "scopes: secrets:ask tasks" in agent.output
+    listed = grace.invoke(app, ["tokens", "list", "--user", "tess"]).output
+    assert "secrets:ask tasks" in listed and "origins: intent" in listed
+
+    answering = grace.invoke(app, ["tokens", "create", "--user", "tess", "--agent", "a2", "--scope", "consents"])
+    assert answering.exit_code == 1 and "never answer" in answering.output
+    for argv, message in (
+        (["--scope", "users"], "only an admin's"),
+        (["--scope", "root"], "valid scopes"),
+        (["--origin", "hunter_alert"], "cannot be given origin hunter_alert"),
+        (["--max-priority", "critical"], "at most high"),
+    ):
+        refused = grace.invoke(app, ["tokens", "create", "--user", "tess", *argv])
+        assert refused.exit_code == 1 and message in refused.output, refused.output
+
+
 def test_password_from_stdin(grace: CliRunner) -> None:
     made = grace.invoke(app, ["users", "create", "pat", "--password-stdin"], input="a sturdy passphrase\n")
     assert made.exit_code == 0 and "shown once" not in made.output

@@ -7,9 +7,12 @@ from datetime import timedelta
 import typer
 from rich.table import Table
 
+from grace.auth import Scope, TokenInfo
 from grace.cli.common import console, id_column, open_services, run
 
 app = typer.Typer(help="Manage API tokens for users and the agents acting for them.", no_args_is_help=True)
+
+SCOPE_HELP = "What it may do; repeat for several: " + ", ".join(s.value for s in Scope) + " (default: all it may hold)."
 
 
 @app.command("create")
@@ -18,8 +21,15 @@ def create(
     agent: str | None = typer.Option(None, "--agent", "-a", help="Name of the agent using it, e.g. code_agent."),
     name: str = typer.Option("", "--name", "-n", help="A label to recognise the token by."),
     expires_days: int | None = typer.Option(None, "--expires-days", min=1, help="Days until it expires."),
+    scope: list[str] | None = typer.Option(None, "--scope", "-s", help=SCOPE_HELP),
+    origin: list[str] | None = typer.Option(
+        None, "--origin", help="A task origin it may claim; repeat for several (default: its user's role's)."
+    ),
+    max_priority: str | None = typer.Option(
+        None, "--max-priority", help="The most urgent task priority it may use (default: its user's role's)."
+    ),
 ) -> None:
-    """Issue a token; it is printed once and stored only as a hash."""
+    """Issue a token; it is printed once and stored only as a hash. An agent's token only asks (tasks, secrets:ask)."""
 
     async def work() -> None:
         async with open_services() as services:
@@ -29,8 +39,12 @@ def create(
                 name=name,
                 agent=agent,
                 expires_in=timedelta(days=expires_days) if expires_days else None,
+                scopes=scope or None,
+                origins=origin or None,
+                max_priority=max_priority,
             )
         console.print(f"token {info.id} for {owner.username}" + (f" (agent {info.agent})" if info.agent else ""))
+        console.print(f"scopes: {' '.join(info.scopes) or 'none'}" + _limits(info))
         console.print(f"token (shown once): {plaintext}")
 
     run(work)
@@ -47,12 +61,13 @@ def list_(user: str | None = typer.Option(None, "--user", "-u", help="Only this 
         table = Table()
         id_column(table)
         id_column(table, "user")
-        for name in ("agent", "name", "prefix", "last used", "state"):
+        for name in ("agent", "name", "scopes", "prefix", "last used", "state"):
             table.add_column(name)
         for t in tokens:
             state = "revoked" if t.revoked_at else "active"
             last = t.last_used_at.isoformat() if t.last_used_at else "never"
-            table.add_row(t.id, t.user_id, t.agent or "", t.name, t.prefix + "…", last, state)
+            scopes = " ".join(t.scopes) + _limits(t)
+            table.add_row(t.id, t.user_id, t.agent or "", t.name, scopes, t.prefix + "…", last, state)
         console.print(table)
 
     run(work)
@@ -60,7 +75,7 @@ def list_(user: str | None = typer.Option(None, "--user", "-u", help="Only this 
 
 @app.command("revoke")
 def revoke(token_id: str = typer.Argument(..., help="The token's id (from `grace tokens list`).")) -> None:
-    """Revoke a token; requests using it get 401 from then on."""
+    """Revoke a token and every token it issued; requests using them get 401 from then on."""
 
     async def work() -> None:
         async with open_services() as services:
@@ -68,3 +83,13 @@ def revoke(token_id: str = typer.Argument(..., help="The token's id (from `grace
         console.print(f"revoked {info.id}")
 
     run(work)
+
+
+def _limits(info: TokenInfo) -> str:
+    """Describe how a token narrows its user's task limits ('' when it does not)."""
+    parts = []
+    if info.origins is not None:
+        parts.append(f"origins: {' '.join(info.origins) or 'none'}")
+    if info.max_priority is not None:
+        parts.append(f"at most {info.max_priority}")
+    return f" ({'; '.join(parts)})" if parts else ""

@@ -1,0 +1,188 @@
+"""The route-policy matrix: every route declares who may call it, and does what it declares.
+
+Built from the app's own route table: a new route without a policy fails here, and so does one this
+file has not yet been told about (decide who may call it, then add it to ``EXPECTED``). Then every
+route is called as an admin, an operator, a member, an admin's agent, a member's agent and nobody,
+on both databases.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from grace.api import create_app
+from grace.api.policy import api_routes, policy_of
+from grace.config import load_settings
+from tests.vaultkit import Cast
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PEOPLE = frozenset({"admin", "operator", "member"})
+EVERYONE = PEOPLE | {"admins_agent", "members_agent"}
+PRINCIPALS = sorted(EVERYONE | {"nobody"})
+
+# Who each policy admits. Agents ask (tasks, secrets) and never answer for their human.
+ADMITS: dict[str, frozenset[str]] = {
+    "public": EVERYONE | {"nobody"},
+    "signed_in": EVERYONE,
+    "tasks": EVERYONE,
+    "ask_secrets": EVERYONE,
+    "secrets": PEOPLE,
+    "consents": PEOPLE,
+    "audit": PEOPLE,
+    "tokens": PEOPLE,
+    "audit_admin": frozenset({"admin"}),
+    "keys": frozenset({"admin"}),
+    "users": frozenset({"admin"}),
+}
+
+EXPECTED: dict[str, str] = {
+    "GET /health": "public",
+    "GET /ready": "public",
+    "POST /api/auth/login": "public",
+    "POST /api/auth/logout": "signed_in",
+    "GET /api/auth/me": "signed_in",
+    "GET /api/users": "users",
+    "POST /api/users": "users",
+    "POST /api/users/{username}/disable": "users",
+    "GET /api/tokens": "tokens",
+    "POST /api/tokens": "tokens",
+    "POST /api/tokens/{token_id}/revoke": "tokens",
+    "POST /api/secrets/store": "secrets",
+    "GET /api/secrets": "secrets",
+    "GET /api/secrets/rotation/due": "secrets",
+    "GET /api/secrets/{key}": "secrets",
+    "POST /api/secrets/{key}/revoke": "secrets",
+    "POST /api/secrets/{key}/access": "ask_secrets",
+    "GET /api/secrets/consent/history": "consents",
+    "GET /api/secrets/consent/pending": "consents",
+    "GET /api/secrets/consent/stats": "consents",
+    "GET /api/secrets/consent/stream": "consents",
+    "GET /api/secrets/consent/{consent_id}": "consents",
+    "POST /api/secrets/consent/respond": "consents",
+    "POST /api/secrets/consent/revoke": "consents",
+    "GET /api/secrets/audit": "audit",
+    "GET /api/secrets/audit/verify": "audit_admin",
+    "GET /api/secrets/keys/status": "keys",
+    "POST /api/secrets/keys/rotate": "keys",
+    "POST /api/htm/tasks": "tasks",
+    "GET /api/htm/tasks": "tasks",
+    "GET /api/htm/tasks/{task_id}": "tasks",
+    "POST /api/htm/tasks/{task_id}/cancel": "tasks",
+    "GET /api/htm/routing/stats": "tasks",
+    "GET /api/htm/sla/stats": "tasks",
+    "GET /api/htm/sla/violations": "tasks",
+}
+
+# Query strings that keep a call short (the consent stream would otherwise stay open).
+QUERY = {"GET /api/secrets/consent/stream": "?timeout_seconds=0.05"}
+
+
+def _app_routes() -> dict[str, APIRoute]:
+    app = create_app(load_settings(data_dir=ROOT / ".unused", database_url="sqlite:///:memory:"))
+    found: dict[str, APIRoute] = {}
+    for route in api_routes(app):
+        for method in sorted((route.methods or set()) - {"HEAD", "OPTIONS"}):
+            found[f"{method} {route.path}"] = route
+    operations = {f"{m.upper()} {p}" for p, item in app.openapi()["paths"].items() for m in item}
+    assert operations <= set(found), f"routes the walk missed: {operations - set(found)}"
+    return found
+
+
+ROUTES = _app_routes()
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_every_route_declares_a_policy(name: str) -> None:
+    declared = policy_of(ROUTES[name])
+    assert declared is not None, f"{name} declares no policy: add dependencies=[policy.X] to its decorator"
+    assert name in EXPECTED, f"{name} is not in the matrix: decide who may call it and add it to EXPECTED"
+    assert declared.name == EXPECTED[name], f"{name} declares {declared.name}, the matrix says {EXPECTED[name]}"
+
+
+def test_the_matrix_names_no_route_that_is_gone() -> None:
+    assert set(EXPECTED) == set(ROUTES)
+
+
+def test_no_agent_policy_reaches_what_answers_for_a_human() -> None:
+    human = {"users", "tokens", "keys", "consents", "audit", "audit_admin", "secrets"}
+    for name, route in ROUTES.items():
+        declared = policy_of(route)
+        assert declared is not None
+        if declared.name in human:
+            assert not declared.agents, f"{name} lets agents in"
+
+
+async def _call(http: httpx.AsyncClient, name: str, headers: dict[str, str]) -> httpx.Response:
+    method, path = name.split(" ", 1)
+    url = re.sub(r"\{[^}]+\}", "x", path) + QUERY.get(name, "")
+    payload: dict[str, Any] | None = {} if method == "POST" else None
+    return await http.request(method, url, json=payload, headers=headers)
+
+
+async def test_the_route_policy_matrix(http: httpx.AsyncClient, cast: Cast) -> None:
+    _, admins_agent = await cast.services.accounts.create_token(cast.admin.user_id, agent="ops_agent")
+    headers = {
+        "admin": cast.headers("admin2"),
+        "operator": cast.headers("operator"),
+        "member": cast.headers("owner"),
+        "admins_agent": {"Authorization": f"Bearer {admins_agent}"},
+        "members_agent": cast.headers("agent"),
+        "nobody": {},
+    }
+    wrong: list[str] = []
+    for name, policy_name in sorted(EXPECTED.items()):
+        for who in PRINCIPALS:
+            r = await _call(http, name, headers[who])
+            body: dict[str, Any] = {}
+            if r.headers.get("content-type", "").startswith("application/json"):
+                body = r.json()
+            error = body.get("error") or {}
+            refused_here = r.status_code == 403 and (error.get("details") or {}).get("policy") == policy_name
+            if r.status_code >= 500:
+                wrong.append(f"{name} as {who}: {r.status_code}")
+            elif who in ADMITS[policy_name]:
+                if r.status_code == 401 or refused_here:
+                    wrong.append(f"{name} as {who}: refused ({r.status_code}), should be admitted")
+            elif who == "nobody":
+                if r.status_code != 401:
+                    wrong.append(f"{name} as nobody: {r.status_code}, should be 401")
+            elif not refused_here:
+                wrong.append(f"{name} as {who}: {r.status_code}, should be refused by policy {policy_name}")
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_a_token_holds_only_the_scopes_it_was_given(http: httpx.AsyncClient, cast: Cast) -> None:
+    made = await http.post(
+        "/api/tokens", json={"name": "tasks only", "scopes": ["tasks"]}, headers=cast.headers("owner")
+    )
+    assert made.status_code == 201 and made.json()["info"]["scopes"] == ["tasks"]
+    narrow = {"Authorization": f"Bearer {made.json()['token']}"}
+    assert (await http.get("/api/htm/tasks", headers=narrow)).status_code == 200
+    refused = await http.get("/api/secrets/consent/pending", headers=narrow)
+    assert refused.status_code == 403 and "'consents' scope" in refused.json()["error"]["message"]
+    assert (await http.post("/api/tokens", json={}, headers=narrow)).status_code == 403
+
+    # What the owner's own token holds by default: everything a member's token may.
+    listed = (await http.get("/api/tokens", headers=cast.headers("owner"))).json()["tokens"]
+    own = next(t for t in listed if t["id"] == cast.owner.token_id)
+    assert own["scopes"] == ["audit", "consents", "secrets", "secrets:ask", "tasks", "tokens"]
+    agents = next(t for t in listed if t["id"] == cast.agent.token_id)
+    assert agents["scopes"] == ["secrets:ask", "tasks"]
+
+
+async def test_a_signed_in_person_holds_every_scope_of_their_role(http: httpx.AsyncClient, cast: Cast) -> None:
+    await cast.services.accounts.set_password("aaron", "a long enough password")
+    signed_in = await http.post("/api/auth/login", json={"username": "aaron", "password": "a long enough password"})
+    assert signed_in.status_code == 200
+    csrf = {"X-CSRF-Token": signed_in.json()["csrf_token"]}
+    assert (await http.get("/api/secrets/consent/pending")).status_code == 200
+    made = await http.post("/api/tokens", json={"agent": "code_agent_2"}, headers=csrf)
+    assert made.status_code == 201 and made.json()["info"]["scopes"] == ["secrets:ask", "tasks"]
+    assert (await http.get("/api/users")).status_code == 403  # still a member
