@@ -41,7 +41,7 @@ async def run() -> dict[str, Any]:
             "GRACE_HTM_POLL_SECONDS": "0.2",
             "GRACE_HTM_BURST_PER_MINUTE": "0",
             "GRACE_BENCH_HTM_LOG": str(log),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
             "GRACE_LOG_LEVEL": "WARNING",
         }
     )

@@ -43,7 +43,7 @@ def worker_env(database_url: str, data_dir: Path, log: Path) -> dict[str, str]:
             "GRACE_HTM_BURST_PER_MINUTE": "0",
             "GRACE_HTM_SHUTDOWN_GRACE_SECONDS": "1",
             "GRACE_TEST_HTM_LOG": str(log),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
             "GRACE_LOG_LEVEL": "WARNING",
         }
     )

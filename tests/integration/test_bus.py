@@ -121,14 +121,14 @@ async def test_bad_publications_are_refused(bus: Bus) -> None:
 
 
 def _peer(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.bus_peer", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
     )
 
 
 def _publish(url: str, topic: str, count: int) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     cmd = [sys.executable, "-m", "tests.bus_peer", "publish", url, topic, str(count)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=60)
 

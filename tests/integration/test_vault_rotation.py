@@ -228,7 +228,7 @@ async def test_a_crash_at_every_step_of_a_rotation_loses_nothing(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
     )
     lines: list[str] = []
     deadline = time.monotonic() + 60
