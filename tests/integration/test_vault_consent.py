@@ -122,6 +122,25 @@ async def test_the_requesting_agent_cannot_approve(cast: Cast) -> None:
     assert (await _events(cast, pending.consent_id, "refused")).count("consent.answer_refused") == 2
 
 
+async def test_only_a_principal_holding_the_consents_scope_answers_or_revokes(cast: Cast) -> None:
+    await _store(cast)
+    pending = await _ask(cast)
+    assert pending.consent_id is not None
+    # The owner's own token, narrowed to tasks: the vault refuses it even without the HTTP edge.
+    _, token = await cast.services.accounts.create_token(cast.owner.user_id, scopes=["tasks", "secrets:ask"])
+    narrowed = await cast.services.accounts.resolve_token(token)
+    with pytest.raises(errors.PermissionDenied, match="'consents' scope"):
+        await cast.vault.respond(narrowed, pending.consent_id, True)
+    with pytest.raises(errors.PermissionDenied, match="'consents' scope"):
+        await cast.vault.revoke_consent(narrowed, pending.consent_id)
+    with pytest.raises(errors.PermissionDenied):
+        await cast.vault.revoke_consent(cast.agent, pending.consent_id)
+    assert await _status(cast, pending.consent_id) == "pending"
+    assert (await _events(cast, pending.consent_id, "refused")).count("consent.revoke_refused") == 2
+    await cast.vault.respond(cast.owner, pending.consent_id, True)
+    assert await _status(cast, pending.consent_id) == "approved"
+
+
 async def test_another_member_cannot_approve(cast: Cast) -> None:
     await _store(cast)
     pending = await _ask(cast)

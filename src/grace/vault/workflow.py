@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from grace import errors
-from grace.auth import Principal, Role
+from grace.auth import Principal, Role, Scope
 from grace.bus import Bus
 from grace.clock import Clock
 from grace.storage import Database
@@ -312,6 +312,9 @@ class ConsentWorkflow:
         if by.agent is not None:
             await self.refuse(by, record, "consent.answer_refused", "an agent cannot answer consent requests")
             raise errors.PermissionDenied("an agent cannot answer consent requests; the secret's owner must")
+        if not by.can(Scope.CONSENTS):
+            await self.refuse(by, record, "consent.answer_refused", "the token lacks the consents scope")
+            raise errors.PermissionDenied("this token cannot answer consent requests: it lacks the 'consents' scope")
         second = record.awaiting_second_approval
         if second:
             if not by.has_role(Role.OPERATOR):
@@ -397,6 +400,9 @@ class ConsentWorkflow:
     async def revoke(self, by: Principal, consent_id: str, reason: str = "") -> ConsentRecord:
         """Revoke a consent (pending or approved); its next use is refused."""
         record = await self.store.get(consent_id)
+        if not by.can(Scope.CONSENTS):  # an agent never holds it: it asks, never answers
+            await self.refuse(by, record, "consent.revoke_refused", "the caller lacks the consents scope")
+            raise errors.PermissionDenied("this token cannot revoke consents: it lacks the 'consents' scope")
         if record.user_id != by.user_id and not by.is_admin:
             await self.refuse(by, record, "consent.revoke_refused", "not the owner")
             raise errors.NotFound(f"no consent request {consent_id[:128]!r}")
