@@ -38,31 +38,27 @@ class Services:
     bus: Bus
     accounts: auth.Accounts
     sign_in: auth.SignIn
-    bootstrap: auth.BootstrapCredentials | None = None
-    vault: Vault | None = None
-    htm: HTM | None = None
+    vault: Vault
+    htm: HTM
+    bootstrap: auth.BootstrapCredentials | None = None  # the first admin, when this build created it
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
         """Start the periodic jobs a serving process runs (bus retention, vault upkeep, workers, SLA enforcer)."""
         self._background.append(asyncio.create_task(self._prune_events(), name="grace-bus-prune"))
-        if self.vault is not None:
-            self._background.append(asyncio.create_task(self._vault_upkeep(), name="grace-vault-upkeep"))
-        if self.htm is not None and self.htm.config.embedded_workers:
+        self._background.append(asyncio.create_task(self._vault_upkeep(), name="grace-vault-upkeep"))
+        if self.htm.config.embedded_workers:
             self._background.append(asyncio.create_task(self._start_htm_workers(), name="grace-htm-start"))
-        if self.htm is not None:
-            # The serving process owns SLA enforcement (on PostgreSQL, whichever process holds the
-            # leader lock acts); close() stops it through HTM.close().
-            self.htm.start_sla()
+        # The serving process owns SLA enforcement (on PostgreSQL, whichever process holds the
+        # leader lock acts); close() stops it through HTM.close().
+        self.htm.start_sla()
 
     async def _start_htm_workers(self) -> None:
         # The serving process runs an embedded worker pool; close() stops it gracefully.
-        assert self.htm is not None
         await self.htm.start_workers()
 
     async def _vault_upkeep(self) -> None:
         # Consent expiry, secrets.rotation.due, key expiry warnings and the weekly key rotation (resumable).
-        assert self.vault is not None
         while True:
             try:
                 await self.vault.tick()
@@ -85,10 +81,8 @@ class Services:
     async def close(self) -> None:
         for task in self._background:
             await _stop(task)
-        if self.vault is not None:
-            await self.vault.close()
-        if self.htm is not None:
-            await self.htm.close()
+        await self.vault.close()
+        await self.htm.close()
         await self.bus.close()
         await self.db.dispose()
 
@@ -155,9 +149,9 @@ async def build(
         await bus.close()
         await db.dispose()
         raise
-    services = Services(settings, clock, db, bus, accounts, sign_in, vault=vault)
-    services.htm = HTM(db, bus, clock, htm_config)
-    _run_vault_rotation_on_htm(services.htm, vault)
+    htm = HTM(db, bus, clock, htm_config)
+    _run_vault_rotation_on_htm(htm, vault)
+    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

@@ -15,7 +15,6 @@ def verify() -> None:
 
     async def work() -> bool:
         async with open_services() as services:
-            assert services.vault is not None
             report = await services.vault.verify_audit()
         console.print(f"{report.entries} entries, {report.checkpoints} signed checkpoints")
         for kind in ("modified", "deleted", "inserted", "reordered", "truncated", "bad_checkpoints"):
@@ -37,7 +36,6 @@ def checkpoint() -> None:
 
     async def work() -> None:
         async with open_services() as services:
-            assert services.vault is not None
             made = await services.vault.audit.checkpoint()
         console.print(f"checkpoint at seq {made.seq}" if made else "the audit log is empty")
 

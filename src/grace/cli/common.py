@@ -37,7 +37,7 @@ def settings() -> Settings:
 @contextlib.asynccontextmanager
 async def open_services(*, bootstrap: bool = False) -> AsyncIterator[Services]:
     services = await build(settings(), bootstrap=bootstrap)
-    vault_warning = services.vault.master.first_run_warning if services.vault else None
+    vault_warning = services.vault.master.first_run_warning
     if vault_warning:  # this command just generated the vault's master key file
         err_console.print(f"[yellow]warning:[/yellow] {vault_warning}")
     try:

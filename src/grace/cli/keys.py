@@ -22,7 +22,6 @@ def status() -> None:
 
     async def work() -> None:
         async with open_services() as services:
-            assert services.vault is not None
             info = await services.vault.keys_status()
         active = info["active_key"] or {}
         console.print(f"master key: {info['master_key_source']} (id {info['master_key_id']})")
@@ -50,7 +49,6 @@ def rotate(
 
     async def work() -> None:
         async with open_services() as services:
-            assert services.vault is not None
             report = await services.vault.rotate_keys(by="cli", batch_size=batch_size)
         verb = "resumed and finished" if report.resumed else "finished"
         console.print(

@@ -15,7 +15,6 @@ from rich.table import Table
 from grace.auth import Principal
 from grace.cli.common import console, fail, open_services, run
 from grace.services import Services
-from grace.vault import Vault
 
 app = typer.Typer(help="Store secrets and answer the agent's requests for them.", no_args_is_help=True)
 
@@ -23,11 +22,6 @@ app = typer.Typer(help="Store secrets and answer the agent's requests for them."
 async def _principal(services: Services, username: str) -> Principal:
     user = await services.accounts.get_user(username)
     return Principal(user.id, user.username, user.role)
-
-
-def _vault(services: Services) -> Vault:
-    assert services.vault is not None
-    return services.vault
 
 
 @app.command("store")
@@ -50,7 +44,7 @@ def store(
     async def work() -> None:
         async with open_services() as services:
             principal = await _principal(services, user)
-            info = await _vault(services).store(
+            info = await services.vault.store(
                 principal,
                 key,
                 value,
@@ -73,7 +67,7 @@ def list_(user: str = typer.Option(..., "--user", "-u", help="Whose secrets to l
 
     async def work() -> None:
         async with open_services() as services:
-            secrets = await _vault(services).list_secrets(await _principal(services, user))
+            secrets = await services.vault.list_secrets(await _principal(services, user))
         table = Table("key", "service", "type", "risk", "value", "version", "used", "rotation due", "status")
         for s in secrets:
             due = s.rotation_due_at.isoformat(timespec="minutes") if s.rotation_due_at else ""
@@ -103,7 +97,7 @@ def revoke(
 
     async def work() -> None:
         async with open_services() as services:
-            info = await _vault(services).revoke_secret(await _principal(services, user), key, reason=reason)
+            info = await services.vault.revoke_secret(await _principal(services, user), key, reason=reason)
         console.print(f"revoked {info.key}")
 
     run(work)
@@ -115,7 +109,7 @@ def due(user: str = typer.Option(..., "--user", "-u", help="Whose secrets to che
 
     async def work() -> None:
         async with open_services() as services:
-            secrets = await _vault(services).rotation_due(await _principal(services, user))
+            secrets = await services.vault.rotation_due(await _principal(services, user))
         if not secrets:
             console.print("no rotation due")
         for s in secrets:
@@ -132,7 +126,7 @@ def pending(user: str = typer.Option(..., "--user", "-u", help="Whose pending re
     async def work() -> None:
         async with open_services() as services:
             principal = await _principal(services, user)
-            records = await _vault(services).pending(principal)
+            records = await services.vault.pending(principal)
         table = Table("consent id", "secret", "agent", "action", "purpose", "risk", "expires")
         for r in records:
             table.add_row(
@@ -167,9 +161,7 @@ def respond(
     async def work() -> None:
         async with open_services() as services:
             principal = await _principal(services, as_user)
-            record = await _vault(services).respond(
-                principal, consent_id, approve, reason=reason, persistent=persistent
-            )
+            record = await services.vault.respond(principal, consent_id, approve, reason=reason, persistent=persistent)
         note = " (waiting for a second approver)" if record.awaiting_second_approval else ""
         console.print(f"{record.consent_id}: {record.status}{note}")
 
@@ -185,7 +177,7 @@ def history(
 
     async def work() -> None:
         async with open_services() as services:
-            records = await _vault(services).history(await _principal(services, user), limit=limit)
+            records = await services.vault.history(await _principal(services, user), limit=limit)
         table = Table("when", "secret", "agent", "action", "risk", "status", "by")
         for r in records:
             table.add_row(

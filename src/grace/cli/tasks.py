@@ -18,15 +18,9 @@ from rich.table import Table
 from grace import errors, logs, memory
 from grace.auth import Principal
 from grace.cli.common import console, id_column, open_services, run
-from grace.htm import HTM, load_handlers
-from grace.services import Services
+from grace.htm import load_handlers
 
 app = typer.Typer(help="Submit and follow tasks, and see how fairly work is routed.", no_args_is_help=True)
-
-
-def _htm(services: Services) -> HTM:
-    assert services.htm is not None
-    return services.htm
 
 
 def _print_json(data: Any) -> None:
@@ -56,7 +50,7 @@ def submit(
 
     async def work() -> None:
         async with open_services() as services:
-            htm = _htm(services)
+            htm = services.htm
             creator = None
             if user:
                 found = await services.accounts.get_user(user)
@@ -92,8 +86,8 @@ def show(
 
     async def work() -> None:
         async with open_services() as services:
-            task = await _htm(services).get(task_id, principal=None)
-            late = await _htm(services).late_completions(task_id, principal=None)
+            task = await services.htm.get(task_id, principal=None)
+            late = await services.htm.late_completions(task_id, principal=None)
         data = task.as_dict()
         data["late_completions"] = late
         if as_json:
@@ -118,7 +112,7 @@ def list_(
 
     async def work() -> None:
         async with open_services() as services:
-            tasks = await _htm(services).list_tasks(principal=None, status=status, origin=origin, limit=limit)
+            tasks = await services.htm.list_tasks(principal=None, status=status, origin=origin, limit=limit)
         if as_json:
             _print_json([t.as_dict(include_payload=False) for t in tasks])
             return
@@ -147,7 +141,7 @@ def cancel(task_id: str = typer.Argument(..., help="The task's id.")) -> None:
 
     async def work() -> None:
         async with open_services() as services:
-            task = await _htm(services).cancel(task_id, principal=None)
+            task = await services.htm.cancel(task_id, principal=None)
         console.print(f"task {task.task_id} {task.status.value}")
 
     run(work)
@@ -159,7 +153,7 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print the stats as
 
     async def work() -> None:
         async with open_services() as services:
-            data = await _htm(services).routing_stats()
+            data = await services.htm.routing_stats()
         if as_json:
             _print_json(data)
             return
@@ -197,7 +191,7 @@ def sla(
 
     async def work() -> None:
         async with open_services() as services:
-            htm = _htm(services)
+            htm = services.htm
             data = await htm.sla_stats(window_seconds=window_seconds)
             violations = await htm.sla_violations(principal=None, origin=origin, limit=limit)
         if as_json:
@@ -256,7 +250,7 @@ def worker(
         async with open_services() as services:
             cfg = services.settings
             logs.configure(cfg.log_level, json_lines=cfg.log_json)
-            htm = _htm(services)
+            htm = services.htm
             for spec in handlers:
                 load_handlers(spec, htm.handlers)
             # What start-up made lives as long as the process: keep it out of collections. Done before

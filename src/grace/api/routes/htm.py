@@ -7,11 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from grace import errors
 from grace.api import policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
-from grace.htm import HTM
-from grace.services import Services
 
 router = APIRouter(prefix="/api/htm", tags=["htm"])
 
@@ -28,16 +25,10 @@ class NewTask(BaseModel):
     timeout_seconds: Annotated[float | None, Field(gt=0)] = None
 
 
-def _htm(services: Services) -> HTM:
-    if services.htm is None:
-        raise errors.StorageUnavailable("the task manager is not running in this process")
-    return services.htm
-
-
 @router.post("/tasks", status_code=201, dependencies=[policy.TASKS])
 async def submit_task(body: NewTask, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Submit a task; returns its task_id, status and the routing decision (accepted, delayed or deferred)."""
-    htm = _htm(services)
+    htm = services.htm
     request = htm.request(
         body.task_type,
         payload=body.payload,
@@ -62,14 +53,14 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")] = 50,
 ) -> dict[str, Any]:
     """List tasks newest first (payloads left out): members see their own, operators and admins see all."""
-    tasks = await _htm(services).list_tasks(principal=principal, status=status, origin=origin, limit=limit)
+    tasks = await services.htm.list_tasks(principal=principal, status=status, origin=origin, limit=limit)
     return {"tasks": [t.as_dict(include_payload=False) for t in tasks]}
 
 
 @router.get("/tasks/{task_id}", dependencies=[policy.TASKS])
 async def get_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Show one task with its payload, result or error, and any rejected late completions."""
-    htm = _htm(services)
+    htm = services.htm
     task = await htm.get(task_id, principal=principal)
     return {"task": task.as_dict(), "late_completions": await htm.late_completions(task_id, principal=principal)}
 
@@ -77,7 +68,7 @@ async def get_task(task_id: str, principal: CurrentPrincipal, services: Services
 @router.post("/tasks/{task_id}/cancel", dependencies=[policy.TASKS])
 async def cancel_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Cancel a waiting or running task; 409 if it already finished."""
-    task = await _htm(services).cancel(task_id, principal=principal)
+    task = await services.htm.cancel(task_id, principal=principal)
     return {"task": task.as_dict(include_payload=False)}
 
 
@@ -85,7 +76,7 @@ async def cancel_task(task_id: str, principal: CurrentPrincipal, services: Servi
 async def routing_stats(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Per-origin load against its share: current_count, max_concurrent, total_queued, tasks_starved,
     utilization, delayed and deferred counts, and throughput over the last minute."""
-    return await _htm(services).routing_stats()
+    return await services.htm.routing_stats()
 
 
 @router.get("/sla/stats", dependencies=[policy.TASKS])
@@ -101,7 +92,7 @@ async def sla_stats(
 ) -> dict[str, Any]:
     """SLA figures: total_violations, warnings_issued, escalations_triggered and sub_agents_spawned (all-time),
     sla_compliance_rate over the window (null when no task with an SLA finished in it), and active_violations."""
-    return await _htm(services).sla_stats(window_seconds=window_seconds)
+    return await services.htm.sla_stats(window_seconds=window_seconds)
 
 
 @router.get("/sla/violations", dependencies=[policy.TASKS])
@@ -113,6 +104,6 @@ async def sla_violations(
 ) -> dict[str, Any]:
     """Unfinished tasks past their deadline, the most overdue first, with how late each is: members see
     their own tasks, operators and admins see all."""
-    htm = _htm(services)
+    htm = services.htm
     violations = await htm.sla_violations(principal=principal, origin=origin, limit=limit)
     return {"violations": violations, "at": htm.clock.now().isoformat()}

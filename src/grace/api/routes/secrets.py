@@ -23,19 +23,12 @@ from grace import errors
 from grace.api import policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.auth import Principal, Role
-from grace.services import Services
-from grace.vault import AccessResult, Vault
+from grace.vault import AccessResult
 
 router = APIRouter(prefix="/api/secrets", tags=["secrets"])
 
 MAX_HTTP_WAIT_SECONDS = 60
 STREAM_KEEPALIVE_SECONDS = 15.0
-
-
-def _vault(services: Services) -> Vault:
-    if services.vault is None:
-        raise errors.StorageUnavailable("the vault is not available in this process")
-    return services.vault
 
 
 class StoreBody(BaseModel):
@@ -112,7 +105,7 @@ def _access_answer(result: AccessResult, response: Response, key: str) -> dict[s
 @router.post("/store", status_code=201, dependencies=[policy.SECRETS])
 async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Store a secret (or a new version of one); the answer shows it masked, never the value."""
-    info = await _vault(services).store(
+    info = await services.vault.store(
         principal,
         body.secret_key,
         body.secret_value,
@@ -133,7 +126,7 @@ async def list_secrets(
     user_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> dict[str, Any]:
     """List your secrets, masked (at most the last 4 characters), with usage counts and rotation dates."""
-    secrets = await _vault(services).list_secrets(principal, user_id)
+    secrets = await services.vault.list_secrets(principal, user_id)
     return {"secrets": [s.as_dict() for s in secrets]}
 
 
@@ -144,7 +137,7 @@ async def rotation_due(
     user_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> dict[str, Any]:
     """List your secrets whose rotation is due (API keys weekly by default)."""
-    due = await _vault(services).rotation_due(principal, user_id)
+    due = await services.vault.rotation_due(principal, user_id)
     return {"due": [s.as_dict() for s in due]}
 
 
@@ -157,7 +150,7 @@ async def consent_history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """List your consent requests and what became of them, newest first."""
-    vault = _vault(services)
+    vault = services.vault
     records = await vault.history(principal, user_id, secret_key=secret_key, limit=limit)
     return {"consents": [r.as_dict() for r in records]}
 
@@ -169,7 +162,7 @@ async def consent_pending(
     user_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> dict[str, Any]:
     """List consent requests waiting for your answer (operators and admins also see second approvals)."""
-    vault = _vault(services)
+    vault = services.vault
     now = services.clock.now()
     return {"pending": [r.as_dict(now) for r in await vault.pending(principal, user_id)]}
 
@@ -181,7 +174,7 @@ async def consent_stats(
     user_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> dict[str, Any]:
     """Aggregate your consents: counts by status and risk, approval rate, response time."""
-    return {"stats": await _vault(services).stats(principal, user_id)}
+    return {"stats": await services.vault.stats(principal, user_id)}
 
 
 @router.get("/consent/stream", dependencies=[policy.CONSENTS])
@@ -197,7 +190,7 @@ async def consent_stream(
     (one was answered). Operators and admins also get requests waiting for a
     second approval. ``limit`` and ``timeout_seconds`` end the stream early.
     """
-    vault = _vault(services)
+    vault = services.vault
     subscription = services.bus.subscribe("secrets.consent.#")
     await subscription.open()
     current = await vault.pending(principal)
@@ -250,7 +243,7 @@ def _sse(event: str, data: dict[str, Any], event_id: str) -> str:
 @router.get("/consent/{consent_id}", dependencies=[policy.CONSENTS])
 async def consent_detail(consent_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Show one consent request (yours, or one you are asked to second)."""
-    record = await _vault(services).consent_for(principal, consent_id)
+    record = await services.vault.consent_for(principal, consent_id)
     return {"consent": record.as_dict(services.clock.now())}
 
 
@@ -258,7 +251,7 @@ async def consent_detail(consent_id: str, principal: CurrentPrincipal, services:
 async def consent_respond(body: RespondBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Approve or deny a pending request (the owner or an admin; critical risk also needs a second approver)."""
     _check_user(principal, body.user_id)
-    record = await _vault(services).respond(
+    record = await services.vault.respond(
         principal,
         body.consent_id,
         body.approved,
@@ -274,7 +267,7 @@ async def consent_respond(body: RespondBody, principal: CurrentPrincipal, servic
 async def consent_revoke(body: RevokeConsentBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Revoke a consent; the next use of it is refused."""
     _check_user(principal, body.user_id)
-    record = await _vault(services).revoke_consent(principal, body.consent_id, body.reason)
+    record = await services.vault.revoke_consent(principal, body.consent_id, body.reason)
     return {"consent": record.as_dict()}
 
 
@@ -287,7 +280,7 @@ async def audit_log(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Read the audit entries about your secrets, newest first (admins: user_id=* for everything)."""
-    entries = await _vault(services).audit_entries(principal, user_id, before=before, limit=limit)
+    entries = await services.vault.audit_entries(principal, user_id, before=before, limit=limit)
     return {"entries": [e.as_dict() for e in entries]}
 
 
@@ -295,14 +288,14 @@ async def audit_log(
 async def keys_status(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Describe the keyring (admin only): active key, expiry with the 7-day warning, next rotation."""
     principal.require(Role.ADMIN)
-    return {"keys": await _vault(services).keys_status()}
+    return {"keys": await services.vault.keys_status()}
 
 
 @router.post("/keys/rotate", status_code=202, dependencies=[policy.KEYS])
 async def keys_rotate(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Start (or resume) a key rotation as a background task (admin only); follow it on keys/status."""
     principal.require(Role.ADMIN)
-    vault = _vault(services)
+    vault = services.vault
     started = await vault.request_rotation(by=principal.name, reason="admin request")
     return {**started, "keys": await vault.keys_status()}
 
@@ -311,7 +304,7 @@ async def keys_rotate(principal: CurrentPrincipal, services: ServicesDep) -> dic
 async def audit_verify(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Check the whole audit chain and its signed checkpoints (admin only); lists any tampering found."""
     principal.require(Role.ADMIN)
-    return {"report": (await _vault(services).verify_audit()).as_dict()}
+    return {"report": (await services.vault.verify_audit()).as_dict()}
 
 
 @router.post("/{key}/access", dependencies=[policy.ASK_SECRETS])
@@ -319,7 +312,7 @@ async def access_secret(
     key: str, body: AccessBody, response: Response, principal: CurrentPrincipal, services: ServicesDep
 ) -> dict[str, Any]:
     """Ask for a secret's value: 200 with it once consented and audited, 202 with a consent id to poll, 403 denied."""
-    vault = _vault(services)
+    vault = services.vault
     _check_user(principal, body.user_id)
     if body.consent_id:
         result = await vault.redeem(principal, body.consent_id, wait_seconds=body.wait_seconds)
@@ -347,7 +340,7 @@ async def revoke_secret(
     key: str, body: RevokeSecretBody, principal: CurrentPrincipal, services: ServicesDep
 ) -> dict[str, Any]:
     """Revoke a secret (soft and audited): no more releases; its history stays."""
-    info = await _vault(services).revoke_secret(principal, key, user_id=body.user_id, reason=body.reason)
+    info = await services.vault.revoke_secret(principal, key, user_id=body.user_id, reason=body.reason)
     return {"secret": info.as_dict()}
 
 
@@ -359,6 +352,6 @@ async def secret_detail(
     user_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> dict[str, Any]:
     """Describe one secret, masked, with its version history (never a value)."""
-    vault = _vault(services)
+    vault = services.vault
     info = await vault.secret(principal, key, user_id)
     return {"secret": info.as_dict(), "versions": await vault.secrets.versions(info.id)}
