@@ -11,10 +11,12 @@
     ├── PermissionDenied       (403)
     ├── RateLimited            (429)
     ├── ConfigurationError     (CLI and start-up only)
-    └── StorageUnavailable     (503)
+    ├── StorageUnavailable     (503)
+    └── ServiceNotRunning      (503)
 
 Capabilities raise these; the HTTP edge maps them to statuses in one place
-(``grace.api.errors``) and the CLI prints their message and exits non-zero.
+(``grace.api.errors``) and the CLI prints their message and exits non-zero. Every class has
+its own ``code``, sent as ``error.code``: a client branches on the code, never on the message.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "RateLimited",
+    "ServiceNotRunning",
     "StorageUnavailable",
     "TaskAlreadyFinished",
     "Unauthenticated",
@@ -116,3 +119,9 @@ class StorageUnavailable(GraceError):
     """The database cannot be reached."""
 
     code = "storage_unavailable"
+
+
+class ServiceNotRunning(GraceError):
+    """Grace is not running in this process (starting up or shutting down); try again shortly."""
+
+    code = "service_not_running"

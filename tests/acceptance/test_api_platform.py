@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from grace.api import create_app
 from grace.auth import BootstrapCredentials
+from grace.config import Settings
 from grace.logs import JsonFormatter
 from grace.services import Services
 
@@ -28,6 +30,22 @@ async def test_health_needs_no_principal_and_ready_checks_the_database(client: h
     assert (await client.get("/health")).json()["status"] == "ok"
     ready = (await client.get("/ready")).json()
     assert ready["status"] == "ready" and ready["schema"]
+
+
+async def test_a_request_while_grace_is_not_running_gets_503_with_its_own_code(settings: Settings) -> None:
+    # Before the lifespan has built the services, and once it has closed them, a client is told to try
+    # again (service_not_running), not handed an internal error or mistaken for a database outage.
+    app = create_app(settings, background=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://grace.test") as http:
+        before = await http.get("/ready")
+        async with app.router.lifespan_context(app):
+            running = await http.get("/ready")
+        after = await http.get("/api/htm/tasks")
+        alive = await http.get("/health")
+    assert_error(before, 503, "service_not_running")
+    assert running.status_code == 200 and running.json()["status"] == "ready"
+    assert_error(after, 503, "service_not_running")
+    assert alive.json()["status"] == "ok"  # liveness needs no services
 
 
 @pytest.mark.parametrize("path", ["/api/auth/me", "/api/users", "/api/tokens"])

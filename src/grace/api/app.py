@@ -42,6 +42,7 @@ def create_app(
             yield
         finally:
             if owned:
+                app.state.services = None  # what arrives from now on is told the service is not running
                 await built.close()
             log.info("grace.stopped")
 

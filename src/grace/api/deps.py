@@ -20,7 +20,10 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
+    """Return the app's running services; ServiceNotRunning before the lifespan built them or once it closed them."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise errors.ServiceNotRunning()
     return services
 
 
