@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, overload
 
-__all__ = ["Clock", "ManualClock", "SystemClock", "ensure_utc"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "ensure_utc", "iso"]
 
 
 def ensure_utc(value: datetime) -> datetime:
@@ -20,6 +20,17 @@ def ensure_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise ValueError("naive datetime refused: Grace stores and compares only aware UTC times")
     return value.astimezone(UTC)
+
+
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: None) -> None: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
+def iso(value: datetime | None) -> str | None:
+    """Return ``value`` as ISO 8601 text, as Grace's JSON answers and events carry times; None stays None."""
+    return None if value is None else value.isoformat()
 
 
 class Clock(Protocol):

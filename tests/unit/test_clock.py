@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grace.clock import ManualClock, SystemClock, ensure_utc
+from grace.clock import ManualClock, SystemClock, ensure_utc, iso
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +23,11 @@ def test_ensure_utc_converts_and_refuses_naive() -> None:
     assert ensure_utc(datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=-5)))).hour == 17
     with pytest.raises(ValueError, match="naive"):
         ensure_utc(datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+def test_times_are_written_as_iso_text_with_their_offset() -> None:
+    assert iso(datetime(2026, 3, 1, 9, 30, 0, 250, tzinfo=UTC)) == "2026-03-01T09:30:00.000250+00:00"
+    assert iso(None) is None
 
 
 async def test_manual_clock_moves_only_when_told() -> None:

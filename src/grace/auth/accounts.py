@@ -12,7 +12,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import clock, errors
 from grace.auth import scopes as scopes_module
 from grace.auth import secrets
 from grace.auth.principals import Principal, Role
@@ -65,9 +65,6 @@ class TokenInfo:
     parent_id: str | None = None  # the token that issued it
 
     def as_dict(self) -> dict[str, object]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value else None
-
         return {
             "id": self.id,
             "user_id": self.user_id,
@@ -78,10 +75,10 @@ class TokenInfo:
             "origins": list(self.origins) if self.origins is not None else None,
             "max_priority": self.max_priority,
             "parent_id": self.parent_id,
-            "created_at": iso(self.created_at),
-            "last_used_at": iso(self.last_used_at),
-            "expires_at": iso(self.expires_at),
-            "revoked_at": iso(self.revoked_at),
+            "created_at": clock.iso(self.created_at),
+            "last_used_at": clock.iso(self.last_used_at),
+            "expires_at": clock.iso(self.expires_at),
+            "revoked_at": clock.iso(self.revoked_at),
         }
 
 

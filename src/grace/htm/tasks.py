@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from grace import errors
+from grace import clock, errors
 from grace.htm import origins
 from grace.htm.origins import Origin
 
@@ -253,9 +253,6 @@ class Task:
         return self.finished_at - self.started_at
 
     def as_dict(self, *, include_payload: bool = True) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value is not None else None
-
         out: dict[str, Any] = {
             "task_id": self.task_id,
             "task_type": self.task_type,
@@ -266,7 +263,7 @@ class Task:
             "created_by_name": self.created_by_name,
             "data_size_bytes": self.data_size_bytes,
             "sla_ms": self.sla_ms,
-            "deadline": iso(self.deadline),
+            "deadline": clock.iso(self.deadline),
             "intent_id": self.intent_id,
             "status": self.status.value,
             "route": self.route,
@@ -274,10 +271,10 @@ class Task:
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
             "timeout_seconds": self.timeout_seconds,
-            "created_at": iso(self.created_at),
-            "queued_at": iso(self.queued_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
+            "created_at": clock.iso(self.created_at),
+            "queued_at": clock.iso(self.queued_at),
+            "started_at": clock.iso(self.started_at),
+            "finished_at": clock.iso(self.finished_at),
             "worker_id": self.worker_id,
             "sla_met": self.sla_met,
             "result": self.result,

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import clock, errors
 from grace.auth import Principal
 from grace.storage import Database, new_id
 from grace.vault.audit import AuditLog
@@ -144,9 +144,6 @@ class ConsentRecord:
         return now - since >= timedelta(seconds=self.idle_timeout_seconds)
 
     def as_dict(self, now: datetime | None = None) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value else None
-
         out: dict[str, Any] = {
             "consent_id": self.consent_id,
             "secret_key": self.secret_key,
@@ -170,13 +167,13 @@ class ConsentRecord:
             "auto_approved": self.auto_approved,
             "anomalies": self.anomalies,
             "context": self.context,
-            "created_at": iso(self.created_at),
-            "expires_at": iso(self.expires_at),
-            "responded_at": iso(self.responded_at),
-            "valid_until": iso(self.valid_until),
+            "created_at": clock.iso(self.created_at),
+            "expires_at": clock.iso(self.expires_at),
+            "responded_at": clock.iso(self.responded_at),
+            "valid_until": clock.iso(self.valid_until),
             "idle_timeout_seconds": self.idle_timeout_seconds,
-            "last_used_at": iso(self.last_used_at),
-            "revoked_at": iso(self.revoked_at),
+            "last_used_at": clock.iso(self.last_used_at),
+            "revoked_at": clock.iso(self.revoked_at),
         }
         if now is not None and self.status == "pending":
             out["expires_in_seconds"] = max(0, int((self.expires_at - now).total_seconds()))

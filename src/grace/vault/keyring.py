@@ -36,7 +36,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import clock, errors
 from grace.clock import Clock
 from grace.storage import Database, new_id
 from grace.vault import crypto
@@ -87,17 +87,14 @@ class KeyInfo:
     archived_at: datetime | None
 
     def as_dict(self) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value else None
-
         return {
             "id": self.id,
             "term": self.term,
             "status": self.status,
-            "created_at": iso(self.created_at),
-            "activated_at": iso(self.activated_at),
-            "expires_at": iso(self.expires_at),
-            "archived_at": iso(self.archived_at),
+            "created_at": clock.iso(self.created_at),
+            "activated_at": clock.iso(self.activated_at),
+            "expires_at": clock.iso(self.expires_at),
+            "archived_at": clock.iso(self.archived_at),
         }
 
 
@@ -264,7 +261,7 @@ class Keyring:
             "master_key_id": self.master.key_id,
             "active_key": active.as_dict() if active else None,
             "active_keys": sum(1 for k in keys if k.status == "active"),
-            "expires_at": expires_at.isoformat() if expires_at else None,
+            "expires_at": clock.iso(expires_at),
             "expiring_soon": bool(expires_at and expires_at - now <= EXPIRY_WARNING),
             "expired": bool(expires_at and expires_at <= now),
             "next_scheduled_rotation": next_scheduled_rotation(last_change).isoformat(),

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import clock, errors
 from grace.auth import Principal
 from grace.clock import Clock
 from grace.storage import Database, new_id
@@ -113,9 +113,6 @@ class SecretInfo:
         return "****" + self.hint if self.hint else "********"
 
     def as_dict(self) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat() if value else None
-
         return {
             "id": self.id,
             "owner_id": self.owner_id,
@@ -128,12 +125,12 @@ class SecretInfo:
             "version": self.version,
             "masked_value": self.masked,
             "usage_count": self.usage_count,
-            "last_used_at": iso(self.last_used_at),
+            "last_used_at": clock.iso(self.last_used_at),
             "rotation_days": self.rotation_interval_seconds // 86400 if self.rotation_interval_seconds else None,
-            "rotation_due_at": iso(self.rotation_due_at),
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "revoked_at": iso(self.revoked_at),
+            "rotation_due_at": clock.iso(self.rotation_due_at),
+            "created_at": clock.iso(self.created_at),
+            "updated_at": clock.iso(self.updated_at),
+            "revoked_at": clock.iso(self.revoked_at),
         }
 
 
