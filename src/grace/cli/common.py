@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import typer
@@ -16,7 +16,7 @@ from grace import errors
 from grace.config import Settings, load_settings
 from grace.services import Services, build
 
-__all__ = ["console", "err_console", "fail", "id_column", "open_services", "run", "settings"]
+__all__ = ["console", "err_console", "fail", "open_services", "print_table", "run", "settings"]
 
 T = TypeVar("T")
 
@@ -25,9 +25,16 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def id_column(table: Table, name: str = "id") -> None:
-    """Add a column for identifiers, which are never truncated."""
-    table.add_column(name, no_wrap=True, min_width=30)
+def print_table(ids: Sequence[str], columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Print a table: first the identifier columns ``ids``, never truncated, then ``columns``."""
+    table = Table()
+    for name in ids:
+        table.add_column(name, no_wrap=True, min_width=30)
+    for name in columns:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def settings() -> Settings:

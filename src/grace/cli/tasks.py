@@ -17,7 +17,7 @@ from rich.table import Table
 
 from grace import errors, logs, memory
 from grace.auth import Principal
-from grace.cli.common import console, id_column, open_services, run
+from grace.cli.common import console, open_services, print_table, run
 from grace.htm import load_handlers
 
 app = typer.Typer(help="Submit and follow tasks, and see how fairly work is routed.", no_args_is_help=True)
@@ -116,21 +116,22 @@ def list_(
         if as_json:
             _print_json([t.as_dict(include_payload=False) for t in tasks])
             return
-        table = Table()
-        id_column(table, "task")
-        for name in ("type", "origin", "priority", "status", "attempts", "created"):
-            table.add_column(name)
-        for t in tasks:
-            table.add_row(
-                t.task_id,
-                t.task_type,
-                t.origin.value,
-                t.priority.value,
-                t.status.value,
-                f"{t.attempts}/{t.max_attempts}",
-                t.created_at.isoformat(timespec="seconds"),
-            )
-        console.print(table)
+        print_table(
+            ("task",),
+            ("type", "origin", "priority", "status", "attempts", "created"),
+            (
+                (
+                    t.task_id,
+                    t.task_type,
+                    t.origin.value,
+                    t.priority.value,
+                    t.status.value,
+                    f"{t.attempts}/{t.max_attempts}",
+                    t.created_at.isoformat(timespec="seconds"),
+                )
+                for t in tasks
+            ),
+        )
 
     run(work)
 
@@ -210,22 +211,23 @@ def sla(
         )
         if not violations:
             return
-        table = Table()
-        id_column(table, "task")
-        for name in ("type", "origin", "priority", "status", "level", "overdue", "worker"):
-            table.add_column(name)
-        for v in violations:
-            table.add_row(
-                v["task_id"],
-                v["task_type"],
-                v["origin"],
-                v["priority"],
-                v["status"],
-                v["sla_level"],
-                f"{v['overdue_ms'] / 1000:.1f}s",
-                v["worker_id"] or "",
-            )
-        console.print(table)
+        print_table(
+            ("task",),
+            ("type", "origin", "priority", "status", "level", "overdue", "worker"),
+            (
+                (
+                    v["task_id"],
+                    v["task_type"],
+                    v["origin"],
+                    v["priority"],
+                    v["status"],
+                    v["sla_level"],
+                    f"{v['overdue_ms'] / 1000:.1f}s",
+                    v["worker_id"] or "",
+                )
+                for v in violations
+            ),
+        )
 
     run(work)
 

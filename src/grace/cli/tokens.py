@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import typer
-from rich.table import Table
 
 from grace.auth import Scope, TokenInfo
-from grace.cli.common import console, id_column, open_services, run
+from grace.cli.common import console, open_services, print_table, run
 
 app = typer.Typer(help="Manage API tokens for users and the agents acting for them.", no_args_is_help=True)
 
@@ -58,17 +57,23 @@ def list_(user: str | None = typer.Option(None, "--user", "-u", help="Only this 
         async with open_services() as services:
             user_id = (await services.accounts.get_user(user)).id if user else None
             tokens = await services.accounts.list_tokens(user_id)
-        table = Table()
-        id_column(table)
-        id_column(table, "user")
-        for name in ("agent", "name", "scopes", "prefix", "last used", "state"):
-            table.add_column(name)
-        for t in tokens:
-            state = "revoked" if t.revoked_at else "active"
-            last = t.last_used_at.isoformat() if t.last_used_at else "never"
-            scopes = " ".join(t.scopes) + _limits(t)
-            table.add_row(t.id, t.user_id, t.agent or "", t.name, scopes, t.prefix + "…", last, state)
-        console.print(table)
+        print_table(
+            ("id", "user"),
+            ("agent", "name", "scopes", "prefix", "last used", "state"),
+            (
+                (
+                    t.id,
+                    t.user_id,
+                    t.agent or "",
+                    t.name,
+                    " ".join(t.scopes) + _limits(t),
+                    t.prefix + "…",
+                    t.last_used_at.isoformat() if t.last_used_at else "never",
+                    "revoked" if t.revoked_at else "active",
+                )
+                for t in tokens
+            ),
+        )
 
     run(work)
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
-from grace.cli.common import console, id_column, open_services, run
+from grace.cli.common import console, open_services, print_table, run
 
 app = typer.Typer(help="Manage users (admin, operator, member).", no_args_is_help=True)
 
@@ -38,13 +37,11 @@ def list_() -> None:
     async def work() -> None:
         async with open_services() as services:
             users = await services.accounts.list_users()
-        table = Table()
-        id_column(table)
-        for name in ("username", "role", "disabled", "created"):
-            table.add_column(name)
-        for u in users:
-            table.add_row(u.id, u.username, u.role.value, "yes" if u.disabled else "", u.created_at.isoformat())
-        console.print(table)
+        print_table(
+            ("id",),
+            ("username", "role", "disabled", "created"),
+            ((u.id, u.username, u.role.value, "yes" if u.disabled else "", u.created_at.isoformat()) for u in users),
+        )
 
     run(work)
 
