@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from grace import errors
+from grace import choices, errors
 
 __all__ = [
     "DEFAULT_SHARES",
@@ -78,13 +78,7 @@ WEIGHT_SCALE = 10_000
 
 def parse_origin(value: str) -> Origin:
     """Return the origin named ``value``; 422 naming the valid values otherwise."""
-    try:
-        return Origin(value.strip().lower())
-    except ValueError:
-        valid = ", ".join(o.value for o in Origin)
-        raise errors.InvalidInput(
-            f"unknown origin {value[:40]!r}; valid origins: {valid}", details={"valid": [o.value for o in Origin]}
-        ) from None
+    return choices.parse(Origin, value, noun="origin", plural="origins")
 
 
 def tag_origin(

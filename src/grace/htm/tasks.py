@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from grace import clock, errors
+from grace import choices, clock, errors
 from grace.htm import origins
 from grace.htm.origins import Origin
 
@@ -41,14 +41,7 @@ class Priority(enum.StrEnum):
     @classmethod
     def parse(cls, value: str) -> Priority:
         """Return the priority named ``value``; 422 naming the valid values otherwise."""
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            valid = ", ".join(p.value for p in cls)
-            raise errors.InvalidInput(
-                f"unknown priority {value[:40]!r}; valid priorities: {valid}",
-                details={"valid": [p.value for p in cls]},
-            ) from None
+        return choices.parse(cls, value, noun="priority", plural="priorities")
 
 
 _PRIORITY_ORDER: tuple[Priority, ...] = tuple(Priority)
@@ -72,13 +65,7 @@ class Status(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> Status:
-        try:
-            return cls(value.strip().lower())
-        except ValueError:
-            valid = ", ".join(s.value for s in cls)
-            raise errors.InvalidInput(
-                f"unknown status {value[:40]!r}; valid statuses: {valid}", details={"valid": [s.value for s in cls]}
-            ) from None
+        return choices.parse(cls, value, noun="status", plural="statuses")
 
 
 FINISHED = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.TIMED_OUT})

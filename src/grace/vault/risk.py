@@ -13,9 +13,8 @@ What each level demands of a consent:
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
 
-from grace import errors
+from grace import choices, errors
 
 __all__ = [
     "READ_ONLY_ACTIONS",
@@ -25,16 +24,6 @@ __all__ = [
     "effective_risk",
     "is_read_only",
 ]
-
-_E = TypeVar("_E", bound=enum.StrEnum)
-
-
-def _parse(kind: type[_E], value: str, noun: str, plural: str) -> _E:
-    try:
-        return kind(value.strip().lower())
-    except ValueError:
-        valid = ", ".join(member.value for member in kind)
-        raise errors.InvalidInput(f"unknown {noun} {value[:40]!r}; valid {plural}: {valid}") from None
 
 
 class RiskLevel(enum.StrEnum):
@@ -49,7 +38,7 @@ class RiskLevel(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> RiskLevel:
-        return _parse(cls, value, "risk level", "levels")
+        return choices.parse(cls, value, noun="risk level", plural="levels")
 
     @property
     def needs_governance(self) -> bool:
@@ -66,7 +55,7 @@ class SecretType(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> SecretType:
-        return _parse(cls, value, "secret type", "types")
+        return choices.parse(cls, value, noun="secret type", plural="types")
 
     @property
     def base_risk(self) -> RiskLevel:
