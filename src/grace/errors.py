@@ -12,7 +12,7 @@
     ├── RateLimited            (429)
     ├── ConfigurationError     (CLI and start-up only)
     ├── StorageUnavailable     (503)
-    └── ServiceNotRunning      (503)
+    └── ServiceNotRunning      (503, Grace not running in this process: try again shortly)
 
 Capabilities raise these; the HTTP edge maps them to statuses in one place
 (``grace.api.errors``) and the CLI prints their message and exits non-zero. Every class has
