@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 
 from grace import errors
-from grace.clock import Clock
+from grace.clock import Clock, iso
 from grace.htm import origins
 from grace.htm.outcomes import Recorder
 from grace.htm.sla_levels import elapsed_ratio, ms
@@ -76,9 +76,9 @@ class Rescuer:
             "worker_id": row.worker_id,
             "attempts": int(row.attempts),
             "max_attempts": int(row.max_attempts),
-            "lease_expires_at": row.lease_expires_at.isoformat() if row.lease_expires_at else None,
+            "lease_expires_at": iso(row.lease_expires_at),
             "lease_expired": None,
-            "deadline": row.deadline.isoformat() if row.deadline else None,
+            "deadline": iso(row.deadline),
             "overdue_ms": ms(now - row.deadline) if row.deadline else None,
             "elapsed_ratio": elapsed_ratio(row.created_at, int(row.sla_ms), now) if row.sla_ms else None,
             "queued_ahead": None,

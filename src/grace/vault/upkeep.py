@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from grace import errors
+from grace import clock, errors
 from grace.bus import Bus
 from grace.vault.audit import AuditLog
 from grace.vault.keyring import Keyring, RotationReport, StepHook
@@ -87,7 +87,7 @@ class Upkeep:
                         "secret_type": secret.secret_type,
                         "service": secret.service,
                         "user_id": secret.owner_id,
-                        "due_at": secret.rotation_due_at.isoformat() if secret.rotation_due_at else None,
+                        "due_at": clock.iso(secret.rotation_due_at),
                     },
                 )
                 published += 1
