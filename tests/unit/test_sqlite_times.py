@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 from grace.storage import types
-from grace.storage.types import utc_from_text, utc_text
+from grace.storage.types import utc_from_text, utc_read, utc_text
 
 PARIS = timezone(timedelta(hours=1))
 
@@ -38,3 +38,14 @@ def test_remembered_conversions_stay_right_when_the_memory_fills_and_empties() -
     assert [utc_text(t) for t in times] == texts
     assert [utc_from_text(x or "") for x in texts] == times
     assert len(types._times) <= types._CACHE_LIMIT
+
+
+def test_a_time_as_either_database_hands_it_back_reads_as_aware_utc() -> None:
+    instant = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)
+    assert utc_read("2026-11-22 02:30:00.000000") == instant  # SQLite's text
+    assert utc_read(datetime(2026, 11, 22, 2, 30)) == instant  # noqa: DTZ001 - a naive value is UTC
+    assert utc_read(datetime(2026, 11, 22, 3, 30, tzinfo=PARIS)) == instant
+    for value in ("2026-11-22 02:30:00", instant.astimezone(PARIS)):
+        back = utc_read(value)
+        assert back is not None and back.tzinfo is UTC
+    assert utc_read(None) is None

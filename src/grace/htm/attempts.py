@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from grace.htm.tables import SUMMARY_COLUMNS, htm_tasks
 from grace.htm.tasks import Status, Task, member_of
-from grace.storage import utc_from_text
+from grace.storage import utc_read
 
 __all__ = ["MAX_ERROR_CHARS", "SUMMARY", "Exchange", "Finished", "Outcome", "backoff"]
 
@@ -80,10 +80,10 @@ class Finished:
             attempts=int(row["attempts"]),
             max_attempts=int(row["max_attempts"]),
             created_at=_utc(row["created_at"]),
-            started_at=_aware(row["started_at"]),
-            finished_at=_aware(row["finished_at"]),
+            started_at=utc_read(row["started_at"]),
+            finished_at=utc_read(row["finished_at"]),
             queued_at=_utc(row["queued_at"]),
-            deadline=_aware(row["deadline"]),
+            deadline=utc_read(row["deadline"]),
             data_size_bytes=int(row["data_size_bytes"]),
             error=row["error"],
         )
@@ -115,20 +115,6 @@ class Finished:
 
 
 def _utc(value: Any) -> datetime:
-    out = _aware(value)
+    out = utc_read(value)
     assert out is not None
     return out
-
-
-def _aware(value: Any) -> datetime | None:
-    # Text queries on SQLite hand back naive ISO strings; everything stored is UTC.
-    if value is None:
-        return None
-    if type(value) is datetime and value.tzinfo is UTC:  # as asyncpg hands them back
-        return value
-    if isinstance(value, str):
-        return utc_from_text(value)
-    when: datetime = value
-    if when.tzinfo is None:
-        return when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)

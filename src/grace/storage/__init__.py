@@ -7,7 +7,7 @@ from grace.storage.locks import Leadership, serialise, try_serialise
 from grace.storage.locks import key as lock_key
 from grace.storage.metadata import metadata
 from grace.storage.migrate import current_revision, head_revision, upgrade
-from grace.storage.types import UTCDateTime, new_id, new_ids, utc_from_text, utc_text
+from grace.storage.types import UTCDateTime, new_id, new_ids, utc_from_text, utc_read, utc_text
 
 __all__ = [
     "Database",
@@ -23,5 +23,6 @@ __all__ = [
     "try_serialise",
     "upgrade",
     "utc_from_text",
+    "utc_read",
     "utc_text",
 ]

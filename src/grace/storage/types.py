@@ -13,7 +13,7 @@ from sqlalchemy.types import TypeDecorator
 
 from grace.clock import ensure_utc
 
-__all__ = ["UTCDateTime", "new_id", "new_ids", "utc_from_text", "utc_text"]
+__all__ = ["UTCDateTime", "new_id", "new_ids", "utc_from_text", "utc_read", "utc_text"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -35,14 +35,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         return aware
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            return utc_from_text(value)
-        parsed: datetime = value
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        return utc_read(value)
+
+
+def utc_read(value: Any) -> datetime | None:
+    """Return a time as either database hands it back, as an aware UTC datetime; None stays None.
+
+    SQLite gives naive ISO text (UTC, as :func:`utc_text` wrote it) to queries that bypass the
+    column type; PostgreSQL gives aware datetimes.
+    """
+    if value is None:
+        return None
+    if type(value) is datetime and value.tzinfo is UTC:  # as asyncpg hands them back
+        return value
+    if isinstance(value, str):
+        return utc_from_text(value)
+    when: datetime = value
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    return when.astimezone(UTC)
 
 
 # Times repeat: a batch of tasks shares its creation time, a claim its start and lease, so each
