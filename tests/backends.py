@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import storage
 
@@ -124,3 +126,19 @@ class SqliteTemplate:
         target = directory / "grace.db"
         shutil.copyfile(self.path, target)
         return f"sqlite:///{target}"
+
+
+async def advisory_holder(conn: AsyncConnection, name: str) -> int | None:
+    """Return the process id of the session holding lock ``name`` in this PostgreSQL database, if any."""
+    key = storage.lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows the key's two halves unsigned
+    row = (
+        await conn.execute(
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid::bigint = :high AND objid::bigint = :low"
+            ),
+            {"high": key >> 32, "low": key & 0xFFFF_FFFF},
+        )
+    ).first()
+    return None if row is None else int(row[0])

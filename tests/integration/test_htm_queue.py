@@ -22,7 +22,9 @@ from grace.htm import HTM, Status, TaskContext, fairness, load_config, origins
 from grace.htm.events import COMPLETED, UPDATE, EventPublisher
 from grace.htm.origins import ORDER, Origin
 from grace.htm.queue import Outcome
+from grace.htm.queue_backend import liveness_lock
 from grace.htm.workers import WorkerPool
+from tests.backends import advisory_holder
 from tests.htmkit import Gate, manual_htm, settle, submit
 
 
@@ -561,11 +563,13 @@ async def test_a_worker_whose_connection_dropped_takes_its_lock_again_and_keeps_
     # It must not be taken for dead, nor its running tasks run again elsewhere.
     async with _one_task_claimed_on_postgresql(database_url, clock) as (htm, gate, pool, task_id):
         assert await pool.keep_alive() is False  # nothing lost yet
+        lock = pool._liveness
+        assert lock is not None
         async with htm.db.write() as conn:
-            pid = pool._liveness_driver.get_server_pid()
+            pid = await advisory_holder(conn, liveness_lock(pool.worker_id))
             await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         for _ in range(200):
-            if pool._liveness_driver.is_closed():
+            if not lock.is_leader:
                 break
             await asyncio.sleep(0.01)
         assert await htm.reap() == []  # another worker's reaper looks before this one has its lock back

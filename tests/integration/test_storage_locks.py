@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from grace import storage
 from grace.bus.tables import bus_cursors
 from grace.clock import SystemClock
+from tests.backends import advisory_holder
 
 LEAD = "grace.test.leader"
 
@@ -30,22 +31,6 @@ async def watch(db: storage.Database) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
-async def holder(watch: AsyncConnection, name: str) -> int | None:
-    """Return the process id of the session holding ``name``'s advisory lock in this database, if any."""
-    key = storage.lock_key(name) & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows the key's two halves unsigned
-    row = (
-        await watch.execute(
-            text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                " AND classid::bigint = :high AND objid::bigint = :low"
-            ),
-            {"high": key >> 32, "low": key & 0xFFFF_FFFF},
-        )
-    ).first()
-    return None if row is None else int(row[0])
-
-
 async def sessions_waiting_on_a_lock(watch: AsyncConnection, count: int) -> None:
     """Poll until ``count`` other sessions of this database wait on a lock (a barrier between sessions)."""
     query = text(
@@ -61,7 +46,7 @@ async def sessions_waiting_on_a_lock(watch: AsyncConnection, count: int) -> None
 async def until_free(watch: AsyncConnection, name: str) -> None:
     """Poll until no session holds ``name`` (a terminated session lets go once its process has exited)."""
     for _ in range(1000):
-        if await holder(watch, name) is None:
+        if await advisory_holder(watch, name) is None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{name} stayed held")
@@ -114,13 +99,13 @@ async def test_when_the_leaders_connection_is_lost_the_other_takes_the_lead(
     a, b = storage.Leadership(db, LEAD), storage.Leadership(db, LEAD)
     try:
         assert await a.acquire() and not await b.acquire()
-        pid = await holder(watch, LEAD)
+        pid = await advisory_holder(watch, LEAD)
         assert pid is not None
         # The server ends the leader's session (as a restart or a dropped network would).
         assert (await watch.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})).scalar()
         await until_free(watch, LEAD)
         assert await b.acquire() and b.is_leader
-        assert await holder(watch, LEAD) != pid
+        assert await advisory_holder(watch, LEAD) != pid
         # The old leader finds out on its next tick, cleanly: no error, it follows now.
         assert not await a.acquire()
         assert not a.is_leader
@@ -138,11 +123,11 @@ async def test_a_leadership_lost_while_nobody_else_asked_is_taken_again(
     a = storage.Leadership(db, LEAD)
     try:
         assert await a.acquire()
-        pid = await holder(watch, LEAD)
+        pid = await advisory_holder(watch, LEAD)
         await watch.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         await until_free(watch, LEAD)
         assert await a.acquire() and a.is_leader
-        assert await holder(watch, LEAD) not in (None, pid)
+        assert await advisory_holder(watch, LEAD) not in (None, pid)
     finally:
         await a.release()
 

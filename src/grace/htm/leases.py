@@ -20,9 +20,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grace import storage
 from grace.clock import Clock
 from grace.htm.attempts import SUMMARY, Finished
-from grace.htm.queue_backend import QueueBackend
+from grace.htm.queue_backend import QueueBackend, liveness_lock
 from grace.htm.tables import IS_RUNNING, htm_tasks, htm_workers
 from grace.storage import Database
 
@@ -77,9 +78,15 @@ class Leases:
         async with self.db.write() as conn:
             await conn.execute(update(htm_workers).where(htm_workers.c.worker_id == worker_id).values(stopping=True))
 
-    async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:
-        """Take the worker's liveness lock on a connection kept open while it lives (PostgreSQL; else None)."""
-        return await self.backend.hold_liveness(worker_id)
+    async def hold_liveness(self, worker_id: str) -> storage.Leadership:
+        """Take the worker's liveness lock, held on a connection of its own while the worker lives.
+
+        It waits if the lock is taken: only a reaper's probe ever holds another worker's lock, for
+        the rest of its transaction.
+        """
+        lock = storage.Leadership(self.db, liveness_lock(worker_id))
+        await lock.acquire(wait=True)
+        return lock
 
     # -- leases --------------------------------------------------------------------
 

@@ -7,8 +7,9 @@
   but loses none.
 - Outcomes go through ``htm_finish_claim``: a batch of outcomes, then (when asked) a claim into
   the slots they free, in one round trip.
-- Each registered worker holds a session advisory lock (its liveness lock) on a connection of its
-  own; the server drops it with the connection when the worker's process dies.
+- Each registered worker holds its liveness lock (a :class:`grace.storage.Leadership` on a
+  connection of its own, see :mod:`grace.htm.leases`); the server drops it with the connection
+  when the worker's process dies, and the reap asks here which locks are free.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from grace import jsontext, storage
 from grace.htm import sql
 from grace.htm.attempts import Finished
-from grace.htm.queue_backend import Claim, OutcomeRow, QueueBackend
+from grace.htm.queue_backend import Claim, OutcomeRow, QueueBackend, liveness_lock
 from grace.htm.tables import IS_RUNNING, JSON_COLUMNS, htm_tasks, htm_workers
 from grace.htm.tasks import Task
 
-__all__ = ["LIVENESS_KEY", "WAKE_CHANNEL", "PostgresQueue"]
+__all__ = ["WAKE_CHANNEL", "PostgresQueue"]
 
 _SQL = sql.queries()
 
@@ -42,9 +43,6 @@ FINISH_CLAIM = _SQL["pg_finish_claim"]
 WAKE_CHANNEL = "grace_htm_wake"
 _WAKE = text(_SQL["pg_wake"]).bindparams(channel=WAKE_CHANNEL)
 
-# A worker's liveness lock is the advisory lock named LIVENESS_KEY + worker_id (grace.storage.lock_key).
-LIVENESS_KEY = "grace.htm.worker."
-_LIVENESS_HOLD = text(_SQL["pg_liveness_hold"])
 _TIDY = text(_SQL["pg_tidy"])
 
 
@@ -105,11 +103,6 @@ class PostgresQueue(QueueBackend):
         recorded = [Finished.from_row(r) for r in rows if r["status"] != "running"]
         return recorded, [Task.from_row(r) for r in rows if r["status"] == "running"]
 
-    async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:
-        conn = await (await self.db.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(_LIVENESS_HOLD, {"key": storage.lock_key(LIVENESS_KEY + worker_id)})
-        return conn
-
     async def free_liveness(self, conn: AsyncConnection) -> list[str]:
         holders = (
             await conn.execute(
@@ -121,7 +114,7 @@ class PostgresQueue(QueueBackend):
         free = []
         for worker_id in holders:
             # Taken when free, for the rest of the reap's transaction: its worker is gone.
-            if await storage.try_serialise(conn, LIVENESS_KEY + worker_id):
+            if await storage.try_serialise(conn, liveness_lock(worker_id)):
                 free.append(worker_id)
         return free
 

@@ -207,8 +207,8 @@ class Queue:
         """Return tasks whose lease expired (or whose worker died) to the queue, or fail them."""
         return await self.leases.reap()
 
-    async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:
-        """On PostgreSQL, take the worker's liveness lock on a connection kept open while it lives."""
+    async def hold_liveness(self, worker_id: str) -> storage.Leadership:
+        """Take the worker's liveness lock, held on a connection of its own while it lives."""
         return await self.leases.hold_liveness(worker_id)
 
     @property

@@ -5,7 +5,7 @@ backend (SQLAlchemy Core); what differs goes through :class:`QueueBackend`:
 
 - :class:`grace.htm.postgres_queue.PostgresQueue`: ``htm_claim`` / ``htm_finish_claim`` in one
   round trip on an autocommit asyncpg connection, inserts as one statement of column arrays plus a
-  ``NOTIFY``, per-worker advisory locks for liveness, vacuuming the claim's two tiny tables.
+  ``NOTIFY``, asking whether workers' liveness locks are free, vacuuming the claim's two tiny tables.
 - :class:`grace.htm.sqlite_queue.SqliteQueue`: the claim and the outcomes as one call on SQLite's
   own thread in one ``BEGIN IMMEDIATE`` transaction (:mod:`grace.htm.sqlite_claims`), inserts
   through the driver's ``executemany``; no liveness locks (one process owns the file's workers).
@@ -25,7 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from grace.htm.attempts import Finished
 from grace.htm.tasks import Task
 
-__all__ = ["Claim", "OutcomeRow", "QueueBackend"]
+__all__ = ["Claim", "OutcomeRow", "QueueBackend", "liveness_lock"]
+
+
+def liveness_lock(worker_id: str) -> str:
+    """Return the name of the lock a live worker holds (a :class:`grace.storage.Leadership`)."""
+    return f"grace.htm.worker.{worker_id}"
 
 
 class Claim(NamedTuple):
@@ -69,15 +74,11 @@ class QueueBackend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:
-        """Take the worker's liveness lock on a connection of its own, kept open while the worker lives.
-
-        Return ``None`` where the backend has no such lock.
-        """
-
-    @abc.abstractmethod
     async def free_liveness(self, conn: AsyncConnection) -> list[str]:
-        """Return the registered workers holding running tasks whose liveness lock is free now."""
+        """Return the registered workers holding running tasks whose liveness lock is free now.
+
+        Where every worker leads its lock (SQLite: one process owns the file), none is ever free.
+        """
 
     @abc.abstractmethod
     async def tidy(self) -> None:

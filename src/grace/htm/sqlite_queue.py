@@ -2,8 +2,9 @@
 
 SQLite has one writer: a claim (with the outcomes recorded before it) is one ``BEGIN IMMEDIATE``
 transaction run as a single function on the database's own thread (:mod:`grace.htm.sqlite_claims`),
-so the event loop hands off once per exchange, not once per statement. There is no liveness lock:
-the workers of a SQLite file run in the one process that owns it, and leases cover the rest.
+so the event loop hands off once per exchange, not once per statement. No liveness lock is ever
+free: the workers of a SQLite file run in the one process that owns it (every
+:class:`grace.storage.Leadership` leads there), and leases cover the rest.
 """
 
 from __future__ import annotations
@@ -80,9 +81,6 @@ class SqliteQueue(QueueBackend):
 
         done, taken = await self.db.write_sqlite(exchange)
         return [Finished.from_row(r) for r in done], [Task.from_row(r) for r in taken]
-
-    async def hold_liveness(self, worker_id: str) -> AsyncConnection | None:
-        return None
 
     async def free_liveness(self, conn: AsyncConnection) -> list[str]:
         return []

@@ -23,9 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors, jsontext
+from grace import errors, jsontext, storage
 from grace.clock import Clock
 from grace.htm import admission
 from grace.htm import queue as queue_module
@@ -145,8 +144,7 @@ class WorkerPool:
     _outcome_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _flushing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     _listen: asyncio.Task[None] | None = None
-    _liveness: AsyncConnection | None = None
-    _liveness_driver: Any = None  # the asyncpg connection under _liveness
+    _liveness: storage.Leadership | None = None
     _stopping: bool = False
     _unrecorded: int = 0
     _reserved: int = 0
@@ -182,9 +180,6 @@ class WorkerPool:
 
     async def _hold_liveness(self) -> None:
         self._liveness = await self.queue.hold_liveness(self.worker_id)
-        self._liveness_driver = (
-            None if self._liveness is None else (await self._liveness.get_raw_connection()).driver_connection
-        )
 
     async def keep_alive(self) -> bool:
         """On PostgreSQL, take this worker's liveness lock again if its connection was lost; return whether it did.
@@ -195,9 +190,9 @@ class WorkerPool:
         every tick, before reaping: the lock is taken again on a new connection and the worker
         registered again (a reaper may have removed it).
         """
-        if self.db.is_sqlite or not self._started or self._stopping:
+        if not self._started or self._stopping:
             return False
-        if self._liveness_driver is not None and not self._liveness_driver.is_closed():
+        if self._liveness is not None and self._liveness.is_leader:  # always, on SQLite
             return False
         await self.release_liveness()
         await self.register()
@@ -399,10 +394,10 @@ class WorkerPool:
         return Outcome(task.task_id, task.attempts, final, now, error=error)
 
     async def release_liveness(self) -> None:
-        """Close the connection holding this worker's liveness lock (stop, or a test's pool)."""
-        conn, self._liveness, self._liveness_driver = self._liveness, None, None
-        if conn is not None:
-            await self.db.discard(conn)  # a pooled session would keep the lock
+        """Give up this worker's liveness lock (stop, or a test's pool)."""
+        lock, self._liveness = self._liveness, None
+        if lock is not None:
+            await lock.release()
 
     def stop_task(self, task_id: str) -> bool:
         """Stop the handler of a task cancelled elsewhere, if it runs here; its outcome is not recorded."""

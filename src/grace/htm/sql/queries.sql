@@ -33,11 +33,6 @@ INSERT INTO htm_tasks ({columns}) SELECT {values} FROM unnest({arrays}) AS u({co
 -- Sent through SQLAlchemy inside the submit's transaction.
 SELECT pg_notify(:channel, '');
 
--- name: pg_liveness_hold
--- Take a worker's liveness lock (its key from grace.storage.lock_key) on a connection kept open while
--- the worker lives. Whether it is free is asked through grace.storage.try_serialise.
-SELECT pg_advisory_lock(:key);
-
 -- name: pg_tidy
 -- Vacuum the two tiny tables every claim rewrites; SKIP_LOCKED lets one worker do it at a time.
 VACUUM (SKIP_LOCKED) htm_origins, htm_scheduler;
