@@ -11,10 +11,11 @@ import base64
 import binascii
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from grace import errors
@@ -39,6 +40,23 @@ def default_data_dir() -> Path:
 def _refuse_placeholder(value: str) -> None:
     if _PLACEHOLDERS.match(value.strip()) or len(set(value)) <= 2:
         raise ValueError("is a placeholder, not a real value")
+
+
+# What each secret setting must be besides not a placeholder: a test of the value, and the rule it states.
+_SECRET_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
+    "master_key": (
+        lambda raw: len(_decode_key(raw)) == 32,
+        "must be 32 random bytes, base64 or hex encoded (try: grace keys generate)",
+    ),
+    "master_passphrase": (
+        lambda raw: len(raw) >= 16,
+        "must be at least 16 characters (a long passphrase; it is stretched with Argon2id)",
+    ),
+    "bootstrap_token": (
+        lambda raw: len(raw) >= 24 and re.fullmatch(r"[A-Za-z0-9_\-.~]+", raw) is not None,
+        "must be at least 24 characters of letters, digits, '-', '_', '.' or '~'",
+    ),
+}
 
 
 class Settings(BaseSettings):
@@ -73,37 +91,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
 
-    @field_validator("master_key")
+    @field_validator(*_SECRET_RULES)
     @classmethod
-    def _check_master_key(cls, value: SecretStr | None) -> SecretStr | None:
+    def _check_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None:
             return None
         raw = value.get_secret_value()
         _refuse_placeholder(raw)
-        if len(_decode_key(raw)) != 32:
-            raise ValueError("must be 32 random bytes, base64 or hex encoded (try: grace keys generate)")
-        return value
-
-    @field_validator("master_passphrase")
-    @classmethod
-    def _check_master_passphrase(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        raw = value.get_secret_value()
-        _refuse_placeholder(raw)
-        if len(raw) < 16:
-            raise ValueError("must be at least 16 characters (a long passphrase; it is stretched with Argon2id)")
-        return value
-
-    @field_validator("bootstrap_token")
-    @classmethod
-    def _check_bootstrap_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        raw = value.get_secret_value()
-        _refuse_placeholder(raw)
-        if len(raw) < 24 or not re.fullmatch(r"[A-Za-z0-9_\-.~]+", raw):
-            raise ValueError("must be at least 24 characters of letters, digits, '-', '_', '.' or '~'")
+        accepts, rule = _SECRET_RULES[str(info.field_name)]
+        if not accepts(raw):
+            raise ValueError(rule)
         return value
 
     @field_validator("log_level")

@@ -38,6 +38,8 @@ def test_environment_is_read_with_the_grace_prefix(monkeypatch: pytest.MonkeyPat
         ("GRACE_MASTER_KEY", base64.b64encode(b"too short").decode(), "32 random bytes"),
         ("GRACE_BOOTSTRAP_TOKEN", "your-token-here", "placeholder"),
         ("GRACE_BOOTSTRAP_TOKEN", "short", "at least 24"),
+        ("GRACE_BOOTSTRAP_TOKEN", "a token with spaces, long enough", "letters, digits"),
+        ("GRACE_MASTER_PASSPHRASE", "short phrase", "at least 16"),
         ("GRACE_PORT", "99999", "less than or equal"),
         ("GRACE_PORT", "eighty", "integer"),
         ("GRACE_DATABASE_URL", "mysql://x/y", "sqlite:/// or postgresql://"),
@@ -51,7 +53,7 @@ def test_bad_values_are_refused_naming_the_variable(
     with pytest.raises(errors.ConfigurationError) as refused:
         load_settings()
     assert variable in refused.value.message and fragment in refused.value.message
-    if variable in {"GRACE_MASTER_KEY", "GRACE_BOOTSTRAP_TOKEN"}:
+    if variable in {"GRACE_MASTER_KEY", "GRACE_BOOTSTRAP_TOKEN", "GRACE_MASTER_PASSPHRASE"}:
         assert value not in refused.value.message
 
 
