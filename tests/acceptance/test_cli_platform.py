@@ -54,8 +54,12 @@ def test_users_and_tokens_lifecycle(grace: CliRunner) -> None:
     assert grace.invoke(app, ["tokens", "revoke", token_id]).exit_code == 0
     assert "revoked" in grace.invoke(app, ["tokens", "list"]).output
 
-    assert grace.invoke(app, ["users", "disable", "olivia"]).exit_code == 0
+    disabled = grace.invoke(app, ["users", "disable", "olivia"])
+    assert disabled.exit_code == 0 and "disabled olivia" in disabled.output
     assert "yes" in grace.invoke(app, ["users", "list"]).output
+    enabled = grace.invoke(app, ["users", "enable", "olivia"])
+    assert enabled.exit_code == 0 and "enabled olivia" in enabled.output
+    assert "yes" not in grace.invoke(app, ["users", "list"]).output
 
 
 def test_tokens_carry_the_scopes_and_limits_they_were_given(grace: CliRunner) -> None:

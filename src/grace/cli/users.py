@@ -49,23 +49,20 @@ def list_() -> None:
 @app.command("disable")
 def disable(username: str = typer.Argument(..., help="The user to disable.")) -> None:
     """Disable a user: their tokens and sessions stop working at once."""
-
-    async def work() -> None:
-        async with open_services() as services:
-            user = await services.accounts.set_disabled(username, True)
-        console.print(f"disabled {user.username}")
-
-    run(work)
+    _set_disabled(username, True)
 
 
 @app.command("enable")
 def enable(username: str = typer.Argument(..., help="The user to enable again.")) -> None:
     """Re-enable a disabled user."""
+    _set_disabled(username, False)
 
+
+def _set_disabled(username: str, disabled: bool) -> None:
     async def work() -> None:
         async with open_services() as services:
-            user = await services.accounts.set_disabled(username, False)
-        console.print(f"enabled {user.username}")
+            user = await services.accounts.set_disabled(username, disabled)
+        console.print(f"{'disabled' if disabled else 'enabled'} {user.username}")
 
     run(work)
 
