@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from grace import __version__, logs
 from grace import services as services_module
+from grace.api import contract
 from grace.api import errors as api_errors
 from grace.api.middleware import RequestContext
 from grace.api.routes import auth, health, htm, secrets, users
@@ -59,4 +60,5 @@ def create_app(
     app.add_middleware(RequestContext, max_body_bytes=settings.max_request_bytes)
     for module in (health, auth, users, secrets, htm):
         app.include_router(module.router)
+    contract.install(app)
     return app

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
 
 from grace import errors
-from grace.api import policy
+from grace.api import contract, policy
 from grace.api.deps import SESSION_COOKIE, CurrentPrincipal, ServicesDep
+from grace.api.schemas.platform import Credentials, Identity, SignedIn, SignedOut
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
-
-
-class Credentials(BaseModel):
-    username: Annotated[str, Field(min_length=1, max_length=64)]
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 async def _credentials(request: Request) -> Credentials:
@@ -35,7 +28,20 @@ async def _credentials(request: Request) -> Credentials:
         raise errors.InvalidInput("send 'username' and 'password'") from None
 
 
-@router.post("/login", dependencies=[policy.PUBLIC])
+@router.post(
+    "/login",
+    dependencies=[policy.PUBLIC],
+    response_model=SignedIn,
+    responses=contract.errors(
+        413,
+        422,
+        **{
+            "401": "Wrong username or password, or the user is disabled (code unauthenticated).",
+            "429": "Too many failed sign-ins for this user from this client: try again after Retry-After seconds.",
+        },
+    ),
+    openapi_extra=contract.component(Credentials, "application/json", "application/x-www-form-urlencoded"),
+)
 async def login(request: Request, response: Response, services: ServicesDep) -> dict[str, object]:
     """Sign in with a username and password (JSON or form); sets the session cookie and returns the CSRF token."""
     creds = await _credentials(request)
@@ -58,7 +64,7 @@ async def login(request: Request, response: Response, services: ServicesDep) -> 
     }
 
 
-@router.post("/logout", dependencies=[policy.SIGNED_IN])
+@router.post("/logout", dependencies=[policy.SIGNED_IN], response_model=SignedOut)
 async def logout(response: Response, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, bool]:
     """End the current browser session."""
     if principal.session_id:
@@ -67,7 +73,7 @@ async def logout(response: Response, principal: CurrentPrincipal, services: Serv
     return {"signed_out": True}
 
 
-@router.get("/me", dependencies=[policy.SIGNED_IN])
+@router.get("/me", dependencies=[policy.SIGNED_IN], response_model=Identity)
 async def me(principal: CurrentPrincipal) -> dict[str, object]:
     """Describe the caller: user, role, and the agent name when a token names one."""
     return {

@@ -7,8 +7,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from grace.api import policy
+from grace.api import contract, policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.schemas.tasks import (
+    RoutingStats,
+    SLAStats,
+    SLAViolations,
+    SubmittedTask,
+    TaskAnswer,
+    TaskDetail,
+    TaskList,
+)
 
 router = APIRouter(prefix="/api/htm", tags=["htm"])
 
@@ -25,7 +34,7 @@ class NewTask(BaseModel):
     timeout_seconds: Annotated[float | None, Field(gt=0)] = None
 
 
-@router.post("/tasks", status_code=201, dependencies=[policy.TASKS])
+@router.post("/tasks", status_code=201, dependencies=[policy.TASKS], response_model=SubmittedTask)
 async def submit_task(body: NewTask, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Submit a task; returns its task_id, status and the routing decision (accepted, delayed or deferred)."""
     htm = services.htm
@@ -44,7 +53,7 @@ async def submit_task(body: NewTask, principal: CurrentPrincipal, services: Serv
     return submitted.as_dict()
 
 
-@router.get("/tasks", dependencies=[policy.TASKS])
+@router.get("/tasks", dependencies=[policy.TASKS], response_model=TaskList, response_model_exclude_unset=True)
 async def list_tasks(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -57,7 +66,9 @@ async def list_tasks(
     return {"tasks": [t.as_dict(include_payload=False) for t in tasks]}
 
 
-@router.get("/tasks/{task_id}", dependencies=[policy.TASKS])
+@router.get(
+    "/tasks/{task_id}", dependencies=[policy.TASKS], response_model=TaskDetail, response_model_exclude_unset=True
+)
 async def get_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Show one task with its payload, result or error, and any rejected late completions."""
     htm = services.htm
@@ -65,21 +76,27 @@ async def get_task(task_id: str, principal: CurrentPrincipal, services: Services
     return {"task": task.as_dict(), "late_completions": await htm.late_completions(task_id, principal=principal)}
 
 
-@router.post("/tasks/{task_id}/cancel", dependencies=[policy.TASKS])
+@router.post(
+    "/tasks/{task_id}/cancel",
+    dependencies=[policy.TASKS],
+    response_model=TaskAnswer,
+    response_model_exclude_unset=True,
+    responses=contract.errors(**{"409": "The task has already finished (code task_already_finished)."}),
+)
 async def cancel_task(task_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Cancel a waiting or running task; 409 if it already finished."""
     task = await services.htm.cancel(task_id, principal=principal)
     return {"task": task.as_dict(include_payload=False)}
 
 
-@router.get("/routing/stats", dependencies=[policy.TASKS])
+@router.get("/routing/stats", dependencies=[policy.TASKS], response_model=RoutingStats)
 async def routing_stats(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Per-origin load against its share: current_count, max_concurrent, total_queued, tasks_starved,
     utilization, delayed and deferred counts, and throughput over the last minute."""
     return await services.htm.routing_stats()
 
 
-@router.get("/sla/stats", dependencies=[policy.TASKS])
+@router.get("/sla/stats", dependencies=[policy.TASKS], response_model=SLAStats)
 async def sla_stats(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -95,7 +112,7 @@ async def sla_stats(
     return await services.htm.sla_stats(window_seconds=window_seconds)
 
 
-@router.get("/sla/violations", dependencies=[policy.TASKS])
+@router.get("/sla/violations", dependencies=[policy.TASKS], response_model=SLAViolations)
 async def sla_violations(
     principal: CurrentPrincipal,
     services: ServicesDep,

@@ -20,8 +20,24 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from grace import errors
-from grace.api import policy
+from grace.api import contract, policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.schemas import ErrorBody
+from grace.api.schemas.secrets import (
+    AccessAnswer,
+    AuditEntries,
+    AuditVerifyAnswer,
+    ConsentAnswer,
+    ConsentList,
+    ConsentStatsAnswer,
+    KeysAnswer,
+    PendingConsents,
+    RotationDue,
+    RotationStarted,
+    SecretAnswer,
+    SecretDetail,
+    SecretList,
+)
 from grace.auth import Principal, Role
 from grace.vault import AccessResult
 
@@ -29,6 +45,12 @@ router = APIRouter(prefix="/api/secrets", tags=["secrets"])
 
 MAX_HTTP_WAIT_SECONDS = 60
 STREAM_KEEPALIVE_SECONDS = 15.0
+
+
+class EventStream(StreamingResponse):
+    """A stream of server-sent events (declared as text/event-stream in the schema)."""
+
+    media_type = "text/event-stream"
 
 
 class StoreBody(BaseModel):
@@ -102,7 +124,13 @@ def _access_answer(result: AccessResult, response: Response, key: str) -> dict[s
     return body
 
 
-@router.post("/store", status_code=201, dependencies=[policy.SECRETS])
+@router.post(
+    "/store",
+    status_code=201,
+    dependencies=[policy.SECRETS],
+    response_model=SecretAnswer,
+    responses=contract.errors(**{"409": "A secret of that name was revoked; store it under a new name."}),
+)
 async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Store a secret (or a new version of one); the answer shows it masked, never the value."""
     info = await services.vault.store(
@@ -119,7 +147,7 @@ async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: S
     return {"secret": info.as_dict()}
 
 
-@router.get("", dependencies=[policy.SECRETS])
+@router.get("", dependencies=[policy.SECRETS], response_model=SecretList)
 async def list_secrets(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -130,7 +158,7 @@ async def list_secrets(
     return {"secrets": [s.as_dict() for s in secrets]}
 
 
-@router.get("/rotation/due", dependencies=[policy.SECRETS])
+@router.get("/rotation/due", dependencies=[policy.SECRETS], response_model=RotationDue)
 async def rotation_due(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -141,7 +169,9 @@ async def rotation_due(
     return {"due": [s.as_dict() for s in due]}
 
 
-@router.get("/consent/history", dependencies=[policy.CONSENTS])
+@router.get(
+    "/consent/history", dependencies=[policy.CONSENTS], response_model=ConsentList, response_model_exclude_unset=True
+)
 async def consent_history(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -155,7 +185,12 @@ async def consent_history(
     return {"consents": [r.as_dict() for r in records]}
 
 
-@router.get("/consent/pending", dependencies=[policy.CONSENTS])
+@router.get(
+    "/consent/pending",
+    dependencies=[policy.CONSENTS],
+    response_model=PendingConsents,
+    response_model_exclude_unset=True,
+)
 async def consent_pending(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -167,7 +202,7 @@ async def consent_pending(
     return {"pending": [r.as_dict(now) for r in await vault.pending(principal, user_id)]}
 
 
-@router.get("/consent/stats", dependencies=[policy.CONSENTS])
+@router.get("/consent/stats", dependencies=[policy.CONSENTS], response_model=ConsentStatsAnswer)
 async def consent_stats(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -177,13 +212,18 @@ async def consent_stats(
     return {"stats": await services.vault.stats(principal, user_id)}
 
 
-@router.get("/consent/stream", dependencies=[policy.CONSENTS])
+@router.get(
+    "/consent/stream",
+    dependencies=[policy.CONSENTS],
+    response_class=EventStream,
+    responses={200: {"description": "Server-sent events: consent.request and consent.response, as JSON data."}},
+)
 async def consent_stream(
     principal: CurrentPrincipal,
     services: ServicesDep,
     limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
     timeout_seconds: Annotated[float | None, Query(gt=0, le=86_400)] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """Stream your pending consent requests as server-sent events: the current ones first, then new ones live.
 
     Each event is ``consent.request`` (a pending request) or ``consent.response``
@@ -231,8 +271,8 @@ async def consent_stream(
         finally:
             await subscription.close()
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return EventStream(
+        events(), media_type=EventStream.media_type, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
 
 
@@ -240,14 +280,28 @@ def _sse(event: str, data: dict[str, Any], event_id: str) -> str:
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-@router.get("/consent/{consent_id}", dependencies=[policy.CONSENTS])
+@router.get(
+    "/consent/{consent_id}",
+    dependencies=[policy.CONSENTS],
+    response_model=ConsentAnswer,
+    response_model_exclude_unset=True,
+)
 async def consent_detail(consent_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Show one consent request (yours, or one you are asked to second)."""
     record = await services.vault.consent_for(principal, consent_id)
     return {"consent": record.as_dict(services.clock.now())}
 
 
-@router.post("/consent/respond", dependencies=[policy.CONSENTS])
+@router.post(
+    "/consent/respond",
+    dependencies=[policy.CONSENTS],
+    response_model=ConsentAnswer,
+    response_model_exclude_unset=True,
+    responses=contract.errors(
+        404,
+        **{"409": "The request was already answered, or expired (code consent_already_answered); nothing changed."},
+    ),
+)
 async def consent_respond(body: RespondBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Approve or deny a pending request (the owner or an admin; critical risk also needs a second approver)."""
     _check_user(principal, body.user_id)
@@ -263,7 +317,13 @@ async def consent_respond(body: RespondBody, principal: CurrentPrincipal, servic
     return {"consent": record.as_dict(services.clock.now())}
 
 
-@router.post("/consent/revoke", dependencies=[policy.CONSENTS])
+@router.post(
+    "/consent/revoke",
+    dependencies=[policy.CONSENTS],
+    response_model=ConsentAnswer,
+    response_model_exclude_unset=True,
+    responses=contract.errors(404, **{"409": "Only pending or approved consents can be revoked."}),
+)
 async def consent_revoke(body: RevokeConsentBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Revoke a consent; the next use of it is refused."""
     _check_user(principal, body.user_id)
@@ -271,7 +331,7 @@ async def consent_revoke(body: RevokeConsentBody, principal: CurrentPrincipal, s
     return {"consent": record.as_dict()}
 
 
-@router.get("/audit", dependencies=[policy.AUDIT])
+@router.get("/audit", dependencies=[policy.AUDIT], response_model=AuditEntries)
 async def audit_log(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -284,14 +344,21 @@ async def audit_log(
     return {"entries": [e.as_dict() for e in entries]}
 
 
-@router.get("/keys/status", dependencies=[policy.KEYS])
+@router.get("/keys/status", dependencies=[policy.KEYS], response_model=KeysAnswer, response_model_exclude_unset=True)
 async def keys_status(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Describe the keyring (admin only): active key, expiry with the 7-day warning, next rotation."""
     principal.require(Role.ADMIN)
     return {"keys": await services.vault.keys_status()}
 
 
-@router.post("/keys/rotate", status_code=202, dependencies=[policy.KEYS])
+@router.post(
+    "/keys/rotate",
+    status_code=202,
+    dependencies=[policy.KEYS],
+    response_model=RotationStarted,
+    response_model_exclude_unset=True,
+    responses=contract.errors(**{"409": "Another key rotation is already running."}),
+)
 async def keys_rotate(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Start (or resume) a key rotation as a background task (admin only); follow it on keys/status."""
     principal.require(Role.ADMIN)
@@ -300,14 +367,27 @@ async def keys_rotate(principal: CurrentPrincipal, services: ServicesDep) -> dic
     return {**started, "keys": await vault.keys_status()}
 
 
-@router.get("/audit/verify", dependencies=[policy.AUDIT_ADMIN])
+@router.get("/audit/verify", dependencies=[policy.AUDIT_ADMIN], response_model=AuditVerifyAnswer)
 async def audit_verify(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Check the whole audit chain and its signed checkpoints (admin only); lists any tampering found."""
     principal.require(Role.ADMIN)
     return {"report": (await services.vault.verify_audit()).as_dict()}
 
 
-@router.post("/{key}/access", dependencies=[policy.ASK_SECRETS])
+@router.post(
+    "/{key}/access",
+    dependencies=[policy.ASK_SECRETS],
+    response_model=AccessAnswer,
+    response_model_exclude_unset=True,
+    responses={
+        202: {"model": AccessAnswer, "description": "Pending: poll this route with the consent_id."},
+        403: {
+            "model": ErrorBody | AccessAnswer,
+            "description": "Refused by policy (the error shape), or the consent was denied, expired or revoked"
+            " (the answer shape, status saying which).",
+        },
+    },
+)
 async def access_secret(
     key: str, body: AccessBody, response: Response, principal: CurrentPrincipal, services: ServicesDep
 ) -> dict[str, Any]:
@@ -335,7 +415,12 @@ async def access_secret(
     return _access_answer(result, response, key)
 
 
-@router.post("/{key}/revoke", dependencies=[policy.SECRETS])
+@router.post(
+    "/{key}/revoke",
+    dependencies=[policy.SECRETS],
+    response_model=SecretAnswer,
+    responses=contract.errors(**{"409": "The secret is already revoked."}),
+)
 async def revoke_secret(
     key: str, body: RevokeSecretBody, principal: CurrentPrincipal, services: ServicesDep
 ) -> dict[str, Any]:
@@ -344,7 +429,7 @@ async def revoke_secret(
     return {"secret": info.as_dict()}
 
 
-@router.get("/{key}", dependencies=[policy.SECRETS])
+@router.get("/{key}", dependencies=[policy.SECRETS], response_model=SecretDetail)
 async def secret_detail(
     key: str,
     principal: CurrentPrincipal,

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from grace.api import policy
+from grace.api import contract, policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.schemas.users import CreatedToken, CreatedUser, TokenAnswer, TokenList, UserAnswer, UserList
 from grace.auth import Role
 
 router = APIRouter(prefix="/api", tags=["users"])
@@ -42,13 +43,20 @@ class NewToken(BaseModel):
     ] = None
 
 
-@router.get("/users", dependencies=[policy.USERS])
+@router.get("/users", dependencies=[policy.USERS], response_model=UserList)
 async def list_users(services: ServicesDep) -> dict[str, object]:
     """List every user (admin only)."""
     return {"users": [u.as_dict() for u in await services.accounts.list_users()]}
 
 
-@router.post("/users", status_code=201, dependencies=[policy.USERS])
+@router.post(
+    "/users",
+    status_code=201,
+    dependencies=[policy.USERS],
+    response_model=CreatedUser,
+    response_model_exclude_unset=True,
+    responses=contract.errors(**{"409": "A user of that name exists."}),
+)
 async def create_user(body: NewUser, services: ServicesDep) -> dict[str, object]:
     """Create a user (admin only); a generated password is returned once."""
     user, password = await services.accounts.create_user(body.username, body.role, body.password)
@@ -58,20 +66,20 @@ async def create_user(body: NewUser, services: ServicesDep) -> dict[str, object]
     return out
 
 
-@router.post("/users/{username}/disable", dependencies=[policy.USERS])
+@router.post("/users/{username}/disable", dependencies=[policy.USERS], response_model=UserAnswer)
 async def disable_user(username: str, services: ServicesDep) -> dict[str, object]:
     """Disable a user (admin only); their tokens and sessions stop working at once."""
     return {"user": (await services.accounts.set_disabled(username, True)).as_dict()}
 
 
-@router.get("/tokens", dependencies=[policy.TOKENS])
+@router.get("/tokens", dependencies=[policy.TOKENS], response_model=TokenList)
 async def list_tokens(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
     """List your API tokens (admins see everyone's); never the token values."""
     user_id = None if principal.is_admin else principal.user_id
     return {"tokens": [t.as_dict() for t in await services.accounts.list_tokens(user_id)]}
 
 
-@router.post("/tokens", status_code=201, dependencies=[policy.TOKENS])
+@router.post("/tokens", status_code=201, dependencies=[policy.TOKENS], response_model=CreatedToken)
 async def create_token(body: NewToken, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
     """Issue an API token, optionally naming the agent that will use it and narrowing its scopes; shown once.
 
@@ -90,7 +98,7 @@ async def create_token(body: NewToken, principal: CurrentPrincipal, services: Se
     return {"token": plaintext, "info": info.as_dict()}
 
 
-@router.post("/tokens/{token_id}/revoke", dependencies=[policy.TOKENS])
+@router.post("/tokens/{token_id}/revoke", dependencies=[policy.TOKENS], response_model=TokenAnswer)
 async def revoke_token(token_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, object]:
     """Revoke an API token (yours, or anyone's for an admin) and every token it issued."""
     return {"token": (await services.accounts.revoke_token(token_id, by=principal)).as_dict()}
