@@ -12,11 +12,12 @@ import binascii
 import os
 import re
 from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from grace import errors
 
@@ -79,6 +80,9 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = Field(default=12 * 3600, ge=60)
     login_max_failures: int = Field(default=5, ge=1)
     login_window_seconds: int = Field(default=300, ge=1)
+    login_client_max_failures: int = Field(default=100, ge=1)
+    # Proxies whose X-Forwarded-For is believed (addresses or networks); none by default.
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     cookie_secure: bool = False
     log_level: str = "INFO"
     log_json: bool = True
@@ -102,6 +106,18 @@ class Settings(BaseSettings):
         if not accepts(raw):
             raise ValueError(rule)
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return tuple(ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(
+                "must be IP addresses or networks separated by commas (e.g. 127.0.0.1,10.0.0.0/8)"
+            ) from None
 
     @field_validator("log_level")
     @classmethod

@@ -142,6 +142,7 @@ async def build(
         session_ttl=timedelta(seconds=settings.session_ttl_seconds),
         max_failures=settings.login_max_failures,
         window=timedelta(seconds=settings.login_window_seconds),
+        client_max_failures=settings.login_client_max_failures,
     )
     try:
         vault = await Vault.open(settings, db, clock, bus)

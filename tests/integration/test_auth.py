@@ -82,20 +82,45 @@ async def test_members_cannot_revoke_other_peoples_tokens(accounts: Accounts) ->
     assert (await accounts.resolve_token(token)).username == "owner"
 
 
-async def test_failed_sign_ins_are_rate_limited_per_user(
+async def test_failed_sign_ins_are_limited_per_user_and_client(
     sign_in: SignIn, accounts: Accounts, clock: ManualClock
 ) -> None:
     await accounts.create_user("dave", "member", "a long enough password")
+    await accounts.create_user("fay", "member", "fay's long password")
     for _ in range(3):
         with pytest.raises(errors.Unauthenticated):
             await sign_in.verify_password("dave", "wrong guess here", client="10.0.0.1")
-    # Locked now, even with the right password and from another client.
+    # Locked now for dave from that address, even with the right password.
     with pytest.raises(errors.RateLimited) as locked:
-        await sign_in.verify_password("dave", "a long enough password", client="10.0.0.2")
+        await sign_in.verify_password("dave", "a long enough password", client="10.0.0.1")
     assert 0 < locked.value.retry_after <= 300
+    # Nobody else behind that address is locked out by it, nor dave from elsewhere.
+    assert (await sign_in.verify_password("fay", "fay's long password", client="10.0.0.1")).username == "fay"
+    assert (await sign_in.verify_password("dave", "a long enough password", client="10.0.0.2")).username == "dave"
     clock.advance(301)
-    principal = await sign_in.verify_password("dave", "a long enough password", client="10.0.0.2")
+    principal = await sign_in.verify_password("dave", "a long enough password", client="10.0.0.1")
     assert principal.username == "dave"
+
+
+async def test_one_address_trying_many_usernames_meets_a_higher_ceiling(
+    db: storage.Database, clock: ManualClock, accounts: Accounts
+) -> None:
+    sign_in = SignIn(
+        db,
+        clock,
+        accounts,
+        session_ttl=timedelta(hours=1),
+        max_failures=3,
+        window=timedelta(minutes=5),
+        client_max_failures=6,
+    )
+    await accounts.create_user("gus", "member", "gus's long password")
+    for n in range(6):
+        with pytest.raises(errors.Unauthenticated):
+            await sign_in.verify_password(f"guess{n}", "wrong guess here", client="10.0.0.9")
+    with pytest.raises(errors.RateLimited):
+        await sign_in.verify_password("gus", "gus's long password", client="10.0.0.9")
+    assert (await sign_in.verify_password("gus", "gus's long password", client="10.0.0.10")).username == "gus"
 
 
 async def test_sessions_end_on_sign_out_expiry_and_disable(

@@ -21,7 +21,7 @@ from grace.auth.tables import api_tokens, sessions, users
 from grace.clock import Clock
 from grace.storage import Database, new_id
 
-__all__ = ["Accounts", "BootstrapCredentials", "TokenInfo", "User"]
+__all__ = ["Accounts", "BootstrapCredentials", "PasswordReset", "TokenInfo", "User"]
 
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{1,63}$")
 _AGENT = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
@@ -92,6 +92,15 @@ class BootstrapCredentials:
 
     def __repr__(self) -> str:
         return f"BootstrapCredentials(username={self.username!r}, password=<hidden>, token=<hidden>)"
+
+
+@dataclass(frozen=True)
+class PasswordReset:
+    """What setting a password ended: the user's sessions, and their tokens when asked."""
+
+    username: str
+    sessions_ended: int
+    tokens_revoked: int
 
 
 def _user(row: RowMapping) -> User:
@@ -210,15 +219,35 @@ class Accounts:
                 )
         return await self.get_user(user.id)
 
-    async def set_password(self, username_or_id: str, password: str) -> None:
+    async def set_password(self, username_or_id: str, password: str, *, revoke_tokens: bool = False) -> PasswordReset:
+        """Set a user's password and end every session they have (signed in with the old one).
+
+        With ``revoke_tokens`` their API tokens are revoked too (a reset after a leak); without it
+        their tokens, which the password never protected, keep working.
+        """
         secrets.check_password_strength(password)
         user = await self.get_user(username_or_id)
+        password_hash = secrets.hash_password(password)
+        now = self.clock.now()
         async with self.db.write() as conn:
             await conn.execute(
-                update(users)
-                .where(users.c.id == user.id)
-                .values(password_hash=secrets.hash_password(password), updated_at=self.clock.now())
+                update(users).where(users.c.id == user.id).values(password_hash=password_hash, updated_at=now)
             )
+            ended = await conn.execute(
+                update(sessions)
+                .where(sessions.c.user_id == user.id, sessions.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            revoked = 0
+            if revoke_tokens:
+                revoked = (
+                    await conn.execute(
+                        update(api_tokens)
+                        .where(api_tokens.c.user_id == user.id, api_tokens.c.revoked_at.is_(None))
+                        .values(revoked_at=now)
+                    )
+                ).rowcount
+        return PasswordReset(user.username, ended.rowcount, revoked)
 
     async def password_hash(self, username: str) -> tuple[User | None, str | None]:
         async with self.db.read() as conn:

@@ -24,6 +24,7 @@ __all__ = [
     "generate_token",
     "hash_password",
     "needs_rehash",
+    "prepare",
     "same_digest",
     "verify_password",
 ]
@@ -33,6 +34,7 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 
 _hasher = PasswordHasher()
+_dummy: list[str] = []  # the dummy hash, made on first use
 
 
 def check_password_strength(password: str) -> None:
@@ -49,15 +51,31 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def verify_password(stored_hash: str | None, password: str) -> bool:
-    """Return whether ``password`` matches; spends the same work when there is no hash."""
-    if stored_hash is None:
-        _hasher.hash(password)  # keep timing alike for unknown users and password-less users
-        return False
+def verify_password(stored_hash: str | None, password: str, *, hasher: PasswordHasher | None = None) -> bool:
+    """Return whether ``password`` matches ``stored_hash``.
+
+    Without a hash (an unknown user, a user with no password) the password is verified against a
+    dummy hash made with the same parameters and refused, so the answer costs one verification
+    either way and its time does not tell whether the user exists.
+    """
+    hasher = hasher or _hasher
     try:
-        return _hasher.verify(stored_hash, password)
+        matches = hasher.verify(stored_hash or _dummy_hash(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+    return matches and stored_hash is not None
+
+
+def prepare() -> None:
+    """Make the dummy hash now, so the first sign-in of an unknown user does not pay for it."""
+    _dummy_hash()
+
+
+def _dummy_hash() -> str:
+    """Return a hash of a random password with the parameters stored hashes are made with."""
+    if not _dummy:
+        _dummy.append(_hasher.hash(secrets.token_urlsafe(32)))
+    return _dummy[0]
 
 
 def needs_rehash(stored_hash: str) -> bool:

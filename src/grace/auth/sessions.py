@@ -13,6 +13,7 @@ import secrets as stdlib_secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from argon2 import PasswordHasher
 from sqlalchemy import delete, func, insert, select, update
 
 from grace import errors
@@ -50,7 +51,14 @@ class ActiveSession:
 
 
 class SignIn:
-    """Verify passwords with a per-user and per-client limit, and manage sessions."""
+    """Verify passwords with a limit per user and client address, and manage sessions.
+
+    ``max_failures`` failed attempts for one username from one client address within ``window``
+    stop further attempts for that pair (429); other users behind the same address, and the same
+    user from elsewhere, are not locked out by them. ``client_max_failures`` (much higher) stops one
+    address trying many usernames. Every attempt, for a user that exists or not, costs one password
+    hash verification, so its time does not tell which usernames exist.
+    """
 
     def __init__(
         self,
@@ -61,18 +69,23 @@ class SignIn:
         session_ttl: timedelta,
         max_failures: int,
         window: timedelta,
+        client_max_failures: int | None = None,
+        hasher: PasswordHasher | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.accounts = accounts
         self.session_ttl = session_ttl
         self.max_failures = max_failures
+        self.client_max_failures = client_max_failures or max_failures * 20
         self.window = window
+        self.hasher = hasher
+        secrets.prepare()
 
-    async def _check_limit(self, keys: list[str]) -> None:
+    async def _check_limit(self, limits: list[tuple[str, int]]) -> None:
         since = self.clock.now() - self.window
         async with self.db.read() as conn:
-            for key in keys:
+            for key, most in limits:
                 count, oldest = (
                     await conn.execute(
                         select(func.count(), func.min(auth_failures.c.at)).where(
@@ -80,7 +93,7 @@ class SignIn:
                         )
                     )
                 ).one()
-                if count >= self.max_failures:
+                if count >= most:
                     retry = math.ceil((oldest + self.window - self.clock.now()).total_seconds())
                     raise errors.RateLimited(
                         f"too many failed sign-ins; try again in {retry} seconds", retry_after=max(retry, 1)
@@ -93,11 +106,18 @@ class SignIn:
             await conn.execute(delete(auth_failures).where(auth_failures.c.at < now - self.window * 4))
 
     async def verify_password(self, username: str, password: str, *, client: str = "local") -> Principal:
-        """Return the principal for a correct username and password; count failures."""
-        keys = [f"user:{username.strip().lower()[:64]}", f"client:{client[:64]}"]
-        await self._check_limit(keys)
+        """Return the principal for a correct username and password; count failures.
+
+        ``client`` is the caller's address (the peer's, or the one a trusted proxy forwarded).
+        """
+        address = client[:64]
+        pair = f"user:{username.strip().lower()[:64]}|client:{address}"
+        keys = [pair, f"client:{address}"]
+        await self._check_limit([(pair, self.max_failures), (keys[1], self.client_max_failures)])
         user, stored = await self.accounts.password_hash(username)
-        if user is None or user.disabled or not secrets.verify_password(stored, password[:1024]):
+        # Verify first, whoever the user is: an unknown or disabled user costs the same hash work.
+        correct = secrets.verify_password(stored, password[:1024], hasher=self.hasher)
+        if user is None or user.disabled or not correct:
             await self._record_failure(keys)
             raise errors.Unauthenticated("wrong username or password")
         async with self.db.write() as conn:

@@ -101,7 +101,9 @@ def serve(
     logs.configure(cfg.log_level, json_lines=cfg.log_json)
     app = create_app(cfg)
     memory.settle()  # what start-up made lives as long as the process: keep it out of collections
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, server_header=False)
+    # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1; Grace
+    # believes it only from GRACE_TRUSTED_PROXIES (api/forwarded.py).
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, server_header=False, proxy_headers=False)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``grace users``: create, list and disable users."""
+"""``grace users``: create, list, disable and enable users, and reset passwords."""
 
 from __future__ import annotations
 
@@ -67,14 +67,30 @@ def _set_disabled(username: str, disabled: bool) -> None:
     run(work)
 
 
-@app.command("set-password")
-def set_password(username: str = typer.Argument(..., help="The user whose password to set.")) -> None:
-    """Set a user's password, read from standard input."""
+@app.command("reset-password")
+def reset_password(
+    username: str = typer.Argument(..., help="The user whose password to set."),
+    revoke_tokens: bool = typer.Option(
+        False, "--revoke-tokens", help="Also revoke every API token of the user (after a leak)."
+    ),
+) -> None:
+    """Set a user's password, read from standard input; every session of the user ends.
+
+    Their API tokens keep working unless --revoke-tokens is given.
+    """
     password = typer.get_text_stream("stdin").readline().rstrip("\n")
 
     async def work() -> None:
         async with open_services() as services:
-            await services.accounts.set_password(username, password)
-        console.print(f"password set for {username}")
+            reset = await services.accounts.set_password(username, password, revoke_tokens=revoke_tokens)
+        console.print(f"password set for {reset.username}; sessions ended: {reset.sessions_ended}")
+        if revoke_tokens:
+            console.print(f"tokens revoked: {reset.tokens_revoked}")
+        else:
+            console.print("API tokens still work (use --revoke-tokens to revoke them too)")
 
     run(work)
+
+
+# The command's earlier name, kept for scripts that use it.
+app.command("set-password", hidden=True)(reset_password)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from grace import errors
 from grace.api import contract, policy
 from grace.api.deps import SESSION_COOKIE, CurrentPrincipal, ServicesDep
+from grace.api.forwarded import client_address
 from grace.api.schemas.platform import Credentials, Identity, SignedIn, SignedOut
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -45,7 +46,7 @@ async def _credentials(request: Request) -> Credentials:
 async def login(request: Request, response: Response, services: ServicesDep) -> dict[str, object]:
     """Sign in with a username and password (JSON or form); sets the session cookie and returns the CSRF token."""
     creds = await _credentials(request)
-    client = request.client.host if request.client else "unknown"
+    client = client_address(request, services.settings.trusted_proxies)
     principal = await services.sign_in.verify_password(creds.username, creds.password, client=client)
     grant = await services.sign_in.start_session(principal)
     response.set_cookie(

@@ -1,0 +1,103 @@
+"""Signing in as an attacker probes it: a password reset ends sessions, and an unknown username costs
+the same password hash verification as a known one (counted, not timed)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+import pytest
+from argon2 import PasswordHasher
+
+from grace import errors, storage
+from grace.auth import Accounts, SignIn
+from grace.clock import ManualClock
+
+
+class CountingHasher(PasswordHasher):
+    """The real Argon2id hasher, counting the verifications it does."""
+
+    verifications = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verifications += 1
+        return super().verify(hash, password)
+
+
+@pytest.fixture
+def accounts(db: storage.Database, clock: ManualClock) -> Accounts:
+    return Accounts(db, clock)
+
+
+@pytest.fixture
+def hasher() -> CountingHasher:
+    return CountingHasher()
+
+
+@pytest.fixture
+def sign_in(db: storage.Database, clock: ManualClock, accounts: Accounts, hasher: CountingHasher) -> SignIn:
+    return SignIn(
+        db,
+        clock,
+        accounts,
+        session_ttl=timedelta(hours=1),
+        max_failures=50,
+        window=timedelta(minutes=5),
+        hasher=hasher,
+    )
+
+
+async def test_a_password_reset_ends_every_session_of_the_user(accounts: Accounts, sign_in: SignIn) -> None:
+    await accounts.create_user("hana", "member", "hana's old password")
+    await accounts.create_user("ivan", "member", "ivan's own password")
+    principal = await sign_in.verify_password("hana", "hana's old password")
+    laptop, phone = await sign_in.start_session(principal), await sign_in.start_session(principal)
+    other = await sign_in.start_session(await sign_in.verify_password("ivan", "ivan's own password"))
+    user = await accounts.get_user("hana")
+    _, token = await accounts.create_token(user.id, name="ci")
+
+    reset = await accounts.set_password("hana", "hana's new password")
+
+    assert (reset.sessions_ended, reset.tokens_revoked) == (2, 0)
+    for grant in (laptop, phone):
+        with pytest.raises(errors.Unauthenticated):
+            await sign_in.resolve_session(grant.session_token)
+    assert (await sign_in.resolve_session(other.session_token)).principal.username == "ivan"
+    assert (await accounts.resolve_token(token)).username == "hana"  # tokens stay unless asked
+    with pytest.raises(errors.Unauthenticated):
+        await sign_in.verify_password("hana", "hana's old password")
+    fresh = await sign_in.start_session(await sign_in.verify_password("hana", "hana's new password"))
+    assert (await sign_in.resolve_session(fresh.session_token)).principal.username == "hana"
+
+
+async def test_a_reset_that_revokes_tokens_ends_them_too(accounts: Accounts, sign_in: SignIn) -> None:
+    user, _ = await accounts.create_user("jude", "member", "jude's old password")
+    _, first = await accounts.create_token(user.id, name="laptop")
+    _, second = await accounts.create_token(user.id, agent="code_agent")
+    reset = await accounts.set_password("jude", "jude's new password", revoke_tokens=True)
+    assert reset.tokens_revoked == 2
+    for token in (first, second):
+        with pytest.raises(errors.Unauthenticated):
+            await accounts.resolve_token(token)
+
+
+async def test_every_sign_in_costs_one_password_verification_whoever_the_user_is(
+    accounts: Accounts, sign_in: SignIn, hasher: CountingHasher
+) -> None:
+    await accounts.create_user("kim", "member", "kim's long password")
+    await accounts.create_user("lou", "member", "lou's long password")
+    await accounts.set_disabled("lou")
+    attempts = [
+        ("nobody-here", "some password", errors.Unauthenticated),  # no such user
+        ("kim", "not kim's password", errors.Unauthenticated),  # wrong password
+        ("lou", "lou's long password", errors.Unauthenticated),  # disabled
+        ("kim", "kim's long password", None),  # right
+    ]
+    for username, password, refused in attempts:
+        before = hasher.verifications
+        if refused is None:
+            await sign_in.verify_password(username, password)
+        else:
+            with pytest.raises(refused):
+                await sign_in.verify_password(username, password)
+        assert hasher.verifications - before == 1, username
