@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from grace import __version__, logs
 from grace import services as services_module
-from grace.api import contract
+from grace.api import contract, docs_pages
 from grace.api import errors as api_errors
 from grace.api.middleware import RequestContext
 from grace.api.routes import auth, health, htm, secrets, users
@@ -52,6 +52,8 @@ def create_app(
         version=__version__,
         description="Control plane for a personal AI agent: tasks, vault, voice notes and playbooks.",
         lifespan=lifespan,
+        docs_url=None,  # served from vendored files below (docs_pages)
+        redoc_url=None,
     )
     logs.install_request_ids()
     if services is not None:
@@ -61,4 +63,5 @@ def create_app(
     for module in (health, auth, users, secrets, htm):
         app.include_router(module.router)
     contract.install(app)
+    docs_pages.install(app)
     return app
