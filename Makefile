@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_DB ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test test-sqlite lint format bench clean
+.PHONY: run test test-sqlite system-packages lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/grace serve
 
+# Debian packages the suite drives: espeak-ng speaks the voice tests' notes, sox converts them,
+# chromium is for the web UI tests. Installed only when a command is missing.
+SYSTEM_COMMANDS := espeak-ng sox chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+## system-packages: install the Debian packages the tests need, only those missing
+system-packages:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
 ## test: the whole suite, on SQLite and on PostgreSQL (GRACE_TEST_DATABASE_URL)
-test: $(STAMP)
+test: $(STAMP) system-packages
 	GRACE_TEST_DATABASE_URL=$${GRACE_TEST_DATABASE_URL:-$(TEST_DB)} $(BIN)/pytest
 
 ## test-sqlite: the suite on SQLite only
-test-sqlite: $(STAMP)
+test-sqlite: $(STAMP) system-packages
 	GRACE_TEST_BACKENDS=sqlite $(BIN)/pytest
 
 ## lint: ruff (lint and format check) and mypy (strict, on src/grace and the tests)

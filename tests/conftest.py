@@ -26,7 +26,7 @@ from tests.backends import ADMIN_URL_ENV, PostgresTestDatabase, SqliteTemplate, 
 BACKENDS = wanted_backends()
 
 # The vault tests' cast of users and agents (fixtures `cast` and `http`).
-pytest_plugins = ["tests.vaultkit"]
+pytest_plugins = ["tests.vaultkit", "tests.voicekit"]
 
 
 @pytest.fixture(scope="session")

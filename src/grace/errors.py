@@ -2,6 +2,7 @@
 
     GraceError
     ├── InvalidInput           (422)
+    │   └── UnsupportedAudio       (422, a file that is not audio in a format Grace decodes)
     ├── NotFound               (404)
     ├── Conflict               (409)
     │   ├── ConsentAlreadyAnswered (409, answering a consent request that is no longer pending)
@@ -37,6 +38,7 @@ __all__ = [
     "StorageUnavailable",
     "TaskAlreadyFinished",
     "Unauthenticated",
+    "UnsupportedAudio",
 ]
 
 
@@ -55,6 +57,12 @@ class InvalidInput(GraceError):
     """The request is not valid."""
 
     code = "invalid_input"
+
+
+class UnsupportedAudio(InvalidInput):
+    """The file is not audio Grace reads: send WAV, MP3, M4A, WebM, Ogg or FLAC (the content decides, not the name)."""
+
+    code = "unsupported_audio"
 
 
 class NotFound(GraceError):

@@ -19,6 +19,7 @@ from grace.config import Settings
 from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
 from grace.vault import ROTATION_TASK, Vault
+from grace.voice import VoiceNotes, engines
 
 __all__ = ["Services", "build"]
 
@@ -40,6 +41,7 @@ class Services:
     sign_in: auth.SignIn
     vault: Vault
     htm: HTM
+    voice: VoiceNotes
     bootstrap: auth.BootstrapCredentials | None = None  # the first admin, when this build created it
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -152,7 +154,16 @@ async def build(
         raise
     htm = HTM(db, bus, clock, htm_config)
     _run_vault_rotation_on_htm(htm, vault)
-    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm)
+    voice = VoiceNotes(
+        db,
+        clock,
+        bus,
+        vault,
+        htm,
+        engines(settings.voice_model_dir),
+        max_upload_bytes=settings.voice_max_upload_bytes,
+    )
+    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

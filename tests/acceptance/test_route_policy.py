@@ -37,6 +37,7 @@ ADMITS: dict[str, frozenset[str]] = {
     "consents": PEOPLE,
     "audit": PEOPLE,
     "tokens": PEOPLE,
+    "voice": PEOPLE,
     "audit_admin": frozenset({"admin"}),
     "keys": frozenset({"admin"}),
     "users": frozenset({"admin"}),
@@ -78,6 +79,16 @@ EXPECTED: dict[str, str] = {
     "GET /api/htm/routing/stats": "tasks",
     "GET /api/htm/sla/stats": "tasks",
     "GET /api/htm/sla/violations": "tasks",
+    "POST /api/voice-notes/start": "voice",
+    "POST /api/voice-notes/search": "voice",
+    "GET /api/voice-notes": "voice",
+    "POST /api/voice-notes/{note_id}/upload": "voice",
+    "POST /api/voice-notes/{note_id}/consent": "consents",
+    "POST /api/voice-notes/{note_id}/reprocess": "voice",
+    "GET /api/voice-notes/{note_id}/status": "voice",
+    "GET /api/voice-notes/{note_id}/transcript": "voice",
+    "GET /api/voice-notes/{note_id}/audio": "voice",
+    "DELETE /api/voice-notes/{note_id}": "voice",
 }
 
 # Query strings that keep a call short (the consent stream would otherwise stay open).
@@ -111,7 +122,7 @@ def test_the_matrix_names_no_route_that_is_gone() -> None:
 
 
 def test_no_agent_policy_reaches_what_answers_for_a_human() -> None:
-    human = {"users", "tokens", "keys", "consents", "audit", "audit_admin", "secrets"}
+    human = {"users", "tokens", "keys", "consents", "audit", "audit_admin", "secrets", "voice"}
     for name, route in ROUTES.items():
         declared = policy_of(route)
         assert declared is not None

@@ -13,7 +13,7 @@ from grace import services as services_module
 from grace.api import contract, docs_pages
 from grace.api import errors as api_errors
 from grace.api.middleware import RequestContext
-from grace.api.routes import auth, health, htm, secrets, users
+from grace.api.routes import auth, health, htm, secrets, users, voice
 from grace.clock import Clock
 from grace.config import Settings
 
@@ -59,8 +59,10 @@ def create_app(
     if services is not None:
         app.state.services = services  # usable without running the lifespan (in-process tests)
     api_errors.install(app)
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_request_bytes)
-    for module in (health, auth, users, secrets, htm):
+    app.add_middleware(
+        RequestContext, max_body_bytes=settings.max_request_bytes, larger_bodies=voice.larger_bodies(settings)
+    )
+    for module in (health, auth, users, secrets, htm, voice):
         app.include_router(module.router)
     contract.install(app)
     docs_pages.install(app)

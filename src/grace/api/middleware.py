@@ -30,9 +30,13 @@ class RequestContext:
     body streams in, so a chunked upload cannot slip past it.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, larger_bodies: tuple[tuple[re.Pattern[str], int], ...] = ()
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Paths that take larger bodies (a voice note's upload), each with its own limit.
+        self.larger_bodies = larger_bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +47,7 @@ class RequestContext:
         rid = incoming if _INCOMING_ID.match(incoming) else secrets.token_hex(8)
         token = logs.request_id.set(rid)
         started = time.perf_counter()
-        limit = self.max_body_bytes
+        limit = next((n for pattern, n in self.larger_bodies if pattern.match(scope["path"])), self.max_body_bytes)
         state = {"status": 500, "started": False, "overflow": False, "received": 0}
 
         async def send_raw(message: Message) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "TASKS",
     "TOKENS",
     "USERS",
+    "VOICE",
     "Policy",
     "Public",
     "api_routes",
@@ -99,6 +100,8 @@ AUDIT_ADMIN = Depends(Policy("audit_admin", "verify the audit log", Scope.AUDIT,
 KEYS = Depends(Policy("keys", "manage the vault's keys", Scope.KEYS, Role.ADMIN))
 TOKENS = Depends(Policy("tokens", "issue, list or revoke tokens", Scope.TOKENS))
 USERS = Depends(Policy("users", "manage users", Scope.USERS, Role.ADMIN))
+# A person's own voice notes: never an agent's to read, search or delete (consenting is CONSENTS).
+VOICE = Depends(Policy("voice", "use voice notes"))
 
 
 def policy_of(route: APIRoute) -> Policy | Public | None:

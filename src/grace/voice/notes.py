@@ -1,0 +1,479 @@
+"""The voice-notes facade: sessions, upload, consent, reading back, search and delete, for one owner at a time.
+
+Every call names its caller (a :class:`~grace.auth.Principal`); a note is found only for its owner
+(or an admin), and anyone else is told it does not exist. See docs/voice.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from grace import clock, errors
+from grace.auth import Principal
+from grace.bus import Bus
+from grace.clock import Clock
+from grace.htm import HTM
+from grace.storage import Database, new_id
+from grace.vault import Vault
+from grace.voice import audio, chunking, formats, index
+from grace.voice.engines import Engines
+from grace.voice.pipeline import STAGES, STEP_NAMES, Pipeline, audio_subject, steps_of
+from grace.voice.tables import voice_audio, voice_chunks, voice_consents, voice_notes, voice_segments, voice_transcripts
+
+__all__ = ["CONSENT_SCOPES", "SearchHit", "VoiceNotes"]
+
+log = logging.getLogger("grace.voice")
+
+CONSENT_SCOPES = ("recording", "transcription", "learning")
+REQUIRED_SCOPES = frozenset({"recording", "transcription"})
+MAX_TITLE = 200
+MAX_PURPOSE = 200
+MAX_QUERY = 1000
+MAX_TOP_K = 50
+# How much a chunk that also matches the query's words gains over its vector similarity.
+KEYWORD_BONUS = 0.05
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    note_id: str
+    title: str
+    chunk_index: int
+    start: float
+    end: float
+    score: float
+    snippet: str
+    chunk_start: float
+    chunk_end: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "note_id": self.note_id,
+            "title": self.title,
+            "start": self.start,
+            "end": self.end,
+            "score": round(self.score, 4),
+            "snippet": self.snippet,
+            "chunk_index": self.chunk_index,
+            "chunk_start": self.chunk_start,
+            "chunk_end": self.chunk_end,
+        }
+
+
+def _owner(by: Principal, user_id: str | None) -> str:
+    """Whose notes a call acts on: the caller's (by id or username), or, for an admin, the user it names."""
+    if user_id is None or user_id in (by.user_id, by.username):
+        return by.user_id
+    by.require_self_or_admin(user_id)
+    return user_id
+
+
+def describe(row: Any) -> dict[str, Any]:
+    """A note's status, in the seed's shape plus what the note is at."""
+    steps = steps_of(row)
+    consented = bool(row["consent_recording"] and row["consent_transcription"])
+    shown = (["consent_granted"] if consented else []) + [s for s in STEP_NAMES[1:] if s in steps]
+    done = [s for s in STAGES if _done_name(s) in steps]
+    return {
+        "id": row["id"],
+        "session_id": row["id"],
+        "user_id": row["owner_id"],
+        "title": row["title"],
+        "purpose": row["purpose"],
+        "status": row["status"],
+        "stage": row["stage"],
+        "steps_completed": shown,
+        "progress": round(len(done) / len(STAGES), 3),
+        "error": row["error"],
+        "failed_stage": row["failed_stage"],
+        "searchable": "indexed" in steps,
+        "consents": {
+            "recording": bool(row["consent_recording"]),
+            "transcription": bool(row["consent_transcription"]),
+            "learning": bool(row["consent_learning"]),
+        },
+        "audio_format": row["audio_format"],
+        "audio_bytes": row["audio_bytes"],
+        "duration_seconds": row["duration_seconds"],
+        "learning": row["learning_outcome"],
+        "created_at": clock.iso(row["created_at"]),
+        "updated_at": clock.iso(row["updated_at"]),
+        "completed_at": clock.iso(row["completed_at"]),
+    }
+
+
+def _done_name(stage: str) -> str:
+    from grace.voice.pipeline import DONE
+
+    return DONE[stage]
+
+
+class VoiceNotes:
+    """Voice notes over one database, processed by the task manager."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        bus: Bus,
+        vault: Vault,
+        htm: HTM,
+        engines: Engines,
+        *,
+        max_upload_bytes: int,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.bus = bus
+        self.vault = vault
+        self.engines = engines
+        self.max_upload_bytes = max_upload_bytes
+        self.pipeline = Pipeline(db, clock, bus, vault, htm, engines)
+        self.pipeline.register()
+
+    def __repr__(self) -> str:
+        return f"VoiceNotes(backend={self.db.backend!r})"
+
+    # -- reading a note ---------------------------------------------------------------
+
+    async def _row(self, by: Principal, note_id: str, conn: AsyncConnection | None = None) -> Any:
+        query = select(voice_notes).where(voice_notes.c.id == note_id)
+        if conn is None:
+            async with self.db.read() as own:
+                row = (await own.execute(query)).mappings().first()
+        else:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None or (row["owner_id"] != by.user_id and not by.is_admin):
+            raise errors.NotFound(f"no voice note {note_id[:60]!r}")
+        return row
+
+    async def status(self, by: Principal, note_id: str) -> dict[str, Any]:
+        return describe(await self._row(by, note_id))
+
+    async def list_notes(
+        self, by: Principal, *, user_id: str | None = None, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        """The owner's notes, newest first, a page at a time."""
+        owner = _owner(by, user_id)
+        limit = max(1, min(limit, 200))
+        offset = max(0, offset)
+        async with self.db.read() as conn:
+            total = (
+                await conn.execute(select(func.count()).select_from(voice_notes).where(voice_notes.c.owner_id == owner))
+            ).scalar_one()
+            rows = (
+                (
+                    await conn.execute(
+                        select(voice_notes)
+                        .where(voice_notes.c.owner_id == owner)
+                        .order_by(voice_notes.c.created_at.desc(), voice_notes.c.id.desc())
+                        .limit(limit)
+                        .offset(offset)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return {"notes": [describe(r) for r in rows], "total": int(total), "limit": limit, "offset": offset}
+
+    # -- the session: start, upload, consent ----------------------------------------------
+
+    async def start(
+        self, by: Principal, *, title: str, purpose: str = "", user_id: str | None = None
+    ) -> dict[str, Any]:
+        """Open a recording session (a note with no audio yet)."""
+        owner = _owner(by, user_id)
+        title = (title or "").strip()
+        if not title or len(title) > MAX_TITLE:
+            raise errors.InvalidInput(f"title must be 1 to {MAX_TITLE} characters")
+        if len(purpose) > MAX_PURPOSE:
+            raise errors.InvalidInput(f"purpose must be at most {MAX_PURPOSE} characters")
+        now = self.clock.now()
+        note_id = new_id("vn")
+        row = {
+            "id": note_id,
+            "owner_id": owner,
+            "title": title,
+            "purpose": purpose.strip(),
+            "status": "created",
+            "steps": "",
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self.db.write() as conn:
+            await conn.execute(insert(voice_notes).values(**row))
+        await self.pipeline.publish("created", row, title=title)
+        return {"session_id": note_id, "status": "created"}
+
+    async def upload(self, by: Principal, note_id: str, data: bytes, *, user_id: str | None = None) -> dict[str, Any]:
+        """Store the recording encrypted; ask for the three consents. The content decides the format."""
+        if user_id is not None:
+            _owner(by, user_id)
+        row = await self._row(by, note_id)
+        if row["status"] != "created":
+            raise errors.Conflict("this voice note already has its audio; start a new note for another recording")
+        if len(data) > self.max_upload_bytes:
+            raise errors.PayloadTooLarge(f"the recording is larger than {self.max_upload_bytes} bytes")
+        kind = audio.sniff(data)
+        decoded = await asyncio.to_thread(audio.decode, data)
+        if decoded.peak < audio.SILENCE_PEAK:
+            raise errors.InvalidInput("the recording is silent: there is no speech to transcribe")
+        sealed = await self.vault.seal_data(audio_subject(note_id), data)
+        now = self.clock.now()
+        async with self.db.write() as conn:
+            changed = await conn.execute(
+                update(voice_notes)
+                .where(voice_notes.c.id == note_id, voice_notes.c.status == "created")
+                .values(
+                    status="awaiting_consent",
+                    audio_format=kind,
+                    audio_bytes=len(data),
+                    duration_seconds=decoded.seconds,
+                    updated_at=now,
+                )
+            )
+            if not changed.rowcount:
+                raise errors.Conflict("this voice note already has its audio")
+            await conn.execute(
+                insert(voice_audio).values(
+                    note_id=note_id,
+                    key_id=sealed.key_id,
+                    dek_id=sealed.dek_id,
+                    wrapped_dek=sealed.wrapped_dek,
+                    ciphertext=sealed.ciphertext,
+                )
+            )
+        await self.pipeline.publish("uploaded", row, audio_format=kind, duration_seconds=decoded.seconds)
+        return {
+            "session_id": note_id,
+            "consent_id": f"consent_{note_id}",
+            "consents_requested": list(CONSENT_SCOPES),
+            "next_step": "approve_consent",
+            "audio_format": kind,
+            "duration_seconds": round(decoded.seconds, 3),
+        }
+
+    async def consent(
+        self, by: Principal, note_id: str, scopes: list[str] | None = None, *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """Record the owner's consents (default: all three); with recording and transcription, processing starts."""
+        if user_id is not None:
+            _owner(by, user_id)
+        if by.is_agent:
+            raise errors.PermissionDenied("an agent cannot consent for its human")
+        chosen = list(CONSENT_SCOPES) if scopes is None else [s.strip().lower() for s in scopes]
+        unknown = sorted(set(chosen) - set(CONSENT_SCOPES))
+        if unknown or not chosen:
+            raise errors.InvalidInput(
+                f"scopes must be some of {', '.join(CONSENT_SCOPES)}", details={"unknown": unknown}
+            )
+        row = await self._row(by, note_id)
+        if row["owner_id"] != by.user_id:
+            raise errors.PermissionDenied("only the note's owner can consent to its processing")
+        if row["status"] == "created":
+            raise errors.Conflict("upload the recording before consenting to its processing")
+        now = self.clock.now()
+        enqueued = None
+        async with self.db.write() as conn:
+            current = await self._row(by, note_id, conn)
+            granted = {s for s in CONSENT_SCOPES if current[f"consent_{s}"]} | set(chosen)
+            for scope in sorted(set(chosen)):
+                if current[f"consent_{scope}"]:
+                    continue
+                await conn.execute(
+                    insert(voice_consents).values(
+                        id=new_id("vcon"), note_id=note_id, scope=scope, granted_by=by.name, granted_at=now
+                    )
+                )
+                await self.vault.audit.append(
+                    conn,
+                    "voice.consent_granted",
+                    actor=by.name,
+                    user_id=current["owner_id"],
+                    details={"note_id": note_id, "scope": scope},
+                )
+            values: dict[str, Any] = {f"consent_{s}": True for s in granted}
+            values["updated_at"] = now
+            starts = current["status"] == "awaiting_consent" and granted >= REQUIRED_SCOPES
+            if starts:
+                values.update(status="processing", stage=STAGES[0])
+            await conn.execute(update(voice_notes).where(voice_notes.c.id == note_id).values(**values))
+            if starts:
+                enqueued = await self.pipeline.submit_in(conn, note_id, STAGES[0])
+        if enqueued is not None:
+            await self.pipeline.htm.announce_created(enqueued)
+        await self.pipeline.publish("consented", row, scopes=sorted(granted), processing=enqueued is not None)
+        result = await self.status(by, note_id)
+        if not granted >= REQUIRED_SCOPES:
+            result["next_step"] = "consent to recording and transcription to start processing"
+        return result
+
+    async def reprocess(self, by: Principal, note_id: str) -> dict[str, Any]:
+        """Resume a failed note from the stage that failed."""
+        row = await self._row(by, note_id)
+        if row["status"] != "failed" or row["failed_stage"] is None:
+            raise errors.Conflict("only a failed voice note can be reprocessed")
+        async with self.db.write() as conn:
+            changed = await conn.execute(
+                update(voice_notes)
+                .where(voice_notes.c.id == note_id, voice_notes.c.status == "failed")
+                .values(status="processing", stage=row["failed_stage"], error=None, updated_at=self.clock.now())
+            )
+            enqueued = await self.pipeline.submit_in(conn, note_id, row["failed_stage"]) if changed.rowcount else None
+        if enqueued is not None:
+            await self.pipeline.htm.announce_created(enqueued)
+        await self.pipeline.publish("reprocessing", row, stage=row["failed_stage"])
+        return await self.status(by, note_id)
+
+    # -- reading back ----------------------------------------------------------------------
+
+    async def segments(self, by: Principal, note_id: str) -> tuple[Any, list[dict[str, Any]], Any]:
+        row = await self._row(by, note_id)
+        async with self.db.read() as conn:
+            transcript = (
+                (await conn.execute(select(voice_transcripts).where(voice_transcripts.c.note_id == note_id)))
+                .mappings()
+                .first()
+            )
+            rows = (
+                (
+                    await conn.execute(
+                        select(voice_segments).where(voice_segments.c.note_id == note_id).order_by(voice_segments.c.idx)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        if transcript is None:
+            raise errors.Conflict(f"this voice note has no transcript yet (status {row['status']})")
+        segments = [
+            {
+                "start": r["start_s"],
+                "end": r["end_s"],
+                "text": r["text"],
+                "words": [{"word": w, "start": s, "end": e} for w, s, e in json.loads(r["words"])],
+            }
+            for r in rows
+        ]
+        return row, segments, transcript
+
+    async def transcript(self, by: Principal, note_id: str, fmt: str = "json") -> dict[str, Any] | str:
+        """The transcript (the seed's {transcript, length} plus timed segments), or subtitles (srt, vtt)."""
+        if fmt not in formats.FORMATS:
+            raise errors.InvalidInput(f"format must be one of {', '.join(formats.FORMATS)}")
+        row, segments, transcript = await self.segments(by, note_id)
+        if fmt != "json":
+            return formats.render(segments, fmt)
+        return {
+            "note_id": note_id,
+            "title": row["title"],
+            "transcript": transcript["text"],
+            "length": len(transcript["text"]),
+            "language": transcript["language"],
+            "engine": transcript["engine"],
+            "model": transcript["model"],
+            "model_version": transcript["model_version"],
+            "segments": segments,
+        }
+
+    async def audio(self, by: Principal, note_id: str) -> tuple[bytes, str]:
+        """The recording, decrypted, and its format."""
+        row = await self._row(by, note_id)
+        if row["audio_format"] is None:
+            raise errors.NotFound("this voice note has no audio yet")
+        return await self.pipeline.load_audio(note_id), str(row["audio_format"])
+
+    # -- delete ----------------------------------------------------------------------------
+
+    async def delete(self, by: Principal, note_id: str) -> dict[str, Any]:
+        """Remove the note and every trace of it: audio and its key, transcript, chunks, vectors, index rows."""
+        async with self.db.write() as conn:
+            row = await self._row(by, note_id, conn)
+            chunk_ids = (
+                await conn.execute(select(voice_chunks.c.id).where(voice_chunks.c.note_id == note_id))
+            ).scalars()
+            await index.drop_full_text(conn, [int(i) for i in chunk_ids])
+            for table in (voice_chunks, voice_segments, voice_transcripts, voice_audio, voice_consents):
+                await conn.execute(delete(table).where(table.c.note_id == note_id))
+            await conn.execute(delete(voice_notes).where(voice_notes.c.id == note_id))
+            await self.vault.audit.append(
+                conn, "voice.note_deleted", actor=by.name, user_id=row["owner_id"], details={"note_id": note_id}
+            )
+        await self.pipeline.publish("deleted", row)
+        return {"deleted": note_id}
+
+    # -- search ----------------------------------------------------------------------------
+
+    async def search(
+        self, by: Principal, query: str, *, top_k: int = 10, user_id: str | None = None
+    ) -> list[SearchHit]:
+        """Hybrid search of the owner's notes; each hit names its best-matching sentence with its own times."""
+        owner = _owner(by, user_id)
+        query = (query or "").strip()
+        if not query:
+            raise errors.InvalidInput("the query is empty")
+        if len(query) > MAX_QUERY:
+            raise errors.InvalidInput(f"the query is longer than {MAX_QUERY} characters")
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise errors.InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}")
+        vector = (await self.engines.embed([query]))[0]
+        pool = max(top_k * 4, 20)
+        async with self.db.read() as conn:
+            by_vector = await index.vector_search(conn, owner, vector, pool)
+            by_words = set(await index.keyword_search(conn, owner, query, pool))
+            scored = sorted(
+                ((chunk_id, score + (KEYWORD_BONUS if chunk_id in by_words else 0.0)) for chunk_id, score in by_vector),
+                key=lambda item: -item[1],
+            )[:top_k]
+            if not scored:
+                return []
+            rows = {
+                int(r["id"]): r
+                for r in (
+                    await conn.execute(
+                        select(voice_chunks, voice_notes.c.title)
+                        .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
+                        .where(voice_chunks.c.id.in_([c for c, _ in scored]), voice_chunks.c.owner_id == owner)
+                    )
+                )
+                .mappings()
+                .all()
+            }
+            words = {note: await self.pipeline.words(note, conn) for note in {r["note_id"] for r in rows.values()}}
+        candidates: list[tuple[int, chunking.Sentence]] = []
+        for chunk_id, _ in scored:
+            row = rows[chunk_id]
+            within = words[row["note_id"]][row["first_word"] : row["last_word"] + 1]
+            for sentence in chunking.sentences(within):
+                candidates.append((chunk_id, sentence))
+        sentence_vectors = await self.engines.embed([s.text for _, s in candidates])
+        best: dict[int, tuple[float, chunking.Sentence]] = {}
+        for (chunk_id, sentence), sv in zip(candidates, sentence_vectors, strict=True):
+            similarity = float(sv @ vector)
+            if chunk_id not in best or similarity > best[chunk_id][0]:
+                best[chunk_id] = (similarity, sentence)
+        hits = []
+        for chunk_id, score in scored:
+            row = rows[chunk_id]
+            _, sentence = best.get(chunk_id, (0.0, chunking.Sentence(0, 0, row["text"], row["start_s"], row["end_s"])))
+            hits.append(
+                SearchHit(
+                    note_id=row["note_id"],
+                    title=row["title"],
+                    chunk_index=row["idx"],
+                    start=sentence.start,
+                    end=sentence.end,
+                    score=score,
+                    snippet=sentence.text,
+                    chunk_start=row["start_s"],
+                    chunk_end=row["end_s"],
+                )
+            )
+        return hits

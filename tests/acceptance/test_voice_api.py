@@ -1,0 +1,234 @@
+"""Voice notes end to end: real speech (espeak-ng) through the real models, over HTTP, on both databases.
+
+Start, upload, consent, the task manager's stages, status, transcript with timings (±1 s of where
+each sentence was placed), SRT/VTT, audio with ranges, search by paraphrase landing on the right
+sentence, nobody else's notes in anyone's results, and nothing left after delete. Then the bad inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+
+from grace.config import Settings, load_settings
+from grace.services import Services
+from grace.voice import tables
+from tests.vaultkit import Cast
+from tests.voicekit import Notes, Spoken
+
+UPLOAD_LIMIT = 2_000_000
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data", database_url=database_url, log_json=True, voice_max_upload_bytes=UPLOAD_LIMIT
+    )
+
+
+@pytest.fixture
+async def workers(cast: Cast) -> Services:
+    """The cast's services with a worker pool running (the cast's close() stops it)."""
+    await cast.services.htm.start_workers(concurrency=2)
+    return cast.services
+
+
+async def add_note(http: httpx.AsyncClient, who: dict[str, str], note: Spoken, name: str = "note.wav") -> str:
+    started = await http.post("/api/voice-notes/start", json={"title": note.title, "purpose": "learning"}, headers=who)
+    assert started.status_code == 201, started.text
+    note_id = str(started.json()["session_id"])
+    uploaded = await http.post(
+        f"/api/voice-notes/{note_id}/upload", files={"file": (name, note.wav, "audio/wav")}, headers=who
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["next_step"] == "approve_consent"
+    return note_id
+
+
+async def process(services: Services, http: httpx.AsyncClient, who: dict[str, str], note_id: str) -> dict[str, Any]:
+    """Consent, then wait for the note's completed or failed event; return its status."""
+    events = services.bus.subscribe("voice.note.#")
+    consented = await http.post(f"/api/voice-notes/{note_id}/consent", json={}, headers=who)
+    assert consented.status_code == 200, consented.text
+    while True:
+        event = await events.get(timeout=600)
+        assert event is not None, "no voice.note event for ten minutes"
+        if event.payload.get("note_id") == note_id and event.topic in ("voice.note.completed", "voice.note.failed"):
+            break
+    status = await http.get(f"/api/voice-notes/{note_id}/status", headers=who)
+    return dict(status.json())
+
+
+async def test_a_spoken_note_becomes_searchable_by_its_owner_only(
+    http: httpx.AsyncClient, cast: Cast, workers: Services, spoken: Notes
+) -> None:
+    owner, other = cast.headers("owner"), cast.headers("other")
+    budget = await add_note(http, owner, spoken.budget)
+    garden = await add_note(http, owner, spoken.garden)
+    travel = await add_note(http, other, spoken.travel)
+    for note_id, who in ((budget, owner), (garden, owner), (travel, other)):
+        status = await process(workers, http, who, note_id)
+        assert status["status"] == "completed", status
+        assert status["steps_completed"] == ["consent_granted", "transcribed", "embedded", "ingested", "learned"]
+        assert status["searchable"] is True and status["progress"] == 1.0 and status["error"] is None
+
+    # The words that were said, each sentence where it was placed (±1 s).
+    transcript = (await http.get(f"/api/voice-notes/{budget}/transcript", headers=owner)).json()
+    said = transcript["transcript"].lower()
+    for word in ("review", "thursday", "spreadsheet", "maria", "noon"):
+        assert word in said, said
+    assert transcript["length"] == len(transcript["transcript"])
+    assert transcript["engine"] == "faster-whisper" and transcript["model"] == "tiny.en"
+    words = [w for s in transcript["segments"] for w in s["words"]]
+    for offset, sentence in spoken.budget.sentences:
+        first = sentence.split()[0].lower()
+        spoken_at = [w["start"] for w in words if w["word"].lower().strip(".,") == first]
+        assert any(abs(t - offset) <= 1.0 for t in spoken_at), (sentence, spoken_at)
+    srt = await http.get(f"/api/voice-notes/{budget}/transcript?format=srt", headers=owner)
+    assert srt.status_code == 200 and srt.text.startswith("1\n00:00:0") and " --> " in srt.text
+    vtt = await http.get(f"/api/voice-notes/{budget}/transcript?format=vtt", headers=owner)
+    assert vtt.text.startswith("WEBVTT\n\n00:00:0")
+
+    # A paraphrase finds the right note, pointing at the right sentence.
+    found = await http.post(
+        "/api/voice-notes/search", json={"query": "watering the flowers", "top_k": 3}, headers=owner
+    )
+    assert found.status_code == 200, found.text
+    top = found.json()["results"][0]
+    assert top["note_id"] == garden and top["title"] == "Garden"
+    assert "roses" in top["snippet"].lower() and abs(top["start"] - 6.5) <= 1.0 and top["end"] > top["start"]
+    found = await http.post(
+        "/api/voice-notes/search", json={"query": "when did the financial review get rescheduled"}, headers=owner
+    )
+    top = found.json()["results"][0]
+    assert top["note_id"] == budget and "thursday" in top["snippet"].lower(), top
+    assert abs(top["start"] - 0.5) <= 1.0
+
+    # Another user's note is never found, even by its own words; its owner finds it.
+    mine = await http.post("/api/voice-notes/search", json={"query": "flight to Lisbon on Friday"}, headers=owner)
+    assert travel not in {h["note_id"] for h in mine.json()["results"]}
+    theirs = await http.post("/api/voice-notes/search", json={"query": "flight to Lisbon on Friday"}, headers=other)
+    assert theirs.json()["results"][0]["note_id"] == travel
+    assert (await http.get(f"/api/voice-notes/{travel}/transcript", headers=owner)).status_code == 404
+    assert (await http.get(f"/api/voice-notes/{travel}/audio", headers=owner)).status_code == 404
+    assert (await http.delete(f"/api/voice-notes/{travel}", headers=owner)).status_code == 404
+
+    # The list is the caller's, paged.
+    listed = (await http.get("/api/voice-notes?limit=1", headers=owner)).json()
+    assert listed["total"] == 2 and [n["id"] for n in listed["notes"]] == [garden]
+    listed = (await http.get("/api/voice-notes?limit=1&offset=1", headers=owner)).json()
+    assert [n["id"] for n in listed["notes"]] == [budget]
+
+    # The audio comes back as uploaded (it is stored encrypted), and seeks with a range.
+    whole = await http.get(f"/api/voice-notes/{budget}/audio", headers=owner)
+    assert whole.status_code == 200 and whole.content == spoken.budget.wav
+    assert whole.headers["content-type"] == "audio/wav"
+    part = await http.get(f"/api/voice-notes/{budget}/audio", headers={**owner, "Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == spoken.budget.wav[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(spoken.budget.wav)}"
+    tail = await http.get(f"/api/voice-notes/{budget}/audio", headers={**owner, "Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == spoken.budget.wav[-10:]
+    beyond = await http.get(f"/api/voice-notes/{budget}/audio", headers={**owner, "Range": "bytes=99999999-"})
+    assert beyond.status_code == 416 and beyond.json()["error"]["code"] == "range_not_satisfiable"
+    async with workers.db.read() as conn:
+        stored = (await conn.execute(select(tables.voice_audio.c.ciphertext))).scalars().all()
+    assert stored and all(spoken.budget.wav[44:2000] not in bytes(c) for c in stored)
+
+    # Delete leaves nothing: no row in any voice table, no full-text row, and search no longer finds it.
+    assert (await http.delete(f"/api/voice-notes/{garden}", headers=owner)).status_code == 200
+    async with workers.db.read() as conn:
+        for table in (
+            tables.voice_notes,
+            tables.voice_audio,
+            tables.voice_transcripts,
+            tables.voice_segments,
+            tables.voice_chunks,
+            tables.voice_consents,
+        ):
+            column = table.c.id if table is tables.voice_notes else table.c.note_id
+            left = (await conn.execute(select(func.count()).select_from(table).where(column == garden))).scalar_one()
+            assert left == 0, table.name
+        if workers.db.is_sqlite:
+            fts = await conn.execute(text("SELECT text FROM voice_chunks_fts"))
+            assert all("roses" not in str(r[0]).lower() for r in fts)
+    after = await http.post("/api/voice-notes/search", json={"query": "watering the flowers"}, headers=owner)
+    assert garden not in {h["note_id"] for h in after.json()["results"]}
+    assert (await http.get(f"/api/voice-notes/{garden}/status", headers=owner)).status_code == 404
+
+
+async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
+    http: httpx.AsyncClient, cast: Cast, spoken: Notes
+) -> None:
+    owner = cast.headers("owner")
+
+    async def start() -> str:
+        r = await http.post("/api/voice-notes/start", json={"title": "t"}, headers=owner)
+        return str(r.json()["session_id"])
+
+    async def upload(note_id: str, data: bytes, name: str = "x.wav") -> httpx.Response:
+        return await http.post(
+            f"/api/voice-notes/{note_id}/upload", files={"file": (name, data, "audio/wav")}, headers=owner
+        )
+
+    note_id = await start()
+    cases = {
+        "empty": (b"", 422, "invalid_input"),
+        "text named .wav": (b"hello, this is not audio at all\n" * 10, 422, "unsupported_audio"),
+        "corrupt mp3": (b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8, 422, "invalid_input"),
+        "truncated wav": (spoken.budget.wav[:30], 422, "invalid_input"),
+        "silence only": (spoken.silence, 422, "invalid_input"),
+    }
+    for case, (data, status, code) in cases.items():
+        r = await upload(note_id, data)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (case, r.text)
+    too_big = await upload(note_id, b"RIFF" + b"\x00" * (UPLOAD_LIMIT + 10))
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large"
+    # Nothing was stored by any of them: the note still waits for its audio.
+    status = (await http.get(f"/api/voice-notes/{note_id}/status", headers=owner)).json()
+    assert status["status"] == "created" and status["audio_bytes"] is None
+
+    # Consent before upload, upload before start, upload twice.
+    early = await http.post(f"/api/voice-notes/{note_id}/consent", json={}, headers=owner)
+    assert early.status_code == 409
+    missing = await upload("vn_never_started", spoken.budget.wav)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert (await upload(note_id, spoken.budget.wav)).status_code == 200
+    twice = await upload(note_id, spoken.budget.wav)
+    assert twice.status_code == 409 and twice.json()["error"]["code"] == "conflict"
+
+    # Consent by another user, or by the owner's agent; unknown scopes; a mismatched session id.
+    assert (
+        await http.post(f"/api/voice-notes/{note_id}/consent", json={}, headers=cast.headers("other"))
+    ).status_code == 404
+    by_agent = await http.post(f"/api/voice-notes/{note_id}/consent", json={}, headers=cast.headers("agent"))
+    assert by_agent.status_code == 403
+    odd = await http.post(f"/api/voice-notes/{note_id}/consent", json={"scopes": ["everything"]}, headers=owner)
+    assert odd.status_code == 422
+    wrong = await http.post(f"/api/voice-notes/{note_id}/consent", json={"session_id": "vn_other"}, headers=owner)
+    assert wrong.status_code == 422
+    status = (await http.get(f"/api/voice-notes/{note_id}/status", headers=owner)).json()
+    assert status["status"] == "awaiting_consent" and status["consents"] == {
+        "recording": False,
+        "transcription": False,
+        "learning": False,
+    }
+    # Only recording: consented, recorded, not processed yet.
+    part = await http.post(f"/api/voice-notes/{note_id}/consent", json={"scopes": ["recording"]}, headers=owner)
+    assert part.status_code == 200 and part.json()["status"] == "awaiting_consent"
+
+    # Search: empty query, top_k out of range; a user_id naming someone else.
+    assert (await http.post("/api/voice-notes/search", json={"query": "  "}, headers=owner)).status_code == 422
+    assert (
+        await http.post("/api/voice-notes/search", json={"query": "x", "top_k": 0}, headers=owner)
+    ).status_code == 422
+    someone = await http.post(
+        "/api/voice-notes/search", json={"query": "x", "user_id": cast.other.user_id}, headers=owner
+    )
+    assert someone.status_code == 403
+    assert (await http.get(f"/api/voice-notes/{note_id}/transcript?format=doc", headers=owner)).status_code == 422
+    assert (await http.get(f"/api/voice-notes/{note_id}/transcript", headers=owner)).status_code == 409
+    assert (await http.post("/api/voice-notes/start", json={"title": ""}, headers=owner)).status_code == 422
