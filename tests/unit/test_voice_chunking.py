@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +38,7 @@ def test_chunks_cover_every_word_in_order_within_the_limits(texts: list[str], si
         assert c.text == " ".join(texts[c.first_word : c.last_word + 1])
         assert len(c.text) <= size or c.first_word == c.last_word  # one word longer than a chunk stands alone
         assert c.start == float(c.first_word) and c.end == float(c.last_word) + 0.5
-    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+    for prev, nxt in itertools.pairwise(chunks):
         assert prev.first_word < nxt.first_word <= prev.last_word + 1  # progress, and no word skipped
         assert reference_overlap(prev.last_word, nxt.first_word, texts) <= overlap
 

@@ -10,9 +10,18 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from grace import errors
-from grace.api import policy
+from grace.api import contract, policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.api.errors import error_response
+from grace.api.schemas.voice import (
+    DeletedNote,
+    NoteList,
+    NoteStatus,
+    SearchResults,
+    StartedNote,
+    TranscriptOut,
+    UploadedNote,
+)
 from grace.config import Settings
 
 __all__ = ["larger_bodies", "router"]
@@ -55,20 +64,20 @@ class Search(BaseModel):
     user_id: Annotated[str | None, Field(max_length=140)] = None
 
 
-@router.post("/start", status_code=201, dependencies=[policy.VOICE])
+@router.post("/start", status_code=201, dependencies=[policy.VOICE], response_model=StartedNote)
 async def start(body: StartNote, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Open a recording session: {session_id}."""
     return await services.voice.start(principal, title=body.title, purpose=body.purpose, user_id=body.user_id)
 
 
-@router.post("/search", dependencies=[policy.VOICE])
+@router.post("/search", dependencies=[policy.VOICE], response_model=SearchResults)
 async def search(body: Search, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Search the caller's notes by meaning and words: each hit's best sentence with its start and end seconds."""
     hits = await services.voice.search(principal, body.query, top_k=body.top_k, user_id=body.user_id)
     return {"query": body.query, "results": [h.as_dict() for h in hits]}
 
 
-@router.get("", dependencies=[policy.VOICE])
+@router.get("", dependencies=[policy.VOICE], response_model=NoteList)
 async def list_notes(
     principal: CurrentPrincipal,
     services: ServicesDep,
@@ -80,7 +89,17 @@ async def list_notes(
     return await services.voice.list_notes(principal, user_id=user_id, limit=limit, offset=offset)
 
 
-@router.post("/{note_id}/upload", dependencies=[policy.VOICE])
+@router.post(
+    "/{note_id}/upload",
+    dependencies=[policy.VOICE],
+    response_model=UploadedNote,
+    responses=contract.errors(
+        **{
+            "409": "The note already has its audio (code conflict).",
+            "413": "The recording is larger than GRACE_VOICE_MAX_UPLOAD_BYTES (code payload_too_large).",
+        }
+    ),
+)
 async def upload(
     note_id: str,
     principal: CurrentPrincipal,
@@ -96,7 +115,13 @@ async def upload(
     return await services.voice.upload(principal, note_id, data, user_id=user_id)
 
 
-@router.post("/{note_id}/consent", dependencies=[policy.CONSENTS])
+@router.post(
+    "/{note_id}/consent",
+    dependencies=[policy.CONSENTS],
+    response_model=NoteStatus,
+    response_model_exclude_unset=True,
+    responses=contract.errors(**{"409": "The recording has not been uploaded yet."}),
+)
 async def consent(
     note_id: str, principal: CurrentPrincipal, services: ServicesDep, body: Consent | None = None
 ) -> dict[str, Any]:
@@ -107,19 +132,35 @@ async def consent(
     return await services.voice.consent(principal, note_id, body.scopes, user_id=body.user_id)
 
 
-@router.post("/{note_id}/reprocess", dependencies=[policy.VOICE])
+@router.post(
+    "/{note_id}/reprocess",
+    dependencies=[policy.VOICE],
+    response_model=NoteStatus,
+    response_model_exclude_unset=True,
+    responses=contract.errors(**{"409": "Only a failed note can be reprocessed."}),
+)
 async def reprocess(note_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Resume a failed note from the stage that failed."""
     return await services.voice.reprocess(principal, note_id)
 
 
-@router.get("/{note_id}/status", dependencies=[policy.VOICE])
+@router.get(
+    "/{note_id}/status", dependencies=[policy.VOICE], response_model=NoteStatus, response_model_exclude_unset=True
+)
 async def status(note_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """status, steps_completed, progress, error and searchable."""
     return await services.voice.status(principal, note_id)
 
 
-@router.get("/{note_id}/transcript", dependencies=[policy.VOICE], response_model=None)
+@router.get(
+    "/{note_id}/transcript",
+    dependencies=[policy.VOICE],
+    response_model=TranscriptOut,
+    responses={
+        200: {"content": {"application/x-subrip": {}, "text/vtt": {}}, "description": "JSON, or SRT/VTT with ?format"},
+        **contract.errors(**{"409": "The note has no transcript yet."}),
+    },
+)
 async def transcript(
     note_id: str,
     principal: CurrentPrincipal,
@@ -134,7 +175,16 @@ async def transcript(
     return result
 
 
-@router.get("/{note_id}/audio", dependencies=[policy.VOICE])
+@router.get(
+    "/{note_id}/audio",
+    dependencies=[policy.VOICE],
+    response_class=Response,
+    responses={
+        200: {"content": {"audio/*": {}}, "description": "The recording, decrypted."},
+        206: {"content": {"audio/*": {}}, "description": "The requested byte range of the recording."},
+        **contract.errors(**{"416": "The range lies outside the recording (code range_not_satisfiable)."}),
+    },
+)
 async def audio(note_id: str, request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
     """The recording, decrypted; honours a single HTTP byte range so a player can seek."""
     data, kind = await services.voice.audio(principal, note_id)
@@ -165,7 +215,7 @@ async def audio(note_id: str, request: Request, principal: CurrentPrincipal, ser
     return Response(data[first : last + 1], status_code=206, media_type=media, headers=headers)
 
 
-@router.delete("/{note_id}", dependencies=[policy.VOICE])
+@router.delete("/{note_id}", dependencies=[policy.VOICE], response_model=DeletedNote)
 async def delete(note_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Delete the note and every trace of it (audio and its key, transcript, chunks, vectors, index rows)."""
     return await services.voice.delete(principal, note_id)
