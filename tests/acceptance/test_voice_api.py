@@ -7,16 +7,20 @@ sentence, nobody else's notes in anyone's results, and nothing left after delete
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 import pytest
 from sqlalchemy import func, select, text
 
+from grace.bus import Subscription
 from grace.config import Settings, load_settings
 from grace.services import Services
-from grace.voice import tables
+from grace.voice import Embedder, Engines, Transcriber, Transcript, tables
 from tests.vaultkit import Cast
 from tests.voicekit import Notes, Spoken
 
@@ -232,3 +236,77 @@ async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
     assert (await http.get(f"/api/voice-notes/{note_id}/transcript?format=doc", headers=owner)).status_code == 422
     assert (await http.get(f"/api/voice-notes/{note_id}/transcript", headers=owner)).status_code == 409
     assert (await http.post("/api/voice-notes/start", json={"title": ""}, headers=owner)).status_code == 422
+
+
+class CrashingEmbedder:
+    """A named fake: the real embedder, except that its first ``failures`` calls crash."""
+
+    def __init__(self, real: Embedder, failures: int) -> None:
+        self.real = real
+        self.failures = failures
+        self.calls = 0
+        self.engine, self.model, self.version = real.engine, real.model, real.version
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("the embedding engine crashed")
+        return self.real.embed(texts)
+
+
+class CountingTranscriber:
+    """The real transcriber, counting its calls."""
+
+    def __init__(self, real: Transcriber) -> None:
+        self.real = real
+        self.calls = 0
+        self.engine, self.model, self.version = real.engine, real.model, real.version
+
+    def transcribe(self, samples: npt.NDArray[np.float32]) -> Transcript:
+        self.calls += 1
+        return self.real.transcribe(samples)
+
+
+async def wait_for(cast: Cast, events: Subscription, note_id: str, topic: str, crashing: CrashingEmbedder) -> None:
+    """Wait for ``topic`` about ``note_id``; while the stage keeps crashing, move the injected clock on past
+    each retry's backoff (no other task is running then, so no lease is outlived)."""
+    while True:
+        event = await events.get(timeout=0.3)
+        if event is None:
+            if 0 < crashing.calls < crashing.failures:
+                cast.clock.advance(10)
+            continue
+        if event.payload.get("note_id") == note_id and event.topic == topic:
+            return
+
+
+async def test_a_crashing_stage_retries_then_fails_and_reprocessing_resumes_there(
+    http: httpx.AsyncClient, cast: Cast, workers: Services, spoken: Notes
+) -> None:
+    owner = cast.headers("owner")
+    shared = workers.voice.pipeline.engines
+    embedder = CrashingEmbedder(shared.embedder, failures=3)
+    transcriber = CountingTranscriber(shared.transcriber)
+    workers.voice.pipeline.engines = Engines(transcriber, embedder)
+    note_id = await add_note(http, owner, spoken.budget)
+    events = workers.bus.subscribe("voice.note.#")
+    assert (await http.post(f"/api/voice-notes/{note_id}/consent", json={}, headers=owner)).status_code == 200
+    await wait_for(cast, events, note_id, "voice.note.failed", embedder)
+
+    status = (await http.get(f"/api/voice-notes/{note_id}/status", headers=owner)).json()
+    assert status["status"] == "failed" and status["failed_stage"] == "embed" and status["searchable"] is False
+    assert status["error"] == "embed: RuntimeError: the embedding engine crashed"
+    assert status["steps_completed"] == ["consent_granted", "transcribed"]
+    assert embedder.calls == 3  # the task manager's three attempts
+    before = (await http.get(f"/api/voice-notes/{note_id}/transcript", headers=owner)).json()
+    assert (await http.post(f"/api/voice-notes/{note_id}/reprocess", headers=owner)).status_code == 200
+    await wait_for(cast, events, note_id, "voice.note.completed", embedder)
+
+    status = (await http.get(f"/api/voice-notes/{note_id}/status", headers=owner)).json()
+    assert status["status"] == "completed" and status["error"] is None and status["searchable"] is True
+    assert transcriber.calls == 1  # resumed at the failed stage: nothing before it ran again
+    assert (await http.get(f"/api/voice-notes/{note_id}/transcript", headers=owner)).json() == before
+    again = await http.post(f"/api/voice-notes/{note_id}/reprocess", headers=owner)
+    assert again.status_code == 409
+    found = await http.post("/api/voice-notes/search", json={"query": "revised spreadsheet for Maria"}, headers=owner)
+    assert found.json()["results"][0]["note_id"] == note_id
