@@ -75,3 +75,6 @@ def configure(level: str = "INFO", *, json_lines: bool = True) -> None:
         logging.getLogger(name).propagate = True
     # Grace writes its own access log line, with the request id and without query strings.
     logging.getLogger("uvicorn.access").disabled = True
+    # aiosqlite's debug lines show each call with its arguments: SQL parameters (password hashes, value
+    # hints). SQLAlchemy's own statement log, if turned on, has them hidden (storage.Database).
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLevelName(level)))

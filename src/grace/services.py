@@ -118,7 +118,8 @@ async def build(
     clock = clock or SystemClock()
     htm_config = load_htm_config()
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # 0700, and what is in it 0600 (the database, the master key file, the audit anchor): fixed if not.
+        storage.private_tree(settings.data_dir)
     except OSError as exc:
         raise errors.ConfigurationError(
             f"GRACE_DATA_DIR: {settings.data_dir} cannot be created: {exc.strerror or exc}"

@@ -1,8 +1,9 @@
-"""Storage: the async database handle, shared column types, locks across processes and migrations."""
+"""Storage: the async database handle, shared column types, locks across processes, migrations and private files."""
 
 from __future__ import annotations
 
 from grace.storage.database import Database
+from grace.storage.files import private_dir, private_file, private_tree, write_private
 from grace.storage.locks import Leadership, serialise, try_serialise
 from grace.storage.locks import key as lock_key
 from grace.storage.metadata import metadata
@@ -19,10 +20,14 @@ __all__ = [
     "metadata",
     "new_id",
     "new_ids",
+    "private_dir",
+    "private_file",
+    "private_tree",
     "serialise",
     "try_serialise",
     "upgrade",
     "utc_from_text",
     "utc_read",
     "utc_text",
+    "write_private",
 ]

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from grace import errors, jsontext
 from grace.config import to_async_url
+from grace.storage import files
 
 log = logging.getLogger("grace.storage")
 
@@ -69,14 +70,23 @@ class Database:
             database = parsed.database
             if database and database != ":memory:":
                 try:
-                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                    # Created 0600 before SQLite opens it (its WAL and shared-memory files take its mode).
+                    path = Path(database)
+                    path.parent.mkdir(mode=files.PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+                    files.private_file(path)
+                    for suffix in ("-wal", "-shm", "-journal"):
+                        files.private_file(path.with_name(path.name + suffix), create=False)
                 except OSError as exc:
                     raise errors.StorageUnavailable(
                         f"the SQLite database {database} cannot be created: {exc.strerror or exc} "
                         "(check GRACE_DATABASE_URL or GRACE_DATA_DIR)"
                     ) from None
             self.engine: AsyncEngine = create_async_engine(
-                self.url, echo=echo, json_deserializer=jsontext.loads, connect_args={"factory": SQLiteConnection}
+                self.url,
+                echo=echo,
+                hide_parameters=True,  # statements' values (password hashes, hints) never reach a log or an error
+                json_deserializer=jsontext.loads,
+                connect_args={"factory": SQLiteConnection},
             )
             _configure_sqlite(self.engine)
         else:
@@ -86,6 +96,7 @@ class Database:
             self.engine = create_async_engine(
                 self.url,
                 echo=echo,
+                hide_parameters=True,
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_recycle=1800,

@@ -357,7 +357,7 @@ class AuditLog:
             "public_key": checkpoint.public_key,
         }
         tmp = self.anchor_path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing it never share this
-        tmp.write_text(json.dumps(body))
+        storage.write_private(tmp, json.dumps(body))  # 0600 whatever the umask
         tmp.replace(self.anchor_path)
 
     def _read_anchor(self) -> Checkpoint | None:
