@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from grace import __version__, storage
-from grace.cli import audit, keys, secrets, tasks, tokens, users
+from grace.cli import audit, keys, secrets, tasks, tokens, users, voice
 from grace.cli.common import console, err_console, fail, open_services, run, settings
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.add_typer(secrets.app, name="secrets")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.add_typer(tasks.app, name="tasks")
+app.add_typer(voice.app, name="voice")
 app.command("worker")(tasks.worker)
 
 

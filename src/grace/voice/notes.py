@@ -332,6 +332,60 @@ class VoiceNotes:
         await self.pipeline.publish("reprocessing", row, stage=row["failed_stage"])
         return await self.status(by, note_id)
 
+    async def reindex(self, *, from_stage: str = "embed") -> list[str]:
+        """Run every processed note again from ``from_stage`` (after a model change); return their ids.
+
+        Grace's own maintenance (the ``grace voice reindex`` command), not a request's: it acts on every
+        owner's notes. What the earlier stages made is kept; the note is not searchable until it is done.
+        """
+        if from_stage not in ("transcribe", "chunk", "embed"):
+            raise errors.InvalidInput("reindex starts from transcribe, chunk or embed")
+        keep = [_done_name(s) for s in STAGES[: STAGES.index(from_stage)]]
+        async with self.db.read() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(voice_notes).where(voice_notes.c.status.in_(("processing", "completed", "failed")))
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        started: list[str] = []
+        for row in rows:
+            async with self.db.write() as conn:
+                changed = await conn.execute(
+                    update(voice_notes)
+                    .where(voice_notes.c.id == row["id"], voice_notes.c.updated_at == row["updated_at"])
+                    .values(
+                        status="processing",
+                        stage=from_stage,
+                        failed_stage=None,
+                        error=None,
+                        steps=",".join(s for s in steps_of(row) if s in keep),
+                        completed_at=None,
+                        updated_at=self.clock.now(),
+                    )
+                )
+                enqueued = await self.pipeline.submit_in(conn, row["id"], from_stage) if changed.rowcount else None
+            if enqueued is not None:
+                await self.pipeline.htm.announce_created(enqueued)
+                started.append(row["id"])
+        return started
+
+    async def processing_count(self, note_ids: list[str]) -> int:
+        """How many of ``note_ids`` are still processing."""
+        async with self.db.read() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(voice_notes)
+                        .where(voice_notes.c.id.in_(note_ids), voice_notes.c.status == "processing")
+                    )
+                ).scalar_one()
+            )
+
     # -- reading back ----------------------------------------------------------------------
 
     async def segments(self, by: Principal, note_id: str) -> tuple[Any, list[dict[str, Any]], Any]:
