@@ -27,6 +27,8 @@ SSE = "text/event-stream"
 def _operations() -> dict[str, tuple[APIRoute, dict[str, Any]]]:
     found: dict[str, tuple[APIRoute, dict[str, Any]]] = {}
     for route in api_routes(APP):
+        if not route.include_in_schema:
+            continue  # the web UI's pages (grace.web): HTML, not part of the API's contract
         for method in sorted((route.methods or set()) - {"HEAD", "OPTIONS"}):
             found[f"{method} {route.path}"] = (route, SCHEMA["paths"][route.path][method.lower()])
     return found

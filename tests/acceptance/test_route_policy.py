@@ -89,10 +89,25 @@ EXPECTED: dict[str, str] = {
     "GET /api/voice-notes/{note_id}/transcript": "voice",
     "GET /api/voice-notes/{note_id}/audio": "voice",
     "DELETE /api/voice-notes/{note_id}": "voice",
+    # The web UI's pages and fragments (grace.web): the same policies, answered as pages.
+    "GET /signin": "public",
+    "POST /signin": "public",
+    "POST /signout": "signed_in",
+    "GET /": "consents",
+    "GET /consents/history": "consents",
+    "GET /consents/stream": "consents",
+    "POST /consents/{consent_id}/answer": "consents",
 }
 
 # Query strings that keep a call short (the consent stream would otherwise stay open).
-QUERY = {"GET /api/secrets/consent/stream": "?timeout_seconds=0.05"}
+QUERY = {"GET /api/secrets/consent/stream": "?timeout_seconds=0.05", "GET /consents/stream": "?timeout_seconds=0.05"}
+PAGE_POLICY = re.compile(r'data-policy="([a-z_]+)"')
+
+
+def is_page(name: str) -> bool:
+    """Whether the route is the web UI's (answered as pages, sending strangers to the sign-in page)."""
+    path = name.split(" ", 1)[1]
+    return not path.startswith(("/api/", "/health", "/ready"))
 
 
 def _app_routes() -> dict[str, APIRoute]:
@@ -155,14 +170,23 @@ async def test_the_route_policy_matrix(http: httpx.AsyncClient, cast: Cast) -> N
             if r.headers.get("content-type", "").startswith("application/json"):
                 body = r.json()
             error = body.get("error") or {}
-            refused_here = r.status_code == 403 and (error.get("details") or {}).get("policy") == policy_name
+            details = error.get("details")
+            refused_by = details.get("policy") if isinstance(details, dict) else None
+            if r.headers.get("content-type", "").startswith("text/html"):
+                found = PAGE_POLICY.search(r.text)
+                refused_by = found.group(1) if found else None
+            refused_here = r.status_code == 403 and refused_by == policy_name
+            location = r.headers.get("location", "")
+            sent_to_sign_in = r.status_code == 303 and (location == "/signin" or location.startswith("/signin?next="))
             if r.status_code >= 500:
                 wrong.append(f"{name} as {who}: {r.status_code}")
             elif who in ADMITS[policy_name]:
-                if r.status_code == 401 or refused_here:
+                if r.status_code == 401 or sent_to_sign_in or refused_here:
                     wrong.append(f"{name} as {who}: refused ({r.status_code}), should be admitted")
             elif who == "nobody":
-                if r.status_code != 401:
+                if is_page(name) and not sent_to_sign_in:
+                    wrong.append(f"{name} as nobody: {r.status_code}, should be sent to /signin")
+                elif not is_page(name) and r.status_code != 401:
                     wrong.append(f"{name} as nobody: {r.status_code}, should be 401")
             elif not refused_here:
                 wrong.append(f"{name} as {who}: {r.status_code}, should be refused by policy {policy_name}")

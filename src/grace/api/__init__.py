@@ -1,7 +1,33 @@
-"""The HTTP edge: thin routes over the capabilities."""
+"""The HTTP edge: thin routes over the capabilities.
+
+Besides the app, it exports what the web UI (``grace.web``, the other HTTP edge) shares with it: the
+route policies, the caller's principal and services, the session and CSRF names, and the client's
+address for the sign-in limit.
+"""
 
 from __future__ import annotations
 
 from grace.api.app import create_app
+from grace.api.deps import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, CurrentPrincipal, ServicesDep
+from grace.api.errors import status_for
+from grace.api.forwarded import client_address
+from grace.api.policy import AUDIT, CONSENTS, PUBLIC, SECRETS, SIGNED_IN, Policy, Public, policy_of
 
-__all__ = ["create_app"]
+__all__ = [
+    "AUDIT",
+    "CONSENTS",
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "PUBLIC",
+    "SECRETS",
+    "SESSION_COOKIE",
+    "SIGNED_IN",
+    "CurrentPrincipal",
+    "Policy",
+    "Public",
+    "ServicesDep",
+    "client_address",
+    "create_app",
+    "policy_of",
+    "status_for",
+]

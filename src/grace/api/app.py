@@ -66,4 +66,8 @@ def create_app(
         app.include_router(module.router)
     contract.install(app)
     docs_pages.install(app)
+    # Imported here: grace.web imports what grace.api exports, so it must come after grace.api has loaded.
+    from grace import web
+
+    web.install(app)
     return app

@@ -11,7 +11,15 @@ from grace import errors
 from grace.auth import Principal, Role
 from grace.services import Services
 
-__all__ = ["SESSION_COOKIE", "CurrentPrincipal", "ServicesDep", "get_principal", "require_role"]
+__all__ = [
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
+    "CurrentPrincipal",
+    "ServicesDep",
+    "get_principal",
+    "require_role",
+]
 
 SESSION_COOKIE = "grace_session"
 CSRF_HEADER = "x-csrf-token"

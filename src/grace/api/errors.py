@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grace import errors
 
-__all__ = ["error_response", "install"]
+__all__ = ["error_response", "install", "status_for"]
 
 log = logging.getLogger("grace.api")
 

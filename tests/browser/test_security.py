@@ -1,0 +1,131 @@
+"""Every page's headers and markup: a strict CSP with no inline script or style, no framing, CSRF on every form."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+
+import httpx
+import pytest
+
+from grace.web import CSP
+from tests.browser.conftest import PASSWORD, Grace
+
+PAGES = ["/signin", "/", "/consents/history", "/?status=denied"]
+
+
+class InlineFinder(HTMLParser):
+    """Collect what a strict CSP would block: inline scripts, event-handler and style attributes, style elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {k for k, _ in attrs}
+        if tag == "script":
+            if "src" not in names:
+                self.found.append("<script> without src")
+            self._in_script = True
+        if tag == "style":
+            self.found.append("<style> element")
+        self.found += [f"<{tag} {k}=...>" for k in names if k.startswith("on") or k == "style"]
+        self.found += [
+            f"<{tag} {k}=javascript:>" for k, v in attrs if v and v.strip().lower().startswith("javascript:")
+        ]
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.found.append("inline script text")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+
+@contextlib.contextmanager
+def signed_in_client(grace: Grace, username: str) -> Iterator[httpx.Client]:
+    """A plain HTTP client that signs in through the form, as a browser would."""
+    with httpx.Client(base_url=grace.url, timeout=30) as http:
+        form = http.get("/signin").text
+        token = re.search(r'name="form_token" value="([^"]+)"', form)
+        assert token is not None
+        done = http.post("/signin", data={"username": username, "password": PASSWORD, "form_token": token.group(1)})
+        assert done.status_code == 303 and done.headers["location"] == "/"
+        yield http
+
+
+def csrf_of(http: httpx.Client) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', http.get("/").text)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_has_a_strict_policy_and_nothing_inline(grace: Grace, path: str) -> None:
+    with signed_in_client(grace, "aaron") as http:
+        page = http.get(path)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == CSP
+    assert "'unsafe-inline'" not in CSP and "'unsafe-eval'" not in CSP and "frame-ancestors 'none'" in CSP
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["cache-control"] == "no-store"
+    finder = InlineFinder()
+    finder.feed(page.text)
+    assert finder.found == []
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+
+
+def test_a_form_post_without_the_csrf_token_is_refused(grace: Grace) -> None:
+    key = "csrf_probe"
+    grace.store("aaron", key)
+    consent_id = grace.ask("code_agent", key)
+    with signed_in_client(grace, "aaron") as http:
+        url = f"/consents/{consent_id}/answer"
+        missing = http.post(url, data={"decision": "approve"})
+        assert missing.status_code == 403 and "CSRF" in missing.text
+        wrong = http.post(url, data={"decision": "approve", "csrf_token": "x" * 43})
+        assert wrong.status_code == 403
+        assert http.post("/signout", data={}).status_code == 403
+        assert http.get("/").status_code == 200  # still signed in: the refused sign-out did nothing
+        still = grace.collect("code_agent", key, consent_id)
+        assert still.status_code == 202  # nothing was approved
+
+        token = csrf_of(http)
+        answered = http.post(url, data={"decision": "deny", "reason": "probe", "csrf_token": token})
+        assert answered.status_code == 303
+    assert grace.collect("code_agent", key, consent_id).status_code == 403
+
+
+def test_the_sign_in_form_is_refused_without_its_own_token(grace: Grace) -> None:
+    with httpx.Client(base_url=grace.url) as http:
+        forged = http.post("/signin", data={"username": "aaron", "password": PASSWORD})
+        assert forged.status_code == 403 and "grace_session" not in forged.cookies
+        assert "This sign-in form had expired" in forged.text
+
+
+def test_an_agent_token_gets_no_page_that_answers_consents(grace: Grace) -> None:
+    grace.store("aaron", "agent_probe")
+    consent_id = grace.ask("code_agent", "agent_probe")
+    with grace.api("code_agent") as agent:
+        for method, path in (("GET", "/"), ("GET", "/consents/history"), ("GET", "/consents/stream")):
+            refused = agent.request(method, path)
+            assert refused.status_code == 403, path
+            assert 'data-policy="consents"' in refused.text
+            assert "an agent (code_agent) cannot" in refused.text
+        answer = agent.post(f"/consents/{consent_id}/answer", data={"decision": "approve"})
+        assert answer.status_code == 403
+    assert grace.collect("code_agent", "agent_probe", consent_id).status_code == 202
+
+
+def test_pages_are_not_for_strangers(grace: Grace) -> None:
+    with httpx.Client(base_url=grace.url) as http:
+        home = http.get("/")
+        assert home.status_code == 303 and home.headers["location"] == "/signin"
+        deep = http.get("/?status=denied")
+        assert deep.headers["location"] == "/signin?next=%2F%3Fstatus%3Ddenied"
+        fragment = http.get("/consents/history", headers={"HX-Request": "true"})
+        assert fragment.status_code == 401 and fragment.headers["hx-redirect"].startswith("/signin")
