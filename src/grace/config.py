@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     master_passphrase: SecretStr | None = None
     vault_policy_file: Path | None = None
     vault_key_lifetime_days: int = Field(default=30, ge=8, le=3650)
+    audit_anchor_path: Path | None = None
     bootstrap_token: SecretStr | None = None
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     voice_max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
@@ -139,6 +140,11 @@ class Settings(BaseSettings):
     def async_database_url(self) -> str:
         """Return the SQLAlchemy URL with the async driver for this backend."""
         return to_async_url(self.database_url)
+
+    @property
+    def audit_anchor_file(self) -> Path:
+        """Return where the audit log's signed anchor is kept (``audit-anchor.json`` in the data directory)."""
+        return self.audit_anchor_path or self.data_dir / "audit-anchor.json"
 
     @property
     def backend(self) -> str:

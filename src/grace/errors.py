@@ -13,6 +13,7 @@
     ├── RateLimited            (429)
     ├── ConfigurationError     (CLI and start-up only)
     ├── StorageUnavailable     (503)
+    │   └── AuditChainBroken       (503, the audit chain does not continue from its anchor: nothing written)
     └── ServiceNotRunning      (503, Grace not running in this process: try again shortly)
 
 Capabilities raise these; the HTTP edge maps them to statuses in one place
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuditChainBroken",
     "ConfigurationError",
     "Conflict",
     "ConsentAlreadyAnswered",
@@ -127,6 +129,12 @@ class StorageUnavailable(GraceError):
     """The database cannot be reached."""
 
     code = "storage_unavailable"
+
+
+class AuditChainBroken(StorageUnavailable):
+    """The audit log does not continue from its signed anchor, so nothing was written: run `grace audit verify`."""
+
+    code = "audit_chain_broken"
 
 
 class ServiceNotRunning(GraceError):

@@ -120,6 +120,7 @@ async def build(
     try:
         # 0700, and what is in it 0600 (the database, the master key file, the audit anchor): fixed if not.
         storage.private_tree(settings.data_dir)
+        storage.private_file(settings.audit_anchor_file, create=False)  # when it is kept elsewhere
     except OSError as exc:
         raise errors.ConfigurationError(
             f"GRACE_DATA_DIR: {settings.data_dir} cannot be created: {exc.strerror or exc}"

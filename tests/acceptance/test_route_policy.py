@@ -70,6 +70,7 @@ EXPECTED: dict[str, str] = {
     "POST /api/secrets/consent/revoke": "consents",
     "GET /api/secrets/audit": "audit",
     "GET /api/secrets/audit/verify": "audit_admin",
+    "POST /api/secrets/audit/export": "audit_admin",
     "GET /api/secrets/keys/status": "keys",
     "POST /api/secrets/keys/rotate": "keys",
     "POST /api/htm/tasks": "tasks",

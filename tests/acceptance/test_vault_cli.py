@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, func, select, update
 from typer.testing import CliRunner, Result
 
 from grace.auth import Principal, Role
@@ -15,7 +16,7 @@ from grace.cli.main import app
 from grace.config import load_settings
 from grace.services import build
 from grace.vault import AccessResult
-from grace.vault.tables import vault_audit
+from grace.vault.tables import vault_audit, vault_audit_checkpoints
 from tests import canary
 from tests.vaultkit import reprotect_audit, unprotect_audit
 
@@ -135,3 +136,67 @@ def test_bad_input_from_the_terminal(grace: CliRunner) -> None:
     assert missing.exit_code == 1 and "no consent request" in missing.output
     listed = _run(grace, "secrets", "list", "--user", "aaron")
     assert " k " not in listed.output
+
+
+def _cut_newest(count: int) -> None:
+    """Delete the newest ``count`` entries and their checkpoints, as someone with the database might."""
+
+    async def cut() -> None:
+        services = await build(load_settings(), migrate=False)
+        try:
+            await unprotect_audit(services.db)
+            async with services.db.write() as conn:
+                head = (await conn.execute(select(func.max(vault_audit.c.seq)))).scalar_one()
+                await conn.execute(delete(vault_audit).where(vault_audit.c.seq > head - count))
+                await conn.execute(delete(vault_audit_checkpoints).where(vault_audit_checkpoints.c.seq > head - count))
+            await reprotect_audit(services.db)
+        finally:
+            await services.close()
+
+    asyncio.run(cut())
+
+
+def test_audit_export_verify_against_and_reanchor(
+    grace: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    anchor = tmp_path / "other-disk" / "grace-anchor.json"
+    monkeypatch.setenv("GRACE_AUDIT_ANCHOR_PATH", str(anchor))
+    _run(grace, "users", "create", "aaron")
+    _run(grace, "secrets", "store", "slack_token", "--user", "aaron", "--service", "slack", stdin=TOKEN)
+    assert anchor.exists() and not (tmp_path / "data" / "audit-anchor.json").exists()
+
+    exported_file = tmp_path / "safe" / "checkpoints.json"
+    exported_file.parent.mkdir()
+    exported = _run(grace, "audit", "export", str(exported_file))
+    assert exported.exit_code == 0 and "keep a copy off this machine" in exported.output
+    assert oct(exported_file.stat().st_mode & 0o777) == "0o600"
+    head = json.loads(exported_file.read_text())["checkpoints"][-1]["seq"]
+    against = _run(grace, "audit", "verify", "--against", str(exported_file))
+    assert against.exit_code == 0 and "checked against" in against.output and "audit log intact" in against.output
+
+    _cut_newest(2)
+    cut = _run(grace, "audit", "verify")
+    assert cut.exit_code == 2 and f"truncated: 2 at seq {head - 1}, {head}" in cut.output
+    assert "tampered with, or cut" in cut.output
+    refused = _run(grace, "secrets", "store", "other_token", "--user", "aaron", "--service", "x", stdin=TOKEN)
+    assert refused.exit_code == 1 and "does not continue from its signed anchor" in refused.output
+
+    declined = _run(grace, "audit", "reanchor", stdin="n\n")
+    assert declined.exit_code == 1 and "nothing changed" in declined.output
+    assert _run(grace, "audit", "verify").exit_code == 2
+    reanchored = _run(grace, "audit", "reanchor", "--yes", "--reason", "incident 7")
+    assert reanchored.exit_code == 0 and f"re-anchored at seq {head - 1}" in reanchored.output
+    assert _run(grace, "audit", "verify").exit_code == 0
+    stored = _run(grace, "secrets", "store", "other_token", "--user", "aaron", "--service", "x", stdin=TOKEN)
+    assert stored.exit_code == 0, stored.output
+    # The export taken before the cut still shows it.
+    still = _run(grace, "audit", "verify", "--against", str(exported_file))
+    assert still.exit_code == 2 and "forked: 1 at seq" in still.output
+
+    anchor.unlink()
+    missing = _run(grace, "audit", "verify")
+    assert missing.exit_code == 2 and "is missing" in missing.output and "grace audit reanchor" in missing.output
+    not_an_export = tmp_path / "notes.txt"
+    not_an_export.write_text("hello")
+    bad = _run(grace, "audit", "verify", "--against", str(not_an_export))
+    assert bad.exit_code == 1 and "not an export of signed checkpoints" in bad.output

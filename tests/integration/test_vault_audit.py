@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
+from grace.errors import AuditChainBroken
 from grace.vault.tables import vault_audit, vault_audit_checkpoints
 from tests.vaultkit import Cast, reprotect_audit, unprotect_audit
 
@@ -160,14 +161,19 @@ async def test_checkpoints_are_signed_automatically_every_64_entries(cast: Cast)
     assert (await cast.vault.verify_audit()).ok
 
 
-async def test_an_anchor_this_key_did_not_sign_is_replaced_by_the_next_entry(cast: Cast) -> None:
+async def test_an_anchor_this_key_did_not_sign_is_kept_as_evidence_until_reanchored(cast: Cast) -> None:
     audit = cast.vault.audit
     assert audit.anchor_path is not None
     entry = await audit.record("test.entry", actor="test")
     forged = json.loads(audit.anchor_path.read_text())
-    forged.update(seq=10_000, signature="00" * 64)  # far ahead, so a real head would never pass it
+    forged.update(seq=10_000, signature="00" * 64)  # far ahead: trusted, it would hide any cut below it
     audit.anchor_path.write_text(json.dumps(forged))
-    nxt = await audit.record("test.entry", actor="test")
+    with pytest.raises(AuditChainBroken):
+        await audit.record("test.entry", actor="test")
+    assert json.loads(audit.anchor_path.read_text()) == forged
+    report = await cast.vault.verify_audit()
+    assert not report.ok and not report.truncated and "not signed by this vault's key" in str(report.anchor)
+    made = await audit.reanchor(actor="cli", reason="test")
     anchor = json.loads(audit.anchor_path.read_text())
-    assert anchor["seq"] == nxt.seq == entry.seq + 1 and anchor["signature"] != "00" * 64
+    assert anchor["seq"] == made.seq == entry.seq + 1 and anchor["signature"] != "00" * 64
     assert (await cast.vault.verify_audit()).ok

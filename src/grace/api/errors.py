@@ -29,6 +29,7 @@ STATUS: dict[type[errors.GraceError], int] = {
     errors.PermissionDenied: 403,
     errors.RateLimited: 429,
     errors.StorageUnavailable: 503,
+    errors.AuditChainBroken: 503,
     errors.ServiceNotRunning: 503,
     errors.ConfigurationError: 500,
 }

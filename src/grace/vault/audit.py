@@ -1,14 +1,15 @@
-"""The vault's audit log: append-only, hash-chained, with signed checkpoints.
+"""The vault's audit log: append-only, hash-chained, with signed checkpoints and an anchor.
 
 Each entry carries ``hash = HMAC(chain key, seq, fields, prev_hash)``; the
 chain key is derived from the master key, which never touches the database,
 so nobody who can only write the database can forge or re-chain an entry.
 Every ``CHECKPOINT_EVERY`` entries (and on demand) the head is signed with an
-Ed25519 key that is also derived from the master key; the public key can be
-published to let others check checkpoints. Every committed entry also advances
-an anchor file outside the database to the signed head, so deleting the newest
-entries, with or without the checkpoints, is caught by someone who can only
-write the database.
+Ed25519 key that is also derived from the master key (:mod:`grace.vault.anchor`).
+Every committed entry also advances the anchor file outside the database to the
+signed head, and an entry is only appended to a chain that continues from that
+anchor (:class:`~grace.errors.AuditChainBroken` otherwise, fail closed): deleting
+the newest entries, with or without their checkpoints, cannot be healed by new
+ones. Signed checkpoints can be exported and the log verified against them.
 
 Sensitive values are never stored: :meth:`AuditLog.fingerprint` gives an HMAC
 that tells two values apart without revealing them. Entries are written in the
@@ -19,19 +20,14 @@ change (and any release of a value) fails with it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
@@ -41,6 +37,7 @@ from grace import errors, storage
 from grace.clock import Clock
 from grace.storage import Database
 from grace.vault import crypto
+from grace.vault.anchor import AnchorFile, AnchorReading, Checkpoint, HeadSigner, export_document, parse_export
 from grace.vault.masterkey import MasterKey
 from grace.vault.tables import vault_audit, vault_audit_checkpoints
 
@@ -55,6 +52,21 @@ CHECKPOINT_EVERY = 64
 MOVE_WINDOW = 64
 # The lock that serialises appends to the chain across processes.
 AUDIT_LOCK = "grace.vault.audit"
+REANCHORED = "audit.reanchored"
+# How many stale checkpoints one re-anchoring entry names.
+SUPERSEDED_MAX = 1000
+
+# Why a chain does not continue from its anchor, as a refused write tells its caller (no path: any
+# principal may be refused).
+BREAKS = {
+    "anchor_missing": "the anchor file is missing while the log has entries (for an install from before the"
+    " anchor, or an anchor that was moved: once the log is checked, run `grace audit reanchor`)",
+    "empty": "the anchor file is empty",
+    "unreadable": "the anchor file is garbled",
+    "foreign": "the anchor file is not signed by this vault's key",
+    "truncated": "the log ends before the anchor's signed head (entries were cut)",
+    "forked": "the log's entry at the anchor's head is not the one it signed (entries were cut and written again)",
+}
 
 
 @dataclass(frozen=True)
@@ -88,18 +100,9 @@ class AuditEntry:
         }
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    seq: int
-    head_hash: str
-    at: datetime
-    signature: str
-    public_key: str
-
-
 @dataclass
 class VerifyReport:
-    """What ``grace audit verify`` found; ``ok`` only when every list is empty."""
+    """What ``grace audit verify`` found; ``ok`` only when every list is empty and the anchor holds."""
 
     entries: int = 0
     checkpoints: int = 0
@@ -108,12 +111,21 @@ class VerifyReport:
     inserted: list[int] = field(default_factory=list)
     reordered: list[int] = field(default_factory=list)
     truncated: list[int] = field(default_factory=list)
+    forked: list[int] = field(default_factory=list)
     bad_checkpoints: list[int] = field(default_factory=list)
+    anchor: str | None = None  # what is wrong with the anchor file itself
+    against: int = 0  # exported checkpoints the log was checked against
 
     @property
     def ok(self) -> bool:
-        return not (
-            self.modified or self.deleted or self.inserted or self.reordered or self.truncated or self.bad_checkpoints
+        return self.anchor is None and not (
+            self.modified
+            or self.deleted
+            or self.inserted
+            or self.reordered
+            or self.truncated
+            or self.forked
+            or self.bad_checkpoints
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,8 +138,19 @@ class VerifyReport:
             "inserted": self.inserted,
             "reordered": self.reordered,
             "truncated": self.truncated,
+            "forked": self.forked,
             "bad_checkpoints": self.bad_checkpoints,
+            "anchor": self.anchor,
+            "against": self.against,
         }
+
+
+@dataclass(frozen=True)
+class _Break:
+    """Why the chain does not continue from its anchor: a reason (a key of BREAKS) and the whole story."""
+
+    reason: str
+    story: str
 
 
 def _details_text(details: Mapping[str, Any] | None) -> str:
@@ -173,19 +196,23 @@ def _entry(row: RowMapping) -> AuditEntry:
 
 
 class AuditLog:
-    """Append, read, checkpoint and verify the vault's audit chain."""
+    """Append, read, checkpoint, export and verify the vault's audit chain."""
 
     def __init__(self, db: Database, clock: Clock, master: MasterKey, *, anchor_path: Path | None = None) -> None:
         self.db = db
         self.clock = clock
-        self.anchor_path = anchor_path
         self._chain_key = master.derive("audit-chain")
         self._value_key = master.derive("audit-values")
-        self._signer = Ed25519PrivateKey.from_private_bytes(master.derive("audit-checkpoint-signing"))
-        self.public_key = self._signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+        self.signer = HeadSigner(master)
+        self.public_key = self.signer.public_key
+        self.anchor = AnchorFile(anchor_path, self.signer) if anchor_path is not None else None
 
     def __repr__(self) -> str:
         return f"AuditLog(public_key={self.public_key[:16]}…)"
+
+    @property
+    def anchor_path(self) -> Path | None:
+        return self.anchor.path if self.anchor is not None else None
 
     def fingerprint(self, value: bytes) -> str:
         """Return an HMAC of a sensitive value: equal values match, the value cannot be recovered."""
@@ -196,6 +223,10 @@ class AuditLog:
 
     async def _lock(self, conn: AsyncConnection) -> None:
         await storage.serialise(conn, AUDIT_LOCK)
+
+    async def _head(self, conn: AsyncConnection) -> RowMapping | None:
+        query = select(vault_audit.c.seq, vault_audit.c.hash).order_by(vault_audit.c.seq.desc()).limit(1)
+        return (await conn.execute(query)).mappings().first()
 
     async def append(
         self,
@@ -209,17 +240,48 @@ class AuditLog:
         consent_id: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
-        """Append one entry inside the caller's write transaction."""
+        """Append one entry inside the caller's write transaction.
+
+        Raises AuditChainBroken, and writes nothing, unless the chain continues from the anchor.
+        """
         await self._lock(conn)
-        last = (
-            (
-                await conn.execute(
-                    select(vault_audit.c.seq, vault_audit.c.hash).order_by(vault_audit.c.seq.desc()).limit(1)
-                )
-            )
-            .mappings()
-            .first()
+        last = await self._head(conn)
+        checked = await self._continues(conn, last)
+        entry, _ = await self._write(
+            conn,
+            last,
+            event,
+            actor=actor,
+            outcome=outcome,
+            user_id=user_id,
+            secret_id=secret_id,
+            consent_id=consent_id,
+            details=details,
         )
+        if self.anchor is not None and checked is not None:
+            anchor, signer, now = self.anchor, self.signer, self.clock.now()
+            # Only once the entry is committed: an anchor ahead of the log would read as a truncation.
+            self.db.after_commit(
+                conn,
+                lambda: anchor.advance(lambda: signer.sign(entry.seq, entry.hash, now), entry.seq, checked=checked),
+            )
+        return entry
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        last: RowMapping | None,
+        event: str,
+        *,
+        actor: str,
+        outcome: str = "ok",
+        user_id: str | None = None,
+        secret_id: str | None = None,
+        consent_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        sign: bool = False,
+    ) -> tuple[AuditEntry, Checkpoint | None]:
+        """Insert the entry after ``last`` (under the lock), and its checkpoint when one is due or ``sign``."""
         seq = int(last["seq"]) + 1 if last else 1
         row: dict[str, Any] = {
             "at": self.clock.now(),
@@ -234,145 +296,177 @@ class AuditLog:
         }
         row["hash"] = self._mac(seq, row)
         await conn.execute(insert(vault_audit).values(seq=seq, **row))
-        if seq % CHECKPOINT_EVERY == 0:
-            await self._insert_checkpoint(conn, seq, row["hash"])
-        head_hash = row["hash"]
-        # Only once the entry is committed: an anchor ahead of the log would read as a truncation.
-        self.db.after_commit(conn, lambda: self._advance_anchor(seq, head_hash))
-        return _entry({"seq": seq, **row})  # type: ignore[arg-type]
+        checkpoint = None
+        if sign or seq % CHECKPOINT_EVERY == 0:
+            checkpoint = await self._insert_checkpoint(conn, seq, row["hash"])
+        return _entry({"seq": seq, **row}), checkpoint  # type: ignore[arg-type]
 
     async def record(self, event: str, **kwargs: Any) -> AuditEntry:
         """Append one entry in a transaction of its own."""
         async with self.db.write() as conn:
             return await self.append(conn, event, **kwargs)
 
+    # -- the anchor --------------------------------------------------------------
+
+    async def _continues(self, conn: AsyncConnection, last: RowMapping | None) -> AnchorReading | None:
+        """Return the anchor read (None without one); raise AuditChainBroken unless the chain continues from it."""
+        if self.anchor is None:
+            return None
+        reading = self.anchor.read()
+        broken = await self._break(conn, last, reading)
+        if broken is not None:
+            log.error(
+                "vault.audit_chain_broken",
+                extra={
+                    "reason": broken.reason,
+                    "anchor": str(reading.path),
+                    "log_seq": int(last["seq"]) if last else 0,
+                },
+            )
+            raise errors.AuditChainBroken(
+                f"the audit log does not continue from its signed anchor: {BREAKS[broken.reason]}; nothing was"
+                " written. An administrator must run `grace audit verify`.",
+                details={"reason": broken.reason},
+            )
+        return reading
+
+    async def _break(self, conn: AsyncConnection, last: RowMapping | None, reading: AnchorReading) -> _Break | None:
+        """Say why the chain (ending at ``last``) does not continue from the anchor ``reading``; None if it does."""
+        head = int(last["seq"]) if last else 0
+        if reading.state == "absent":
+            if last is None:
+                return None  # a new log: its first entry creates the anchor
+            return _anchor_missing(reading.path, head)
+        signed = reading.checkpoint
+        if signed is None:
+            return _Break(reading.state, reading.problem or reading.state)
+        if signed.seq > head:
+            return _Break(
+                "truncated", f"the log ends at seq {head}, before the anchor's signed head at seq {signed.seq}"
+            )
+        if signed.seq == head and last is not None:
+            found = last["hash"]
+        else:
+            query = select(vault_audit.c.hash).where(vault_audit.c.seq == signed.seq)
+            found = (await conn.execute(query)).scalar_one_or_none()
+        if found != signed.head_hash:
+            return _Break(
+                "forked",
+                f"the log's entry at seq {signed.seq} is not the one the anchor signed: entries were cut and"
+                " written again",
+            )
+        return None
+
+    async def reanchor(self, *, actor: str, reason: str = "") -> Checkpoint:
+        """Sign the current head into the anchor, whatever the anchor held, with an entry that says so.
+
+        For after an investigated incident, or an install from before the anchor. The entry records
+        what the anchor held and the checkpoints that no longer match the chain (verify stops
+        reporting exactly those); deleted, modified, inserted or reordered entries stay reported.
+        """
+        if self.anchor is None:
+            raise errors.ConfigurationError("this vault keeps no anchor file")
+        async with self.db.write() as conn:
+            await self._lock(conn)
+            last = await self._head(conn)
+            reading = self.anchor.read()
+            broken = await self._break(conn, last, reading)
+            superseded = await self._stale_checkpoints(conn)
+            details = {
+                "reason": reason[:500],
+                "found": broken.reason if broken is not None else "intact",
+                "previous_anchor": reading.describe(),
+                "log_seq": int(last["seq"]) if last else 0,
+                "superseded": [[c.seq, c.head_hash] for c in superseded],
+            }
+            _, checkpoint = await self._write(conn, last, REANCHORED, actor=actor, details=details, sign=True)
+        assert checkpoint is not None
+        try:
+            self.anchor.replace(checkpoint, over=reading)
+        except OSError as exc:
+            raise errors.StorageUnavailable(
+                f"the anchor file {self.anchor.path} could not be written ({exc.strerror or type(exc).__name__});"
+                " the re-anchoring is in the log: make the file writable and run `grace audit reanchor` again"
+            ) from None
+        log.warning(
+            "vault.audit_reanchored",
+            extra={"seq": checkpoint.seq, "found": details["found"], "superseded": len(superseded)},
+        )
+        return checkpoint
+
+    async def _stale_checkpoints(self, conn: AsyncConnection) -> list[Checkpoint]:
+        """Checkpoints whose head is not the chain's entry at their seq (above a cut, or before it was regrown)."""
+        query = (
+            select(vault_audit_checkpoints)
+            .select_from(
+                vault_audit_checkpoints.outerjoin(vault_audit, vault_audit.c.seq == vault_audit_checkpoints.c.seq)
+            )
+            .where((vault_audit.c.hash.is_(None)) | (vault_audit.c.hash != vault_audit_checkpoints.c.head_hash))
+            .order_by(vault_audit_checkpoints.c.seq)
+            .limit(SUPERSEDED_MAX)
+        )
+        return [_checkpoint(r) for r in (await conn.execute(query)).mappings()]
+
     # -- checkpoints ---------------------------------------------------------
 
-    def _sign(self, seq: int, head_hash: str) -> str:
-        return self._signer.sign(f"grace-audit-checkpoint:{seq}:{head_hash}".encode()).hex()
-
-    def _signature_ok(self, checkpoint: Checkpoint) -> bool:
-        if checkpoint.public_key != self.public_key:
-            return False
-        try:
-            Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.public_key)).verify(
-                bytes.fromhex(checkpoint.signature),
-                f"grace-audit-checkpoint:{checkpoint.seq}:{checkpoint.head_hash}".encode(),
-            )
-        except (InvalidSignature, ValueError):
-            return False
-        return True
-
     async def _insert_checkpoint(self, conn: AsyncConnection, seq: int, head_hash: str) -> Checkpoint:
-        checkpoint = Checkpoint(seq, head_hash, self.clock.now(), self._sign(seq, head_hash), self.public_key)
+        checkpoint = self.signer.sign(seq, head_hash, self.clock.now())
         await conn.execute(
             insert(vault_audit_checkpoints).values(
                 seq=seq,
                 head_hash=head_hash,
                 at=checkpoint.at,
                 signature=checkpoint.signature,
-                public_key=self.public_key,
+                public_key=checkpoint.public_key,
             )
         )
         return checkpoint
 
     async def checkpoint(self) -> Checkpoint | None:
-        """Sign the current head (unless already signed) and write it to the anchor file."""
+        """Sign the current head (unless already signed) and advance the anchor file to it.
+
+        Raises AuditChainBroken, and signs nothing, unless the chain continues from the anchor.
+        """
         async with self.db.write() as conn:
             await self._lock(conn)
-            last = (
-                (
-                    await conn.execute(
-                        select(vault_audit.c.seq, vault_audit.c.hash).order_by(vault_audit.c.seq.desc()).limit(1)
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            last = await self._head(conn)
+            checked = await self._continues(conn, last)
             if last is None:
                 return None
-            newest = (
-                (
-                    await conn.execute(
-                        select(vault_audit_checkpoints).order_by(vault_audit_checkpoints.c.seq.desc()).limit(1)
-                    )
-                )
-                .mappings()
-                .first()
+            cp = vault_audit_checkpoints.c
+            query = select(vault_audit_checkpoints).where(cp.seq == last["seq"], cp.head_hash == last["hash"]).limit(1)
+            signed = (await conn.execute(query)).mappings().first()
+            checkpoint = (
+                _checkpoint(signed)
+                if signed is not None
+                else await self._insert_checkpoint(conn, int(last["seq"]), last["hash"])
             )
-            if newest is not None and int(newest["seq"]) == int(last["seq"]):
-                checkpoint = Checkpoint(
-                    int(newest["seq"]), newest["head_hash"], newest["at"], newest["signature"], newest["public_key"]
-                )
-            else:
-                checkpoint = await self._insert_checkpoint(conn, int(last["seq"]), last["hash"])
-        self._write_anchor(checkpoint)
+        if self.anchor is not None and checked is not None:
+            self.anchor.advance(lambda: checkpoint, checkpoint.seq, checked=checked)
         return checkpoint
 
-    def _advance_anchor(self, seq: int, head_hash: str) -> None:
-        """Write the signed head ``seq`` to the anchor file (after its entry committed)."""
-        self._replace_anchor_if_behind(
-            seq, lambda: Checkpoint(seq, head_hash, self.clock.now(), self._sign(seq, head_hash), self.public_key)
-        )
+    async def export(self) -> dict[str, Any]:
+        """Return every genuine signed head (the database's checkpoints and the anchor's) for safekeeping.
 
-    def _write_anchor(self, checkpoint: Checkpoint) -> None:
-        self._replace_anchor_if_behind(checkpoint.seq, lambda: checkpoint)
-
-    def _replace_anchor_if_behind(self, seq: int, make: Callable[[], Checkpoint]) -> None:
-        """Replace the anchor with ``make()`` unless it already holds a genuine head as late as ``seq``.
-
-        Processes sharing the anchor check and replace it one at a time (an exclusive lock on a file
-        beside it): otherwise one that read the anchor before another advanced it could put it back.
+        The current head is signed first when the chain continues from its anchor; when it does not,
+        what is already signed is exported all the same (it is the evidence).
         """
-        if self.anchor_path is None:
-            return
-        try:
-            self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.anchor_path.with_name(self.anchor_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                if self._anchor_behind(seq):
-                    self._store_anchor(make())
-            finally:
-                os.close(fd)  # and with it the lock
-        except OSError as exc:
-            log.warning("vault.audit_anchor_failed", extra={"reason": type(exc).__name__})
-
-    def _anchor_behind(self, seq: int) -> bool:
-        """Return whether the anchor file holds no genuine head as late as ``seq``.
-
-        An anchor this key did not sign (unreadable, forged, or from before the master key changed)
-        is replaced rather than trusted to be ahead.
-        """
-        current = self._read_anchor()
-        return current is None or current.seq < seq or not self._signature_ok(current)
-
-    def _store_anchor(self, checkpoint: Checkpoint) -> None:
-        assert self.anchor_path is not None
-        body = {
-            "seq": checkpoint.seq,
-            "head_hash": checkpoint.head_hash,
-            "at": checkpoint.at.isoformat(),
-            "signature": checkpoint.signature,
-            "public_key": checkpoint.public_key,
-        }
-        tmp = self.anchor_path.with_suffix(f".{os.getpid()}.tmp")  # processes sharing it never share this
-        storage.write_private(tmp, json.dumps(body))  # 0600 whatever the umask
-        tmp.replace(self.anchor_path)
-
-    def _read_anchor(self) -> Checkpoint | None:
-        if self.anchor_path is None or not self.anchor_path.exists():
-            return None
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            body = json.loads(self.anchor_path.read_text())
-            return Checkpoint(
-                int(body["seq"]),
-                body["head_hash"],
-                datetime.fromisoformat(body["at"]),
-                body["signature"],
-                body["public_key"],
+        with contextlib.suppress(errors.AuditChainBroken):
+            await self.checkpoint()
+        async with self.db.read() as conn:
+            rows = (
+                (await conn.execute(select(vault_audit_checkpoints).order_by(vault_audit_checkpoints.c.seq)))
+                .mappings()
+                .all()
             )
-        return None
+        heads = [c for c in map(_checkpoint, rows) if self.signer.genuine(c)]
+        if self.anchor is not None and (anchored := self.anchor.read().checkpoint) is not None:
+            heads.append(anchored)
+        return export_document(heads, public_key=self.public_key, at=self.clock.now())
+
+    def read_export(self, text: str) -> list[Checkpoint]:
+        """Read an export (or a copy of the anchor file); InvalidInput unless this vault's key signed each head."""
+        return parse_export(text, self.signer)
 
     # -- reading -------------------------------------------------------------
 
@@ -408,8 +502,8 @@ class AuditLog:
                 return k
         return None
 
-    async def verify(self) -> VerifyReport:
-        """Check the whole chain and every checkpoint; report each kind of tampering found."""
+    async def verify(self, against: Sequence[Checkpoint] = ()) -> VerifyReport:
+        """Check the chain, every checkpoint, the anchor and ``against`` (exported heads); report what is wrong."""
         async with self.db.read() as conn:
             rows = (await conn.execute(select(vault_audit).order_by(vault_audit.c.seq))).mappings().all()
             checkpoint_rows = (
@@ -417,18 +511,17 @@ class AuditLog:
                 .mappings()
                 .all()
             )
-        report = VerifyReport(entries=len(rows), checkpoints=len(checkpoint_rows))
-        checkpoints = [
-            Checkpoint(int(c["seq"]), c["head_hash"], c["at"], c["signature"], c["public_key"]) for c in checkpoint_rows
-        ]
+        report = VerifyReport(entries=len(rows), checkpoints=len(checkpoint_rows), against=len(against))
+        origins = [self._origin(r) for r in rows]
+        superseded = _superseded(r for r, o in zip(rows, origins, strict=True) if o is not None)
+        checkpoints = [c for c in map(_checkpoint, checkpoint_rows) if (c.seq, c.head_hash) not in superseded]
         valid_checkpoints: dict[str, int] = {}
         for checkpoint in checkpoints:
-            if self._signature_ok(checkpoint):
+            if self.signer.genuine(checkpoint):
                 valid_checkpoints[checkpoint.head_hash] = checkpoint.seq
             else:
                 report.bad_checkpoints.append(checkpoint.seq)
 
-        origins = [self._origin(r) for r in rows]
         # An altered entry keeps its stored hash; an authentic neighbour or a signed checkpoint vouches for it.
         vouched = {r["prev_hash"]: o - 1 for r, o in zip(rows, origins, strict=True) if o is not None}
         authentic = {o for o in origins if o is not None}
@@ -458,19 +551,38 @@ class AuditLog:
         known = {o for o in origins if o is not None}
         report.deleted = [k for k in range(1, highest + 1) if k not in known]
 
+        holders: dict[int, RowMapping] = {}
+        for row, origin in zip(rows, origins, strict=True):
+            if origin is not None:
+                holders.setdefault(origin, row)
         for checkpoint in checkpoints:
             if checkpoint.seq in report.bad_checkpoints:
                 continue
-            holder = next((r for r, o in zip(rows, origins, strict=True) if o == checkpoint.seq), None)
+            holder = holders.get(checkpoint.seq)
             if holder is not None and holder["hash"] != checkpoint.head_hash:
                 report.bad_checkpoints.append(checkpoint.seq)
         claimed = max((c.seq for c in checkpoints if c.seq not in report.bad_checkpoints), default=0)
-        anchor = self._read_anchor()
-        if anchor is not None and self._signature_ok(anchor):
-            claimed = max(claimed, anchor.seq)
+
+        # Heads signed outside the database: the anchor, and an export the caller kept.
+        outside = list(against)
+        if self.anchor is not None:
+            reading = self.anchor.read()
+            if reading.checkpoint is not None:
+                outside.append(reading.checkpoint)
+            elif reading.state != "absent":
+                report.anchor = reading.problem
+            elif rows:
+                report.anchor = _anchor_missing(reading.path, highest).story
+        for signed in outside:
+            holder = holders.get(signed.seq)
+            if signed.seq > highest:
+                claimed = max(claimed, signed.seq)
+            elif holder is not None and holder["hash"] != signed.head_hash and signed.seq not in report.forked:
+                report.forked.append(signed.seq)
         if claimed > highest:
             report.truncated = list(range(highest + 1, claimed + 1))
         report.bad_checkpoints.sort()
+        report.forked.sort()
         log.info(
             "vault.audit_verified",
             extra={
@@ -481,9 +593,38 @@ class AuditLog:
                 "inserted": len(report.inserted),
                 "reordered": len(report.reordered),
                 "truncated": len(report.truncated),
+                "forked": len(report.forked),
+                "anchor_ok": report.anchor is None,
             },
         )
         return report
+
+
+def _anchor_missing(path: Path, head: int) -> _Break:
+    return _Break(
+        "anchor_missing",
+        f"the anchor file {path} is missing while the log reaches seq {head}. If this install predates the"
+        " anchor, or the anchor was moved (GRACE_AUDIT_ANCHOR_PATH), copy it back; otherwise check the log and"
+        " then run `grace audit reanchor`",
+    )
+
+
+def _checkpoint(row: RowMapping) -> Checkpoint:
+    return Checkpoint(int(row["seq"]), row["head_hash"], row["at"], row["signature"], row["public_key"])
+
+
+def _superseded(rows: Iterable[RowMapping]) -> set[tuple[int, str]]:
+    """The checkpoints authentic re-anchoring entries name as no longer matching the chain."""
+    found: set[tuple[int, str]] = set()
+    for row in rows:
+        if row["event"] != REANCHORED:
+            continue
+        try:
+            listed = json.loads(row["details"]).get("superseded") or []
+            found.update((int(seq), str(head)) for seq, head in listed)
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return found
 
 
 class AuditUnavailable(errors.StorageUnavailable):

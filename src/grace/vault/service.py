@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from grace.clock import Clock
 from grace.config import Settings
 from grace.storage import Database
 from grace.vault import anomaly, consent, governance, masterkey
-from grace.vault.audit import AuditEntry, AuditLog, VerifyReport, audited
+from grace.vault.audit import AuditEntry, AuditLog, Checkpoint, VerifyReport, audited
 from grace.vault.consent import ConsentPolicy, ConsentRecord, ConsentStore
 from grace.vault.envelope import Envelope
 from grace.vault.keyring import Keyring
@@ -117,7 +118,7 @@ class Vault:
             master,
             policy=governance.load_policy(settings.vault_policy_file),
             key_lifetime=timedelta(days=settings.vault_key_lifetime_days),
-            anchor_path=settings.data_dir / "audit-anchor.json",
+            anchor_path=settings.audit_anchor_file,
         )
         await vault.keyring.ensure_active()
         return vault
@@ -206,8 +207,21 @@ class Vault:
             owner = owner_for(by, user_id)
         return await self.audit.entries(user_id=owner, before=before, limit=max(1, min(limit, 1000)))
 
-    async def verify_audit(self) -> VerifyReport:
-        return await self.audit.verify()
+    async def verify_audit(self, against: Sequence[Checkpoint] = ()) -> VerifyReport:
+        """Verify the whole audit log, its anchor and, if given, exported signed heads (``read_audit_export``)."""
+        return await self.audit.verify(against)
+
+    async def export_audit(self) -> dict[str, Any]:
+        """Return the log's signed checkpoints (the current head signed first) for safekeeping elsewhere."""
+        return await self.audit.export()
+
+    def read_audit_export(self, text: str) -> list[Checkpoint]:
+        """Read an export (or a copy of the anchor file); InvalidInput unless this vault signed each head."""
+        return self.audit.read_export(text)
+
+    async def reanchor_audit(self, *, actor: str, reason: str = "") -> Checkpoint:
+        """Sign the current head into the anchor file, audited (after an investigated incident or an upgrade)."""
+        return await self.audit.reanchor(actor=actor, reason=reason)
 
     async def keys_status(self) -> dict[str, Any]:
         return await self.keyring.status()

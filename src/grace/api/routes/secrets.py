@@ -26,6 +26,7 @@ from grace.api.schemas import ErrorBody
 from grace.api.schemas.secrets import (
     AccessAnswer,
     AuditEntries,
+    AuditExportAnswer,
     AuditVerifyAnswer,
     ConsentAnswer,
     ConsentList,
@@ -372,6 +373,16 @@ async def audit_verify(principal: CurrentPrincipal, services: ServicesDep) -> di
     """Check the whole audit chain and its signed checkpoints (admin only); lists any tampering found."""
     principal.require(Role.ADMIN)
     return {"report": (await services.vault.verify_audit()).as_dict()}
+
+
+@router.post("/audit/export", dependencies=[policy.AUDIT_ADMIN], response_model=AuditExportAnswer)
+async def audit_export(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+    """Sign the current head and return every signed checkpoint of the log (admin only), to keep elsewhere.
+
+    Keep the answer off this machine; `grace audit verify --against FILE` checks the log against it.
+    """
+    principal.require(Role.ADMIN)
+    return {"export": await services.vault.export_audit()}
 
 
 @router.post(

@@ -12,6 +12,8 @@ __all__ = [
     "AccessAnswer",
     "AuditEntries",
     "AuditEntryOut",
+    "AuditExport",
+    "AuditExportAnswer",
     "AuditVerifyAnswer",
     "ConsentAnswer",
     "ConsentList",
@@ -29,6 +31,7 @@ __all__ = [
     "SecretList",
     "SecretOut",
     "SecretVersion",
+    "SignedHead",
     "VerifyReport",
 ]
 
@@ -181,11 +184,39 @@ class VerifyReport(Answer):
     inserted: list[int]
     reordered: list[int]
     truncated: list[int]
+    forked: list[int] = Field(
+        description="Where a head signed outside the database (the anchor) names another entry: cut and grown again."
+    )
     bad_checkpoints: list[int]
+    anchor: str | None = Field(description="What is wrong with the anchor file itself (missing, garbled, forged).")
+    against: int = Field(description="Exported checkpoints the log was checked against (the CLI's --against).")
 
 
 class AuditVerifyAnswer(Answer):
     report: VerifyReport
+
+
+class SignedHead(Answer):
+    """A signed head of the audit chain: the entry at ``seq`` has the hash ``head_hash`` (Ed25519)."""
+
+    seq: int
+    head_hash: str
+    at: Timestamp
+    signature: str
+    public_key: str
+
+
+class AuditExport(Answer):
+    """Every signed checkpoint of the audit log, to keep elsewhere (`grace audit verify --against FILE`)."""
+
+    format: str = Field(description="grace-audit-checkpoints/1")
+    exported_at: Timestamp
+    public_key: str = Field(description="The vault's checkpoint-signing public key (Ed25519, hex).")
+    checkpoints: list[SignedHead]
+
+
+class AuditExportAnswer(Answer):
+    export: AuditExport
 
 
 class KeyOut(Answer):
