@@ -12,6 +12,7 @@ from grace import __version__, logs
 from grace import services as services_module
 from grace.api import contract, docs_pages
 from grace.api import errors as api_errors
+from grace.api.bodies import EdgeBounds
 from grace.api.middleware import RequestContext
 from grace.api.routes import auth, health, htm, secrets, users, voice
 from grace.clock import Clock
@@ -59,6 +60,8 @@ def create_app(
     if services is not None:
         app.state.services = services  # usable without running the lifespan (in-process tests)
     api_errors.install(app)
+    # Inside RequestContext (added last, so outermost): its size limit holds while EdgeBounds reads a body.
+    app.add_middleware(EdgeBounds)
     app.add_middleware(
         RequestContext, max_body_bytes=settings.max_request_bytes, larger_bodies=voice.larger_bodies(settings)
     )

@@ -4,7 +4,8 @@ FastAPI writes each route's answer model into ``/openapi.json``; this module add
 what the route itself does not say and yet decides:
 
 - the errors, each with the one error shape (``schemas.ErrorBody``), derived from the route: 401 and
-  403 from a policy that needs a principal (``api/policy.py``), 413 for a route that takes a body,
+  403 from a policy that needs a principal (``api/policy.py``), 400 (JSON nested too deep), 413 and
+  415 (a content type it does not read) for a route that takes a body,
   422 for one with any parameter or body, 404 for one with a path parameter, 503 for one that uses the
   services; a route adds what only it can give (409, 429, ...) in its decorator with :func:`errors`;
 - the security schemes (a bearer token, or the session cookie with its CSRF header on unsafe
@@ -117,7 +118,7 @@ def declared_errors(route: APIRoute, operation: dict[str, Any]) -> dict[int, str
         found |= {401, 403}
     takes_body = "requestBody" in operation
     if takes_body:
-        found |= {413, 422}
+        found |= {400, 413, 415, 422}  # 400 and 415 from api/bodies.py: JSON too deep, a content type not read
     if operation.get("parameters"):
         found.add(422)
     if any(p.get("in") == "path" for p in operation.get("parameters", [])):

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from grace import errors
+from grace import errors, storage
 
 __all__ = ["error_response", "install", "status_for"]
 
@@ -111,6 +111,18 @@ def install(app: FastAPI) -> None:
             message = f"method {request.method} not allowed on {request.url.path}"
         log.info("http.error", extra={"status": exc.status_code, "code": code, "reason": message})
         return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    async def _storage_refused(request: Request, exc: Exception) -> JSONResponse:
+        # The net under the edge's bounds (api/bounds.py): a value the database cannot hold is the client's error.
+        if not storage.refused_value(exc):
+            log.error("http.unhandled", extra={"exc_type": type(exc).__name__})
+            return error_response(500, "internal_error", "an unexpected error occurred; see the server log")
+        message = "a value in the request cannot be stored (a number out of range, or a character the database refuses)"
+        log.info("http.error", extra={"status": 422, "code": "invalid_input", "reason": type(exc).__name__})
+        return error_response(422, "invalid_input", message)
+
+    for exc_class in storage.VALUE_ERRORS:
+        app.add_exception_handler(exc_class, _storage_refused)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

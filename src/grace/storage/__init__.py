@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from grace.storage.database import Database
 from grace.storage.files import private_dir, private_file, private_tree, write_private
+from grace.storage.guards import VALUE_ERRORS, refused_value
 from grace.storage.locks import Leadership, serialise, try_serialise
 from grace.storage.locks import key as lock_key
 from grace.storage.metadata import metadata
@@ -11,6 +12,7 @@ from grace.storage.migrate import current_revision, head_revision, upgrade
 from grace.storage.types import UTCDateTime, new_id, new_ids, utc_from_text, utc_read, utc_text
 
 __all__ = [
+    "VALUE_ERRORS",
     "Database",
     "Leadership",
     "UTCDateTime",
@@ -23,6 +25,7 @@ __all__ = [
     "private_dir",
     "private_file",
     "private_tree",
+    "refused_value",
     "serialise",
     "try_serialise",
     "upgrade",

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from grace.api import contract, policy
+from grace.api.bounds import INT64_MAX
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.api.schemas.tasks import (
     RoutingStats,
@@ -27,11 +28,11 @@ class NewTask(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: Annotated[str, Field(max_length=40)] = "normal"
     origin: Annotated[str | None, Field(max_length=40)] = None
-    data_size_bytes: Annotated[int | None, Field(ge=0)] = None
-    sla_ms: Annotated[int | None, Field(gt=0)] = None
+    data_size_bytes: Annotated[int | None, Field(ge=0, le=INT64_MAX)] = None
+    sla_ms: Annotated[int | None, Field(gt=0, le=30 * 24 * 3600 * 1000, description="At most 30 days.")] = None
     intent_id: Annotated[str | None, Field(max_length=100)] = None
     max_attempts: Annotated[int | None, Field(ge=1, le=100)] = None
-    timeout_seconds: Annotated[float | None, Field(gt=0)] = None
+    timeout_seconds: Annotated[float | None, Field(gt=0, le=7 * 24 * 3600, description="At most 7 days.")] = None
 
 
 @router.post("/tasks", status_code=201, dependencies=[policy.TASKS], response_model=SubmittedTask)

@@ -20,7 +20,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from grace import errors
-from grace.api import contract, policy
+from grace.api import contract, policy, userrefs
+from grace.api.bounds import INT64_MAX
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.api.schemas import ErrorBody
 from grace.api.schemas.secrets import (
@@ -39,7 +40,7 @@ from grace.api.schemas.secrets import (
     SecretDetail,
     SecretList,
 )
-from grace.auth import Principal, Role
+from grace.auth import Role
 from grace.vault import AccessResult
 
 router = APIRouter(prefix="/api/secrets", tags=["secrets"])
@@ -63,7 +64,7 @@ class StoreBody(BaseModel):
     risk_level: Annotated[str | None, Field(max_length=16)] = None
     description: Annotated[str, Field(max_length=512)] = ""
     rotation_days: Annotated[int | None, Field(ge=1, le=3650)] = None
-    user_id: Annotated[str | None, Field(max_length=40)] = None
+    user_id: Annotated[str | None, Field(min_length=1, max_length=64, description=userrefs.DESCRIBED)] = None
 
     def __repr__(self) -> str:
         return f"StoreBody(secret_key={self.secret_key!r}, secret_value=<hidden>)"
@@ -81,13 +82,13 @@ class AccessBody(BaseModel):
     timeout_seconds: Annotated[int | None, Field(ge=1, le=3600)] = None
     wait_seconds: Annotated[float, Field(ge=0, le=MAX_HTTP_WAIT_SECONDS)] = 0
     consent_id: Annotated[str | None, Field(max_length=128)] = None
-    user_id: Annotated[str | None, Field(max_length=40)] = None
+    user_id: Annotated[str | None, Field(min_length=1, max_length=64, description=userrefs.DESCRIBED)] = None
 
 
 class RespondBody(BaseModel):
     consent_id: Annotated[str, Field(min_length=1, max_length=128)]
     approved: bool
-    user_id: Annotated[str | None, Field(max_length=40)] = None
+    user_id: Annotated[str | None, Field(min_length=1, max_length=64, description=userrefs.DESCRIBED)] = None
     denial_reason: Annotated[str | None, Field(max_length=512)] = None
     persistent: bool = False
     valid_for_seconds: Annotated[int | None, Field(ge=60, le=30 * 86400)] = None
@@ -97,17 +98,12 @@ class RespondBody(BaseModel):
 class RevokeConsentBody(BaseModel):
     consent_id: Annotated[str, Field(min_length=1, max_length=128)]
     reason: Annotated[str, Field(max_length=256)] = ""
-    user_id: Annotated[str | None, Field(max_length=40)] = None
+    user_id: Annotated[str | None, Field(min_length=1, max_length=64, description=userrefs.DESCRIBED)] = None
 
 
 class RevokeSecretBody(BaseModel):
     reason: Annotated[str, Field(max_length=256)] = ""
-    user_id: Annotated[str | None, Field(max_length=40)] = None
-
-
-def _check_user(principal: Principal, user_id: str | None) -> None:
-    if user_id is not None:
-        principal.require_self_or_admin(user_id)
+    user_id: Annotated[str | None, Field(min_length=1, max_length=64, description=userrefs.DESCRIBED)] = None
 
 
 def _access_answer(result: AccessResult, response: Response, key: str) -> dict[str, Any]:
@@ -140,7 +136,7 @@ async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: S
         body.secret_value,
         secret_type=body.secret_type,
         service=body.service,
-        user_id=body.user_id,
+        user_id=await userrefs.user_id_for(services, principal, body.user_id),
         risk_level=body.risk_level,
         description=body.description,
         rotation_days=body.rotation_days,
@@ -152,7 +148,7 @@ async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: S
 async def list_secrets(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: userrefs.QueryUser,
 ) -> dict[str, Any]:
     """List your secrets, masked (at most the last 4 characters), with usage counts and rotation dates."""
     secrets = await services.vault.list_secrets(principal, user_id)
@@ -163,7 +159,7 @@ async def list_secrets(
 async def rotation_due(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: userrefs.QueryUser,
 ) -> dict[str, Any]:
     """List your secrets whose rotation is due (API keys weekly by default)."""
     due = await services.vault.rotation_due(principal, user_id)
@@ -176,7 +172,7 @@ async def rotation_due(
 async def consent_history(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: userrefs.QueryUser,
     secret_key: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
@@ -195,7 +191,7 @@ async def consent_history(
 async def consent_pending(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: userrefs.QueryUser,
 ) -> dict[str, Any]:
     """List consent requests waiting for your answer (operators and admins also see second approvals)."""
     vault = services.vault
@@ -207,7 +203,7 @@ async def consent_pending(
 async def consent_stats(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: userrefs.QueryUser,
 ) -> dict[str, Any]:
     """Aggregate your consents: counts by status and risk, approval rate, response time."""
     return {"stats": await services.vault.stats(principal, user_id)}
@@ -305,7 +301,7 @@ async def consent_detail(consent_id: str, principal: CurrentPrincipal, services:
 )
 async def consent_respond(body: RespondBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Approve or deny a pending request (the owner or an admin; critical risk also needs a second approver)."""
-    _check_user(principal, body.user_id)
+    await userrefs.user_id_for(services, principal, body.user_id)  # yours, or an admin's to name
     record = await services.vault.respond(
         principal,
         body.consent_id,
@@ -327,7 +323,7 @@ async def consent_respond(body: RespondBody, principal: CurrentPrincipal, servic
 )
 async def consent_revoke(body: RevokeConsentBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Revoke a consent; the next use of it is refused."""
-    _check_user(principal, body.user_id)
+    await userrefs.user_id_for(services, principal, body.user_id)  # yours, or an admin's to name
     record = await services.vault.revoke_consent(principal, body.consent_id, body.reason)
     return {"consent": record.as_dict()}
 
@@ -336,8 +332,8 @@ async def consent_revoke(body: RevokeConsentBody, principal: CurrentPrincipal, s
 async def audit_log(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    user_id: userrefs.QueryUserOrAll,
+    before: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Read the audit entries about your secrets, newest first (admins: user_id=* for everything)."""
@@ -404,7 +400,7 @@ async def access_secret(
 ) -> dict[str, Any]:
     """Ask for a secret's value: 200 with it once consented and audited, 202 with a consent id to poll, 403 denied."""
     vault = services.vault
-    _check_user(principal, body.user_id)
+    user_id = await userrefs.user_id_for(services, principal, body.user_id)
     if body.consent_id:
         result = await vault.redeem(principal, body.consent_id, wait_seconds=body.wait_seconds)
         return _access_answer(result, response, key)
@@ -415,7 +411,7 @@ async def access_secret(
         key,
         action=body.requested_action,
         purpose=body.requested_for,
-        user_id=body.user_id,
+        user_id=user_id,
         service=body.service,
         secret_type=body.secret_type,
         risk_level=body.risk_level,
@@ -436,7 +432,9 @@ async def revoke_secret(
     key: str, body: RevokeSecretBody, principal: CurrentPrincipal, services: ServicesDep
 ) -> dict[str, Any]:
     """Revoke a secret (soft and audited): no more releases; its history stays."""
-    info = await services.vault.revoke_secret(principal, key, user_id=body.user_id, reason=body.reason)
+    info = await services.vault.revoke_secret(
+        principal, key, user_id=await userrefs.user_id_for(services, principal, body.user_id), reason=body.reason
+    )
     return {"secret": info.as_dict()}
 
 
@@ -445,7 +443,7 @@ async def secret_detail(
     key: str,
     principal: CurrentPrincipal,
     services: ServicesDep,
-    user_id: Annotated[str | None, Query(max_length=40)] = None,
+    user_id: userrefs.QueryUser,
 ) -> dict[str, Any]:
     """Describe one secret, masked, with its version history (never a value)."""
     vault = services.vault

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from grace.api import contract, policy
+from grace.api import contract, policy, userrefs
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.api.schemas.users import CreatedToken, CreatedUser, TokenAnswer, TokenList, UserAnswer, UserList
 from grace.auth import Role
@@ -26,7 +26,7 @@ class NewToken(BaseModel):
     name: Annotated[str, Field(max_length=128)] = ""
     agent: Annotated[str | None, Field(min_length=1, max_length=64)] = None
     expires_in_days: Annotated[int | None, Field(ge=1, le=3650)] = None
-    user_id: Annotated[str | None, Field(max_length=40)] = None
+    user_id: Annotated[str | None, Field(min_length=1, max_length=64, description=userrefs.DESCRIBED)] = None
     scopes: Annotated[
         list[Annotated[str, Field(max_length=32)]] | None,
         Field(
@@ -86,7 +86,7 @@ async def create_token(body: NewToken, principal: CurrentPrincipal, services: Se
     Never from an agent's token, and never with more than the caller's own credentials hold."""
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
     info, plaintext = await services.accounts.create_token(
-        body.user_id or principal.user_id,
+        await userrefs.user_id_for(services, principal, body.user_id) or principal.user_id,
         name=body.name,
         agent=body.agent,
         expires_in=expires,

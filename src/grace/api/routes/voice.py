@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
 from grace import errors
-from grace.api import contract, policy
+from grace.api import contract, policy, userrefs
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.api.errors import error_response
 from grace.api.schemas.voice import (
@@ -67,13 +67,20 @@ class Search(BaseModel):
 @router.post("/start", status_code=201, dependencies=[policy.VOICE], response_model=StartedNote)
 async def start(body: StartNote, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Open a recording session: {session_id}."""
-    return await services.voice.start(principal, title=body.title, purpose=body.purpose, user_id=body.user_id)
+    return await services.voice.start(
+        principal,
+        title=body.title,
+        purpose=body.purpose,
+        user_id=await userrefs.user_id_for(services, principal, body.user_id),
+    )
 
 
 @router.post("/search", dependencies=[policy.VOICE], response_model=SearchResults)
 async def search(body: Search, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
     """Search the caller's notes by meaning and words: each hit's best sentence with its start and end seconds."""
-    hits = await services.voice.search(principal, body.query, top_k=body.top_k, user_id=body.user_id)
+    hits = await services.voice.search(
+        principal, body.query, top_k=body.top_k, user_id=await userrefs.user_id_for(services, principal, body.user_id)
+    )
     return {"query": body.query, "results": [h.as_dict() for h in hits]}
 
 
@@ -81,9 +88,9 @@ async def search(body: Search, principal: CurrentPrincipal, services: ServicesDe
 async def list_notes(
     principal: CurrentPrincipal,
     services: ServicesDep,
+    user_id: userrefs.QueryUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-    user_id: Annotated[str | None, Query(max_length=140)] = None,
 ) -> dict[str, Any]:
     """The caller's notes, newest first, a page at a time."""
     return await services.voice.list_notes(principal, user_id=user_id, limit=limit, offset=offset)
@@ -112,7 +119,8 @@ async def upload(
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise errors.PayloadTooLarge(f"the recording is larger than {limit} bytes")
-    return await services.voice.upload(principal, note_id, data, user_id=user_id)
+    owner = await userrefs.user_id_for(services, principal, user_id)
+    return await services.voice.upload(principal, note_id, data, user_id=owner)
 
 
 @router.post(
@@ -129,7 +137,9 @@ async def consent(
     body = body or Consent()
     if body.session_id is not None and body.session_id != note_id:
         raise errors.InvalidInput("session_id must be the note in the path")
-    return await services.voice.consent(principal, note_id, body.scopes, user_id=body.user_id)
+    return await services.voice.consent(
+        principal, note_id, body.scopes, user_id=await userrefs.user_id_for(services, principal, body.user_id)
+    )
 
 
 @router.post(
