@@ -48,7 +48,7 @@ from grace.services import Services, build
 from grace.storage import new_id
 from grace.vault import crypto
 from grace.vault.anomaly import AnomalyPolicy
-from grace.vault.tables import vault_secret_versions, vault_secrets
+from grace.vault.tables import SECRETS, vault_secret_versions, vault_secrets
 
 RESULTS = Path(__file__).parent / "results"
 ACCESS_CALLS = int(os.environ.get("BENCH_VAULT_ACCESS_CALLS", "500"))
@@ -188,6 +188,7 @@ async def _seed_secrets(services: Services, owner: Principal, count: int) -> Non
                     "created_at": now, "updated_at": now, "revoked_at": None, "revoked_by": None,
                 }
             )  # fmt: skip
+            secret_rows[-1]["seal"] = vault.seal.seal(SECRETS, secret_rows[-1])
             version_rows.append(
                 {
                     "id": new_id("ver"), "secret_id": secret_id, "version": 1, "key_id": kek.id, "dek_id": dek.id,

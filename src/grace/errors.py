@@ -14,7 +14,8 @@
     ├── ConfigurationError     (CLI and start-up only)
     ├── StorageUnavailable     (503)
     │   └── AuditChainBroken       (503, the audit chain does not continue from its anchor: nothing written)
-    └── ServiceNotRunning      (503, Grace not running in this process: try again shortly)
+    ├── ServiceNotRunning      (503, Grace not running in this process: try again shortly)
+    └── RowTampered            (500, a row that decides a release or a privilege fails its seal)
 
 Capabilities raise these; the HTTP edge maps them to statuses in one place
 (``grace.api.errors``) and the CLI prints their message and exits non-zero. Every class has
@@ -36,6 +37,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "RateLimited",
+    "RowTampered",
     "ServiceNotRunning",
     "StorageUnavailable",
     "TaskAlreadyFinished",
@@ -141,3 +143,15 @@ class ServiceNotRunning(GraceError):
     """Grace is not running in this process (starting up or shutting down); try again shortly."""
 
     code = "service_not_running"
+
+
+class RowTampered(GraceError):
+    """A stored row that decides this was changed outside Grace; nothing was done (see grace audit verify)."""
+
+    code = "row_tampered"
+
+    def __init__(self, message: str | None = None, *, table: str = "", row_id: str = "") -> None:
+        super().__init__(message, details={"table": table, "id": row_id})
+        self.table = table
+        self.row_id = row_id
+        self.reported = False  # set once it has been logged and audited

@@ -18,7 +18,8 @@ from grace.clock import Clock, SystemClock
 from grace.config import Settings
 from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
-from grace.vault import ROTATION_TASK, Vault
+from grace.integrity import SEAL_LABEL
+from grace.vault import ROTATION_TASK, Vault, stored_master_key
 from grace.voice import VoiceNotes, engines
 
 __all__ = ["Services", "build"]
@@ -127,8 +128,10 @@ async def build(
         ) from None
     db = storage.Database(settings.database_url)
     try:
+        # Loaded before migrating: a migration seals the rows already stored (grace.integrity).
+        master = await stored_master_key(settings, db)
         if migrate:
-            await storage.upgrade(db)
+            await storage.upgrade(db, seal_key=master.derive(SEAL_LABEL) if master is not None else None)
         bus: Bus
         if db.is_sqlite:
             bus = InProcessBus(clock=clock, retention_seconds=settings.bus_retention_seconds)
@@ -138,7 +141,13 @@ async def build(
     except BaseException:
         await db.dispose()
         raise
-    accounts = auth.Accounts(db, clock, limits=task_limits())
+    try:
+        vault = await Vault.open(settings, db, clock, bus, master=master)
+    except BaseException:
+        await bus.close()
+        await db.dispose()
+        raise
+    accounts = auth.Accounts(db, clock, vault.seal, limits=task_limits())
     sign_in = auth.SignIn(
         db,
         clock,
@@ -148,12 +157,6 @@ async def build(
         window=timedelta(seconds=settings.login_window_seconds),
         client_max_failures=settings.login_client_max_failures,
     )
-    try:
-        vault = await Vault.open(settings, db, clock, bus)
-    except BaseException:
-        await bus.close()
-        await db.dispose()
-        raise
     htm = HTM(db, bus, clock, htm_config)
     _run_vault_rotation_on_htm(htm, vault)
     voice = VoiceNotes(

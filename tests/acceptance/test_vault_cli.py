@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from typer.testing import CliRunner, Result
 
 from grace.auth import Principal, Role
@@ -81,6 +81,31 @@ def test_store_list_rotate_and_verify(grace: CliRunner, tmp_path: Path) -> None:
     asyncio.run(tamper())
     tampered = _run(grace, "audit", "verify")
     assert tampered.exit_code == 2 and "modified: 1 at seq 2" in tampered.output
+
+
+def test_verify_reports_a_tampered_row_and_the_commands_refuse_it(grace: CliRunner) -> None:
+    _run(grace, "users", "create", "aaron")
+    _run(grace, "secrets", "store", "slack_token", "--user", "aaron", "--service", "slack", stdin=TOKEN)
+    assert _run(grace, "audit", "verify").exit_code == 0
+
+    async def make_admin() -> str:
+        # A member made admin with plain SQL, as someone who can write the database might.
+        services = await build(load_settings(), migrate=False)
+        try:
+            user = await services.accounts.get_user("aaron")
+            async with services.db.write() as conn:
+                await conn.execute(text("UPDATE users SET role = 'admin' WHERE id = :id"), {"id": user.id})
+        finally:
+            await services.close()
+        return user.id
+
+    user_id = asyncio.run(make_admin())
+    tampered = _run(grace, "audit", "verify")
+    assert tampered.exit_code == 2, tampered.output
+    assert "tampered rows: 1" in tampered.output and f"users {user_id}" in tampered.output
+    assert "admin" not in tampered.output  # the row is named, never its values
+    listed = _run(grace, "secrets", "list", "--user", "aaron")
+    assert listed.exit_code == 1 and "changed outside Grace" in listed.output
 
 
 def test_answering_a_request_from_the_terminal(grace: CliRunner) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -11,11 +12,12 @@ from grace import errors, storage
 from grace.auth import Accounts, Role, SignIn
 from grace.auth.tables import api_tokens, sessions, users
 from grace.clock import ManualClock
+from grace.integrity import RowSeal
 
 
 @pytest.fixture
 def accounts(db: storage.Database, clock: ManualClock) -> Accounts:
-    return Accounts(db, clock)
+    return Accounts(db, clock, RowSeal(os.urandom(32)))
 
 
 @pytest.fixture

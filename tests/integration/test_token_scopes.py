@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,14 +10,15 @@ from sqlalchemy import insert, select, text, update
 
 from grace import errors, storage
 from grace.auth import AGENT_SCOPES, Accounts, Principal, Role, Scope
-from grace.auth.tables import api_tokens, users
+from grace.auth.tables import TOKENS, api_tokens, users
 from grace.clock import ManualClock
 from grace.htm import task_limits
+from grace.integrity import RowSeal
 
 
 @pytest.fixture
 def accounts(db: storage.Database, clock: ManualClock) -> Accounts:
-    return Accounts(db, clock, limits=task_limits())
+    return Accounts(db, clock, RowSeal(os.urandom(32)), limits=task_limits())
 
 
 async def principal_of(accounts: Accounts, user_id: str, **kwargs: object) -> tuple[Principal, str]:
@@ -101,9 +103,14 @@ async def test_revoking_a_token_revokes_every_token_it_issued(accounts: Accounts
 async def test_an_agents_token_is_capped_whatever_its_row_says(db: storage.Database, accounts: Accounts) -> None:
     admin, _ = await accounts.create_user("root", Role.ADMIN)
     info, token = await accounts.create_token(admin.id, agent="ops_agent")
+    # A row that says more than an agent may hold, sealed as Grace itself would have written it.
     async with db.write() as conn:
+        row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == info.id))).mappings().one()
+        scopes = "tokens users consents keys tasks"
         await conn.execute(
-            update(api_tokens).where(api_tokens.c.id == info.id).values(scopes="tokens users consents keys tasks")
+            update(api_tokens)
+            .where(api_tokens.c.id == info.id)
+            .values(scopes=scopes, seal=accounts.seal.seal(TOKENS, {**row, "scopes": scopes}))
         )
     agent = await accounts.resolve_token(token)
     assert agent.scopes == frozenset({Scope.TASKS})
@@ -153,7 +160,7 @@ async def test_the_migration_gives_existing_tokens_what_they_may_still_do(empty_
                     ),
                     {"id": token_id, "user_id": user_id, "agent": agent, "now": now},
                 )
-        await storage.upgrade(db)
+        await storage.upgrade(db, seal_key=os.urandom(32))
         async with db.read() as conn:
             rows = dict((await conn.execute(select(api_tokens.c.id, api_tokens.c.scopes))).all())
             assert (await conn.execute(select(users.c.id))).all()

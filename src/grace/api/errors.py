@@ -31,6 +31,9 @@ STATUS: dict[type[errors.GraceError], int] = {
     errors.StorageUnavailable: 503,
     errors.AuditChainBroken: 503,
     errors.ServiceNotRunning: 503,
+    # The server's own stored state cannot be trusted: not the client's fault (no 4xx), and not
+    # transient (no 503, which invites a retry that cannot help until an operator restores the row).
+    errors.RowTampered: 500,
     errors.ConfigurationError: 500,
 }
 

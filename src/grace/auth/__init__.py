@@ -6,9 +6,11 @@ from grace.auth.accounts import Accounts, BootstrapCredentials, TokenInfo, User
 from grace.auth.principals import Principal, Role
 from grace.auth.scopes import AGENT_SCOPES, Scope, TaskLimits
 from grace.auth.sessions import SessionGrant, SignIn
+from grace.auth.tables import SEALED
 
 __all__ = [
     "AGENT_SCOPES",
+    "SEALED",
     "Accounts",
     "BootstrapCredentials",
     "Principal",

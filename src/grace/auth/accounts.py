@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,8 +17,9 @@ from grace.auth import scopes as scopes_module
 from grace.auth import secrets
 from grace.auth.principals import Principal, Role
 from grace.auth.scopes import Scope, TaskLimits
-from grace.auth.tables import api_tokens, sessions, users
+from grace.auth.tables import SESSIONS, TOKENS, USERS, api_tokens, sessions, users
 from grace.clock import Clock
+from grace.integrity import RowSeal
 from grace.storage import Database, new_id
 
 __all__ = ["Accounts", "BootstrapCredentials", "PasswordReset", "TokenInfo", "User"]
@@ -143,11 +144,16 @@ def validate_username(username: str) -> str:
 
 
 class Accounts:
-    """Create, list and disable users; issue, resolve and revoke API tokens."""
+    """Create, list and disable users; issue, resolve and revoke API tokens.
 
-    def __init__(self, db: Database, clock: Clock, *, limits: TaskLimits | None = None) -> None:
+    Users' and tokens' rows are sealed (``seal``, :mod:`grace.integrity`): every write here seals
+    what it writes, and every read that decides who a principal is or what it may do checks the seal.
+    """
+
+    def __init__(self, db: Database, clock: Clock, seal: RowSeal, *, limits: TaskLimits | None = None) -> None:
         self.db = db
         self.clock = clock
+        self.seal = seal
         # The task manager's origins and priorities per role, to cap what a token may be given.
         self.limits = limits
 
@@ -176,6 +182,7 @@ class Accounts:
             "created_at": now,
             "updated_at": now,
         }
+        row["seal"] = self.seal.seal(USERS, row)
         try:
             async with self.db.write() as conn:
                 await conn.execute(insert(users).values(**row))
@@ -183,21 +190,17 @@ class Accounts:
             raise errors.Conflict(f"a user named {username!r} already exists") from None
         return User(user_id, username, role, False, now), password
 
+    @staticmethod
+    def _named(username_or_id: str) -> ColumnElement[bool]:
+        return (users.c.username == username_or_id.strip().lower()) | (users.c.id == username_or_id)
+
     async def get_user(self, username_or_id: str) -> User:
+        """Return a user, its seal checked (its role decides what it may do)."""
         async with self.db.read() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        select(users).where(
-                            (users.c.username == username_or_id.strip().lower()) | (users.c.id == username_or_id)
-                        )
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            row = (await conn.execute(select(users).where(self._named(username_or_id)))).mappings().first()
         if row is None:
             raise errors.NotFound(f"no user {username_or_id!r}")
+        await self.seal.check(USERS, row)
         return _user(row)
 
     async def list_users(self) -> list[User]:
@@ -205,19 +208,34 @@ class Accounts:
             rows = (await conn.execute(select(users).order_by(users.c.created_at))).mappings().all()
         return [_user(r) for r in rows]
 
+    async def _change_user(self, conn: AsyncConnection, username_or_id: str, **values: object) -> RowMapping:
+        """Change a user's columns inside ``conn``, locking its row first and sealing what it becomes."""
+        row = (
+            (await conn.execute(select(users).where(self._named(username_or_id)).with_for_update())).mappings().first()
+        )
+        if row is None:
+            raise errors.NotFound(f"no user {username_or_id!r}")
+        self.seal.require(USERS, row)
+        changed = {**row, **values}
+        await conn.execute(
+            update(users)
+            .where(users.c.id == row["id"])
+            .values(**values, updated_at=self.clock.now(), seal=self.seal.seal(USERS, changed))
+        )
+        return row
+
     async def set_disabled(self, username_or_id: str, disabled: bool = True) -> User:
         """Disable (or re-enable) a user; a disabled user's tokens and sessions stop working."""
-        user = await self.get_user(username_or_id)
-        now = self.clock.now()
-        async with self.db.write() as conn:
-            await conn.execute(update(users).where(users.c.id == user.id).values(disabled=disabled, updated_at=now))
+        async with self.seal.reporting(), self.db.write() as conn:
+            row = await self._change_user(conn, username_or_id, disabled=disabled)
             if disabled:
-                await conn.execute(
-                    update(sessions)
-                    .where(sessions.c.user_id == user.id, sessions.c.revoked_at.is_(None))
-                    .values(revoked_at=now)
+                await self.seal.update_each(
+                    conn,
+                    SESSIONS,
+                    (sessions.c.user_id == row["id"]) & sessions.c.revoked_at.is_(None),
+                    {"revoked_at": self.clock.now()},
                 )
-        return await self.get_user(user.id)
+        return await self.get_user(row["id"])
 
     async def set_password(self, username_or_id: str, password: str, *, revoke_tokens: bool = False) -> PasswordReset:
         """Set a user's password and end every session they have (signed in with the old one).
@@ -226,30 +244,28 @@ class Accounts:
         their tokens, which the password never protected, keep working.
         """
         secrets.check_password_strength(password)
-        user = await self.get_user(username_or_id)
         password_hash = secrets.hash_password(password)
         now = self.clock.now()
-        async with self.db.write() as conn:
-            await conn.execute(
-                update(users).where(users.c.id == user.id).values(password_hash=password_hash, updated_at=now)
-            )
-            ended = await conn.execute(
-                update(sessions)
-                .where(sessions.c.user_id == user.id, sessions.c.revoked_at.is_(None))
-                .values(revoked_at=now)
+        async with self.seal.reporting(), self.db.write() as conn:
+            row = await self._change_user(conn, username_or_id, password_hash=password_hash)
+            ended = await self.seal.update_each(
+                conn,
+                SESSIONS,
+                (sessions.c.user_id == row["id"]) & sessions.c.revoked_at.is_(None),
+                {"revoked_at": now},
             )
             revoked = 0
             if revoke_tokens:
-                revoked = (
-                    await conn.execute(
-                        update(api_tokens)
-                        .where(api_tokens.c.user_id == user.id, api_tokens.c.revoked_at.is_(None))
-                        .values(revoked_at=now)
-                    )
-                ).rowcount
-        return PasswordReset(user.username, ended.rowcount, revoked)
+                revoked = await self.seal.update_each(
+                    conn,
+                    TOKENS,
+                    (api_tokens.c.user_id == row["id"]) & api_tokens.c.revoked_at.is_(None),
+                    {"revoked_at": now},
+                )
+        return PasswordReset(row["username"], ended, revoked)
 
     async def password_hash(self, username: str) -> tuple[User | None, str | None]:
+        """Return a user and its password hash, its seal checked, for signing in."""
         async with self.db.read() as conn:
             row = (
                 (await conn.execute(select(users).where(users.c.username == username.strip().lower())))
@@ -258,6 +274,7 @@ class Accounts:
             )
         if row is None:
             return None, None
+        await self.seal.check(USERS, row)
         return _user(row), row["password_hash"]
 
     async def bootstrap(self, token: str | None = None) -> BootstrapCredentials | None:
@@ -336,27 +353,28 @@ class Accounts:
             "parent_id": by.token_id if by is not None else None,
         }
         try:
-            async with self.db.write() as conn:
+            async with self.seal.reporting(), self.db.write() as conn:
                 if by is not None and by.token_id is not None:
                     row["expires_at"] = await self._within_issuer(conn, by.token_id, expires_at)
+                row["seal"] = self.seal.seal(TOKENS, row)
                 await conn.execute(insert(api_tokens).values(**row))
         except IntegrityError:
             raise errors.Conflict("that token is already in use") from None
         return _token(row), plaintext  # type: ignore[arg-type]
 
-    @staticmethod
-    async def _within_issuer(conn: AsyncConnection, issuer_id: str, expires_at: datetime | None) -> datetime | None:
+    async def _within_issuer(
+        self, conn: AsyncConnection, issuer_id: str, expires_at: datetime | None
+    ) -> datetime | None:
         """Return ``expires_at`` cut to the issuing token's own expiry; refuse if that token was revoked meanwhile."""
         issuer = (
-            (
-                await conn.execute(
-                    select(api_tokens.c.expires_at, api_tokens.c.revoked_at).where(api_tokens.c.id == issuer_id)
-                )
-            )
+            (await conn.execute(select(*TOKENS.selected()).where(api_tokens.c.id == issuer_id).with_for_update()))
             .mappings()
             .first()
         )
-        if issuer is None or issuer["revoked_at"] is not None:
+        if issuer is None:
+            raise errors.Unauthenticated("invalid or revoked token")
+        self.seal.require(TOKENS, issuer)
+        if issuer["revoked_at"] is not None:
             raise errors.Unauthenticated("invalid or revoked token")
         limit: datetime | None = issuer["expires_at"]
         if limit is not None and (expires_at is None or expires_at > limit):
@@ -379,19 +397,23 @@ class Accounts:
         if by is not None:
             by.require_scope(Scope.TOKENS, "revoke tokens")
         now = self.clock.now()
-        async with self.db.write() as conn:
+        async with self.seal.reporting(), self.db.write() as conn:
             row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().first()
-            if row is None or (by is not None and row["user_id"] != by.user_id and not by.is_admin):
+            if row is None:
+                raise errors.NotFound(f"no token {token_id!r}")
+            self.seal.require(TOKENS, row)  # whose token it is decides who may revoke it
+            if by is not None and row["user_id"] != by.user_id and not by.is_admin:
                 raise errors.NotFound(f"no token {token_id!r}")
             # A token's descendants go with it: a leaked token must not leave one behind.
             seen: set[str] = set()
             frontier = [token_id]
             while frontier:
                 seen.update(frontier)
-                await conn.execute(
-                    update(api_tokens)
-                    .where(api_tokens.c.id.in_(frontier), api_tokens.c.revoked_at.is_(None))
-                    .values(revoked_at=now)
+                await self.seal.update_each(
+                    conn,
+                    TOKENS,
+                    api_tokens.c.id.in_(frontier) & api_tokens.c.revoked_at.is_(None),
+                    {"revoked_at": now},
                 )
                 children = await conn.execute(select(api_tokens.c.id).where(api_tokens.c.parent_id.in_(frontier)))
                 frontier = [c for (c,) in children.all() if c not in seen]
@@ -408,20 +430,7 @@ class Accounts:
             row = (
                 (
                     await conn.execute(
-                        select(
-                            api_tokens.c.id,
-                            api_tokens.c.agent,
-                            api_tokens.c.expires_at,
-                            api_tokens.c.revoked_at,
-                            api_tokens.c.last_used_at,
-                            api_tokens.c.scopes,
-                            api_tokens.c.origins,
-                            api_tokens.c.max_priority,
-                            users.c.id.label("user_id"),
-                            users.c.username,
-                            users.c.role,
-                            users.c.disabled,
-                        )
+                        select(*TOKENS.selected(), api_tokens.c.last_used_at, *USERS.selected("owner_"))
                         .join(users, users.c.id == api_tokens.c.user_id)
                         .where(api_tokens.c.token_hash == token_hash)
                     )
@@ -430,7 +439,12 @@ class Accounts:
                 .first()
             )
         now = self.clock.now()
-        if row is None or row["revoked_at"] is not None or row["disabled"]:
+        if row is None:
+            raise errors.Unauthenticated("invalid or revoked token")
+        # The token's and its user's rows decide who this is and what it may do: both must be genuine.
+        await self.seal.check(TOKENS, row)
+        await self.seal.check(USERS, row, "owner_")
+        if row["revoked_at"] is not None or row["owner_disabled"]:
             raise errors.Unauthenticated("invalid or revoked token")
         if row["expires_at"] is not None and row["expires_at"] <= now:
             raise errors.Unauthenticated("token expired")
@@ -439,9 +453,9 @@ class Accounts:
                 await conn.execute(update(api_tokens).where(api_tokens.c.id == row["id"]).values(last_used_at=now))
         origins = row["origins"]
         return Principal(
-            row["user_id"],
-            row["username"],
-            Role(row["role"]),
+            row["owner_id"],
+            row["owner_username"],
+            Role(row["owner_role"]),
             agent=row["agent"],
             token_id=row["id"],
             scopes=_stored_scopes(row["scopes"]),

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select
 
 from grace import errors
 from grace.auth import secrets
 from grace.auth.accounts import Accounts
 from grace.auth.principals import Principal, Role
-from grace.auth.tables import auth_failures, sessions, users
+from grace.auth.tables import SESSIONS, USERS, auth_failures, sessions, users
 from grace.clock import Clock
 from grace.storage import Database, new_id
 
@@ -130,18 +130,18 @@ class SignIn:
         now = self.clock.now()
         expires = now + self.session_ttl
         session_id = new_id("ses")
+        row = {
+            "id": session_id,
+            "user_id": principal.user_id,
+            "session_hash": secrets.digest(session_token),
+            "csrf_hash": secrets.digest(csrf_token),
+            "created_at": now,
+            "expires_at": expires,
+            "revoked_at": None,
+        }
+        row["seal"] = self.accounts.seal.seal(SESSIONS, row)
         async with self.db.write() as conn:
-            await conn.execute(
-                insert(sessions).values(
-                    id=session_id,
-                    user_id=principal.user_id,
-                    session_hash=secrets.digest(session_token),
-                    csrf_hash=secrets.digest(csrf_token),
-                    created_at=now,
-                    expires_at=expires,
-                    revoked_at=None,
-                )
-            )
+            await conn.execute(insert(sessions).values(**row))
         bound = Principal(principal.user_id, principal.username, principal.role, session_id=session_id)
         return SessionGrant(bound, session_token, csrf_token, expires)
 
@@ -152,16 +152,7 @@ class SignIn:
             row = (
                 (
                     await conn.execute(
-                        select(
-                            sessions.c.id,
-                            sessions.c.csrf_hash,
-                            sessions.c.expires_at,
-                            sessions.c.revoked_at,
-                            users.c.id.label("user_id"),
-                            users.c.username,
-                            users.c.role,
-                            users.c.disabled,
-                        )
+                        select(*SESSIONS.selected(), *USERS.selected("owner_"))
                         .join(users, users.c.id == sessions.c.user_id)
                         .where(sessions.c.session_hash == secrets.digest(session_token))
                     )
@@ -169,15 +160,21 @@ class SignIn:
                 .mappings()
                 .first()
             )
-        if row is None or row["revoked_at"] is not None or row["disabled"] or row["expires_at"] <= self.clock.now():
+        if row is None:
             raise errors.Unauthenticated("session expired or signed out")
-        principal = Principal(row["user_id"], row["username"], Role(row["role"]), session_id=row["id"])
+        # The session's and its user's rows decide who this is and with what role: both must be genuine.
+        await self.accounts.seal.check(SESSIONS, row)
+        await self.accounts.seal.check(USERS, row, "owner_")
+        if row["revoked_at"] is not None or row["owner_disabled"] or row["expires_at"] <= self.clock.now():
+            raise errors.Unauthenticated("session expired or signed out")
+        principal = Principal(row["owner_id"], row["owner_username"], Role(row["owner_role"]), session_id=row["id"])
         return ActiveSession(principal, row["csrf_hash"])
 
     async def end_session(self, session_id: str) -> None:
         async with self.db.write() as conn:
-            await conn.execute(
-                update(sessions)
-                .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-                .values(revoked_at=self.clock.now())
+            await self.accounts.seal.update_each(
+                conn,
+                SESSIONS,
+                (sessions.c.id == session_id) & sessions.c.revoked_at.is_(None),
+                {"revoked_at": self.clock.now()},
             )

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, ForeignKey, Index, Integer, String, Table
 
+from grace.integrity import Sealed
 from grace.storage import UTCDateTime, metadata
 
-__all__ = ["api_tokens", "auth_failures", "sessions", "users"]
+__all__ = ["SEALED", "SESSIONS", "TOKENS", "USERS", "api_tokens", "auth_failures", "sessions", "users"]
+
+# The seal of a row: HMAC over these columns (grace.integrity); NULL or wrong means refused.
+SEAL_HEX = 64
 
 users = Table(
     "users",
@@ -18,6 +22,7 @@ users = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("seal", String(SEAL_HEX), nullable=True),
 )
 
 api_tokens = Table(
@@ -41,6 +46,7 @@ api_tokens = Table(
     Column("max_priority", String(16), nullable=True),
     # The token that issued this one (revoking it revokes this one too); NULL: a session or the CLI.
     Column("parent_id", String(40), nullable=True, index=True),
+    Column("seal", String(SEAL_HEX), nullable=True),
 )
 
 sessions = Table(
@@ -53,6 +59,7 @@ sessions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    Column("seal", String(SEAL_HEX), nullable=True),
 )
 
 auth_failures = Table(
@@ -63,3 +70,13 @@ auth_failures = Table(
     Column("at", UTCDateTime, nullable=False),
     Index("ix_auth_failures_key_at", "key", "at"),
 )
+
+# What each seal covers: everything that decides who a principal is and what it may do.
+USERS = Sealed(users, "id", ("username", "password_hash", "role", "disabled"))
+TOKENS = Sealed(
+    api_tokens,
+    "id",
+    ("user_id", "agent", "token_hash", "expires_at", "revoked_at", "scopes", "origins", "max_priority", "parent_id"),
+)
+SESSIONS = Sealed(sessions, "id", ("user_id", "session_hash", "csrf_hash", "expires_at", "revoked_at"))
+SEALED = (USERS, TOKENS, SESSIONS)

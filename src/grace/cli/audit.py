@@ -27,8 +27,12 @@ def _print_report(report: VerifyReport) -> None:
             console.print(f"[red]{kind.replace('_', ' ')}:[/red] {len(found)} at seq {shown}")
     if report.anchor:
         console.print(f"[red]anchor:[/red] {report.anchor}")
+    if report.tampered_rows:
+        console.print(f"[red]tampered rows:[/red] {len(report.tampered_rows)} (their seals do not match)")
+        for row in report.tampered_rows:
+            console.print(f"  {row['table']} {row['id']}")
     if report.ok:
-        console.print("audit log intact")
+        console.print("audit log intact, every sealed row intact")
 
 
 @app.command("verify")
@@ -43,7 +47,7 @@ def verify(
         readable=True,
     ),
 ) -> None:
-    """Check the hash chain, signed checkpoints and anchor; report modified, deleted, inserted, reordered, cut entries.
+    """Check the hash chain, signed checkpoints, anchor and row seals; report every entry and row tampered with.
 
     Exits 2 when it finds anything.
     """
@@ -61,7 +65,7 @@ def verify(
         return report.ok
 
     if not run(work):
-        raise fail("the audit log has been tampered with, or cut (see above)", code=2)
+        raise fail("the audit log or the sealed rows have been tampered with, or the log cut (see above)", code=2)
 
 
 @app.command("checkpoint")

@@ -7,6 +7,8 @@ import typer
 from grace import __version__, storage
 from grace.cli import audit, keys, secrets, tasks, tokens, users, voice
 from grace.cli.common import console, err_console, fail, open_services, run, settings
+from grace.integrity import SEAL_LABEL
+from grace.vault import stored_master_key
 
 app = typer.Typer(
     name="grace",
@@ -46,9 +48,12 @@ def db_upgrade() -> None:
     """Apply database migrations up to the newest; re-running is a no-op."""
 
     async def work() -> None:
-        db = storage.Database(settings().database_url)
+        cfg = settings()
+        db = storage.Database(cfg.database_url)
         try:
-            before, after = await storage.upgrade(db)
+            # The row seals' migration seals the rows already stored: it needs the master key.
+            master = await stored_master_key(cfg, db)
+            before, after = await storage.upgrade(db, seal_key=master.derive(SEAL_LABEL) if master else None)
         finally:
             await db.dispose()
         if before == after:

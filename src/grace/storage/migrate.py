@@ -22,11 +22,13 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = "grace.storage.migrate"
 
 
-def _config(connection: Connection | None = None) -> Config:
+def _config(connection: Connection | None = None, seal_key: bytes | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
         cfg.attributes["connection"] = connection
+    if seal_key is not None:
+        cfg.attributes["seal_key"] = seal_key
     return cfg
 
 
@@ -61,8 +63,11 @@ async def current_revision(db: Database) -> str | None:
         return await conn.run_sync(_current)
 
 
-async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str]:
+async def upgrade(db: Database, revision: str = "head", *, seal_key: bytes | None = None) -> tuple[str | None, str]:
     """Migrate the database to ``revision``; return (before, after). Re-running is a no-op.
+
+    ``seal_key`` is the row-seal key (``grace.integrity``), derived from the master key: the migration
+    that adds row seals needs it to seal the rows already stored (a new database has none).
 
     Processes starting together on a new database take turns: the first migrates while the others
     wait, then find nothing to do: the transaction is serialised (:func:`locks.serialise`; on
@@ -71,7 +76,7 @@ async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str
 
     def _upgrade(connection: Connection) -> str | None:
         before = MigrationContext.configure(connection).get_current_revision()
-        command.upgrade(_config(connection), revision)
+        command.upgrade(_config(connection, seal_key), revision)
         return before
 
     await db.reach()  # a database that cannot be reached is a clear message, not a traceback

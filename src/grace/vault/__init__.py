@@ -16,7 +16,7 @@ from grace.vault.keyring import RotationReport
 from grace.vault.masterkey import MasterKey, generate_encoded
 from grace.vault.release import AccessResult
 from grace.vault.risk import RiskLevel, SecretType
-from grace.vault.service import Vault
+from grace.vault.service import Vault, stored_master_key
 from grace.vault.store import SecretInfo, SecretValue
 from grace.vault.upkeep import ROTATION_TASK
 
@@ -39,4 +39,5 @@ __all__ = [
     "Vault",
     "VerifyReport",
     "generate_encoded",
+    "stored_master_key",
 ]

@@ -116,6 +116,9 @@ class VerifyReport:
     anchor: str | None = None  # what is wrong with the anchor file itself
     against: int = 0  # exported checkpoints the log was checked against
 
+    # Sealed rows (grace.integrity) whose seal does not match: {"table", "id"}.
+    tampered_rows: list[dict[str, str]] = field(default_factory=list)
+
     @property
     def ok(self) -> bool:
         return self.anchor is None and not (
@@ -126,6 +129,7 @@ class VerifyReport:
             or self.truncated
             or self.forked
             or self.bad_checkpoints
+            or self.tampered_rows
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,6 +146,7 @@ class VerifyReport:
             "bad_checkpoints": self.bad_checkpoints,
             "anchor": self.anchor,
             "against": self.against,
+            "tampered_rows": self.tampered_rows,
         }
 
 

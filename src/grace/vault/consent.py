@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import clock, errors
 from grace.auth import Principal
+from grace.integrity import RowSeal
 from grace.storage import Database, new_id
 from grace.vault.audit import AuditLog
-from grace.vault.tables import secret_consent_records
+from grace.vault.tables import CONSENTS, secret_consent_records
 
 __all__ = [
     "ConsentDecision",
@@ -126,6 +128,8 @@ class ConsentRecord:
     idle_timeout_seconds: int | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    # The sealed columns as read, with the seal: a change is sealed from them (ConsentStore).
+    sealed: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def awaiting_second_approval(self) -> bool:
@@ -212,6 +216,7 @@ def record_from_row(row: RowMapping) -> ConsentRecord:
         idle_timeout_seconds=row["idle_timeout_seconds"],
         last_used_at=row["last_used_at"],
         revoked_at=row["revoked_at"],
+        sealed={name: row[name] for name in (CONSENTS.key, *CONSENTS.columns, "seal")},
     )
 
 
@@ -272,21 +277,32 @@ class ConsentStore:
     Every write to ``secret_consent_records`` goes through here. Writes that
     stand alone open their own transaction; those that belong to a larger
     change (a release, a secret's revocation) take the caller's connection.
+
+    Records are sealed (``tables.CONSENTS``): a record that decides anything is read with its seal
+    checked (:meth:`get`, :meth:`standing`), and a change is sealed from the record it was decided on
+    and made only if the row still carries that record's seal (so it is the row that was checked).
     """
 
-    def __init__(self, db: Database, audit: AuditLog) -> None:
+    def __init__(self, db: Database, audit: AuditLog, seal: RowSeal) -> None:
         self.db = db
         self.audit = audit
+        self.seal = seal
 
     def __repr__(self) -> str:
         return "ConsentStore()"
 
     async def get(self, consent_id: str) -> ConsentRecord:
+        """Return a consent record, its seal checked."""
         async with self.db.read() as conn:
             row = (await conn.execute(select(_table).where(_table.c.consent_id == consent_id))).mappings().first()
         if row is None:
             raise errors.NotFound(f"no consent request {consent_id[:128]!r}")
+        await self.seal.check(CONSENTS, row)
         return record_from_row(row)
+
+    def _resealed(self, record: ConsentRecord, values: Mapping[str, Any]) -> tuple[ColumnElement[bool], str]:
+        """Return the condition that the row is still the record read, and the seal of it changed by ``values``."""
+        return _table.c.seal == record.sealed["seal"], self.seal.seal(CONSENTS, {**record.sealed, **values})
 
     async def _select(self, query: Any) -> list[ConsentRecord]:
         async with self.db.read() as conn:
@@ -296,8 +312,9 @@ class ConsentStore:
     async def insert(self, row: dict[str, Any], event: str, *, actor: str) -> str:
         """Insert a new consent record and its audit entry in one transaction; return its id."""
         consent_id = new_id("cns")
+        sealed = self.seal.seal(CONSENTS, {"consent_id": consent_id, **row})
         async with self.db.write() as conn:
-            await conn.execute(insert(_table).values(consent_id=consent_id, **row))
+            await conn.execute(insert(_table).values(consent_id=consent_id, **row, seal=sealed))
             await self.audit.append(
                 conn,
                 event,
@@ -327,7 +344,11 @@ class ConsentStore:
         requester_user_id: str | None,
         now: datetime,
     ) -> ConsentRecord | None:
-        """Return the newest approved persistent consent for exactly (agent, secret, action) still in force."""
+        """Return the newest approved persistent consent for exactly (agent, secret, action) still in force.
+
+        Each candidate's seal is checked (RowTampered, not yet reported: the caller wraps its read in
+        ``seal.reporting()``): a row flipped to approved outside Grace is refused, never used.
+        """
         rows = (
             (
                 await conn.execute(
@@ -351,6 +372,7 @@ class ConsentStore:
             .all()
         )
         for row in rows:
+            self.seal.require(CONSENTS, row)
             record = record_from_row(row)
             if not record.idle_expired(now):
                 return record
@@ -409,8 +431,9 @@ class ConsentStore:
         details: dict[str, Any],
         outcome: str = "ok",
     ) -> bool:
+        same, sealed = self._resealed(record, values)
         async with self.db.write() as conn:
-            result = await conn.execute(update(_table).where(*condition).values(**values))
+            result = await conn.execute(update(_table).where(*condition, same).values(**values, seal=sealed))
             if result.rowcount != 1:
                 return False
             await self.audit.append(
@@ -427,25 +450,29 @@ class ConsentStore:
 
     async def revoke_for_secret(self, conn: AsyncConnection, secret_id: str, *, actor: str, now: datetime) -> None:
         """Revoke every pending or approved consent for a secret, inside the caller's transaction."""
-        await conn.execute(
-            update(_table)
-            .where(_table.c.secret_id == secret_id, _table.c.consent_status.in_(("pending", "approved")))
-            .values(consent_status="revoked", revoked_at=now, revoked_by=actor)
+        await self.seal.update_each(
+            conn,
+            CONSENTS,
+            (_table.c.secret_id == secret_id) & _table.c.consent_status.in_(("pending", "approved")),
+            {"consent_status": "revoked", "revoked_at": now, "revoked_by": actor},
         )
 
     async def use(self, conn: AsyncConnection, record: ConsentRecord, now: datetime) -> bool:
         """Count one use inside the caller's release transaction; False if it may not be used (any more)."""
         if record.single_use:
+            same, sealed = self._resealed(record, {"consent_status": "consumed"})
             statement = (
                 update(_table)
                 .where(
                     _table.c.consent_id == record.consent_id,
                     _table.c.consent_status == "approved",
                     _table.c.used_count == 0,
+                    same,
                 )
-                .values(consent_status="consumed", used_count=1, last_used_at=now)
+                .values(consent_status="consumed", used_count=1, last_used_at=now, seal=sealed)
             )
         else:
+            # Counting a use changes no sealed column: the hot path writes no seal.
             statement = (
                 update(_table)
                 .where(
@@ -458,10 +485,19 @@ class ConsentStore:
         return (await conn.execute(statement)).rowcount == 1
 
     async def past_expiry(self, now: datetime) -> list[ConsentRecord]:
-        """Return the pending requests whose answer window has passed."""
-        return await self._select(
-            select(_table).where(_table.c.consent_status == "pending", _table.c.expires_at <= now)
-        )
+        """Return the pending requests whose answer window has passed (a row whose seal fails is left alone:
+        expiring it would seal what was tampered; ``grace audit verify`` reports it)."""
+        async with self.db.read() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(_table).where(_table.c.consent_status == "pending", _table.c.expires_at <= now)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        return [record_from_row(r) for r in rows if self.seal.matches(CONSENTS, r)]
 
     async def history(self, owner_id: str, *, secret_key: str | None = None, limit: int = 100) -> list[ConsentRecord]:
         """Return the owner's consent records, newest first."""

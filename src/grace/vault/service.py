@@ -20,12 +20,15 @@ from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
+from grace.auth import SEALED as AUTH_SEALED
 from grace.auth import Principal, Role
 from grace.bus import Bus
 from grace.clock import Clock
 from grace.config import Settings
+from grace.integrity import SEAL_LABEL, RowSeal
 from grace.storage import Database
 from grace.vault import anomaly, consent, governance, masterkey
 from grace.vault.audit import AuditEntry, AuditLog, Checkpoint, VerifyReport, audited
@@ -34,11 +37,11 @@ from grace.vault.envelope import Envelope
 from grace.vault.keyring import Keyring
 from grace.vault.release import Release
 from grace.vault.store import SecretInfo, SecretStore, owner_for
-from grace.vault.tables import vault_meta
+from grace.vault.tables import SEALED, vault_meta
 from grace.vault.upkeep import Upkeep
 from grace.vault.workflow import ConsentWorkflow
 
-__all__ = ["Vault"]
+__all__ = ["Vault", "stored_master_key"]
 
 log = logging.getLogger("grace.vault")
 
@@ -64,9 +67,13 @@ class Vault:
         self.bus = bus
         self.master = master
         self.audit = AuditLog(db, clock, master, anchor_path=anchor_path)
+        # Rows that decide a release or a privilege are sealed under this key (users and tokens too:
+        # the composition root hands it to the accounts); a mismatch is put on the audit record.
+        self.seal = RowSeal(master.derive(SEAL_LABEL))
+        self.seal.on_tamper(self._record_tamper)
         self.keyring = Keyring(db, clock, master, self.audit, key_lifetime=key_lifetime)
-        self.consent_store = ConsentStore(db, self.audit)
-        self.secrets = SecretStore(db, clock, self.keyring, self.audit, self.consent_store)
+        self.consent_store = ConsentStore(db, self.audit, self.seal)
+        self.secrets = SecretStore(db, clock, self.keyring, self.audit, self.consent_store, self.seal)
         self.consents = ConsentWorkflow(
             db,
             clock,
@@ -107,10 +114,13 @@ class Vault:
         return f"Vault(backend={self.db.backend!r}, master={self.master!r})"
 
     @classmethod
-    async def open(cls, settings: Settings, db: Database, clock: Clock, bus: Bus) -> Vault:
-        """Load the master key the settings name, check it against the keyring, create the first key if new."""
-        salt = await _passphrase_salt(db) if settings.master_passphrase is not None else None
-        master = masterkey.from_settings(settings, salt)
+    async def open(
+        cls, settings: Settings, db: Database, clock: Clock, bus: Bus, *, master: masterkey.MasterKey | None = None
+    ) -> Vault:
+        """Load the master key the settings name (unless given), check it against the keyring; a first key if new."""
+        if master is None:
+            salt = await _passphrase_salt(db) if settings.master_passphrase is not None else None
+            master = masterkey.from_settings(settings, salt)
         vault = cls(
             db,
             clock,
@@ -208,8 +218,13 @@ class Vault:
         return await self.audit.entries(user_id=owner, before=before, limit=max(1, min(limit, 1000)))
 
     async def verify_audit(self, against: Sequence[Checkpoint] = ()) -> VerifyReport:
-        """Verify the whole audit log, its anchor and, if given, exported signed heads (``read_audit_export``)."""
-        return await self.audit.verify(against)
+        """Verify the whole audit log, its anchor, if given exported signed heads (``read_audit_export``),
+        and every sealed row (users, tokens, sessions, secrets, consents)."""
+        report = await self.audit.verify(against)
+        async with self.db.read() as conn:
+            tampered = await self.seal.find_tampered(conn, (*AUTH_SEALED, *SEALED))
+        report.tampered_rows = [{"table": table, "id": row_id} for table, row_id in tampered]
+        return report
 
     async def export_audit(self) -> dict[str, Any]:
         """Return the log's signed checkpoints (the current head signed first) for safekeeping elsewhere."""
@@ -223,6 +238,17 @@ class Vault:
         """Sign the current head into the anchor file, audited (after an investigated incident or an upgrade)."""
         return await self.audit.reanchor(actor=actor, reason=reason)
 
+    async def _record_tamper(self, exc: errors.RowTampered) -> None:
+        """Put a row whose seal failed on the audit record: which table and row, never its values."""
+        await self.audit.record(
+            "integrity.row_tampered",
+            actor="vault",
+            outcome="refused",
+            secret_id=exc.row_id if exc.table == "vault_secrets" else None,
+            consent_id=exc.row_id if exc.table == "secret_consent_records" else None,
+            details={"table": exc.table, "id": exc.row_id},
+        )
+
     async def keys_status(self) -> dict[str, Any]:
         return await self.keyring.status()
 
@@ -230,12 +256,33 @@ class Vault:
         return {"secrets": await self.secrets.count(), "consents": await self.consent_store.count()}
 
 
+async def stored_master_key(settings: Settings, db: Database) -> masterkey.MasterKey | None:
+    """Return the master key as it can be loaded before the database is migrated.
+
+    None only for a passphrase whose salt the database does not hold yet: a new database, with no
+    rows to seal (``storage.upgrade(db, seal_key=...)``); :meth:`Vault.open` creates the salt.
+    """
+    if settings.master_passphrase is None:
+        return masterkey.from_settings(settings)
+    try:
+        async with db.read() as conn:
+            value = await _stored_salt(conn)
+    except (DBAPIError, OSError):  # no vault_meta table yet (a new database), or none reached: upgrade says why
+        return None
+    return masterkey.from_settings(settings, bytes.fromhex(value)) if value is not None else None
+
+
+async def _stored_salt(conn: AsyncConnection) -> str | None:
+    found: str | None = (
+        await conn.execute(select(vault_meta.c.value).where(vault_meta.c.name == "passphrase_salt"))
+    ).scalar_one_or_none()
+    return found
+
+
 async def _passphrase_salt(db: Database) -> bytes:
     """Return the vault's Argon2id salt, creating it on first use (it is not secret)."""
     async with db.read() as conn:
-        value = (
-            await conn.execute(select(vault_meta.c.value).where(vault_meta.c.name == "passphrase_salt"))
-        ).scalar_one_or_none()
+        value = await _stored_salt(conn)
     if value is None:
         with contextlib.suppress(DBAPIError):
             async with db.write() as conn:

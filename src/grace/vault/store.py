@@ -19,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from grace import clock, errors
 from grace.auth import Principal
 from grace.clock import Clock
+from grace.integrity import RowSeal
 from grace.storage import Database, new_id
 from grace.vault import crypto, risk
 from grace.vault.audit import AuditLog
 from grace.vault.consent import ConsentStore
 from grace.vault.keyring import Keyring
-from grace.vault.tables import vault_secret_versions, vault_secrets, vault_usage
+from grace.vault.tables import SECRETS, vault_secret_versions, vault_secrets, vault_usage
 
 __all__ = ["MAX_VALUE_BYTES", "SecretInfo", "SecretStore", "SecretValue", "owner_for", "validate_key"]
 
@@ -157,14 +158,21 @@ def secret_info(row: RowMapping) -> SecretInfo:
 
 
 class SecretStore:
-    """Store, read, list and revoke secrets."""
+    """Store, read, list and revoke secrets.
 
-    def __init__(self, db: Database, clock: Clock, keyring: Keyring, audit: AuditLog, consents: ConsentStore) -> None:
+    A secret's row is sealed (owner, key, type, service, risk, status, current version: see
+    ``tables.SECRETS``): every write seals what it writes, every read that decides checks it.
+    """
+
+    def __init__(
+        self, db: Database, clock: Clock, keyring: Keyring, audit: AuditLog, consents: ConsentStore, seal: RowSeal
+    ) -> None:
         self.db = db
         self.clock = clock
         self.keyring = keyring
         self.audit = audit
         self.consents = consents
+        self.seal = seal
 
     def __repr__(self) -> str:
         return "SecretStore()"
@@ -198,18 +206,22 @@ class SecretStore:
             raise errors.InvalidInput("rotation_days must be between 1 and 3650")
         interval_days = rotation_days or risk.default_rotation_days(kind)
         now = self.clock.now()
-        async with self.db.write() as conn:
+        async with self.seal.reporting(), self.db.write() as conn:
             kek = await self.keyring.active(conn)
             existing = (
                 (
                     await conn.execute(
-                        select(vault_secrets).where(vault_secrets.c.owner_id == owner_id, vault_secrets.c.key == key)
+                        select(vault_secrets)
+                        .where(vault_secrets.c.owner_id == owner_id, vault_secrets.c.key == key)
+                        .with_for_update()
                     )
                 )
                 .mappings()
                 .first()
             )
             if existing is not None:
+                # Its type, risk and version carry over into the new version: they must be genuine.
+                self.seal.require(SECRETS, existing)
                 if existing["status"] == "revoked":
                     raise errors.Conflict(f"secret {key!r} was revoked; store it under a new name")
                 if existing["secret_type"] != kind.value:
@@ -237,21 +249,21 @@ class SecretStore:
             if description or existing is None:
                 fields["description"] = description
             if existing is None:
-                await conn.execute(
-                    insert(vault_secrets).values(
-                        id=secret_id,
-                        owner_id=owner_id,
-                        key=key,
-                        status="active",
-                        usage_count=0,
-                        last_used_at=None,
-                        created_at=now,
-                        revoked_at=None,
-                        revoked_by=None,
-                        **fields,
-                    )
-                )
+                created: dict[str, Any] = {
+                    "id": secret_id,
+                    "owner_id": owner_id,
+                    "key": key,
+                    "status": "active",
+                    "usage_count": 0,
+                    "last_used_at": None,
+                    "created_at": now,
+                    "revoked_at": None,
+                    "revoked_by": None,
+                    **fields,
+                }
+                await conn.execute(insert(vault_secrets).values(**created, seal=self.seal.seal(SECRETS, created)))
             else:
+                fields["seal"] = self.seal.seal(SECRETS, {**existing, **fields})
                 await conn.execute(update(vault_secrets).where(vault_secrets.c.id == secret_id).values(**fields))
             await conn.execute(
                 insert(vault_secret_versions).values(
@@ -284,15 +296,14 @@ class SecretStore:
             row = (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret_id))).mappings().one()
         return secret_info(row)
 
-    async def get(self, owner_id: str, key: str, conn: AsyncConnection | None = None) -> SecretInfo:
+    async def get(self, owner_id: str, key: str) -> SecretInfo:
+        """Return a secret, its seal checked (its owner, risk and status decide what is asked of a request)."""
         query = select(vault_secrets).where(vault_secrets.c.owner_id == owner_id, vault_secrets.c.key == key)
-        if conn is not None:
-            row = (await conn.execute(query)).mappings().first()
-        else:
-            async with self.db.read() as read:
-                row = (await read.execute(query)).mappings().first()
+        async with self.db.read() as read:
+            row = (await read.execute(query)).mappings().first()
         if row is None:
             raise errors.NotFound(f"no secret named {key[:128]!r}")
+        await self.seal.check(SECRETS, row)
         return secret_info(row)
 
     async def get_by_id(self, secret_id: str) -> SecretInfo:
@@ -300,6 +311,7 @@ class SecretStore:
             row = (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret_id))).mappings().first()
         if row is None:
             raise errors.NotFound("no such secret")
+        await self.seal.check(SECRETS, row)
         return secret_info(row)
 
     async def list_for(self, owner_id: str | None, *, include_revoked: bool = True) -> list[SecretInfo]:
@@ -341,13 +353,17 @@ class SecretStore:
         ]
 
     async def open_current(self, secret_id: str) -> tuple[SecretInfo, SecretValue | None]:
-        """Read a secret and, when it is active, open its current version (one read transaction)."""
-        async with self.db.read() as conn:
+        """Read a secret and, when it is active, open its current version (one read transaction).
+
+        The secret's seal is checked first: its owner, status and current version decide what is released.
+        """
+        async with self.seal.reporting(), self.db.read() as conn:
             found = (
                 (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret_id))).mappings().first()
             )
             if found is None:
                 raise errors.NotFound("no such secret")
+            self.seal.require(SECRETS, found)
             info = secret_info(found)
             if info.status != "active":
                 return info, None
@@ -374,13 +390,17 @@ class SecretStore:
 
     async def decrypt(self, secret_id: str, version: int | None = None) -> SecretValue:
         """Open a version (the current one by default); IntegrityFailure if anything was altered."""
-        async with self.db.read() as conn:
+        async with self.seal.reporting(), self.db.read() as conn:
             if version is None:
-                version = (
-                    await conn.execute(select(vault_secrets.c.current_version).where(vault_secrets.c.id == secret_id))
-                ).scalar_one_or_none()
-                if version is None:
+                found = (
+                    (await conn.execute(select(*SECRETS.selected()).where(vault_secrets.c.id == secret_id)))
+                    .mappings()
+                    .first()
+                )
+                if found is None:
                     raise errors.NotFound("no such secret")
+                self.seal.require(SECRETS, found)
+                version = int(found["current_version"])
             row = (
                 (
                     await conn.execute(
@@ -401,14 +421,30 @@ class SecretStore:
         if secret.status == "revoked":
             raise errors.Conflict(f"secret {secret.key!r} is already revoked")
         now = self.clock.now()
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                update(vault_secrets)
-                .where(vault_secrets.c.id == secret.id, vault_secrets.c.status == "active")
-                .values(status="revoked", revoked_at=now, revoked_by=by.name, updated_at=now)
+        async with self.seal.reporting(), self.db.write() as conn:
+            current = (
+                (
+                    await conn.execute(
+                        select(*SECRETS.selected()).where(vault_secrets.c.id == secret.id).with_for_update()
+                    )
+                )
+                .mappings()
+                .first()
             )
-            if result.rowcount != 1:
+            if current is None or current["status"] != "active":
                 raise errors.Conflict(f"secret {secret.key!r} is already revoked")
+            self.seal.require(SECRETS, current)
+            await conn.execute(
+                update(vault_secrets)
+                .where(vault_secrets.c.id == secret.id)
+                .values(
+                    status="revoked",
+                    revoked_at=now,
+                    revoked_by=by.name,
+                    updated_at=now,
+                    seal=self.seal.seal(SECRETS, {**current, "status": "revoked"}),
+                )
+            )
             await self.consents.revoke_for_secret(conn, secret.id, actor=by.name, now=now)
             await self.audit.append(
                 conn,

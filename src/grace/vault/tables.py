@@ -22,9 +22,13 @@ from sqlalchemy import (
     text,
 )
 
+from grace.integrity import Sealed
 from grace.storage import UTCDateTime, metadata
 
 __all__ = [
+    "CONSENTS",
+    "SEALED",
+    "SECRETS",
     "secret_consent_records",
     "vault_audit",
     "vault_audit_checkpoints",
@@ -35,6 +39,9 @@ __all__ = [
     "vault_secrets",
     "vault_usage",
 ]
+
+# The seal of a row: HMAC over the columns named below (grace.integrity); NULL or wrong means refused.
+SEAL_HEX = 64
 
 AuditSeq = BigInteger().with_variant(Integer, "sqlite")
 
@@ -112,6 +119,7 @@ vault_secrets = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("revoked_by", String(140), nullable=True),
+    Column("seal", String(SEAL_HEX), nullable=True),
     UniqueConstraint("owner_id", "key", name="uq_vault_secrets_owner_id"),
 )
 
@@ -165,6 +173,7 @@ secret_consent_records = Table(
     Column("last_used_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("revoked_by", String(140), nullable=True),
+    Column("seal", String(SEAL_HEX), nullable=True),
     Index("ix_secret_consent_records_match", "secret_id", "requested_by", "requested_action", "consent_status"),
 )
 
@@ -208,3 +217,42 @@ vault_audit_checkpoints = Table(
     Column("signature", String(128), nullable=False),
     Column("public_key", String(64), nullable=False),
 )
+
+# What each seal covers: everything that decides whether, to whom and which value is released.
+# Not sealed: counters and times of use (usage_count, used_count, last_used_at), rotation reminders,
+# descriptions, reasons, context and anomalies (see docs/vault.md, the threat model).
+SECRETS = Sealed(
+    vault_secrets,
+    "id",
+    ("owner_id", "key", "secret_type", "service", "risk_level", "status", "current_version"),
+)
+CONSENTS = Sealed(
+    secret_consent_records,
+    "consent_id",
+    (
+        "secret_id",
+        "secret_key",
+        "secret_type",
+        "service",
+        "requested_by",
+        "requested_for",
+        "requested_action",
+        "user_id",
+        "requester_user_id",
+        "consent_status",
+        "risk_level",
+        "single_use",
+        "governance_approval_required",
+        "governance_decision",
+        "second_approval_required",
+        "approved_by",
+        "second_approved_by",
+        "auto_approved",
+        "created_at",
+        "expires_at",
+        "responded_at",
+        "valid_until",
+        "idle_timeout_seconds",
+    ),
+)
+SEALED = (SECRETS, CONSENTS)

@@ -36,6 +36,7 @@ TOPIC_REQUEST = "secrets.consent.request"
 TOPIC_RESPONSE = "secrets.consent.response"
 TOPIC_ANOMALY = "secrets.anomaly"
 WAIT_POLL_SECONDS = 0.2
+REVOKE_ATTEMPTS = 5
 
 
 @dataclass(eq=False, repr=False)
@@ -94,7 +95,7 @@ class ConsentWorkflow:
         if secret.status != "active":
             return await self._deny_new(base, "the secret has been revoked")
 
-        async with self.db.read() as conn:
+        async with self.store.seal.reporting(), self.db.read() as conn:
             found = await anomaly.detect(
                 conn,
                 self.anomaly_policy,
@@ -406,10 +407,15 @@ class ConsentWorkflow:
         if record.user_id != by.user_id and not by.is_admin:
             await self.refuse(by, record, "consent.revoke_refused", "not the owner")
             raise errors.NotFound(f"no consent request {consent_id[:128]!r}")
-        if not await audited(self.store.revoke(record, actor=by.name, reason=reason, now=self.clock.now())):
-            raise errors.Conflict(f"this consent is {record.status}; only pending or approved consents can be revoked")
-        self._wake(consent_id)
-        return await self.store.get(consent_id)
+        # A change made since it was read (a first approval, an answer) is read again and revoked in turn.
+        for _ in range(REVOKE_ATTEMPTS):
+            if record.status not in ("pending", "approved"):
+                break
+            if await audited(self.store.revoke(record, actor=by.name, reason=reason, now=self.clock.now())):
+                self._wake(consent_id)
+                return await self.store.get(consent_id)
+            record = await self.store.get(consent_id)
+        raise errors.Conflict(f"this consent is {record.status}; only pending or approved consents can be revoked")
 
     # -- waiting and expiry ----------------------------------------------------------
 
