@@ -338,6 +338,7 @@ async def test_an_unchanged_install_verifies_clean(cast: Cast) -> None:
     assert (await accounts.list_tokens(user.id))[-1].id == child.id
     await accounts.set_disabled(user.id)
     await accounts.set_disabled(user.id, False)
+    await accounts.set_password(user.id, password + "-reset", revoke_tokens=True)  # ends sessions, revokes tokens
 
     report = await cast.vault.verify_audit()
     assert report.tampered_rows == []

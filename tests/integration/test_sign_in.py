@@ -3,6 +3,7 @@ the same password hash verification as a known one (counted, not timed)."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Literal
 
@@ -12,6 +13,7 @@ from argon2 import PasswordHasher
 from grace import errors, storage
 from grace.auth import Accounts, SignIn
 from grace.clock import ManualClock
+from grace.integrity import RowSeal
 
 
 class CountingHasher(PasswordHasher):
@@ -26,7 +28,7 @@ class CountingHasher(PasswordHasher):
 
 @pytest.fixture
 def accounts(db: storage.Database, clock: ManualClock) -> Accounts:
-    return Accounts(db, clock)
+    return Accounts(db, clock, RowSeal(os.urandom(32)))
 
 
 @pytest.fixture

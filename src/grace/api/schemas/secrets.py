@@ -174,7 +174,7 @@ class AuditEntries(Answer):
 
 
 class VerifyReport(Answer):
-    """What checking the audit chain found; ``ok`` only when every list is empty."""
+    """What checking the audit chain and the sealed rows found; ``ok`` only when every list is empty."""
 
     ok: bool
     entries: int
@@ -190,6 +190,9 @@ class VerifyReport(Answer):
     bad_checkpoints: list[int]
     anchor: str | None = Field(description="What is wrong with the anchor file itself (missing, garbled, forged).")
     against: int = Field(description="Exported checkpoints the log was checked against (the CLI's --against).")
+    tampered_rows: list[dict[str, str]] = Field(
+        description="Sealed rows whose seal does not match, each {table, id} (docs/vault.md, \"Sealed rows\")."
+    )
 
 
 class AuditVerifyAnswer(Answer):
