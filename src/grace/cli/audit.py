@@ -65,7 +65,7 @@ def verify(
         return report.ok
 
     if not run(work):
-        raise fail("the audit log or the sealed rows have been tampered with, or the log cut (see above)", code=2)
+        raise fail("the audit log or a sealed row has been tampered with, or cut (see above)", code=2)
 
 
 @app.command("checkpoint")

@@ -191,7 +191,7 @@ class VerifyReport(Answer):
     anchor: str | None = Field(description="What is wrong with the anchor file itself (missing, garbled, forged).")
     against: int = Field(description="Exported checkpoints the log was checked against (the CLI's --against).")
     tampered_rows: list[dict[str, str]] = Field(
-        description="Sealed rows whose seal does not match, each {table, id} (docs/vault.md, \"Sealed rows\")."
+        description='Sealed rows whose seal does not match, each {table, id} (docs/vault.md, "Sealed rows").'
     )
 
 
