@@ -4,10 +4,10 @@ FastAPI writes each route's answer model into ``/openapi.json``; this module add
 what the route itself does not say and yet decides:
 
 - the errors, each with the one error shape (``schemas.ErrorBody``), derived from the route: 401 and
-  403 from a policy that needs a principal (``api/policy.py``), 400 (JSON nested too deep), 413 and
-  415 (a content type it does not read) for a route that takes a body,
-  422 for one with any parameter or body, 404 for one with a path parameter, 503 for one that uses the
-  services; a route adds what only it can give (409, 429, ...) in its decorator with :func:`errors`;
+  403 from a policy that needs a principal (``api/policy.py``); 400 (JSON nested too deep), 413, 415 (a
+  content type it does not read) and 422 for a route that takes a body; 422 for one with parameters;
+  404 for one with a path parameter or a ``user_id``; 503 for one that uses the services. A route adds
+  what only it can give (409, 429, ...) in its decorator with :func:`errors`;
 - the security schemes (a bearer token, or the session cookie with its CSRF header on unsafe
   methods) and, from its policy, each operation's security and ``x-policy``;
 - the models a route reads by hand (the sign-in body), registered with :func:`component`.
@@ -46,14 +46,15 @@ BEARER = "bearer"
 SESSION = "session"
 CSRF = "csrf"
 
+USER_ID = "user_id"  # an input naming a user, who may not exist (404)
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 # What each error status means on any route; a route's own description (``errors(...)``) wins.
 MEANING: dict[int, str] = {
-    400: "The request cannot be read (e.g. JSON nested too deep: code nesting_too_deep).",
+    400: "The body cannot be read: not text in the declared encoding, or JSON nested too deep.",
     401: "No principal: send 'Authorization: Bearer <token>' or the session cookie (code unauthenticated).",
     403: "Refused: the policy (details.policy), the token's scopes, the role, or a missing CSRF header.",
-    404: "Nothing of that name or id that the caller may see.",
+    404: "Nothing of that name or id that the caller may see (an item of the path, or the user a user_id names).",
     409: "The request conflicts with the current state.",
     413: "The body is larger than GRACE_MAX_REQUEST_BYTES (code payload_too_large).",
     415: "The body's Content-Type is not one the route reads.",
@@ -116,16 +117,25 @@ def declared_errors(route: APIRoute, operation: dict[str, Any]) -> dict[int, str
     declared = policy_of(route)
     if isinstance(declared, Policy):
         found |= {401, 403}
-    takes_body = "requestBody" in operation
-    if takes_body:
+    if "requestBody" in operation:
         found |= {400, 413, 415, 422}  # 400 and 415 from api/bodies.py: JSON too deep, a content type not read
     if operation.get("parameters"):
         found.add(422)
-    if any(p.get("in") == "path" for p in operation.get("parameters", [])):
+    if any(p.get("in") == "path" for p in operation.get("parameters", [])) or USER_ID in _inputs(route):
         found.add(404)
     if _uses(route.dependant, deps.get_services):
         found.add(503)
     return {status: MEANING[status] for status in sorted(found)}
+
+
+def _inputs(route: APIRoute) -> set[str]:
+    """Return the names of the route's query parameters and of its body's fields."""
+    names = {p.name for p in route.dependant.query_params}
+    for body in route.dependant.body_params:
+        model = body.field_info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names |= set(model.model_fields)
+    return names
 
 
 def _uses(dependant: Dependant, call: Any) -> bool:

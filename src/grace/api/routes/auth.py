@@ -34,8 +34,6 @@ async def _credentials(request: Request) -> Credentials:
     dependencies=[policy.PUBLIC],
     response_model=SignedIn,
     responses=contract.errors(
-        413,
-        422,
         **{
             "401": "Wrong username or password, or the user is disabled (code unauthenticated).",
             "429": "Too many failed sign-ins for this user from this client: try again after Retry-After seconds.",
