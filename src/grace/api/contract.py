@@ -130,12 +130,19 @@ def declared_errors(route: APIRoute, operation: dict[str, Any]) -> dict[int, str
 
 def _inputs(route: APIRoute) -> set[str]:
     """Return the names of the route's query parameters and of its body's fields."""
-    names = {p.name for p in route.dependant.query_params}
+    names = {p.name for p in _query_params(route.dependant)}
     for body in route.dependant.body_params:
         model = body.field_info.annotation
         if isinstance(model, type) and issubclass(model, BaseModel):
             names |= set(model.model_fields)
     return names
+
+
+def _query_params(dependant: Dependant) -> list[Any]:
+    found = list(dependant.query_params)
+    for inner in dependant.dependencies:
+        found += _query_params(inner)
+    return found
 
 
 def _uses(dependant: Dependant, call: Any) -> bool:
