@@ -98,6 +98,11 @@ EXPECTED: dict[str, str] = {
     "GET /consents/history": "consents",
     "GET /consents/stream": "consents",
     "POST /consents/{consent_id}/answer": "consents",
+    "GET /secrets": "secrets",
+    "POST /secrets": "secrets",
+    "GET /secrets/risk": "secrets",
+    "GET /secrets/{key}": "secrets",
+    "POST /secrets/{key}/revoke": "secrets",
 }
 
 # Query strings that keep a call short (the consent stream would otherwise stay open).

@@ -85,6 +85,7 @@ class Grace:
     tokens: dict[str, str]
     log: Path
     shown_values: set[str] = field(default_factory=set)
+    keys_of: dict[str, list[str]] = field(default_factory=dict)
 
     def api(self, who: str) -> httpx.Client:
         """An HTTP client with ``who``'s bearer token (an agent's when ``who`` names one)."""
@@ -100,6 +101,7 @@ class Grace:
             )
         assert made.status_code == 201, made.text
         self.shown_values.add(value)
+        self.keys_of.setdefault(who, []).append(key)
         return value
 
     def ask(self, agent: str, key: str, action: str = "git_push", purpose: str = "Push code to repository") -> str:

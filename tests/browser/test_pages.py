@@ -29,19 +29,20 @@ def _with_requests(grace: Grace, owner: str, agent: str) -> str:
     return grace.ask(agent, f"shot_api_key_{suffix}")
 
 
-PAGES = {"signin": "/signin", "inbox": "/"}
+PAGES = {"signin": "/signin", "inbox": "/", "secrets": "/secrets"}
 
 
 def test_every_page_reads_well_and_passes_axe_on_a_phone_and_a_desktop_light_and_dark(
     grace: Grace, open_session: Any
 ) -> None:
     pending = _with_requests(grace, "dana", "dana_agent")
+    pages = {**PAGES, "secret": "/secrets/" + grace.keys_of["dana"][0]}
     found = {}
     for viewport in (PHONE, DESKTOP):
         for scheme in ("light", "dark"):
             signed_out: Session = open_session(viewport=viewport, color_scheme=scheme)
             signed_in: Session = open_session("dana", viewport=viewport, color_scheme=scheme)
-            for name, path in PAGES.items():
+            for name, path in pages.items():
                 session = signed_out if name == "signin" else signed_in
                 page = session.go(path)
                 if name == "inbox":
