@@ -82,6 +82,9 @@ def test_every_error_is_declared_in_the_one_shape(name: str) -> None:
     declared = policy_of(route)
     if isinstance(declared, Policy):
         assert {"401", "403"} <= set(responses), f"{name} needs a principal but does not declare 401 and 403"
+        assert "row_tampered" in responses.get("500", {}).get("description", ""), (
+            f"{name} reads a sealed principal but does not declare 500 row_tampered"
+        )
     else:
         assert isinstance(declared, Public)
     if operation.get("parameters") or "requestBody" in operation:

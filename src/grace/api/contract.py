@@ -3,8 +3,9 @@
 FastAPI writes each route's answer model into ``/openapi.json``; this module adds, for every API route,
 what the route itself does not say and yet decides:
 
-- the errors, each with the one error shape (``schemas.ErrorBody``), derived from the route: 401 and
-  403 from a policy that needs a principal (``api/policy.py``); 400 (JSON nested too deep), 413, 415 (a
+- the errors, each with the one error shape (``schemas.ErrorBody``), derived from the route: 401, 403
+  and 500 (``row_tampered``: the sealed row that names the principal was changed outside Grace) from a
+  policy that needs a principal (``api/policy.py``); 400 (JSON nested too deep), 413, 415 (a
   content type it does not read) and 422 for a route that takes a body; 422 for one with parameters;
   404 for one with a path parameter or a ``user_id``; 503 for one that uses the services. A route adds
   what only it can give (409, 429, ...) in its decorator with :func:`errors`;
@@ -60,6 +61,9 @@ MEANING: dict[int, str] = {
     415: "The body's Content-Type is not one the route reads.",
     422: "The request does not match the expected shape (details lists where and why).",
     429: "Too many attempts: try again after Retry-After seconds.",
+    500: "A sealed row this request depends on (the caller's user, token or session; a secret or consent it"
+    " reads) was changed outside Grace (code row_tampered): it is refused, logged and audited; an operator"
+    " should run 'grace audit verify'.",
     503: "Grace or its database is not available right now: try again shortly.",
 }
 
@@ -116,7 +120,7 @@ def declared_errors(route: APIRoute, operation: dict[str, Any]) -> dict[int, str
     found: set[int] = set()
     declared = policy_of(route)
     if isinstance(declared, Policy):
-        found |= {401, 403}
+        found |= {401, 403, 500}  # 500: row_tampered, from the seal checked when the principal is read
     if "requestBody" in operation:
         found |= {400, 413, 415, 422}  # 400 and 415 from api/bodies.py: JSON too deep, a content type not read
     if operation.get("parameters"):
