@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For is believed (addresses or networks); none by default.
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     cookie_secure: bool = False
+    # How long a process keeps a resolved bearer token (0: read its rows on every request). A revocation
+    # or a disabled user empties it at once on every node (auth/tokencache.py); this bounds only a
+    # missed notification.
+    token_cache_seconds: float = Field(default=10.0, ge=0, le=300)
     log_level: str = "INFO"
     log_json: bool = True
 

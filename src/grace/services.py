@@ -10,7 +10,10 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from grace import auth, errors, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
@@ -84,6 +87,7 @@ class Services:
     async def close(self) -> None:
         for task in self._background:
             await _stop(task)
+        await self.accounts.close()
         await self.vault.close()
         await self.htm.close()
         await self.bus.close()
@@ -147,7 +151,21 @@ async def build(
         await bus.close()
         await db.dispose()
         raise
-    accounts = auth.Accounts(db, clock, vault.seal, limits=task_limits())
+    accounts = auth.Accounts(
+        db,
+        clock,
+        vault.seal,
+        limits=task_limits(),
+        cache=_token_cache(settings, db, clock),
+        bus=bus,
+    )
+    try:
+        await accounts.start()
+    except BaseException:
+        await vault.close()
+        await bus.close()
+        await db.dispose()
+        raise
     sign_in = auth.SignIn(
         db,
         clock,
@@ -173,6 +191,20 @@ async def build(
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)
     return services
+
+
+def _token_cache(settings: Settings, db: storage.Database, clock: Clock) -> auth.TokenCache:
+    """The process's cache of resolved tokens; on SQLite with an epoch file beside the database.
+
+    On SQLite each process has its own in-process bus, so a CLI revoking a token tells the serving
+    process through that file's stat; on PostgreSQL the bus reaches every node.
+    """
+    epoch = None
+    if db.is_sqlite:
+        database = make_url(settings.database_url).database
+        if database and database != ":memory:":
+            epoch = Path(database).with_name(Path(database).name + "-auth-epoch")
+    return auth.TokenCache(clock, timedelta(seconds=settings.token_cache_seconds), epoch_file=epoch)
 
 
 def _run_vault_rotation_on_htm(htm: HTM, vault: Vault) -> None:

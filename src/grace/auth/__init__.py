@@ -7,6 +7,7 @@ from grace.auth.principals import Principal, Role
 from grace.auth.scopes import AGENT_SCOPES, Scope, TaskLimits
 from grace.auth.sessions import SessionGrant, SignIn
 from grace.auth.tables import SEALED
+from grace.auth.tokencache import TokenCache
 
 __all__ = [
     "AGENT_SCOPES",
@@ -19,6 +20,7 @@ __all__ = [
     "SessionGrant",
     "SignIn",
     "TaskLimits",
+    "TokenCache",
     "TokenInfo",
     "User",
 ]

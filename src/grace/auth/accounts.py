@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,15 +19,22 @@ from grace.auth import secrets
 from grace.auth.principals import Principal, Role
 from grace.auth.scopes import Scope, TaskLimits
 from grace.auth.tables import SESSIONS, TOKENS, USERS, api_tokens, sessions, users
+from grace.auth.tokencache import TokenCache
+from grace.bus import Bus
 from grace.clock import Clock
 from grace.integrity import RowSeal
 from grace.storage import Database, new_id
 
 __all__ = ["Accounts", "BootstrapCredentials", "PasswordReset", "TokenInfo", "User"]
 
+log = logging.getLogger("grace.auth")
+
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{1,63}$")
 _AGENT = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+# Published after a change commits; every process's token cache is emptied when it hears of one.
+TOKENS_REVOKED = "auth.tokens.revoked"  # {"token_ids": [...]}
+USER_CHANGED = "auth.user.changed"  # {"user_id": ...}: disabled, re-enabled, or its tokens revoked with a reset
 
 
 @dataclass(frozen=True)
@@ -150,12 +158,61 @@ class Accounts:
     what it writes, and every read that decides who a principal is or what it may do checks the seal.
     """
 
-    def __init__(self, db: Database, clock: Clock, seal: RowSeal, *, limits: TaskLimits | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        seal: RowSeal,
+        *,
+        limits: TaskLimits | None = None,
+        cache: TokenCache | None = None,
+        bus: Bus | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.seal = seal
         # The task manager's origins and priorities per role, to cap what a token may be given.
         self.limits = limits
+        # Resolved tokens, kept a few seconds (None: every request reads its rows).
+        self.cache = cache
+        self.bus = bus
+        self._listening = False
+
+    # -- the token cache's invalidation ---------------------------------------------
+
+    async def start(self) -> None:
+        """Empty the token cache whenever any process publishes a token or user change (with a cache and a bus).
+
+        The bus calls back as soon as it learns of an ``auth.`` event: here right after publishing, on
+        PostgreSQL when the NOTIFY sent on the other process's commit arrives (and after the listening
+        connection was lost), before anything reads the event. Changes are rare; the cache refills.
+        """
+        if self.cache is None or self.bus is None or self._listening:
+            return
+        self.bus.on_published("auth.", self.cache.clear)
+        self._listening = True
+
+    async def close(self) -> None:
+        """Nothing to stop: the bus's callback goes with the bus."""
+
+    async def _changed(self, *, token_ids: Iterable[str] = (), user_id: str | None = None) -> None:
+        """After a commit: drop this process's cached principals for them, then tell the others."""
+        token_ids = list(token_ids)
+        if self.cache is not None:
+            if token_ids:
+                self.cache.drop_tokens(token_ids)
+            if user_id is not None:
+                self.cache.drop_user(user_id)
+            self.cache.touch_epoch()
+        if self.bus is None:
+            return
+        try:
+            if token_ids:
+                await self.bus.publish(TOKENS_REVOKED, {"token_ids": token_ids})
+            if user_id is not None:
+                await self.bus.publish(USER_CHANGED, {"user_id": user_id})
+        except Exception as exc:  # the change is committed; other nodes' caches expire within their TTL
+            log.warning("auth.change_not_published", extra={"reason": type(exc).__name__})
 
     # -- users ----------------------------------------------------------------
 
@@ -235,6 +292,7 @@ class Accounts:
                     (sessions.c.user_id == row["id"]) & sessions.c.revoked_at.is_(None),
                     {"revoked_at": self.clock.now()},
                 )
+        await self._changed(user_id=row["id"])
         return await self.get_user(row["id"])
 
     async def set_password(self, username_or_id: str, password: str, *, revoke_tokens: bool = False) -> PasswordReset:
@@ -262,6 +320,8 @@ class Accounts:
                     (api_tokens.c.user_id == row["id"]) & api_tokens.c.revoked_at.is_(None),
                     {"revoked_at": now},
                 )
+        if revoked:
+            await self._changed(user_id=row["id"])
         return PasswordReset(row["username"], ended, revoked)
 
     async def password_hash(self, username: str) -> tuple[User | None, str | None]:
@@ -417,6 +477,7 @@ class Accounts:
                 )
                 children = await conn.execute(select(api_tokens.c.id).where(api_tokens.c.parent_id.in_(frontier)))
                 frontier = [c for (c,) in children.all() if c not in seen]
+        await self._changed(token_ids=sorted(seen))
         async with self.db.read() as conn:
             row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().one()
         return _token(row)
@@ -426,6 +487,12 @@ class Accounts:
         if not plaintext or len(plaintext) > 512:
             raise errors.Unauthenticated("invalid token")
         token_hash = secrets.digest(plaintext)
+        cache = self.cache
+        if cache is not None:
+            cached = cache.get(token_hash)
+            if cached is not None:
+                return cached
+            generation = cache.generation
         async with self.db.read() as conn:
             row = (
                 (
@@ -452,7 +519,7 @@ class Accounts:
             async with self.db.write() as conn:
                 await conn.execute(update(api_tokens).where(api_tokens.c.id == row["id"]).values(last_used_at=now))
         origins = row["origins"]
-        return Principal(
+        principal = Principal(
             row["owner_id"],
             row["owner_username"],
             Role(row["owner_role"]),
@@ -462,3 +529,6 @@ class Accounts:
             origins=scopes_module.parse_names(origins) if origins is not None else None,
             max_priority=row["max_priority"],
         )
+        if cache is not None:
+            cache.put(token_hash, principal, row["expires_at"], generation)
+        return principal

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -101,6 +101,9 @@ class Bus(abc.ABC):
         self.source = node_name()
         self._wakeups: set[asyncio.Event] = set()
         self._closed = False
+        # (topic prefix, callback): told at once, before any subscriber reads it, that such a topic was
+        # published here or (PostgreSQL) by another process; see on_published.
+        self._hints: list[tuple[str, Callable[[], None]]] = []
 
     # -- what each implementation provides --------------------------------
 
@@ -145,6 +148,7 @@ class Bus(abc.ABC):
         if not checked:
             return []
         published = await self._append(checked, self.clock.now())
+        self._hint([c.topic for c in checked])
         self._wake_all()
         return published
 
@@ -157,6 +161,8 @@ class Bus(abc.ABC):
         if not checked:
             return 0
         await self._append(checked, self.clock.now(), returning=False)
+        if self._hints:
+            self._hint([c.topic for c in checked])
         self._wake_all()
         return len(checked)
 
@@ -203,6 +209,22 @@ class Bus(abc.ABC):
         return out[:limit]
 
     # -- wake-ups -----------------------------------------------------------
+
+    def on_published(self, prefix: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (synchronously, cheaply) whenever a topic starting with ``prefix`` is published.
+
+        Published here: right after the append. By another process (PostgreSQL): as soon as the NOTIFY
+        sent on its commit arrives, before a subscriber has read the event; and whenever the listening
+        connection was lost, since something may have been missed. A hint, not the event: for what was
+        published, subscribe.
+        """
+        self._hints.append((prefix, callback))
+
+    def _hint(self, published: Sequence[str] | None) -> None:
+        """Tell the hints about ``published`` topics (None: unknown, so every hint)."""
+        for prefix, callback in self._hints:
+            if published is None or any(t.startswith(prefix) for t in published):
+                callback()
 
     def _wake_all(self) -> None:
         for wake in tuple(self._wakeups):

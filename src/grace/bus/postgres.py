@@ -37,7 +37,10 @@ CHANNEL = "grace_events"
 APPEND_LOCK = "grace.bus.append"
 _APPEND_KEY = storage.lock_key(APPEND_LOCK)
 # Run on the asyncpg connection itself (Database.autocommit_driver): fixed SQL, prepared once per
-# connection. $1 lock key, $2 topics, $3 payloads (JSON text), $4 published at, $5 source, $6 channel.
+# connection. $1 lock key, $2 topics, $3 payloads (JSON text), $4 published at, $5 source, $6 channel,
+# $7 the NOTIFY's payload: the batch's distinct topics separated by spaces ('' when too long), read by
+# the listeners' hints (Bus.on_published) before any subscriber reads the table. An empty payload only
+# says "the log grew".
 _APPEND = """
     WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::bigint)),
     added AS (
@@ -49,8 +52,14 @@ _APPEND = """
     )
     SELECT id FROM added
      UNION ALL
-    SELECT NULL FROM (SELECT pg_notify($6::text, '')) AS notified
+    SELECT NULL FROM (SELECT pg_notify($6::text, $7::text)) AS notified
 """
+
+
+def _notice(topics: list[str]) -> str:
+    """Return the NOTIFY payload for a batch: its distinct topics, space-separated ('' past 7,000 characters)."""
+    text = " ".join(dict.fromkeys(topics))
+    return text if len(text) <= 7000 else ""
 
 
 class PostgresBus(Bus):
@@ -79,11 +88,14 @@ class PostgresBus(Bus):
             try:
                 self._listener = await asyncpg.connect(dsn)
                 await self._listener.add_listener(CHANNEL, self._on_notify)
+                self._hint(None)  # what was published while not listening is unknown
                 self._wake_all()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("bus.listener_reconnect_failed", extra={"reason": type(exc).__name__})
 
-    def _on_notify(self, *_args: object) -> None:
+    def _on_notify(self, _conn: object, _pid: object, _channel: object, payload: object) -> None:
+        if self._hints and isinstance(payload, str) and payload:
+            self._hint(payload.split(" "))
         self._wake_all()
 
     async def close(self) -> None:
@@ -101,7 +113,9 @@ class PostgresBus(Bus):
         # The copies handed back are taken now, before the caller can run again and change its dicts.
         copies = [c.payload() for c in items] if returning else []
         async with self.db.autocommit_driver() as conn:
-            rows = await conn.fetch(_APPEND, _APPEND_KEY, topics_, payloads, published_at, self.source, CHANNEL)
+            rows = await conn.fetch(
+                _APPEND, _APPEND_KEY, topics_, payloads, published_at, self.source, CHANNEL, _notice(topics_)
+            )
         ids = sorted(int(r[0]) for r in rows if r[0] is not None)
         if not returning:
             return []
