@@ -234,21 +234,31 @@ async def test_revoking_consent_and_secret_over_http(http: httpx.AsyncClient, ca
     assert by_agent.status_code == 403
 
 
+OUTCOMES = ("htm.task.completed", "htm.task.failed")
+
+
 async def test_admin_keys_and_audit_routes(http: httpx.AsyncClient, cast: Cast) -> None:
     await _store(http, cast)
     assert (await http.get("/api/secrets/keys/status", headers=cast.headers("owner"))).status_code == 403
     status = (await http.get("/api/secrets/keys/status", headers=cast.headers("admin2"))).json()["keys"]
     assert status["active_keys"] == 1 and status["master_key_source"] == "file"
+    htm = cast.services.htm
+    finished = await htm.bus.subscribe("htm.task.#", since=await htm.bus.latest_id()).open()
     started = await http.post("/api/secrets/keys/rotate", headers=cast.headers("admin2"))
     assert started.status_code == 202 and started.json()["queued"] and started.json()["task_id"]
-    assert cast.services.htm is not None
-    await cast.services.htm.start_workers()  # what `grace serve` does: the task manager runs the rotation
-    for _ in range(1500):  # up to 30 s on a busy machine
-        status = (await http.get("/api/secrets/keys/status", headers=cast.headers("admin2"))).json()["keys"]
-        if len(status["keys"]) == 2 and not status["rotation_in_progress"]:
-            break
-        await asyncio.sleep(0.02)
-    task = await cast.services.htm.get(started.json()["task_id"], principal=None)
+    task_id = started.json()["task_id"]
+    await htm.start_workers()  # what `grace serve` does: the task manager runs the rotation
+    # Wait for the rotation task's own outcome, however long a busy machine takes (no time budget).
+    outcome = None
+    while outcome is None:
+        event = await finished.get(timeout=60)
+        if event is not None and event.payload["task_id"] == task_id and event.topic in OUTCOMES:
+            outcome = event.topic
+    await finished.close()
+    task = await htm.get(task_id, principal=None)
+    assert outcome == "htm.task.completed", task
+    status = (await http.get("/api/secrets/keys/status", headers=cast.headers("admin2"))).json()["keys"]
+    assert not status["rotation_in_progress"], status
     assert [k["status"] for k in status["keys"]] == ["archived", "active"], (status, task)
     report = (await http.get("/api/secrets/audit/verify", headers=cast.headers("admin2"))).json()["report"]
     assert report["ok"] and report["entries"] > 3
