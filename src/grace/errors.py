@@ -2,7 +2,8 @@
 
     GraceError
     ├── InvalidInput           (422)
-    │   └── UnsupportedAudio       (422, a file that is not audio in a format Grace decodes)
+    │   ├── UnsupportedAudio       (422, a file that is not audio in a format Grace decodes)
+    │   └── PlaybookInvalid        (422, a playbook that does not pass lint; details lists each problem)
     ├── NotFound               (404)
     ├── Conflict               (409)
     │   ├── ConsentAlreadyAnswered (409, answering a consent request that is no longer pending)
@@ -36,6 +37,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "PlaybookInvalid",
     "RateLimited",
     "RowTampered",
     "ServiceNotRunning",
@@ -67,6 +69,12 @@ class UnsupportedAudio(InvalidInput):
     """The file is not audio Grace reads: send WAV, MP3, M4A, WebM, Ogg or FLAC (the content decides, not the name)."""
 
     code = "unsupported_audio"
+
+
+class PlaybookInvalid(InvalidInput):
+    """The playbook does not pass lint."""
+
+    code = "playbook_invalid"
 
 
 class NotFound(GraceError):

@@ -1,0 +1,27 @@
+"""Playbooks: operational runbooks as checked YAML, run by a strict engine and a cron scheduler.
+
+A playbook (``docs/playbooks.md``) declares its triggers, policy, typed inputs, monitors and steps;
+:func:`check` reads it with every key's position and type-checks its CEL conditions against the
+names it declares, so a typo is a lint error, never a silent ``false``.
+"""
+
+from __future__ import annotations
+
+from grace.playbooks.actions import Action, ActionContext, ActionFailed, ActionRegistry, Capabilities, Param
+from grace.playbooks.builtin import ALERT_TOPIC, default_registry
+from grace.playbooks.schema import Playbook, Problem, check, check_text
+
+__all__ = [
+    "ALERT_TOPIC",
+    "Action",
+    "ActionContext",
+    "ActionFailed",
+    "ActionRegistry",
+    "Capabilities",
+    "Param",
+    "Playbook",
+    "Problem",
+    "check",
+    "check_text",
+    "default_registry",
+]
