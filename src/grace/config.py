@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     voice_max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     voice_model_dir: Path | None = None
+    # Where `grace serve` and the API find playbooks (*.yaml); relative to the working directory.
+    playbooks_dir: Path = Path("playbooks")
     bus_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     session_ttl_seconds: int = Field(default=12 * 3600, ge=60)
     login_max_failures: int = Field(default=5, ge=1)

@@ -23,6 +23,7 @@ from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
 from grace.integrity import SEAL_LABEL
 from grace.vault import ROTATION_TASK, Vault, stored_master_key
+from grace.playbooks import Capabilities, Playbooks, default_registry
 from grace.voice import VoiceNotes, engines
 
 __all__ = ["Services", "build"]
@@ -46,6 +47,7 @@ class Services:
     vault: Vault
     htm: HTM
     voice: VoiceNotes
+    playbooks: Playbooks
     bootstrap: auth.BootstrapCredentials | None = None  # the first admin, when this build created it
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -186,7 +188,9 @@ async def build(
         engines(settings.voice_model_dir),
         max_upload_bytes=settings.voice_max_upload_bytes,
     )
-    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice)
+    capabilities = Capabilities(clock, bus=bus, htm=htm, vault=vault, voice=voice)
+    playbooks = Playbooks(db, capabilities, default_registry(), settings.playbooks_dir)
+    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from grace.playbooks.actions import Action, ActionContext, ActionFailed, ActionRegistry, Capabilities, Param
 from grace.playbooks.builtin import ALERT_TOPIC, default_registry
+from grace.playbooks.engine import Engine, RunResult, backoff_delay
+from grace.playbooks.history import RunRecord, RunStore
 from grace.playbooks.schema import Playbook, Problem, check, check_text
+from grace.playbooks.service import RUN_TASK, Playbooks
 
 __all__ = [
     "ALERT_TOPIC",
@@ -18,9 +21,16 @@ __all__ = [
     "ActionFailed",
     "ActionRegistry",
     "Capabilities",
+    "Engine",
     "Param",
     "Playbook",
+    "Playbooks",
     "Problem",
+    "RUN_TASK",
+    "RunRecord",
+    "RunResult",
+    "RunStore",
+    "backoff_delay",
     "check",
     "check_text",
     "default_registry",

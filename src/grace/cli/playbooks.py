@@ -1,0 +1,101 @@
+"""``grace playbook``: lint, execute (or dry-run) and the run history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from grace import jsontext
+from grace.cli.common import console, err_console, fail, open_services, print_table, run
+from grace.playbooks import check, default_registry
+
+app = typer.Typer(help="Operational playbooks: lint, execute, history.", no_args_is_help=True)
+
+
+@app.command("lint")
+def lint(files: list[Path] = typer.Argument(..., help="Playbook files to check.")) -> None:
+    """Check playbooks; print each problem as file:line:column and exit 1 if any."""
+    registry = default_registry()
+    found = 0
+    for path in files:
+        problems = check(path, registry)[1]
+        for problem in problems:
+            err_console.print(str(problem), markup=False)
+        found += len(problems)
+        if not problems:
+            console.print(f"{path}: ok", markup=False)
+    if found:
+        raise fail(f"{found} problem(s) in {len(files)} file(s)")
+
+
+def _inputs(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise fail(f"--input takes NAME=VALUE, not {pair!r}")
+        out[name.strip()] = value
+    return out
+
+
+@app.command("execute")
+def execute(
+    file: Path = typer.Argument(..., help="The playbook to run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Call no action with side effects; report each step."),
+    inputs: list[str] = typer.Option([], "--input", help="An input as NAME=VALUE (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run as JSON."),
+) -> None:
+    """Run a playbook now in this process (lint first); exit 1 unless it succeeds."""
+    given = _inputs(inputs)
+
+    async def work() -> int:
+        async with open_services() as services:
+            playbook = services.playbooks.load(file)
+            result = await services.playbooks.execute(playbook, given, who="cli", dry_run=dry_run)
+        if as_json:
+            console.print(
+                jsontext.dumps({"run_id": result.run_id, "status": result.status, "reason": result.reason, "steps": result.steps}),
+                markup=False,
+            )
+        else:
+            console.print(f"run {result.run_id}: {result.status}" + (f" ({result.reason})" if result.reason else ""), markup=False)
+            for step in result.steps:
+                extra = step.get("reason") or step.get("error") or ""
+                console.print(f"  {step['phase']:<10} {step['id']:<28} {step.get('outcome', '?'):<16} {extra}", markup=False)
+        return 0 if result.status == "succeeded" else 1
+
+    code = run(work)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("history")
+def history(
+    run_id: str | None = typer.Argument(None, help="One run's id: show its steps and attempts."),
+    playbook: str | None = typer.Option(None, "--playbook", help="Only this playbook's runs."),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="How many runs, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List recent runs and skipped firings, or show one run whole."""
+
+    async def work() -> None:
+        async with open_services() as services:
+            if run_id:
+                record = await services.playbooks.run_record(run_id)
+                console.print(jsontext.dumps(record.as_dict()), markup=False)
+                return
+            records = await services.playbooks.runs(playbook=playbook, limit=limit)
+        if as_json:
+            console.print(jsontext.dumps([r.as_dict() for r in records]), markup=False)
+            return
+        print_table(
+            ["run"],
+            ["playbook", "trigger", "who", "status", "reason", "created"],
+            [
+                (r.id, r.playbook, r.trigger, r.who, r.status, r.reason or "", r.created_at.isoformat())
+                for r in records
+            ],
+        )
+
+    run(work)

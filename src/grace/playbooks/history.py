@@ -1,0 +1,195 @@
+"""Run history: every run and every skipped firing, with each step's attempts, outcome and durations.
+
+Inputs are stored with secret inputs redacted; a step's arguments are stored as written in the
+playbook (a secret reference shows its key, never its value), and every error text is scrubbed of
+the values the run resolved before it is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import desc, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from grace import errors, jsontext
+from grace.clock import Clock, iso
+from grace.playbooks.tables import playbook_runs, playbook_schedules
+from grace.storage import Database, new_id
+
+__all__ = ["FINAL", "RunRecord", "RunStore"]
+
+FINAL = ("succeeded", "failed", "cancelled", "timed_out", "skipped")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    playbook: str
+    trigger: str
+    trigger_key: str | None
+    who: str
+    inputs: dict[str, Any]
+    status: str
+    reason: str | None
+    dry_run: bool
+    task_id: str | None
+    steps: list[dict[str, Any]]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "playbook": self.playbook,
+            "trigger": self.trigger,
+            "trigger_key": self.trigger_key,
+            "who": self.who,
+            "inputs": self.inputs,
+            "status": self.status,
+            "reason": self.reason,
+            "dry_run": self.dry_run,
+            "task_id": self.task_id,
+            "steps": self.steps,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_ms": self.duration_ms,
+        }
+
+
+def _record(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        playbook=row["playbook"],
+        trigger=row["trigger"],
+        trigger_key=row["trigger_key"],
+        who=row["who"],
+        inputs=jsontext.loads(row["inputs"]),
+        status=row["status"],
+        reason=row["reason"],
+        dry_run=bool(row["dry_run"]),
+        task_id=row["task_id"],
+        steps=jsontext.loads(row["steps"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        duration_ms=row["duration_ms"],
+    )
+
+
+class RunStore:
+    """Reads and writes ``playbook_runs`` and ``playbook_schedules``."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"RunStore(backend={self.db.backend!r})"
+
+    async def create(
+        self,
+        playbook: str,
+        *,
+        digest: str,
+        trigger: str,
+        who: str,
+        inputs: dict[str, Any],
+        trigger_key: str | None = None,
+        status: str = "queued",
+        reason: str | None = None,
+        dry_run: bool = False,
+    ) -> str | None:
+        """Insert a run (or a skipped firing); None when ``trigger_key`` was already recorded for the playbook."""
+        run_id = new_id("pbr")
+        now = self.clock.now()
+        values = {
+            "id": run_id,
+            "playbook": playbook,
+            "digest": digest,
+            "trigger": trigger,
+            "trigger_key": trigger_key,
+            "who": who[:200],
+            "inputs": jsontext.dumps(inputs),
+            "status": status,
+            "reason": reason,
+            "dry_run": dry_run,
+            "steps": "[]",
+            "created_at": now,
+            "finished_at": now if status in FINAL else None,
+        }
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(insert(playbook_runs).values(**values))
+        except IntegrityError:
+            if trigger_key is None:
+                raise
+            return None
+        return run_id
+
+    async def update(self, run_id: str, **values: Any) -> None:
+        if "steps" in values:
+            values["steps"] = jsontext.dumps(values["steps"])
+        async with self.db.write() as conn:
+            await conn.execute(update(playbook_runs).where(playbook_runs.c.id == run_id).values(**values))
+
+    async def start(self, run_id: str) -> bool:
+        """Mark a queued run running; False when it was already started, finished or cancelled."""
+        async with self.db.write() as conn:
+            changed = await conn.execute(
+                update(playbook_runs)
+                .where(playbook_runs.c.id == run_id, playbook_runs.c.status == "queued")
+                .values(status="running", started_at=self.clock.now())
+            )
+        return bool(changed.rowcount)
+
+    async def get(self, run_id: str) -> RunRecord:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(playbook_runs).where(playbook_runs.c.id == run_id))).mappings().first()
+        if row is None:
+            raise errors.NotFound(f"no playbook run {run_id[:60]!r}")
+        return _record(row)
+
+    async def list(self, *, playbook: str | None = None, limit: int = 50) -> list[RunRecord]:
+        if not 1 <= limit <= 1000:
+            raise errors.InvalidInput("limit must be between 1 and 1000")
+        query = select(playbook_runs).order_by(desc(playbook_runs.c.created_at), desc(playbook_runs.c.id)).limit(limit)
+        if playbook is not None:
+            query = query.where(playbook_runs.c.playbook == playbook)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_record(r) for r in rows]
+
+    async def active(self, playbook: str) -> list[RunRecord]:
+        """Runs of ``playbook`` queued or running."""
+        query = select(playbook_runs).where(
+            playbook_runs.c.playbook == playbook, playbook_runs.c.status.in_(("queued", "running"))
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_record(r) for r in rows]
+
+    async def last_fire(self, playbook: str) -> datetime | None:
+        async with self.db.read() as conn:
+            found: datetime | None = (
+                await conn.execute(
+                    select(playbook_schedules.c.last_fire_at).where(playbook_schedules.c.playbook == playbook)
+                )
+            ).scalar_one_or_none()
+        return found
+
+    async def set_last_fire(self, playbook: str, at: datetime) -> None:
+        now = self.clock.now()
+        async with self.db.write() as conn:
+            changed = await conn.execute(
+                update(playbook_schedules)
+                .where(playbook_schedules.c.playbook == playbook)
+                .values(last_fire_at=at, updated_at=now)
+            )
+            if not changed.rowcount:
+                await conn.execute(insert(playbook_schedules).values(playbook=playbook, last_fire_at=at, updated_at=now))

@@ -1,0 +1,143 @@
+"""The playbooks facade: find and check playbooks, run them (inline or as task-manager tasks), read history."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grace import errors
+from grace.playbooks.actions import ActionRegistry, Capabilities
+from grace.playbooks.engine import Engine, RunResult, RunState, parse_inputs
+from grace.playbooks.history import RunRecord, RunStore
+from grace.playbooks.schema import Playbook, Problem, check
+from grace.storage import Database
+
+__all__ = ["RUN_TASK", "Playbooks"]
+
+log = logging.getLogger("grace.playbooks")
+
+RUN_TASK = "playbooks.run"
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    path: str
+    description: str
+    valid: bool
+    problems: list[Problem]
+    playbook: Playbook | None
+
+
+class Playbooks:
+    """Playbooks in one directory, the engine that runs them and their history."""
+
+    def __init__(
+        self,
+        db: Database,
+        capabilities: Capabilities,
+        registry: ActionRegistry,
+        directory: Path,
+        *,
+        engine: Engine | None = None,
+    ) -> None:
+        self.db = db
+        self.capabilities = capabilities
+        self.registry = registry
+        self.directory = directory
+        self.history = RunStore(db, capabilities.clock)
+        self.engine = engine or Engine(registry, capabilities, self.history, resolve_secret=self._resolve_secret)
+
+    def __repr__(self) -> str:
+        return f"Playbooks(directory={str(self.directory)!r})"
+
+    # -- finding and checking ----------------------------------------------------------------
+
+    def lint(self, path: Path) -> list[Problem]:
+        return check(path, self.registry)[1]
+
+    def load(self, path: Path) -> Playbook:
+        """Return the checked playbook at ``path``; PlaybookInvalid lists every problem."""
+        playbook, problems = check(path, self.registry)
+        if playbook is None:
+            raise errors.PlaybookInvalid(
+                f"{path} does not pass lint: {problems[0]}" if problems else f"{path} does not pass lint",
+                details=[p.as_dict() for p in problems],
+            )
+        return playbook
+
+    def catalogue(self) -> list[Listed]:
+        """Every ``*.yaml`` in the directory, checked, by name."""
+        found: list[Listed] = []
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.glob("*.yaml")):
+            playbook, problems = check(path, self.registry)
+            found.append(
+                Listed(
+                    playbook.name if playbook else path.stem,
+                    str(path),
+                    playbook.description if playbook else "",
+                    playbook is not None,
+                    problems,
+                    playbook,
+                )
+            )
+        return found
+
+    def named(self, name: str) -> Playbook:
+        for listed in self.catalogue():
+            if listed.name == name:
+                if listed.playbook is None:
+                    raise errors.PlaybookInvalid(
+                        f"playbook {name!r} does not pass lint", details=[p.as_dict() for p in listed.problems]
+                    )
+                return listed.playbook
+        raise errors.NotFound(f"no playbook {name[:64]!r}")
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        playbook: Playbook,
+        inputs: Mapping[str, Any],
+        *,
+        who: str,
+        principal: Any = None,
+        dry_run: bool = False,
+        trigger: str = "manual",
+    ) -> RunResult:
+        """Run ``playbook`` in this process to its end (the CLI's ``execute``)."""
+        try:
+            parse_inputs(playbook, inputs)
+        except ValueError as exc:
+            raise errors.InvalidInput(str(exc)) from None
+        return await self.engine.run(playbook, inputs, trigger=trigger, who=who, principal=principal, dry_run=dry_run)
+
+    async def _resolve_secret(self, key: str, state: RunState) -> str:
+        """Ask the vault for a secret as the run's person, with consent where the vault demands it."""
+        vault = self.capabilities.vault
+        if vault is None:
+            raise ValueError("no vault to resolve secrets")
+        if state.principal is None:
+            raise ValueError(f"secret {key!r} needs the person the run is for; a scheduled run has none")
+        result = await vault.access(
+            state.principal,
+            key,
+            action="read",
+            purpose=f"playbook {state.playbook.name} run {state.run_id}",
+        )
+        if not result.approved or result.value is None:
+            raise ValueError(f"secret {key!r} was not released: {result.status}")
+        return result.value.reveal()
+
+    # -- history ----------------------------------------------------------------------------------
+
+    async def run_record(self, run_id: str) -> RunRecord:
+        return await self.history.get(run_id)
+
+    async def runs(self, *, playbook: str | None = None, limit: int = 50) -> list[RunRecord]:
+        return await self.history.list(playbook=playbook, limit=limit)
