@@ -22,8 +22,8 @@ from grace.config import Settings
 from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
 from grace.integrity import SEAL_LABEL
-from grace.vault import ROTATION_TASK, Vault, stored_master_key
 from grace.playbooks import Capabilities, Playbooks, default_registry
+from grace.vault import ROTATION_TASK, Vault, stored_master_key
 from grace.voice import VoiceNotes, engines
 
 __all__ = ["Services", "build"]

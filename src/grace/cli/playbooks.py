@@ -55,14 +55,20 @@ def execute(
             result = await services.playbooks.execute(playbook, given, who="cli", dry_run=dry_run)
         if as_json:
             console.print(
-                jsontext.dumps({"run_id": result.run_id, "status": result.status, "reason": result.reason, "steps": result.steps}),
+                jsontext.dumps(
+                    {"run_id": result.run_id, "status": result.status, "reason": result.reason, "steps": result.steps}
+                ),
                 markup=False,
             )
         else:
-            console.print(f"run {result.run_id}: {result.status}" + (f" ({result.reason})" if result.reason else ""), markup=False)
+            console.print(
+                f"run {result.run_id}: {result.status}" + (f" ({result.reason})" if result.reason else ""), markup=False
+            )
             for step in result.steps:
                 extra = step.get("reason") or step.get("error") or ""
-                console.print(f"  {step['phase']:<10} {step['id']:<28} {step.get('outcome', '?'):<16} {extra}", markup=False)
+                console.print(
+                    f"  {step['phase']:<10} {step['id']:<28} {step.get('outcome', '?'):<16} {extra}", markup=False
+                )
         return 0 if result.status == "succeeded" else 1
 
     code = run(work)
@@ -92,10 +98,7 @@ def history(
         print_table(
             ["run"],
             ["playbook", "trigger", "who", "status", "reason", "created"],
-            [
-                (r.id, r.playbook, r.trigger, r.who, r.status, r.reason or "", r.created_at.isoformat())
-                for r in records
-            ],
+            [(r.id, r.playbook, r.trigger, r.who, r.status, r.reason or "", r.created_at.isoformat()) for r in records],
         )
 
     run(work)

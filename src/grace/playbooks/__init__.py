@@ -16,6 +16,7 @@ from grace.playbooks.service import RUN_TASK, Playbooks
 
 __all__ = [
     "ALERT_TOPIC",
+    "RUN_TASK",
     "Action",
     "ActionContext",
     "ActionFailed",
@@ -26,7 +27,6 @@ __all__ = [
     "Playbook",
     "Playbooks",
     "Problem",
-    "RUN_TASK",
     "RunRecord",
     "RunResult",
     "RunStore",

@@ -94,7 +94,12 @@ async def operator_alert(ctx: ActionContext, args: dict[str, Any]) -> dict[str, 
     event = await ctx.need("bus").publish(ALERT_TOPIC, payload)
     log.warning(
         "playbooks.operator_alert",
-        extra={"playbook": ctx.playbook, "run_id": ctx.run_id, "severity": payload["severity"], "alert": args["message"]},
+        extra={
+            "playbook": ctx.playbook,
+            "run_id": ctx.run_id,
+            "severity": payload["severity"],
+            "alert": args["message"],
+        },
     )
     return {"event_id": int(event.id)}
 
@@ -280,7 +285,13 @@ def default_registry() -> ActionRegistry:
                 },
                 outputs={"task_id": s, "decision": s},
             ),
-            Action("htm.cancel_task", "cancel a task", htm_cancel_task, params={"task_id": Param(s, required=True)}, outputs={"status": s}),
+            Action(
+                "htm.cancel_task",
+                "cancel a task",
+                htm_cancel_task,
+                params={"task_id": Param(s, required=True)},
+                outputs={"status": s},
+            ),
             Action("htm.reap", "return dead workers' tasks to the queue", htm_reap, outputs={"returned": i}),
             Action("htm.rebalance", "rebalance origin shares", htm_rebalance, outputs={"changed": b}, needs="15"),
             Action(
@@ -320,7 +331,12 @@ def default_registry() -> ActionRegistry:
                 },
                 side_effects=False,
             ),
-            Action("vault.warn_expiry", "publish secrets.key.expiring when within 7 days", vault_warn_expiry, outputs={"warned": b}),
+            Action(
+                "vault.warn_expiry",
+                "publish secrets.key.expiring when within 7 days",
+                vault_warn_expiry,
+                outputs={"warned": b},
+            ),
             Action(
                 "vault.rotate_keys",
                 "generate and persist a new key, re-wrap every data key, archive the old key",
@@ -348,7 +364,12 @@ def default_registry() -> ActionRegistry:
                 vault_secrets_due,
                 outputs={"published": i},
             ),
-            Action("vault.expire_consents", "expire unanswered consent requests", vault_expire_consents, outputs={"expired": i}),
+            Action(
+                "vault.expire_consents",
+                "expire unanswered consent requests",
+                vault_expire_consents,
+                outputs={"expired": i},
+            ),
             Action(
                 "vault.consent",
                 "read a consent request: status, risk, governance, anomalies",
@@ -403,4 +424,3 @@ def default_registry() -> ActionRegistry:
             ),
         ]
     )
-

@@ -67,7 +67,12 @@ EVENTS: dict[str, dict[str, str]] = {
     "secrets.key.expiring": {"key_id": "string", "expires_at": "string"},
     "secrets.key.rotated": {"key_id": "string", "rewrapped": "int"},
     "voice.note.consented": {"note_id": "string", "user_id": "string", "scopes": "list", "processing": "bool"},
-    "voice.note.uploaded": {"note_id": "string", "user_id": "string", "audio_format": "string", "duration_seconds": "double"},
+    "voice.note.uploaded": {
+        "note_id": "string",
+        "user_id": "string",
+        "audio_format": "string",
+        "duration_seconds": "double",
+    },
 }
 
 
@@ -137,7 +142,9 @@ async def key_expires_in_days(caps: Capabilities) -> float:
 
 
 METRICS: dict[str, Metric] = {
-    "sla_compliance": Metric("double", "share of tasks with a deadline that finished in time (1.0 when none)", sla_compliance),
+    "sla_compliance": Metric(
+        "double", "share of tasks with a deadline that finished in time (1.0 when none)", sla_compliance
+    ),
     "sla_finished": Metric("int", "tasks with a deadline finished in the SLA window", sla_finished),
     "slow_tasks": Metric("int", "unfinished tasks past their deadline", slow_tasks),
     "throughput_mb_s": Metric("double", "megabytes per second completed over the last minute", throughput),

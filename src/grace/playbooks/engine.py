@@ -82,22 +82,28 @@ def parse_inputs(playbook: Playbook, given: Mapping[str, Any]) -> dict[str, Any]
                     value = jsontext.loads(value)
             if spec.type == "double" and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            ok = {
-                "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-                "double": lambda v: isinstance(v, float),
-                "bool": lambda v: isinstance(v, bool),
-                "string": lambda v: isinstance(v, str),
-                "secret": lambda v: isinstance(v, str),
-                "list": lambda v: isinstance(v, list),
-                "map": lambda v: isinstance(v, dict),
-                "any": lambda v: True,
-            }[spec.type](value)
-            if not ok:
+            if not _fits(spec.type, value):
                 raise ValueError
         except ValueError:
             raise ValueError(f"input {name!r} must be a {spec.type}") from None
         out[name] = value
     return out
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "double":
+        return isinstance(value, float)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind in ("string", "secret"):
+        return isinstance(value, str)
+    if kind == "list":
+        return isinstance(value, list)
+    if kind == "map":
+        return isinstance(value, dict)
+    return True
 
 
 @dataclass
@@ -160,13 +166,15 @@ class Engine:
         store: RunStore,
         *,
         sleep: Sleeper | None = None,
+        timer: Sleeper | None = None,
         rand: Callable[[], float] = random.random,
         resolve_secret: SecretResolver | None = None,
     ) -> None:
         self.registry = registry
         self.capabilities = capabilities
         self.store = store
-        self.sleep: Sleeper = sleep or capabilities.clock.sleep
+        self.sleep: Sleeper = sleep or capabilities.clock.sleep  # backoff waits
+        self.timer: Sleeper = timer or capabilities.clock.sleep  # what a timeout waits for
         self.rand = rand
         self.resolve_secret = resolve_secret
 
@@ -428,7 +436,9 @@ class Engine:
         started = clock.monotonic()
         try:
             args = await self._resolve(state, call)
-            ctx = ActionContext(self.capabilities, state.run_id, state.playbook.name, step.id, 1, state.who, state.principal)
+            ctx = ActionContext(
+                self.capabilities, state.run_id, state.playbook.name, step.id, 1, state.who, state.principal
+            )
             await action.fn(ctx, args)
             record["outcome"] = "rolled_back"
         except Exception as exc:  # a failed rollback is recorded; the others still run
@@ -480,11 +490,11 @@ class Engine:
         return value
 
     async def _with_timeout(self, work: Awaitable[Any], seconds: float | None) -> Any:
-        """Await ``work``; cancel it and raise TimeoutError once the sleeper has slept ``seconds``."""
+        """Await ``work``; cancel it and raise TimeoutError once the timer has slept ``seconds``."""
         task = asyncio.ensure_future(work)
         if seconds is None:
             return await task
-        timer = asyncio.ensure_future(self.sleep(seconds))
+        timer = asyncio.ensure_future(self.timer(seconds))
         try:
             await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:

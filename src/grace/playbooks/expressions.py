@@ -128,8 +128,8 @@ def _assignable(want: str, got: cel.Type) -> bool:
     if want == "double":
         return name in ("double", "int")
     if want in ("list", "map"):
-        return name.startswith(want)
-    return name == TYPES[want]
+        return bool(name.startswith(want))
+    return bool(name == TYPES[want])
 
 
 def _type_name(result: str) -> str:

@@ -155,7 +155,7 @@ class RunStore:
             raise errors.NotFound(f"no playbook run {run_id[:60]!r}")
         return _record(row)
 
-    async def list(self, *, playbook: str | None = None, limit: int = 50) -> list[RunRecord]:
+    async def recent(self, *, playbook: str | None = None, limit: int = 50) -> list[RunRecord]:
         if not 1 <= limit <= 1000:
             raise errors.InvalidInput("limit must be between 1 and 1000")
         query = select(playbook_runs).order_by(desc(playbook_runs.c.created_at), desc(playbook_runs.c.id)).limit(limit)
@@ -192,4 +192,6 @@ class RunStore:
                 .values(last_fire_at=at, updated_at=now)
             )
             if not changed.rowcount:
-                await conn.execute(insert(playbook_schedules).values(playbook=playbook, last_fire_at=at, updated_at=now))
+                await conn.execute(
+                    insert(playbook_schedules).values(playbook=playbook, last_fire_at=at, updated_at=now)
+                )

@@ -423,10 +423,16 @@ class _Checker:
         if "version" not in root:
             self.add((1, 1), "missing", f"the playbook needs 'version: {VERSION}'")
         elif version != VERSION or isinstance(version, bool):
-            self.add(self.value_at(root, "version"), "version", f"version {version!r} is not known; this Grace reads {VERSION}")
+            self.add(
+                self.value_at(root, "version"),
+                "version",
+                f"version {version!r} is not known; this Grace reads {VERSION}",
+            )
         name = self.string(root, "name", "the playbook", required=True)
         if name is not None and not NAME.match(name):
-            self.add(self.value_at(root, "name"), "name", "name: lower-case letters, digits and _, starting with a letter")
+            self.add(
+                self.value_at(root, "name"), "name", "name: lower-case letters, digits and _, starting with a letter"
+            )
         description = self.string(root, "description", "the playbook") or ""
         inputs = self.inputs(root)
         policy = self.policy(root)
@@ -540,7 +546,9 @@ class _Checker:
                     cron = None
                 if "timezone" in spec and zone not in _zones():
                     self.add(
-                        self.value_at(spec, "timezone"), "timezone", f"unknown time zone {zone!r}{suggest(zone, _zones())}"
+                        self.value_at(spec, "timezone"),
+                        "timezone",
+                        f"unknown time zone {zone!r}{suggest(zone, _zones())}",
                     )
                     continue
                 if cron is not None:
@@ -554,7 +562,9 @@ class _Checker:
                 continue
             if topic not in catalogue.EVENTS:
                 self.add(
-                    self.value_at(spec, "topic"), "topic", f"unknown event topic {topic!r}{suggest(topic, catalogue.EVENTS)}"
+                    self.value_at(spec, "topic"),
+                    "topic",
+                    f"unknown event topic {topic!r}{suggest(topic, catalogue.EVENTS)}",
                 )
                 continue
             topic_fields = {f"event.{k}": v for k, v in catalogue.EVENTS[topic].items()}
@@ -768,7 +778,11 @@ class _Checker:
             return None
         action = self.registry.get(name)
         if action is None:
-            self.add(self.value_at(node, "action"), "action", f"unknown action {name!r}{suggest(name, self.registry.names())}")
+            self.add(
+                self.value_at(node, "action"),
+                "action",
+                f"unknown action {name!r}{suggest(name, self.registry.names())}",
+            )
             return None
         args: dict[str, Arg] = {}
         given = node.get("with")
@@ -807,7 +821,11 @@ class _Checker:
         if isinstance(value, CommentedMap) and "secret" in value:
             self.mapping(value, self.value_at(given, key), f"{what}: a secret reference", SECRET_KEYS)
             if kind != "secret":
-                self.add(self.value_at(given, key), "secret", f"{what} is not a secret parameter: a secret goes only where one is declared")
+                self.add(
+                    self.value_at(given, key),
+                    "secret",
+                    f"{what} is not a secret parameter: a secret goes only where one is declared",
+                )
                 return None
             inner = value["secret"]
             if not isinstance(inner, str) or not inner:
@@ -827,7 +845,9 @@ class _Checker:
                 expr = self.expression(given, key, found["expr"], scope, want=kind, offset=2, steps=order.view(self_id))
                 return Arg(expr=expr) if expr is not None else None
             if "${" in value:
-                self.add(self.value_at(given, key), "syntax", f"{what}: an expression must be the whole value: ${{...}}")
+                self.add(
+                    self.value_at(given, key), "syntax", f"{what}: an expression must be the whole value: ${{...}}"
+                )
                 return None
         plain = _plain(value)
         if _has_expression(plain):

@@ -140,4 +140,4 @@ class Playbooks:
         return await self.history.get(run_id)
 
     async def runs(self, *, playbook: str | None = None, limit: int = 50) -> list[RunRecord]:
-        return await self.history.list(playbook=playbook, limit=limit)
+        return await self.history.recent(playbook=playbook, limit=limit)
