@@ -15,7 +15,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from grace import storage
 from grace.bus import InProcessBus
 from grace.clock import SystemClock
 from grace.htm import HTM, Status, Task, load_config
-from grace.htm.origins import ORDER, Origin
+from grace.htm.origins import ORDER
 from tests.backends import PostgresTestDatabase
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +95,11 @@ def workers(pg_url: str, tmp_path: Path) -> Iterator[tuple[list[subprocess.Popen
     stderr.close()
 
 
-async def wait_for(check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+HANG_GUARD = 600.0  # seconds: long enough for any busy machine, short of CI's own limit
+
+
+async def wait_for(check, timeout: float = HANG_GUARD) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``check()`` holds; ``timeout`` only stops a hung run, it is no speed budget."""
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, "timed out waiting"
@@ -105,15 +108,6 @@ async def wait_for(check, timeout: float = 60.0) -> None:  # type: ignore[no-unt
 
 async def all_tasks(htm: HTM) -> list[Task]:
     return await htm.list_tasks(principal=None, limit=1000)
-
-
-def peak_overlap(intervals: list[tuple[datetime, datetime]], until: datetime) -> int:
-    edges = sorted([(s, 1) for s, _ in intervals if s <= until] + [(e, -1) for s, e in intervals if s <= until])
-    peak = now = 0
-    for _, step in edges:
-        now += step
-        peak = max(peak, now)
-    return peak
 
 
 @pytest.mark.slow
@@ -127,29 +121,32 @@ async def test_two_worker_processes_share_the_queue_with_global_caps_and_lose_no
         workers: int = (await htm.routing_stats())["workers"]
         return workers == 2
 
-    await wait_for(both_registered, 60)
+    await wait_for(both_registered)
     # Phase 1: every origin backlogged, capacity 8 across the two processes.
     requests = [htm.request("test.work", origin=o.value, payload={"seconds": 0.25}) for o in ORDER for _ in range(6)]
     await htm.submit_many(requests, creator=None)
 
+    # While every origin still has work waiting, no origin runs more than its share of the 8 slots,
+    # counted across both processes: read from the database's own running counts, sampled throughout.
+    peak: Counter[str] = Counter()
+    quotas: dict[str, int] = {}
+
     async def all_done() -> bool:
+        stats = (await htm.routing_stats())["origins"]
+        quotas.update({name: o["max_concurrent"] for name, o in stats.items()})
+        if all(stats[o.value]["total_queued"] > 0 for o in ORDER):
+            for name, o in stats.items():
+                peak[name] = max(peak[name], o["current_count"])
         return all(t.status is Status.COMPLETED for t in await all_tasks(htm))
 
-    await wait_for(all_done, 60)
+    await wait_for(all_done)
     tasks = await all_tasks(htm)
     assert len(tasks) == 48 and {t.worker_id.split(":")[1] for t in tasks if t.worker_id} == {str(p.pid) for p in procs}
-    # While every origin still had work waiting, no origin ran more than its share of the 8 slots,
-    # counted across both processes.
-    runs: dict[Origin, list[tuple[datetime, datetime]]] = {o: [] for o in ORDER}
-    for t in tasks:
-        assert t.started_at is not None and t.finished_at is not None  # every task completed
-        runs[t.origin].append((t.started_at, t.finished_at))
-    last_start = {o: max(start for start, _ in runs[o]) for o in ORDER}
-    all_backlogged_until = min(last_start.values())
-    quotas = {name: o["max_concurrent"] for name, o in (await htm.routing_stats())["origins"].items()}
+    assert all(t.started_at is not None and t.finished_at is not None for t in tasks)  # every task completed
     assert quotas["user_request"] == 3 and quotas["internal"] == 1
+    assert peak, "never saw every origin backlogged at once"
     for origin in ORDER:
-        assert peak_overlap(runs[origin], all_backlogged_until) <= quotas[origin.value], origin
+        assert peak[origin.value] <= quotas[origin.value], (origin, dict(peak))
 
     # Phase 2: kill -9 one worker while it holds tasks.
     second = [htm.request("test.work", origin="intent", payload={"seconds": 1.0}) for _ in range(16)]
@@ -160,7 +157,7 @@ async def test_two_worker_processes_share_the_queue_with_global_caps_and_lose_no
         running = await htm.list_tasks(principal=None, status="running", limit=100)
         return any(t.worker_id and t.worker_id.split(":")[1] == str(victim.pid) for t in running)
 
-    await wait_for(victim_busy, 30)
+    await wait_for(victim_busy)
     held = {
         t.task_id
         for t in await htm.list_tasks(principal=None, status="running", limit=100)
@@ -168,7 +165,7 @@ async def test_two_worker_processes_share_the_queue_with_global_caps_and_lose_no
     }
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
-    await wait_for(all_done, 60)
+    await wait_for(all_done)
     final = {t.task_id: t for t in await all_tasks(htm) if t.task_id in ids}
     assert len(final) == 16 and all(t.status is Status.COMPLETED for t in final.values())  # nothing lost
     survivor = str(procs[1].pid)
