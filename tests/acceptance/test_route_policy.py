@@ -103,10 +103,21 @@ EXPECTED: dict[str, str] = {
     "GET /secrets/risk": "secrets",
     "GET /secrets/{key}": "secrets",
     "POST /secrets/{key}/revoke": "secrets",
+    "GET /voice": "voice",
+    "POST /voice": "voice",
+    "GET /voice/{note_id}": "voice",
+    "POST /voice/{note_id}/consent": "consents",
+    "POST /voice/{note_id}/reprocess": "voice",
+    "POST /voice/{note_id}/delete": "voice",
+    "GET /voice/{note_id}/progress": "voice",
 }
 
 # Query strings that keep a call short (the consent stream would otherwise stay open).
-QUERY = {"GET /api/secrets/consent/stream": "?timeout_seconds=0.05", "GET /consents/stream": "?timeout_seconds=0.05"}
+QUERY = {
+    "GET /api/secrets/consent/stream": "?timeout_seconds=0.05",
+    "GET /consents/stream": "?timeout_seconds=0.05",
+    "GET /voice/{note_id}/progress": "?timeout_seconds=0.05",
+}
 PAGE_POLICY = re.compile(r'data-policy="([a-z_]+)"')
 
 

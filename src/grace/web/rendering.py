@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, Response
 from grace import __version__
 from grace.web.session import CSRF_COOKIE
 
-__all__ = ["ASSETS", "CSP", "STATIC", "TEMPLATES", "environment", "render", "secure", "utc"]
+__all__ = ["ASSETS", "CSP", "STATIC", "TEMPLATES", "clock_time", "environment", "render", "secure", "utc"]
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -30,6 +30,7 @@ CSP = "; ".join(
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data:",
+        "media-src 'self'",
         "connect-src 'self'",
         "form-action 'self'",
         "frame-ancestors 'none'",
@@ -52,6 +53,14 @@ def utc(value: datetime | None, *, seconds: bool = False) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
 
 
+def clock_time(seconds: float | None) -> str:
+    """Show a moment in a recording as ``m:ss`` (``h:mm:ss`` past an hour)."""
+    total = max(0, int(seconds or 0))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
@@ -60,6 +69,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["utc"] = utc
+    env.filters["clock"] = clock_time
     env.globals["assets"] = ASSETS
     env.globals["version"] = __version__
     return env

@@ -29,6 +29,7 @@ __all__ = ["larger_bodies", "router"]
 router = APIRouter(prefix="/api/voice-notes", tags=["voice"])
 
 UPLOAD_PATH = re.compile(r"^/api/voice-notes/[^/]+/upload$")
+WEB_UPLOAD_PATH = re.compile(r"^/voice$")  # the web UI's new-note form (grace.web.voice)
 MULTIPART_OVERHEAD = 64 * 1024
 MEDIA_TYPES = {
     "wav": "audio/wav",
@@ -42,8 +43,9 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def larger_bodies(settings: Settings) -> tuple[tuple[re.Pattern[str], int], ...]:
-    """The upload route takes bodies up to the voice upload limit (plus the multipart framing)."""
-    return ((UPLOAD_PATH, settings.voice_max_upload_bytes + MULTIPART_OVERHEAD),)
+    """The upload routes (the API's and the web form's) take bodies up to the voice upload limit (plus the multipart framing)."""
+    limit = settings.voice_max_upload_bytes + MULTIPART_OVERHEAD
+    return ((UPLOAD_PATH, limit), (WEB_UPLOAD_PATH, limit))
 
 
 class StartNote(BaseModel):

@@ -1,4 +1,5 @@
-// Grace's web UI: countdowns to expiry, and a notification for a new request while the tab is hidden.
+// Grace's web UI: countdowns to expiry, a notification for a new request while the tab is hidden,
+// the voice recorder and transcript player, and the dashboard's charts (dashboard.js).
 // No inline script anywhere: the Content-Security-Policy allows only files served by Grace.
 (function () {
   "use strict";
@@ -78,7 +79,107 @@
     tick();
   }
 
+  // Voice notes: record with the microphone into the form's file input, so the same form (and its
+  // CSRF token) sends a recording or a chosen file.
+  function recorder() {
+    var box = document.getElementById("recorder");
+    var input = document.getElementById("v-file");
+    if (!box || !input || !window.MediaRecorder || !navigator.mediaDevices || !window.DataTransfer) return;
+    var start = document.getElementById("rec-start");
+    var stop = document.getElementById("rec-stop");
+    var status = document.getElementById("rec-status");
+    var clock = document.getElementById("rec-time");
+    var media = null;
+    var timer = null;
+    var began = 0;
+    box.hidden = false;
+
+    function shown(seconds) {
+      return Math.floor(seconds / 60) + ":" + pad(Math.floor(seconds % 60));
+    }
+
+    start.addEventListener("click", function () {
+      navigator.mediaDevices.getUserMedia({ audio: true }).then(function (stream) {
+        var chunks = [];
+        media = new MediaRecorder(stream);
+        media.addEventListener("dataavailable", function (e) {
+          if (e.data && e.data.size) chunks.push(e.data);
+        });
+        media.addEventListener("stop", function () {
+          stream.getTracks().forEach(function (t) { t.stop(); });
+          window.clearInterval(timer);
+          var type = (media.mimeType || "audio/webm").split(";")[0];
+          var ext = type.indexOf("ogg") >= 0 ? "ogg" : type.indexOf("mp4") >= 0 ? "m4a" : "webm";
+          var file = new File(chunks, "recording." + ext, { type: type });
+          var files = new DataTransfer();
+          files.items.add(file);
+          input.files = files.files;
+          status.textContent = "Recorded, ready to save:";
+          start.disabled = false;
+          stop.disabled = true;
+          box.setAttribute("data-recorded", "true");
+        });
+        media.start(1000);
+        began = Date.now();
+        clock.textContent = "0:00";
+        status.textContent = "Recording";
+        box.removeAttribute("data-recorded");
+        start.disabled = true;
+        stop.disabled = false;
+        timer = window.setInterval(function () {
+          clock.textContent = shown((Date.now() - began) / 1000);
+        }, 250);
+        stop.focus();
+      }).catch(function (err) {
+        status.textContent = "The microphone is not available (" + err.name + "); choose a file instead.";
+      });
+    });
+    stop.addEventListener("click", function () {
+      if (media && media.state !== "inactive") media.stop();
+    });
+  }
+
+  // A note's transcript: a line plays the recording from its start; ?t= (a search hit) seeks on load.
+  function player() {
+    var audio = document.getElementById("player");
+    if (!audio) return;
+    function seek(seconds, play) {
+      var go = function () {
+        audio.currentTime = seconds;
+        if (play) audio.play().catch(function () { /* the person presses play */ });
+      };
+      if (audio.readyState >= 1) go();
+      else audio.addEventListener("loadedmetadata", go, { once: true });
+    }
+    document.querySelectorAll("button.line[data-start]").forEach(function (line) {
+      line.addEventListener("click", function () {
+        document.querySelectorAll("button.line.playing").forEach(function (b) { b.classList.remove("playing"); });
+        line.classList.add("playing");
+        seek(parseFloat(line.getAttribute("data-start")), true);
+      });
+    });
+    var wanted = audio.getAttribute("data-seek");
+    if (wanted !== null) {
+      var lines = Array.prototype.slice.call(document.querySelectorAll("button.line[data-start]"));
+      var at = parseFloat(wanted);
+      var current = lines.filter(function (b) { return parseFloat(b.getAttribute("data-start")) <= at + 0.01; }).pop();
+      if (current) {
+        current.classList.add("playing");
+        current.scrollIntoView({ block: "center" });
+      }
+      seek(at, true);
+    }
+  }
+
+  // A note's progress stream says "done" when the note is completed or failed: show what it became.
+  function reloadWhenDone(event) {
+    if (event.detail && event.detail.type === "message") window.location.reload();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    recorder();
+    player();
+    document.body.addEventListener("htmx:sseClose", reloadWhenDone);
     tick();
     window.setInterval(tick, 1000);
     offerNotifications();
