@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from html.parser import HTMLParser
 
 import httpx
+import numpy as np
 import pytest
 
 from grace.web import CSP
 from tests.browser.conftest import PASSWORD, Grace
+from tests.voicekit import RATE, to_wav
 
-PAGES = ["/signin", "/", "/consents/history", "/?status=denied"]
+PAGES = ["/signin", "/", "/consents/history", "/?status=denied", "/secrets", "/voice", "/voice?q=budget"]
 
 
 class InlineFinder(HTMLParser):
@@ -129,3 +131,53 @@ def test_pages_are_not_for_strangers(grace: Grace) -> None:
         assert deep.headers["location"] == "/signin?next=%2F%3Fstatus%3Ddenied"
         fragment = http.get("/consents/history", headers={"HX-Request": "true"})
         assert fragment.status_code == 401 and fragment.headers["hx-redirect"].startswith("/signin")
+
+
+def _tone() -> bytes:
+    """A second of a 440 Hz tone: audio enough for an upload (nothing here is transcribed)."""
+    samples = 8000 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)
+    return to_wav(samples.astype(np.int16))
+
+
+def test_every_post_form_carries_the_csrf_token_and_a_voice_upload_without_it_is_refused(grace: Grace) -> None:
+    with grace.api("bella") as api:
+        note_id = api.post("/api/voice-notes/start", json={"title": "Tone"}).json()["session_id"]
+        uploaded = api.post(f"/api/voice-notes/{note_id}/upload", files={"file": ("tone.wav", _tone(), "audio/wav")})
+        assert uploaded.status_code == 200, uploaded.text
+    with signed_in_client(grace, "bella") as http:
+        for path in ("/", "/secrets", "/voice", f"/voice/{note_id}"):
+            forms = FormFinder()
+            forms.feed(http.get(path).text)
+            assert forms.posts, path
+            assert forms.posts == [True] * len(forms.posts), f"{path}: a POST form without csrf_token"
+        refused = http.post("/voice", data={"title": "Forged"}, files={"file": ("tone.wav", _tone(), "audio/wav")})
+        assert refused.status_code == 403 and "CSRF" in refused.text
+        assert "Forged" not in http.get("/voice").text
+        consent = http.post(f"/voice/{note_id}/consent", data={"scopes": ["recording", "transcription"]})
+        assert consent.status_code == 403
+        assert "waiting for your consent" in http.get(f"/voice/{note_id}").text
+        token = csrf_of(http)
+        assert http.post(f"/voice/{note_id}/delete", data={"csrf_token": token}).status_code == 303
+        assert http.get(f"/voice/{note_id}").status_code == 404
+
+
+class FormFinder(HTMLParser):
+    """For each POST form, whether it holds a csrf_token field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posts: list[bool] = []
+        self._in_post = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "form":
+            self._in_post = (values.get("method") or "get").lower() == "post"
+            if self._in_post:
+                self.posts.append(False)
+        if tag == "input" and self._in_post and values.get("name") == "csrf_token" and values.get("value"):
+            self.posts[-1] = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._in_post = False

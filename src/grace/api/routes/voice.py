@@ -43,7 +43,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def larger_bodies(settings: Settings) -> tuple[tuple[re.Pattern[str], int], ...]:
-    """The upload routes (the API's and the web form's) take bodies up to the voice upload limit (plus the multipart framing)."""
+    """The upload routes (the API's and the web form's) take bodies up to the voice upload limit, plus framing."""
     limit = settings.voice_max_upload_bytes + MULTIPART_OVERHEAD
     return ((UPLOAD_PATH, limit), (WEB_UPLOAD_PATH, limit))
 
