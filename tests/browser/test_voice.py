@@ -128,11 +128,13 @@ def test_a_recorded_note_is_transcribed_found_by_search_and_the_hit_seeks_the_au
     expect(page.locator("#progress")).to_be_visible()
     expect(page.locator("#note-status")).to_have_text("ready", timeout=PROCESSED_TIMEOUT_MS)
     assert "progress" in seen  # the stages arrived over the stream, and its "done" reloaded the page
-    expect(page.locator("#transcript")).to_contain_text("spreadsheet")
+    # tiny.en hears a browser's Opus recording of espeak-ng well but not perfectly ("spreadsheet" has
+    # come back as "grant sheet"): the test leans on the words it always got right.
+    expect(page.locator("#transcript")).to_contain_text("Maria")
     expect(page.get_by_text("not fed to the learning loop")).to_be_visible()
 
     # Clicking a line plays the recording from that line's start.
-    line = page.locator("button.line", has_text="spreadsheet")
+    line = page.locator("button.line", has_text="Maria")
     start = float(line.get_attribute("data-start") or "nan")
     assert 3.0 < start < 9.0  # the second sentence, not the beginning
     line.click()
@@ -143,12 +145,12 @@ def test_a_recorded_note_is_transcribed_found_by_search_and_the_hit_seeks_the_au
         with page.expect_download() as download:
             page.get_by_role("link", name=fmt).click()
         text = Path(download.value.path()).read_text(encoding="utf-8")
-        assert arrow in text and "spreadsheet" in text
+        assert arrow in text and "Maria" in text
         assert download.value.suggested_filename == f"{title}.{fmt.lower()}"
 
     # Search across notes: the hit names the moment, and following it seeks the audio there.
     page = session.go("/voice")
-    page.get_by_label("Words or meaning").fill("who gets the updated spreadsheet")
+    page.get_by_label("Words or meaning").fill("what should I send to Maria")
     page.get_by_role("button", name="Search").click()
     hit = page.locator(f".hit a[href^='/voice/{note_id}?t=']").first
     expect(hit).to_contain_text(title)
@@ -159,14 +161,14 @@ def test_a_recorded_note_is_transcribed_found_by_search_and_the_hit_seeks_the_au
     hit.click()
     page.wait_for_url(f"**/voice/{note_id}?t=*")
     page.wait_for_function(f"() => Math.abs(document.getElementById('player').currentTime - {at}) < 0.6")
-    expect(page.locator("button.line.playing")).to_contain_text("spreadsheet")
+    expect(page.locator("button.line.playing")).to_contain_text("Maria")
     _shoot(page, grace, "voice-note", found)
     assert found == {shot: [] for shot in found}
     session.check_clean()
 
     # Another member sees nothing of it: not listed, not found, not openable, not playable.
     bella: Session = open_mic_session("bella")
-    page_b = bella.go("/voice?q=" + "revised spreadsheet for Maria")
+    page_b = bella.go("/voice?q=" + "what should I send to Maria")
     expect(page_b.get_by_text("Nothing you said matches")).to_be_visible()
     assert title not in page_b.content()
     cookies = {c["name"]: c["value"] for c in bella.context.cookies()}
@@ -180,7 +182,7 @@ def test_a_recorded_note_is_transcribed_found_by_search_and_the_hit_seeks_the_au
     page.get_by_role("button", name="Delete").click()
     expect(page.get_by_text("Deleted: the recording")).to_be_visible()
     expect(page.locator(".note-item", has_text=title)).to_have_count(0)
-    page = session.go("/voice?q=revised+spreadsheet")
+    page = session.go("/voice?q=send+to+Maria")
     expect(page.locator(f".hit a[href^='/voice/{note_id}']")).to_have_count(0)
     cookies = {c["name"]: c["value"] for c in session.context.cookies()}
     with httpx.Client(base_url=grace.url, cookies=cookies) as http:
