@@ -18,8 +18,9 @@ run: $(STAMP)
 	$(BIN)/grace serve
 
 # Debian packages the suite drives: espeak-ng speaks the voice tests' notes, sox converts them,
-# chromium is for the web UI tests. Installed only when a command is missing.
-SYSTEM_COMMANDS := espeak-ng sox chromium
+# chromium is for the web UI tests, strace counts SQLite's fsync calls (tests/acceptance/test_durability.py).
+# Installed only when a command is missing.
+SYSTEM_COMMANDS := espeak-ng sox chromium strace
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ## system-packages: install the Debian packages the tests need, only those missing

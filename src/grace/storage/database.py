@@ -2,8 +2,11 @@
 
 SQLite runs in WAL mode with a busy timeout and foreign keys on; write
 transactions take the write lock up front (``BEGIN IMMEDIATE``) and are
-serialised in-process, so SQLite has exactly one writer at a time. PostgreSQL
-uses asyncpg with a connection pool.
+serialised in-process, so SQLite has exactly one writer at a time. Every commit
+is flushed to disk before it returns (``synchronous=FULL``: one ``fsync`` of the
+write-ahead log per transaction), so a write that was acknowledged survives an
+OS crash or a power cut, not only a crash of Grace. PostgreSQL uses asyncpg with
+a connection pool and the server's own ``synchronous_commit``.
 """
 
 from __future__ import annotations
@@ -304,7 +307,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL, not WAL mode's usual NORMAL: under NORMAL a commit returns before the WAL is
+        # flushed, and an OS crash or power cut can undo work already acknowledged to a client.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
