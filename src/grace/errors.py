@@ -14,13 +14,18 @@
     ├── RateLimited            (429)
     ├── ConfigurationError     (CLI and start-up only)
     ├── StorageUnavailable     (503)
-    │   └── AuditChainBroken       (503, the audit chain does not continue from its anchor: nothing written)
+    │   ├── AuditChainBroken       (503, the audit chain does not continue from its anchor: nothing written)
+    │   ├── DatabaseUnreachable    (503, the database refused, dropped or did not answer the connection)
+    │   └── DiskFull               (503, the database's disk is full: nothing was written)
     ├── ServiceNotRunning      (503, Grace not running in this process: try again shortly)
     └── RowTampered            (500, a row that decides a release or a privilege fails its seal)
 
 Capabilities raise these; the HTTP edge maps them to statuses in one place
 (``grace.api.errors``) and the CLI prints their message and exits non-zero. Every class has
 its own ``code``, sent as ``error.code``: a client branches on the code, never on the message.
+A class with ``retry_after`` (seconds) is a passing condition: the HTTP answer carries it as
+``Retry-After``. A database failing mid-request (a cut connection, a full disk) reaches the edge
+as the driver's own exception; ``grace.storage.outage`` turns it into one of these.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "ConsentAlreadyAnswered",
+    "DatabaseUnreachable",
+    "DiskFull",
     "GraceError",
     "InvalidInput",
     "NotFound",
@@ -52,6 +59,8 @@ class GraceError(Exception):
     """Something went wrong in Grace."""
 
     code = "error"
+    # Seconds a client should wait before trying again, for a condition expected to pass; else None.
+    retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, details: Any = None) -> None:
         self.message = message or (self.__doc__ or self.code).strip()
@@ -123,6 +132,7 @@ class RateLimited(GraceError):
     """Too many attempts; try again later."""
 
     code = "rate_limited"
+    retry_after: int = 60
 
     def __init__(self, message: str | None = None, *, retry_after: int = 60, details: Any = None) -> None:
         super().__init__(message, details=details)
@@ -139,18 +149,35 @@ class StorageUnavailable(GraceError):
     """The database cannot be reached."""
 
     code = "storage_unavailable"
+    retry_after: int | None = 5
 
 
 class AuditChainBroken(StorageUnavailable):
     """The audit log does not continue from its signed anchor, so nothing was written: run `grace audit verify`."""
 
     code = "audit_chain_broken"
+    retry_after = None  # waiting does not mend it: an operator must look
+
+
+class DatabaseUnreachable(StorageUnavailable):
+    """The database cannot be reached (it is restarting, down, or the connection was cut); try again shortly."""
+
+    code = "database_unreachable"
+    retry_after = 5
+
+
+class DiskFull(StorageUnavailable):
+    """The database's disk is full, so nothing was written; try again once space has been freed."""
+
+    code = "disk_full"
+    retry_after = 30
 
 
 class ServiceNotRunning(GraceError):
     """Grace is not running in this process (starting up or shutting down); try again shortly."""
 
     code = "service_not_running"
+    retry_after = 2
 
 
 class RowTampered(GraceError):

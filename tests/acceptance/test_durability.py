@@ -13,6 +13,8 @@ from tests.backends import in_ci
 from tests.servekit import Served
 
 SUBMISSIONS = 100
+# Every thread, fsync and fdatasync only, with the path of each descriptor, nothing else.
+TRACE_FLUSHES = ["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none"]
 _WAL_FLUSH = re.compile(r"^\d+\s+f(?:data)?sync\(\d+<[^>]*grace\.db-wal>\)\s+=\s+0", re.MULTILINE)
 
 
@@ -33,7 +35,7 @@ def test_every_acknowledged_submission_on_sqlite_is_flushed_to_disk_before_it_is
         tmp_path / "serve.log",
         # No embedded workers: only the submissions write while they are counted.
         env={"GRACE_HTM_EMBEDDED_WORKERS": "false", "GRACE_HTM_SLA_ENABLED": "false"},
-        command_prefix=[strace, "-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-e", "signal=none", "-o", str(trace)],
+        command_prefix=[strace, *TRACE_FLUSHES, "-o", str(trace)],
     )
     served.start(ready_timeout=120)
     try:

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grace import errors, storage
 
-__all__ = ["error_response", "install", "status_for"]
+__all__ = ["error_response", "install", "status_for", "storage_unavailable", "unexpected"]
 
 log = logging.getLogger("grace.api")
 
@@ -30,6 +30,8 @@ STATUS: dict[type[errors.GraceError], int] = {
     errors.RateLimited: 429,
     errors.StorageUnavailable: 503,
     errors.AuditChainBroken: 503,
+    errors.DatabaseUnreachable: 503,
+    errors.DiskFull: 503,
     errors.ServiceNotRunning: 503,
     # The server's own stored state cannot be trusted: not the client's fault (no 4xx), and not
     # transient (no 503, which invites a retry that cannot help until an operator restores the row).
@@ -82,7 +84,7 @@ def install(app: FastAPI) -> None:
     async def _grace_error(request: Request, exc: errors.GraceError) -> JSONResponse:
         status = status_for(exc)
         headers: dict[str, str] = {}
-        if isinstance(exc, errors.RateLimited):
+        if exc.retry_after is not None:
             headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, errors.Unauthenticated):
             headers["WWW-Authenticate"] = "Bearer"
@@ -115,19 +117,39 @@ def install(app: FastAPI) -> None:
         log.info("http.error", extra={"status": exc.status_code, "code": code, "reason": message})
         return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
 
-    async def _storage_refused(request: Request, exc: Exception) -> JSONResponse:
+    async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
         # The net under the edge's bounds (api/bounds.py): a value the database cannot hold is the client's error.
-        if not storage.refused_value(exc):
-            log.error("http.unhandled", extra={"exc_type": type(exc).__name__})
-            return error_response(500, "internal_error", "an unexpected error occurred; see the server log")
-        message = "a value in the request cannot be stored (a number out of range, or a character the database refuses)"
-        log.info("http.error", extra={"status": 422, "code": "invalid_input", "reason": type(exc).__name__})
-        return error_response(422, "invalid_input", message)
+        if storage.refused_value(exc):
+            message = (
+                "a value in the request cannot be stored (a number out of range, or a character the database refuses)"
+            )
+            log.info("http.error", extra={"status": 422, "code": "invalid_input", "reason": type(exc).__name__})
+            return error_response(422, "invalid_input", message)
+        down = storage.outage(exc)
+        if down is not None:
+            return storage_unavailable(down, exc)
+        return unexpected(exc)
 
-    for exc_class in storage.VALUE_ERRORS:
-        app.add_exception_handler(exc_class, _storage_refused)
+    for exc_class in {*storage.VALUE_ERRORS, *storage.OUTAGE_ERRORS}:
+        app.add_exception_handler(exc_class, _storage_error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("http.unhandled", extra={"exc_type": type(exc).__name__})
-        return error_response(500, "internal_error", "an unexpected error occurred; see the server log")
+        return unexpected(exc)
+
+
+def storage_unavailable(down: errors.StorageUnavailable, exc: BaseException) -> JSONResponse:
+    """Answer a database outage: 503, its own code, ``Retry-After``; log the driver's message (no SQL, no values)."""
+    status = status_for(down)
+    log.warning(
+        "http.storage_unavailable",
+        extra={"status": status, "code": down.code, "reason": storage.driver_message(exc)},
+    )
+    headers = {"Retry-After": str(down.retry_after)} if down.retry_after is not None else None
+    return error_response(status, down.code, down.message, down.details, headers)
+
+
+def unexpected(exc: BaseException) -> JSONResponse:
+    """Answer a failure nothing else explains: 500, the class name in the log, nothing of its text to the client."""
+    log.error("http.unhandled", extra={"exc_type": type(exc).__name__})
+    return error_response(500, "internal_error", "an unexpected error occurred; see the server log")

@@ -10,7 +10,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from grace import logs
+from grace import logs, storage
+from grace.api import errors as api_errors
 
 __all__ = ["RequestContext"]
 
@@ -28,6 +29,10 @@ class RequestContext:
 
     The limit is checked against Content-Length up front and counted while the
     body streams in, so a chunked upload cannot slip past it.
+
+    An exception no handler took is answered here (a 503 for a database outage, else a 500), not
+    by Starlette's outermost handler: that one re-raises after answering, and uvicorn then closes
+    the client's keep-alive connection, so every 5xx would cost the client a new connection.
     """
 
     def __init__(
@@ -84,6 +89,12 @@ class RequestContext:
             except _BodyTooLarge:
                 if not state["started"]:
                     await self._too_large(send_raw, limit)
+            except Exception as exc:
+                if state["started"]:
+                    raise  # half an answer is out: only closing the connection can end it
+                down = storage.outage(exc)
+                answer = api_errors.storage_unavailable(down, exc) if down else api_errors.unexpected(exc)
+                await answer(scope, receive, send_raw)
         finally:
             log.info(
                 "http.request",

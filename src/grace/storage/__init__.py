@@ -1,4 +1,5 @@
-"""Storage: the async database handle, shared column types, locks across processes, migrations and private files."""
+"""Storage: the async database handle, shared column types, locks across processes, migrations, private files
+and telling a database outage from a bug."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ from grace.storage.locks import Leadership, serialise, try_serialise
 from grace.storage.locks import key as lock_key
 from grace.storage.metadata import metadata
 from grace.storage.migrate import current_revision, head_revision, upgrade
+from grace.storage.outages import OUTAGE_ERRORS, driver_message, outage
 from grace.storage.types import UTCDateTime, new_id, new_ids, utc_from_text, utc_read, utc_text
 
 __all__ = [
+    "OUTAGE_ERRORS",
     "VALUE_ERRORS",
     "Database",
     "Leadership",
     "UTCDateTime",
     "current_revision",
+    "driver_message",
     "head_revision",
     "lock_key",
     "metadata",
     "new_id",
     "new_ids",
+    "outage",
     "private_dir",
     "private_file",
     "private_tree",

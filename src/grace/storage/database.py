@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from grace import errors, jsontext
 from grace.config import to_async_url
-from grace.storage import files
+from grace.storage import files, outages
 
 log = logging.getLogger("grace.storage")
 
@@ -268,13 +268,28 @@ class Database:
                 await conn.execute(text("SELECT 1"))
         except (OSError, OperationalError, DBAPIError) as exc:
             if not say_where:
-                raise errors.StorageUnavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+                raise errors.DatabaseUnreachable(f"the database cannot be reached ({type(exc).__name__})") from None
             cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
             reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            raise errors.StorageUnavailable(
+            raise errors.DatabaseUnreachable(
                 f"the database at {self.display_url} cannot be reached: {reason} "
                 "(check GRACE_DATABASE_URL and that the server is running)"
             ) from None
+
+    async def check_write(self) -> None:
+        """Check that a write commits now; raise a StorageUnavailable leaf naming why not (for ``/ready``).
+
+        It rewrites the migration marker's one row unchanged and commits: the commit appends to
+        the write-ahead log and flushes it, so a full disk, a read-only database or a lost
+        connection shows here as it would on the next real write.
+        """
+        try:
+            async with self.write() as conn:
+                await conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+        except (OSError, DBAPIError, sqlite3.Error) as exc:
+            down = outages.outage(exc)
+            log.warning("storage.write_check_failed", extra={"reason": outages.driver_message(exc)})
+            raise (down or errors.StorageUnavailable("the database does not accept writes")) from None
 
     @property
     def display_url(self) -> str:

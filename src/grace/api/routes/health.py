@@ -20,7 +20,13 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", dependencies=[policy.PUBLIC], response_model=Readiness)
 async def ready(services: ServicesDep) -> dict[str, str | None]:
-    """Report whether the database answers and is migrated (readiness); 503 if not."""
+    """Report whether the database answers, is migrated and takes a write now (readiness); 503 if not.
+
+    The write check commits one unchanged row: a database that answers reads but cannot write (a
+    full disk, a read-only replica) is not ready.
+    """
     await services.db.ping()
     revision = await storage.current_revision(services.db)
+    if revision is not None:
+        await services.db.check_write()
     return {"status": "ready", "backend": services.db.backend, "schema": revision}
