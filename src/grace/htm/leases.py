@@ -78,13 +78,14 @@ class Leases:
         async with self.db.write() as conn:
             await conn.execute(update(htm_workers).where(htm_workers.c.worker_id == worker_id).values(stopping=True))
 
-    async def hold_liveness(self, worker_id: str) -> storage.Leadership:
-        """Take the worker's liveness lock, held on a connection of its own while the worker lives.
+    async def hold_liveness(self, worker_id: str) -> storage.Leadership | storage.FileLock:
+        """Take the worker's liveness lock, held on a connection of its own (a file, on SQLite) while the worker lives.
 
         It waits if the lock is taken: only a reaper's probe ever holds another worker's lock, for
-        the rest of its transaction.
+        the rest of its transaction (an instant, on SQLite).
         """
-        lock = storage.Leadership(self.db, liveness_lock(worker_id))
+        name = liveness_lock(worker_id)
+        lock = storage.FileLock(self.db, name) if self.db.is_sqlite else storage.Leadership(self.db, name)
         await lock.acquire(wait=True)
         return lock
 
@@ -173,7 +174,13 @@ class Leases:
 
     @property
     def liveness_confirm_seconds(self) -> float:
-        """How long a worker's liveness lock must stay free before the worker counts as dead."""
+        """How long a worker's liveness lock must stay free before the worker counts as dead.
+
+        No time on SQLite: a file lock is free only once its process has ended, while PostgreSQL
+        frees every lock for a moment when the server restarts.
+        """
+        if self.db.is_sqlite:
+            return 0.0
         return min(LIVENESS_CONFIRM_SECONDS, self.lease_seconds / 4)
 
     async def dead_workers(self, conn: AsyncConnection) -> list[str]:

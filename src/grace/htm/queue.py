@@ -207,7 +207,7 @@ class Queue:
         """Return tasks whose lease expired (or whose worker died) to the queue, or fail them."""
         return await self.leases.reap()
 
-    async def hold_liveness(self, worker_id: str) -> storage.Leadership:
+    async def hold_liveness(self, worker_id: str) -> storage.Leadership | storage.FileLock:
         """Take the worker's liveness lock, held on a connection of its own while it lives."""
         return await self.leases.hold_liveness(worker_id)
 

@@ -2,9 +2,9 @@
 
 SQLite has one writer: a claim (with the outcomes recorded before it) is one ``BEGIN IMMEDIATE``
 transaction run as a single function on the database's own thread (:mod:`grace.htm.sqlite_claims`),
-so the event loop hands off once per exchange, not once per statement. No liveness lock is ever
-free: the workers of a SQLite file run in the one process that owns it (every
-:class:`grace.storage.Leadership` leads there), and leases cover the rest.
+so the event loop hands off once per exchange, not once per statement. A worker's liveness lock is
+an ``flock`` on a file beside the database (:class:`grace.storage.FileLock`): free once its
+process has died, so the next server on the file returns a killed one's tasks at once.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import jsontext
+from grace import jsontext, storage
 from grace.htm import sql, sqlite_claims
 from grace.htm.attempts import Finished
-from grace.htm.queue_backend import Claim, OutcomeRow, QueueBackend
-from grace.htm.tables import DATETIME_COLUMNS, JSON_COLUMNS
+from grace.htm.queue_backend import Claim, OutcomeRow, QueueBackend, liveness_lock
+from grace.htm.tables import DATETIME_COLUMNS, IS_RUNNING, JSON_COLUMNS, htm_tasks, htm_workers
 from grace.htm.tasks import Task
 from grace.storage import Database, utc_text
 
@@ -83,7 +84,14 @@ class SqliteQueue(QueueBackend):
         return [Finished.from_row(r) for r in done], [Task.from_row(r) for r in taken]
 
     async def free_liveness(self, conn: AsyncConnection) -> list[str]:
-        return []
+        holders = (
+            await conn.execute(
+                select(htm_workers.c.worker_id).where(
+                    htm_workers.c.worker_id.in_(select(htm_tasks.c.worker_id).where(IS_RUNNING).distinct())
+                )
+            )
+        ).scalars()
+        return [w for w in holders if storage.file_lock_free(self.db, liveness_lock(w))]
 
     async def tidy(self) -> None:
         pass  # nothing: SQLite reuses the space of the rows a claim rewrites

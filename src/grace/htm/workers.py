@@ -144,7 +144,7 @@ class WorkerPool:
     _outcome_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _flushing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     _listen: asyncio.Task[None] | None = None
-    _liveness: storage.Leadership | None = None
+    _liveness: storage.Leadership | storage.FileLock | None = None
     _stopping: bool = False
     _unrecorded: int = 0
     _reserved: int = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from grace.storage.database import Database
 from grace.storage.files import private_dir, private_file, private_tree, write_private
 from grace.storage.guards import VALUE_ERRORS, refused_value
-from grace.storage.locks import Leadership, serialise, try_serialise
+from grace.storage.locks import FileLock, Leadership, file_lock_free, serialise, try_serialise
 from grace.storage.locks import key as lock_key
 from grace.storage.metadata import metadata
 from grace.storage.migrate import current_revision, head_revision, upgrade
@@ -17,10 +17,12 @@ __all__ = [
     "OUTAGE_ERRORS",
     "VALUE_ERRORS",
     "Database",
+    "FileLock",
     "Leadership",
     "UTCDateTime",
     "current_revision",
     "driver_message",
+    "file_lock_free",
     "head_revision",
     "lock_key",
     "metadata",

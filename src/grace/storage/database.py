@@ -69,9 +69,12 @@ class Database:
         self._drivers: list[tuple[AsyncConnection, Any]] = []
         # What to run once each open write transaction commits, by the id of its connection object.
         self._after_commit: dict[int, list[Callable[[], None]]] = {}
+        # The SQLite database's file (None in memory and on PostgreSQL).
+        self.sqlite_path: Path | None = None
         if self.backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
+                self.sqlite_path = Path(database)
                 try:
                     # Created 0600 before SQLite opens it (its WAL and shared-memory files take its mode).
                     path = Path(database)

@@ -10,20 +10,31 @@ On SQLite both kinds are free. A write transaction (:meth:`Database.write`, ``BE
 IMMEDIATE``) already holds the database's one write lock, so nothing else writes until it
 ends; and a SQLite database belongs to one machine, whose serving process does the work
 a PostgreSQL cluster elects a leader for.
+
+What SQLite has instead is the machine's own locks: a :class:`FileLock` is an ``flock`` on a
+file beside the database (``grace.db.locks/``), which the kernel drops the instant its process
+dies, however it dies. A task worker holds one while it lives, so whoever starts next on the
+same file knows at once that its predecessor's workers are gone (:func:`file_lock_free`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import hashlib
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grace.storage import files
 from grace.storage.database import Database
 
-__all__ = ["Leadership", "key", "serialise", "try_serialise"]
+__all__ = ["FileLock", "Leadership", "file_lock_free", "key", "serialise", "try_serialise"]
 
 log = logging.getLogger("grace.storage")
 
@@ -132,3 +143,81 @@ class Leadership:
 
     def __repr__(self) -> str:
         return f"Leadership({self.name!r}, leader={self.is_leader})"
+
+
+def lock_file(db: Database, name: str) -> Path | None:
+    """Return the file whose ``flock`` is ``name``'s lock on SQLite; None for an in-memory database."""
+    if db.sqlite_path is None:
+        return None
+    return db.sqlite_path.with_name(db.sqlite_path.name + ".locks") / f"{key(name) & 0xFFFFFFFFFFFFFFFF:016x}.lock"
+
+
+def file_lock_free(db: Database, name: str) -> bool:
+    """Return whether no live process holds ``name``'s :class:`FileLock` (SQLite; never free in memory).
+
+    A lock file that is missing, or that this call can lock, is free: its holder released it or
+    died. The probe's own lock is let go at once.
+    """
+    path = lock_file(db, name)
+    if path is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # also lets go of the probe's lock, if it took it
+    return True
+
+
+class FileLock:
+    """SQLite: ``name``'s lock as an ``flock`` on a file beside the database, held until release or death.
+
+    The same surface as :class:`Leadership` (``acquire``, ``release``, ``is_leader``). In memory
+    (no file) it always leads, as :class:`Leadership` does on SQLite.
+    """
+
+    def __init__(self, db: Database, name: str) -> None:
+        self.name = name
+        self.path = lock_file(db, name)
+        self._fd: int | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.path is None or self._fd is not None
+
+    async def acquire(self, *, wait: bool = False) -> bool:
+        """Take the lock if free (with ``wait``, until it is); raise OSError if its file cannot be made."""
+        if self.is_leader:
+            return True
+        assert self.path is not None
+        files.private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, files.PRIVATE_FILE_MODE)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    os.close(fd)
+                    return False
+                await asyncio.sleep(0.05)  # another's probe holds it for an instant
+                continue
+            self._fd = fd
+            return True
+
+    async def release(self) -> None:
+        """Let go of the lock (if held) and remove its file."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # while still held: a probe that opened it sees it free only after close
+        os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"FileLock({self.name!r}, leader={self.is_leader})"
