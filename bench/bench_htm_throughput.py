@@ -3,8 +3,13 @@
 For each backend and claim batch size: a producer submits N no-op tasks in batches of 500 while
 one worker pool (concurrency 64) runs them; the figure is N / (time from the first submit to the
 last recorded completion). pgqueuer runs the same shape on the same PostgreSQL server (its own
-fresh database): batched enqueue while a QueueManager with ``batch_size`` 1 or 10 drains it.
-Events (htm.task.created/update/completed) are published as in production.
+fresh database): batched enqueue while a QueueManager with ``batch_size`` 1, 10 or 50 drains it.
+HTM on PostgreSQL and pgqueuer run at the same claim batch sizes, each pair back to back, and the
+summary gives HTM's ratio at each size. Events (htm.task.created/update/completed) are published
+as in production, and fairness is on (tasks come from four origins). SQLite runs with
+``synchronous=FULL`` (Grace's setting) and, for the same batch sizes, ``NORMAL``: the difference
+is what flushing each acknowledged commit costs. The load average before and after is recorded
+(the machine is shared).
 
 Every configuration runs ``GRACE_BENCH_ROUNDS`` times (3), interleaved; the summary gives the
 median and the range. A run during which the hypervisor stole more than
@@ -25,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import htmkit
+from grace import storage
 from grace.htm import HTM, TaskContext
 
 SUBMIT_BATCH = 500
@@ -35,18 +41,25 @@ ROUNDS = int(os.environ.get("GRACE_BENCH_ROUNDS", "3"))
 # the neighbours, not this code. Every system gets the same treatment; each run records its attempts.
 STEAL_LIMIT_PCT = float(os.environ.get("GRACE_BENCH_STEAL_LIMIT_PCT", "10"))
 STEAL_RETRIES = int(os.environ.get("GRACE_BENCH_STEAL_RETRIES", "2"))
-ANCHORS = [(1, 3_000), (10, 10_000)]  # pgqueuer: batch size, jobs
-RUNS = [  # backend, claim batch, tasks, bus events on
-    ("sqlite", 1, 2_000, True),
-    ("sqlite", 16, 10_000, True),  # the default claim batch
-    ("sqlite", 50, 10_000, True),
-    ("postgresql", 1, 4_000, True),
-    ("postgresql", 10, 10_000, True),
-    ("postgresql", 50, 10_000, True),
-    ("postgresql", 1, 4_000, False),
-    ("postgresql", 50, 10_000, False),
-    ("sqlite", 50, 10_000, False),
+# What one round runs, in order: (system, backend, claim batch, tasks, bus events on, SQLite synchronous).
+# HTM on PostgreSQL and pgqueuer alternate at each batch size. GRACE_BENCH_SET picks "all",
+# "equal" (the PostgreSQL pairs only) or "sqlite".
+EQUAL = [
+    ("htm", "postgresql", 1, 4_000, True, ""),
+    ("pgqueuer", "postgresql", 1, 3_000, True, ""),
+    ("htm", "postgresql", 10, 10_000, True, ""),
+    ("pgqueuer", "postgresql", 10, 10_000, True, ""),
+    ("htm", "postgresql", 50, 10_000, True, ""),
+    ("pgqueuer", "postgresql", 50, 10_000, True, ""),
 ]
+SQLITE = [
+    ("htm", "sqlite", 1, 2_000, True, "FULL"),
+    ("htm", "sqlite", 1, 2_000, True, "NORMAL"),
+    ("htm", "sqlite", 16, 10_000, True, "FULL"),  # the default claim batch
+    ("htm", "sqlite", 16, 10_000, True, "NORMAL"),
+    ("htm", "sqlite", 50, 10_000, True, "FULL"),
+]
+SETS = {"all": EQUAL + SQLITE, "equal": EQUAL, "sqlite": SQLITE}
 
 
 async def htm_run(backend: str, batch: int, n: int, events: bool) -> dict[str, Any]:
@@ -166,20 +179,33 @@ def _machine(r: dict[str, Any]) -> str:
 def _key(r: dict[str, Any]) -> str:
     if r["system"] == "pgqueuer":
         return f"pgqueuer_batch{r['claim_batch']}"
-    return f"htm_{r['backend']}_batch{r['claim_batch']}{'' if r['events'] else '_no_events'}"
+    sync = "_sync_normal" if r.get("synchronous") == "NORMAL" else ""
+    return f"htm_{r['backend']}_batch{r['claim_batch']}{'' if r['events'] else '_no_events'}{sync}"
+
+
+async def one(system: str, backend: str, batch: int, n: int, events: bool, sync: str) -> dict[str, Any]:
+    if system == "pgqueuer":
+        return await pgqueuer_run(batch, n)
+    storage.database.SQLITE_SYNCHRONOUS = sync or "FULL"
+    try:
+        r = await htm_run(backend, batch, n, events)
+    finally:
+        storage.database.SQLITE_SYNCHRONOUS = "FULL"
+    if backend == "sqlite":
+        r["synchronous"] = sync
+    return r
 
 
 async def run() -> dict[str, Any]:
     # Rounds are interleaved (every configuration once, then again), so a slow stretch of the
     # machine affects every system alike; figures are the median of the rounds.
+    plan = SETS[os.environ.get("GRACE_BENCH_SET", "all")]
+    load_before = os.getloadavg()
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(1, ROUNDS + 1):
-        for backend, batch, n, events in RUNS:
-            r = await least_stolen(lambda: htm_run(backend, batch, n, events))  # noqa: B023 - awaited at once
-            runs.setdefault(_key(r), []).append(r)
-            print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s {_machine(r)}", flush=True)
-        for batch, n in ANCHORS:
-            r = await least_stolen(lambda: pgqueuer_run(batch, n))  # noqa: B023 - awaited at once
+        for config in plan:
+            r = await least_stolen(lambda: one(*config))  # noqa: B023 - awaited at once
+            r["load_average"] = [round(x, 2) for x in os.getloadavg()]
             runs.setdefault(_key(r), []).append(r)
             print(f"   round {round_}: {_key(r)}: {r['tasks_per_second']}/s {_machine(r)}", flush=True)
     median = {k: round(statistics.median(r["tasks_per_second"] for r in rs)) for k, rs in runs.items()}
@@ -190,9 +216,15 @@ async def run() -> dict[str, Any]:
     }
     if stolen:
         summary["cpu_stolen_pct_median_max"] = [statistics.median(stolen), max(stolen)]
-    pq1, pq10 = median["pgqueuer_batch1"], median["pgqueuer_batch10"]
-    summary["ratio_htm_pg_batch1_vs_pgqueuer_batch1"] = round(median["htm_postgresql_batch1"] / pq1, 2)
-    summary["ratio_htm_pg_batch10_vs_pgqueuer_batch10"] = round(median["htm_postgresql_batch10"] / pq10, 2)
-    summary["ratio_htm_pg_batch50_vs_pgqueuer_batch10"] = round(median["htm_postgresql_batch50"] / pq10, 2)
+    for batch in (1, 10, 50):  # HTM against pgqueuer at the same claim batch size
+        htm_, pgq = median.get(f"htm_postgresql_batch{batch}"), median.get(f"pgqueuer_batch{batch}")
+        if htm_ and pgq:
+            summary[f"ratio_htm_pg_vs_pgqueuer_batch{batch}"] = round(htm_ / pgq, 2)
+    for batch in (1, 16):  # what synchronous=FULL costs on SQLite
+        full, normal = median.get(f"htm_sqlite_batch{batch}"), median.get(f"htm_sqlite_batch{batch}_sync_normal")
+        if full and normal:
+            summary[f"sqlite_batch{batch}_full_vs_normal"] = round(full / normal, 2)
+    summary["load_average_before_after"] = [[round(x, 2) for x in load_before], [round(x, 2) for x in os.getloadavg()]]
+    summary["machine_note"] = f"{os.cpu_count()} CPUs shared with other agents' work; compare within one run"
     summary["postgresql_via"] = htmkit.transport()
     return {"summary": summary, "rounds": ROUNDS, "runs": runs, "concurrency": CONCURRENCY}

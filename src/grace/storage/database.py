@@ -33,6 +33,10 @@ log = logging.getLogger("grace.storage")
 __all__ = ["Database", "SQLiteConnection"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# FULL, not WAL mode's usual NORMAL: under NORMAL a commit returns before the WAL is flushed, and
+# an OS crash or power cut can undo work already acknowledged to a client. Read when each
+# connection opens; the throughput benchmark sets NORMAL for one run to measure what FULL costs.
+SQLITE_SYNCHRONOUS = "FULL"
 
 T = TypeVar("T")
 
@@ -325,9 +329,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        # FULL, not WAL mode's usual NORMAL: under NORMAL a commit returns before the WAL is
-        # flushed, and an OS crash or power cut can undo work already acknowledged to a client.
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
