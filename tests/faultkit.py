@@ -33,6 +33,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._losing = False
 
     # -- control, from any thread ------------------------------------------------------
 
@@ -44,6 +45,14 @@ class TcpProxy:
     def cut(self) -> int:
         """Drop every connection through the proxy now (both ends); return how many there were."""
         return self._call(self._cut())
+
+    def lose_answers(self) -> None:
+        """Keep forwarding what clients send, but drop what the server answers, until :meth:`cut`.
+
+        A request then reaches the server and commits, and its answer is lost on the way back:
+        the connection dropping just after a commit.
+        """
+        self._losing = True
 
     def refuse(self) -> None:
         """Stop listening and drop every connection: new connections are refused, as by a server that is down."""
@@ -90,6 +99,7 @@ class TcpProxy:
         for w in writers:
             w.transport.abort()  # a reset, not a polite close: what a dead peer looks like
         self.cuts += 1
+        self._losing = False
         return len(writers) // 2
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -101,16 +111,17 @@ class TcpProxy:
         pair = {writer, up_writer}
         self._writers |= pair
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, answers=True))
         finally:
             self._writers -= pair
             for w in pair:
                 w.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, answers: bool = False) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                if answers and self._losing:
+                    continue
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()

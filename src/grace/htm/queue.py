@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, literal, select, update
@@ -35,7 +36,7 @@ from grace.htm.origins import ORDER, Origin
 from grace.htm.postgres_queue import WAKE_CHANNEL, PostgresQueue
 from grace.htm.queue_backend import Claim, OutcomeRow, QueueBackend
 from grace.htm.sqlite_queue import SqliteQueue
-from grace.htm.tables import htm_late_completions, htm_origins, htm_scheduler, htm_tasks
+from grace.htm.tables import IS_RUNNING, htm_late_completions, htm_origins, htm_scheduler, htm_tasks
 from grace.htm.tasks import FINISHED, WAITING, Status, Task
 from grace.storage import Database
 
@@ -154,8 +155,57 @@ class Queue:
         done = {f.task_id for f in recorded}
         late = [o for o in outcomes if o.task_id not in done]
         if late:
+            # An outcome sent again after a dropped connection may have committed the first time.
+            already = await self._already_recorded(worker_id, late)
+            if already:
+                recorded = [*recorded, *already]
+                done.update(f.task_id for f in already)
+                late = [o for o in late if o.task_id not in done]
+        if late:
             await self._record_late(worker_id, late)
         return Exchange(recorded, late, claimed)
+
+    async def _already_recorded(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Finished]:
+        """Return the outcomes among ``outcomes`` that the task rows already show as recorded, by this worker.
+
+        A worker sends an outcome again when the answer to the first send was lost (the connection
+        dropped after the commit): the row then holds exactly what that outcome wrote (its status,
+        its attempt, its own finish or requeue time, and, for a finished task, this worker), which
+        no other change writes. Such an outcome is the worker's own, recorded once; it is handed
+        back as recorded, so its event is published, rather than rejected as a late completion.
+        """
+        t = htm_tasks
+        ids = [o.task_id for o in outcomes]
+        async with self.db.read() as conn:
+            rows = {
+                r["task_id"]: r
+                for r in (await conn.execute(select(*SUMMARY, t.c.worker_id).where(t.c.task_id.in_(ids)))).mappings()
+            }
+        out = []
+        for o in outcomes:
+            row = rows.get(o.task_id)
+            w = written(o)
+            if row is None or row["status"] != w.status or int(row["attempts"]) != w.attempt - w.give_back:
+                continue
+            if o.status in FINISHED:
+                same = row["worker_id"] == worker_id and storage.utc_read(row["finished_at"]) == w.finished_at
+            else:
+                same = row["worker_id"] is None and storage.utc_read(row["queued_at"]) == w.queued_at
+            if same:
+                log.info("htm.outcome_already_recorded", extra={"task_id": o.task_id, "worker_id": worker_id})
+                out.append(Finished.from_row(row))
+        return out
+
+    async def running_for(self, worker_id: str, *, since: datetime) -> list[Task]:
+        """Return the tasks running for ``worker_id`` that were claimed at ``since`` or later."""
+        t = htm_tasks
+        async with self.db.read() as conn:
+            rows = (
+                (await conn.execute(select(t).where(IS_RUNNING, t.c.worker_id == worker_id, t.c.started_at >= since)))
+                .mappings()
+                .all()
+            )
+        return [Task.from_row(r) for r in rows]
 
     async def _record_late(self, worker_id: str, late: Iterable[Outcome]) -> None:
         rows = []

@@ -145,6 +145,10 @@ class WorkerPool:
     _flushing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     _listen: asyncio.Task[None] | None = None
     _liveness: storage.Leadership | storage.FileLock | None = None
+    # When the earliest claim whose answer was lost was sent (see adopt), or None.
+    _in_doubt: datetime | None = field(default=None, repr=False)
+    # Tasks whose outcomes are on their way to the database now.
+    _recording: set[str] = field(default_factory=set, repr=False)
     _stopping: bool = False
     _unrecorded: int = 0
     _reserved: int = 0
@@ -265,16 +269,49 @@ class WorkerPool:
         n = min(self.free_slots, self.claim_batch)
         if n <= 0 or self._stopping:
             return []
+        if self._in_doubt is not None:
+            await self.adopt()
         self._reserved += n  # other claimers in this pool must not claim into the same slots
+        asked_at = self.clock.now()
         try:
             tasks = await self.queue.claim(self.worker_id, n, fallback_capacity=self.concurrency)
+        except Exception:
+            self._claim_lost(asked_at)
+            raise
         finally:
             self._reserved -= n
         if tasks:
             await self._started_claimed(tasks)
         return tasks
 
+    def _claim_lost(self, asked_at: datetime) -> None:
+        """Remember that a claim sent at ``asked_at`` got no answer: it may have committed all the same."""
+        if self._in_doubt is None or asked_at < self._in_doubt:
+            self._in_doubt = asked_at
+
+    async def adopt(self) -> list[Task]:
+        """Start the tasks a claim whose answer was lost took for this worker; return them.
+
+        The claim may have committed before the connection dropped: its tasks are then running
+        for this worker in the database, leased to it, while nothing here runs them. Rather than
+        leave them for the lease to end, the worker reads them back (running for it, claimed since
+        the lost claim was sent, neither running here nor awaiting their outcome) and runs them.
+        """
+        since = self._in_doubt
+        if since is None:
+            return []
+        found = await self.queue.running_for(self.worker_id, since=since)
+        self._in_doubt = None
+        known = self._running.keys() | self._recording | {o.task_id for o in self._outcomes}
+        lost = [t for t in found if t.task_id not in known]
+        if lost:
+            log.warning("htm.lost_claim_adopted", extra={"worker_id": self.worker_id, "tasks": len(lost)})
+            await self._started_claimed(lost)
+        return lost
+
     async def _started_claimed(self, tasks: list[Task]) -> None:
+        # A task adopted after a lost claim can also arrive in a concurrent claim's late answer.
+        tasks = [t for t in tasks if t.task_id not in self._running]
         for task in tasks:
             self._launch(task)
         self.claimed += len(tasks)
@@ -428,13 +465,21 @@ class WorkerPool:
             batch, self._outcomes = self._outcomes, []
             n = max(0, min(self.claim_batch, self.free_slots + len(batch))) if claim and not self._stopping else 0
             self._reserved += n
+            ids = {o.task_id for o in batch}
+            self._recording |= ids
+            asked_at = self.clock.now()
             try:
                 done = await self.recorder.record(self.worker_id, batch, claim=n, fallback_capacity=self.concurrency)
             except BaseException:
-                self._outcomes[:0] = batch  # not recorded: try again on the next round
+                # Not known to be recorded: sent again on the next round (the queue recognises an
+                # outcome that did commit). A claim sent with it may have committed too.
+                self._outcomes[:0] = batch
+                if n:
+                    self._claim_lost(asked_at)
                 raise
             finally:
                 self._reserved -= n
+                self._recording -= ids
             self._unrecorded -= len(batch)
             self.finished += len(done.recorded)
             if done.claimed:
@@ -498,6 +543,8 @@ class WorkerPool:
             try:
                 self.check_timeouts()
                 await self.keep_alive()
+                if self._in_doubt is not None:
+                    await self.adopt()
                 if loop.time() - last_beat >= beat_every:
                     last_beat = loop.time()
                     await self.heartbeat()

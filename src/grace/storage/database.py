@@ -194,6 +194,22 @@ class Database:
     async def _open_autocommit(self) -> AsyncConnection:
         return await (await self.engine.connect()).execution_options(isolation_level="AUTOCOMMIT")
 
+    async def _open_driver(self) -> tuple[AsyncConnection, Any]:
+        """Open an autocommit connection and return it with its asyncpg connection, never a dead one.
+
+        The pool hands out what it holds without a ping; one the server dropped while it was idle
+        is thrown away here and the next one taken (SQLAlchemy would do the same had it run the
+        statement; the hot paths run theirs on the driver itself).
+        """
+        for _ in range(2 * self.engine.pool.size() + 1):  # type: ignore[attr-defined]
+            conn = await self._open_autocommit()
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            if not driver.is_closed():
+                return conn, driver
+            await self.discard(conn)
+        conn = await self._open_autocommit()
+        return conn, (await conn.get_raw_connection()).driver_connection
+
     @contextlib.asynccontextmanager
     async def autocommit_driver(self) -> AsyncIterator[Any]:
         """PostgreSQL only: the asyncpg connection under an :meth:`autocommit` connection.
@@ -204,11 +220,14 @@ class Database:
         """
         if self.is_sqlite:
             raise RuntimeError("autocommit connections are for PostgreSQL; SQLite has write_sqlite")
-        if self._drivers:
+        while self._drivers:
             conn, driver = self._drivers.pop()
+            if not driver.is_closed():
+                break
+            # The server or the network dropped it while it was idle (a restart): never hand it out.
+            await self.discard(conn)
         else:
-            conn = await self._open_autocommit()
-            driver = (await conn.get_raw_connection()).driver_connection
+            conn, driver = await self._open_driver()
         try:
             yield driver
         except BaseException:
