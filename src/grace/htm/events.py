@@ -6,9 +6,10 @@ background publisher lets a batch smaller than ``BATCH`` gather for
 ``COALESCE_SECONDS``, then takes everything queued so far and appends it with
 ``Bus.publish_batch`` (one transaction on PostgreSQL, where each event is a
 row), so a thousand tasks a second cost a few inserts' round trips, not
-thousands. A batch whose append fails is tried again three times within about
-three seconds (a connection the server dropped is replaced meanwhile), then
-logged and dropped.
+thousands. A batch whose append fails is tried again, backing off, for about a
+minute (a connection the server dropped is replaced meanwhile; a database outage
+of up to that long loses no event), then logged and dropped. Meanwhile new events
+queue behind it, up to ``BACKLOG``.
 :meth:`EventPublisher.drain` waits until everything queued so far is published.
 """
 
@@ -36,7 +37,9 @@ BACKLOG = 20_000
 # claimed one at a time would otherwise cost an append (a transaction) every few events.
 COALESCE_SECONDS = 0.025
 # Waits before each new try of a batch whose append failed; after the last, the batch is dropped.
-PUBLISH_RETRY_SECONDS = (0.1, 0.5, 2.0)
+# About a minute in all: a database restart or a short outage (the fault tests' is a few seconds)
+# must not cost the events of the tasks that finished just before it.
+PUBLISH_RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 class EventPublisher:
