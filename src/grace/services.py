@@ -52,9 +52,11 @@ class Services:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
-        """Start the periodic jobs a serving process runs (bus retention, vault upkeep, workers, SLA enforcer)."""
+        """Start the periodic jobs a serving process runs (bus retention, vault upkeep, the dashboard's roll-ups
+        and task retention, workers, SLA enforcer)."""
         self._background.append(asyncio.create_task(self._prune_events(), name="grace-bus-prune"))
         self._background.append(asyncio.create_task(self._vault_upkeep(), name="grace-vault-upkeep"))
+        self._background.append(asyncio.create_task(self._htm_upkeep(), name="grace-htm-upkeep"))
         if self.htm.config.embedded_workers:
             self._background.append(asyncio.create_task(self._start_htm_workers(), name="grace-htm-start"))
         # The serving process owns SLA enforcement (on PostgreSQL, whichever process holds the
@@ -74,6 +76,16 @@ class Services:
                 _stop_if_cancelled()
                 log.warning("vault.upkeep_failed", extra={"reason": type(exc).__name__})
             await asyncio.sleep(VAULT_UPKEEP_INTERVAL_SECONDS)
+
+    async def _htm_upkeep(self) -> None:
+        # The dashboard's roll-ups and the retention of finished tasks; safe in several processes at once.
+        while True:
+            try:
+                await self.htm.upkeep()
+            except Exception as exc:  # try again on the next round, unless asked to stop
+                _stop_if_cancelled()
+                log.warning("htm.upkeep_failed", extra={"reason": type(exc).__name__})
+            await asyncio.sleep(self.htm.config.rollup_seconds)
 
     async def _prune_events(self) -> None:
         while True:

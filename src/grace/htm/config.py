@@ -48,6 +48,23 @@ class HTMConfig(BaseSettings):
     sla_tick_seconds: float = Field(default=1.0, gt=0, le=3600)
     sla_stats_seconds: float = Field(default=60.0, gt=0)
     sla_window_seconds: float = Field(default=86400.0, gt=0, le=30 * 86400)
+    # The dashboard (grace/htm/dashboard.py, rollups.py): how often finished tasks are rolled up, how
+    # long after finishing they are (so a slow commit is not missed), and how long finished rows stay.
+    rollup_seconds: float = Field(default=60.0, gt=0, le=3600)
+    rollup_settle_seconds: float = Field(default=30.0, ge=0, le=3600)
+    retention_days: float = Field(default=30.0, ge=0, le=3650)
+    # Health: each figure against a degraded and a failing threshold (see docs/htm.md, "Dashboard").
+    health_window_hours: int = Field(default=1, ge=1, le=720)
+    health_compliance_degraded: float = Field(default=0.95, ge=0, le=1)
+    health_compliance_failing: float = Field(default=0.80, ge=0, le=1)
+    health_failure_rate_degraded: float = Field(default=0.05, ge=0, le=1)
+    health_failure_rate_failing: float = Field(default=0.25, ge=0, le=1)
+    health_violations_degraded: int = Field(default=0, ge=0)
+    health_violations_failing: int = Field(default=10, ge=0)
+    health_queue_depth_degraded: int = Field(default=1000, ge=0)
+    health_queue_depth_failing: int = Field(default=10000, ge=0)
+    health_queue_wait_degraded_seconds: float = Field(default=60.0, ge=0)
+    health_queue_wait_failing_seconds: float = Field(default=600.0, ge=0)
 
     @field_validator("shares", mode="before")
     @classmethod

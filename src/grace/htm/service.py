@@ -19,7 +19,7 @@ from grace import errors
 from grace.auth import Principal, Role
 from grace.bus import Bus
 from grace.clock import Clock
-from grace.htm import admission, events, origins, rescue, sla, sla_stats, stats, submission
+from grace.htm import admission, dashboard, events, origins, rescue, rollups, sla, sla_stats, stats, submission
 from grace.htm.config import HTMConfig
 from grace.htm.outcomes import Recorder
 from grace.htm.queue import Exchange, Finished, Outcome, Queue
@@ -64,6 +64,10 @@ class HTM:
             db, clock, config, submitter=self.submitter, publisher=self.events, report=self.sla_report
         )
         self.rescuer = rescue.Rescuer(db, clock, self.recorder)
+        self.rollups = rollups.RollUps(db, clock, config)
+        self.dashboard = dashboard.Dashboard(
+            db, clock, config, weights=self.weights, report=self.sla_report, local=self.local
+        )
         self._pools: list[WorkerPool] = []
         register_builtin_handlers(self.handlers, clock)
         # Rescues report on anyone's task: only the SLA enforcer submits them.
@@ -115,6 +119,12 @@ class HTM:
         if self.config.sla_enabled:
             self.sla.start()
         return self.sla.running
+
+    async def upkeep(self) -> dict[str, int]:
+        """Fold finished tasks into the dashboard's roll-ups, then delete finished rows past the retention."""
+        folded = await self.rollups.run()
+        deleted = await self.rollups.prune()
+        return {"folded": folded, "deleted": deleted}
 
     async def close(self, *, grace: float | None = None) -> None:
         """Stop the SLA enforcer and the pool gracefully, then publish pending events."""
@@ -237,6 +247,44 @@ class HTM:
         return await self.sla_report.active_violations(
             visible_to=self._visible_to(principal), origin=parsed, limit=limit
         )
+
+    # -- the dashboard -------------------------------------------------------------------
+
+    async def dashboard_stats(self, *, principal: Principal | None, window_hours: int = 24) -> dict[str, Any]:
+        """The seed's figures over the last ``window_hours`` hours: a member's own tasks', or everyone's."""
+        return await self.dashboard.stats(visible_to=self._visible_to(principal), window_hours=window_hours)
+
+    async def dashboard_hourly(self, *, principal: Principal | None, hours: int = 24) -> dict[str, Any]:
+        """The last ``hours`` hourly buckets, oldest first."""
+        return await self.dashboard.hourly(visible_to=self._visible_to(principal), hours=hours)
+
+    async def dashboard_violations(self, *, principal: Principal | None, limit: int = 100) -> dict[str, Any]:
+        """Unfinished tasks past their deadline, the most overdue first."""
+        violations = await self.sla_violations(principal=principal, limit=limit)
+        return {"violations": violations, "total": len(violations), "at": self.clock.now().isoformat()}
+
+    async def dashboard_slow(self, *, principal: Principal | None, limit: int = 20) -> dict[str, Any]:
+        """Running tasks, the longest running first."""
+        _check_limit(limit)
+        return await self.dashboard.slow_tasks(visible_to=self._visible_to(principal), limit=limit)
+
+    async def dashboard_queued(self, *, principal: Principal | None, limit: int = 50) -> dict[str, Any]:
+        """Waiting tasks with their wait so far, and the queue's depths."""
+        _check_limit(limit)
+        return await self.dashboard.queued_tasks(visible_to=self._visible_to(principal), limit=limit)
+
+    async def dashboard_health(self, *, principal: Principal | None) -> dict[str, Any]:
+        """``ok``, ``degraded`` or ``failing``, with each alert's figure and threshold."""
+        return await self.dashboard.health(visible_to=self._visible_to(principal))
+
+    async def metric_figures(self) -> dict[str, Any]:
+        """Everyone's figures for Prometheus (all-time totals, depths, SLA counters), read from the database."""
+        return await self.dashboard.metric_figures()
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 1000:
+        raise errors.InvalidInput("limit must be between 1 and 1000")
 
 
 def register_builtin_handlers(registry: HandlerRegistry, clock: Clock) -> None:

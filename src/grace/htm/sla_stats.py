@@ -14,7 +14,7 @@ from grace.htm.sla_levels import CRITICAL, LEVEL_NAMES, NONE, VIOLATED, WARNING,
 from grace.htm.tables import SLA_COLUMNS, SLA_OPEN, SLA_OUTCOME, htm_sla_counters, htm_tasks
 from grace.storage import Database
 
-__all__ = ["COUNTERS", "SLAReport"]
+__all__ = ["COUNTERS", "SLAReport", "active_conditions"]
 
 # The all-time counts the enforcer keeps in htm_sla_counters, in the seed's names.
 COUNTERS = ("warnings_issued", "total_violations", "escalations_triggered", "sub_agents_spawned")
@@ -47,7 +47,9 @@ class SLAReport:
                     .where(SLA_OUTCOME, t.c.finished_at > now - timedelta(seconds=window))
                 )
             ).one()
-            counts = [select(func.count()).select_from(t).where(*part).scalar_subquery() for part in _active(now)]
+            counts = [
+                select(func.count()).select_from(t).where(*part).scalar_subquery() for part in active_conditions(now)
+            ]
             active = (await conn.execute(select(counts[0] + counts[1]))).scalar_one()
         out: dict[str, Any] = {name: int(counted.get(name, 0)) for name in COUNTERS}
         finished, met = int(finished), int(met)
@@ -70,7 +72,7 @@ class SLAReport:
         t = htm_tasks
         now = self.clock.now()
         parts = []
-        for part in _active(now):
+        for part in active_conditions(now):
             query = select(*SLA_COLUMNS, t.c.created_by_name, t.c.attempts, t.c.max_attempts).where(*part)
             if visible_to is not None:
                 query = query.where(t.c.created_by == visible_to)
@@ -102,7 +104,7 @@ class SLAReport:
         ]
 
 
-def _active(now: datetime) -> list[tuple[Any, ...]]:
+def active_conditions(now: datetime) -> list[tuple[Any, ...]]:
     """Two disjoint sets of conditions that together select unfinished tasks past their deadline.
 
     Each is a tight range of the SLA index: levels 2 and 3 are past their deadline by definition;

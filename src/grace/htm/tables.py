@@ -25,15 +25,19 @@ __all__ = [
     "IS_RUNNING",
     "IS_WAITING",
     "JSON_COLUMNS",
+    "ROLLUP_COLUMNS",
     "SLA_COLUMNS",
     "SLA_OPEN",
     "SLA_OUTCOME",
     "SUMMARY_COLUMNS",
+    "htm_hourly",
     "htm_late_completions",
     "htm_origins",
+    "htm_rollup",
     "htm_scheduler",
     "htm_sla_counters",
     "htm_tasks",
+    "htm_totals",
     "htm_workers",
 ]
 
@@ -210,6 +214,61 @@ htm_late_completions = Table(
     Column("outcome", String(16), nullable=False),
     Column("reason", String(200), nullable=False),
     Column("at", UTCDateTime, nullable=False),
+)
+
+# The dashboard's roll-ups (migration 0011_htm_dashboard; grace/htm/rollups.py). Each row holds what
+# the tasks of one origin and one owner ('' for Grace itself) did: per hour in htm_hourly, all-time
+# in htm_totals. Tasks count in the hour they were created (created) or finished (the rest).
+ROLLUP_COLUMNS = (
+    "created",
+    "completed",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "ran",  # tasks that ran to an outcome (completed, failed, timed out): the durations' count
+    "sla_finished",  # of those, with a deadline
+    "sla_met",  # of those, finished by it
+    "warned",  # finished tasks whose SLA level reached warning (1), violated (2), critical (3)
+    "violated",
+    "critical",
+    "bytes_completed",
+)
+
+
+def _rollup_columns() -> list[Column[object]]:
+    return [
+        *(Column(name, BigInteger, nullable=False, server_default=text("0")) for name in ROLLUP_COLUMNS),
+        Column("duration_ms_sum", Float, nullable=False, server_default=text("0")),
+        # {bucket: count} of execution times, buckets of grace/htm/histogram.py.
+        Column("durations", JSON, nullable=False),
+    ]
+
+
+htm_hourly = Table(
+    "htm_hourly",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("origin", String(32), primary_key=True),
+    Column("owner", String(40), primary_key=True),
+    *_rollup_columns(),
+)
+
+htm_totals = Table(
+    "htm_totals",
+    metadata,
+    Column("origin", String(32), primary_key=True),
+    Column("owner", String(40), primary_key=True),
+    *_rollup_columns(),
+)
+
+htm_rollup = Table(
+    "htm_rollup",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # Tasks finished before rolled_until, and tasks with seq <= rolled_seq (for their creation), are
+    # in the roll-ups; the rest are read from htm_tasks.
+    Column("rolled_until", UTCDateTime, nullable=True),
+    Column("rolled_seq", BigInteger, nullable=False),
 )
 
 # The partial indexes' predicates, written as literals: SQLite (and PostgreSQL's generic plans) use a

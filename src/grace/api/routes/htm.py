@@ -1,4 +1,4 @@
-"""Tasks: submit, read, list, cancel, the routing stats, and SLA enforcement's figures and violations."""
+"""Tasks: submit, read, list, cancel, the routing stats, SLA enforcement's figures and violations, the dashboard."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from pydantic import BaseModel, Field
 from grace.api import contract, policy
 from grace.api.bounds import INT64_MAX
 from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.schemas.dashboard import (
+    DashboardHealth,
+    DashboardHourly,
+    DashboardQueued,
+    DashboardSlow,
+    DashboardStats,
+    DashboardViolations,
+)
 from grace.api.schemas.tasks import (
     RoutingStats,
     SLAStats,
@@ -125,3 +133,66 @@ async def sla_violations(
     htm = services.htm
     violations = await htm.sla_violations(principal=principal, origin=origin, limit=limit)
     return {"violations": violations, "at": htm.clock.now().isoformat()}
+
+
+# -- the dashboard (grace.htm.dashboard): members see their own tasks' figures, operators and admins everyone's --
+
+WindowHours = Annotated[
+    int, Query(ge=1, le=720, description="Hourly buckets counted, the current one included (at most 720: 30 days).")
+]
+
+
+@router.get("/dashboard/stats", dependencies=[policy.TASKS], response_model=DashboardStats)
+async def dashboard_stats(
+    principal: CurrentPrincipal, services: ServicesDep, window_hours: WindowHours = 24
+) -> dict[str, Any]:
+    """The seed's figures (task counts, SLA compliance, active violations, execution-time percentiles, queue
+    depths by priority, worker utilization, warnings, escalations, rescues), everyone's and per origin, over
+    the last ``window_hours`` hourly buckets: a member's own tasks, everyone's for operators and admins."""
+    return await services.htm.dashboard_stats(principal=principal, window_hours=window_hours)
+
+
+@router.get("/dashboard/violations", dependencies=[policy.TASKS], response_model=DashboardViolations)
+async def dashboard_violations(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, the most overdue first.")] = 100,
+) -> dict[str, Any]:
+    """Active SLA violations: unfinished tasks past their deadline, the most overdue first."""
+    return await services.htm.dashboard_violations(principal=principal, limit=limit)
+
+
+@router.get("/dashboard/tasks/slow", dependencies=[policy.TASKS], response_model=DashboardSlow)
+async def dashboard_slow_tasks(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, the longest running first.")] = 20,
+) -> dict[str, Any]:
+    """Running tasks, the longest running first, with elapsed time, SLA and how much of it is used."""
+    return await services.htm.dashboard_slow(principal=principal, limit=limit)
+
+
+@router.get("/dashboard/tasks/queued", dependencies=[policy.TASKS], response_model=DashboardQueued)
+async def dashboard_queued_tasks(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, by priority then age.")] = 50,
+) -> dict[str, Any]:
+    """The queue: waiting tasks with each one's wait so far, and the depths by priority and origin."""
+    return await services.htm.dashboard_queued(principal=principal, limit=limit)
+
+
+@router.get("/dashboard/metrics/hourly", dependencies=[policy.TASKS], response_model=DashboardHourly)
+async def dashboard_hourly(
+    principal: CurrentPrincipal, services: ServicesDep, hours: WindowHours = 24
+) -> dict[str, Any]:
+    """The last ``hours`` hourly buckets (24 by default), oldest first: created, completed, failed, p50/p95
+    execution, SLA compliance, throughput in tasks/s and MB/s."""
+    return await services.htm.dashboard_hourly(principal=principal, hours=hours)
+
+
+@router.get("/dashboard/health", dependencies=[policy.TASKS], response_model=DashboardHealth)
+async def dashboard_health(principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+    """``ok``, ``degraded`` or ``failing``, with each alert's figure and the threshold that decided it
+    (the thresholds are GRACE_HTM_HEALTH_* settings)."""
+    return await services.htm.dashboard_health(principal=principal)
