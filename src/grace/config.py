@@ -57,6 +57,10 @@ _SECRET_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
         lambda raw: len(raw) >= 24 and re.fullmatch(r"[A-Za-z0-9_\-.~]+", raw) is not None,
         "must be at least 24 characters of letters, digits, '-', '_', '.' or '~'",
     ),
+    "metrics_token": (
+        lambda raw: len(raw) >= 24 and re.fullmatch(r"[A-Za-z0-9_\-.~]+", raw) is not None,
+        "must be at least 24 characters of letters, digits, '-', '_', '.' or '~'",
+    ),
 }
 
 
@@ -76,6 +80,8 @@ class Settings(BaseSettings):
     vault_key_lifetime_days: int = Field(default=30, ge=8, le=3650)
     audit_anchor_path: Path | None = None
     bootstrap_token: SecretStr | None = None
+    # The bearer token Prometheus scrapes GET /metrics with; without it only an admin may read them.
+    metrics_token: SecretStr | None = None
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     voice_max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     voice_model_dir: Path | None = None

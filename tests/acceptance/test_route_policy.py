@@ -41,6 +41,7 @@ ADMITS: dict[str, frozenset[str]] = {
     "audit_admin": frozenset({"admin"}),
     "keys": frozenset({"admin"}),
     "users": frozenset({"admin"}),
+    "metrics": frozenset({"admin"}),  # or the scrape token (tests/acceptance/test_htm_metrics.py)
 }
 
 EXPECTED: dict[str, str] = {
@@ -86,6 +87,7 @@ EXPECTED: dict[str, str] = {
     "GET /api/htm/dashboard/tasks/queued": "tasks",
     "GET /api/htm/dashboard/metrics/hourly": "tasks",
     "GET /api/htm/dashboard/health": "tasks",
+    "GET /metrics": "metrics",
     "POST /api/voice-notes/start": "voice",
     "POST /api/voice-notes/search": "voice",
     "GET /api/voice-notes": "voice",
@@ -130,7 +132,7 @@ PAGE_POLICY = re.compile(r'data-policy="([a-z_]+)"')
 def is_page(name: str) -> bool:
     """Whether the route is the web UI's (answered as pages, sending strangers to the sign-in page)."""
     path = name.split(" ", 1)[1]
-    return not path.startswith(("/api/", "/health", "/ready"))
+    return not path.startswith(("/api/", "/health", "/ready", "/metrics"))
 
 
 def _app_routes() -> dict[str, APIRoute]:

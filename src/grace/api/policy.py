@@ -10,15 +10,16 @@ task manager who may submit what, accounts who may issue tokens, the vault who m
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from grace import errors
-from grace.api.deps import CurrentPrincipal
+from grace.api.deps import CurrentPrincipal, ServicesDep, get_principal
 from grace.auth import Principal, Role, Scope
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "AUDIT_ADMIN",
     "CONSENTS",
     "KEYS",
+    "METRICS",
     "PUBLIC",
     "SECRETS",
     "SIGNED_IN",
@@ -36,6 +38,7 @@ __all__ = [
     "VOICE",
     "Policy",
     "Public",
+    "Scrape",
     "api_routes",
     "policy_of",
 ]
@@ -89,6 +92,23 @@ class Policy:
         return principal
 
 
+@dataclass(frozen=True)
+class Scrape(Policy):
+    """Prometheus' scrape: ``Authorization: Bearer`` with the scrape token (``GRACE_METRICS_TOKEN``), or a
+    principal the policy admits (an admin, not an agent). Without either, 401; the wrong role, 403."""
+
+    async def __call__(self, request: Request, services: ServicesDep) -> Principal | None:  # type: ignore[override]
+        expected = services.settings.metrics_token
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if expected is not None and scheme.lower() == "bearer":
+            given = credentials.strip().encode()
+            if hmac.compare_digest(given, expected.get_secret_value().encode()):
+                return None
+        principal = await get_principal(request, services)
+        self.check(principal)
+        return principal
+
+
 PUBLIC = Depends(Public())
 SIGNED_IN = Depends(Policy("signed_in", "do this", agents=True))
 TASKS = Depends(Policy("tasks", "use the task manager", Scope.TASKS, agents=True))
@@ -100,6 +120,7 @@ AUDIT_ADMIN = Depends(Policy("audit_admin", "verify or export the audit log", Sc
 KEYS = Depends(Policy("keys", "manage the vault's keys", Scope.KEYS, Role.ADMIN))
 TOKENS = Depends(Policy("tokens", "issue, list or revoke tokens", Scope.TOKENS))
 USERS = Depends(Policy("users", "manage users", Scope.USERS, Role.ADMIN))
+METRICS = Depends(Scrape("metrics", "read the metrics (or use the scrape token)", role=Role.ADMIN))
 # A person's own voice notes: never an agent's to read, search or delete (consenting is CONSENTS).
 VOICE = Depends(Policy("voice", "use voice notes"))
 

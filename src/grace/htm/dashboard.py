@@ -434,7 +434,10 @@ class Dashboard:
             "sla_counters": {name: int(counters.get(name, 0)) for name in COUNTERS},
             "sla_compliance_rate": sla["sla_compliance_rate"],
             "sla_window_seconds": sla["window_seconds"],
-            "duration_bounds_seconds": histogram.PROMETHEUS_BOUNDS_SECONDS,
+            # Per origin, (bound in seconds, tasks at or under it): Prometheus' cumulative buckets.
+            "duration_buckets": {
+                o: histogram.cumulative(f.durations, histogram.PROMETHEUS_BOUNDS_SECONDS) for o, f in totals.items()
+            },
         }
 
 

@@ -525,3 +525,10 @@ class ConsentStore:
     async def count(self) -> int:
         async with self.db.read() as conn:
             return int((await conn.execute(select(func.count()).select_from(_table))).scalar_one())
+
+    async def count_by_status(self) -> dict[str, int]:
+        """Return how many consent records are in each status (everyone's)."""
+        status = _table.c.consent_status
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(status, func.count()).group_by(status))
+            return {str(s): int(n) for s, n in rows}

@@ -255,6 +255,10 @@ class Vault:
     async def counts(self) -> dict[str, int]:
         return {"secrets": await self.secrets.count(), "consents": await self.consent_store.count()}
 
+    async def consent_counts(self) -> dict[str, int]:
+        """Return how many consent records are in each status, everyone's (for Prometheus)."""
+        return await self.consent_store.count_by_status()
+
 
 async def stored_master_key(settings: Settings, db: Database) -> masterkey.MasterKey | None:
     """Return the master key as it can be loaded before the database is migrated.
