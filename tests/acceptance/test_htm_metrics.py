@@ -4,6 +4,7 @@ figures; the same totals from another process on the same database; the scrape t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -136,7 +137,8 @@ async def test_another_process_on_the_same_database_reports_the_same_totals(
     async with client_for(scraped, clocked) as http:
         await workload(http, clocked, clock)
         mine = (await http.get("/metrics", headers=SCRAPE)).text
-    child = subprocess.run(
+    child = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "tests.acceptance.metrics_child", str(scraped.data_dir), scraped.database_url],
         cwd=ROOT,
         env={**os.environ, "GRACE_METRICS_TOKEN": TOKEN, "GRACE_HTM_EMBEDDED_WORKERS": "false"},

@@ -216,7 +216,7 @@ htm_late_completions = Table(
     Column("at", UTCDateTime, nullable=False),
 )
 
-# The dashboard's roll-ups (migration 0011_htm_dashboard; grace/htm/rollups.py). Each row holds what
+# The dashboard's roll-ups (migration 0012_htm_dashboard; grace/htm/rollups.py). Each row holds what
 # the tasks of one origin and one owner ('' for Grace itself) did: per hour in htm_hourly, all-time
 # in htm_totals. Tasks count in the hour they were created (created) or finished (the rest).
 ROLLUP_COLUMNS = (

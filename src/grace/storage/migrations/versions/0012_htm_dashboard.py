@@ -1,8 +1,8 @@
 """The dashboard's roll-ups: what each origin's and owner's tasks did per hour (htm_hourly) and all-time
 (htm_totals), and how far they reach (htm_rollup).
 
-Revision ID: 0011_htm_dashboard
-Revises: 0010_row_seals
+Revision ID: 0012_htm_dashboard
+Revises: 0011_playbooks
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_htm_dashboard"
-down_revision = "0010_row_seals"
+revision = "0012_htm_dashboard"
+down_revision = "0011_playbooks"
 branch_labels = None
 depends_on = None
 
