@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from grace import storage
 from grace.api import create_app
@@ -24,6 +25,10 @@ from tests import canary
 from tests.backends import ADMIN_URL_ENV, PostgresTestDatabase, SqliteTemplate, in_ci, wanted_backends
 
 BACKENDS = wanted_backends()
+
+# Property tests judge behaviour, never speed: on a busy machine generating an example may be slow.
+settings.register_profile("grace", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("grace")
 
 # The vault tests' cast of users and agents (fixtures `cast` and `http`).
 pytest_plugins = ["tests.vaultkit", "tests.voicekit"]
