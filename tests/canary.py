@@ -44,6 +44,7 @@ VAULT_TABLES = (
     "vault_audit_checkpoints",
     "vault_usage",
     "events",
+    "playbook_runs",
 )
 
 

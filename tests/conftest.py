@@ -149,6 +149,9 @@ def admin_headers(admin: BootstrapCredentials) -> dict[str, str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     canary.install()
+    # The shipped playbooks' schedules and event triggers would queue tasks in every served test;
+    # the playbook tests start a scheduler of their own.
+    os.environ.setdefault("GRACE_PLAYBOOKS_SCHEDULER", "false")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

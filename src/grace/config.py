@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     voice_model_dir: Path | None = None
     # Where `grace serve` and the API find playbooks (*.yaml); relative to the working directory.
     playbooks_dir: Path = Path("playbooks")
+    # Whether a serving process runs the playbook scheduler (cron and bus-event triggers).
+    playbooks_scheduler: bool = True
     bus_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     session_ttl_seconds: int = Field(default=12 * 3600, ge=60)
     login_max_failures: int = Field(default=5, ge=1)

@@ -22,7 +22,7 @@ from grace.config import Settings
 from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
 from grace.integrity import SEAL_LABEL
-from grace.playbooks import Capabilities, Playbooks, default_registry
+from grace.playbooks import LEADER_LOCK, RUN_TASK, Capabilities, Playbooks, Scheduler, default_registry
 from grace.vault import ROTATION_TASK, Vault, stored_master_key
 from grace.voice import VoiceNotes, engines
 
@@ -48,6 +48,7 @@ class Services:
     htm: HTM
     voice: VoiceNotes
     playbooks: Playbooks
+    scheduler: Scheduler
     bootstrap: auth.BootstrapCredentials | None = None  # the first admin, when this build created it
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -62,6 +63,8 @@ class Services:
         # The serving process owns SLA enforcement (on PostgreSQL, whichever process holds the
         # leader lock acts); close() stops it through HTM.close().
         self.htm.start_sla()
+        if self.settings.playbooks_scheduler:
+            self.scheduler.start()
 
     async def _start_htm_workers(self) -> None:
         # The serving process runs an embedded worker pool; close() stops it gracefully.
@@ -102,6 +105,7 @@ class Services:
         for task in self._background:
             await _stop(task)
         await self.accounts.close()
+        await self.scheduler.stop()
         await self.vault.close()
         await self.htm.close()
         await self.bus.close()
@@ -202,7 +206,10 @@ async def build(
     )
     capabilities = Capabilities(clock, bus=bus, htm=htm, vault=vault, voice=voice)
     playbooks = Playbooks(db, capabilities, default_registry(), settings.playbooks_dir)
-    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks)
+    scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK))
+    # Playbook runs are HTM tasks (fairness, SLAs and the dashboard apply); people, never an agent, submit them.
+    htm.handlers.register(RUN_TASK, scheduler.run_task, submitters=ADMINS)
+    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

@@ -11,11 +11,13 @@ from grace.playbooks.actions import Action, ActionContext, ActionFailed, ActionR
 from grace.playbooks.builtin import ALERT_TOPIC, default_registry
 from grace.playbooks.engine import Engine, RunResult, backoff_delay
 from grace.playbooks.history import RunRecord, RunStore
+from grace.playbooks.scheduler import LEADER_LOCK, Scheduler
 from grace.playbooks.schema import Playbook, Problem, check, check_text
 from grace.playbooks.service import RUN_TASK, Playbooks
 
 __all__ = [
     "ALERT_TOPIC",
+    "LEADER_LOCK",
     "RUN_TASK",
     "Action",
     "ActionContext",
@@ -30,6 +32,7 @@ __all__ = [
     "RunRecord",
     "RunResult",
     "RunStore",
+    "Scheduler",
     "backoff_delay",
     "check",
     "check_text",

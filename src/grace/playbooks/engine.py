@@ -273,6 +273,7 @@ class Engine:
         await self.store.update(state.run_id, steps=state.scrub(state.records))
 
     async def _monitors(self, state: RunState) -> None:
+        # Every metric first: a monitor's condition may read any metric the playbook monitors.
         for monitor in state.playbook.monitors:
             name = f"metrics.{monitor.metric}"
             if name not in state.values:
@@ -283,6 +284,8 @@ class Engine:
                         Step(f"monitor:{monitor.name}", "main", Call("monitor")),
                         f"metric {monitor.metric} could not be read: {type(exc).__name__}",
                     ) from None
+        for monitor in state.playbook.monitors:
+            name = f"metrics.{monitor.metric}"
             try:
                 firing = bool(monitor.condition.evaluate(state.values))
             except ValueError as exc:

@@ -133,8 +133,9 @@ class RunStore:
         return run_id
 
     async def update(self, run_id: str, **values: Any) -> None:
-        if "steps" in values:
-            values["steps"] = jsontext.dumps(values["steps"])
+        for name in ("steps", "inputs"):
+            if name in values:
+                values[name] = jsontext.dumps(values[name])
         async with self.db.write() as conn:
             await conn.execute(update(playbook_runs).where(playbook_runs.c.id == run_id).values(**values))
 

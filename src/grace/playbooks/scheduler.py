@@ -1,0 +1,267 @@
+"""The scheduler: cron and bus-event firings become runs, executed as task-manager tasks.
+
+One process leads (``grace.playbooks.scheduler``, a :class:`~grace.storage.Leadership`: an advisory
+lock on PostgreSQL, always this process on SQLite). Each :meth:`Scheduler.tick` reads every valid
+playbook's schedules, asks :func:`schedule.decide` what is due since the stored last firing, and
+records each firing: a run, queued as the HTM task ``playbooks.run`` (origin ``scheduler``), or a
+skipped record with its reason (misfired, coalesced, concurrency). A firing's ``trigger_key``
+(``schedule:<time>``, ``event:<bus event id>``) is unique per playbook, so a repeated event or a
+tick repeated on another node starts no second run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from grace.bus import Bus, Event
+from grace.clock import Clock
+from grace.htm import HTM, TaskContext
+from grace.playbooks import schedule
+from grace.playbooks.schema import Playbook
+from grace.playbooks.service import RUN_TASK, Playbooks
+from grace.storage import Leadership
+
+__all__ = ["LEADER_LOCK", "Scheduler"]
+
+log = logging.getLogger("grace.playbooks")
+
+LEADER_LOCK = "grace.playbooks.scheduler"
+TICK_SECONDS = 30.0
+
+
+class Scheduler:
+    """Fires playbooks on their schedules and events, one leader at a time."""
+
+    def __init__(
+        self,
+        playbooks: Playbooks,
+        htm: HTM,
+        bus: Bus,
+        clock: Clock,
+        *,
+        leadership: Leadership | None = None,
+        tick_seconds: float = TICK_SECONDS,
+    ) -> None:
+        self.playbooks = playbooks
+        self.htm = htm
+        self.bus = bus
+        self.clock = clock
+        self.leadership = leadership
+        self.tick_seconds = tick_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"Scheduler(running={bool(self._tasks)})"
+
+    # -- the HTM task --------------------------------------------------------------------------
+
+    async def run_task(self, ctx: TaskContext) -> dict[str, Any]:
+        """The ``playbooks.run`` handler: run the recorded run to its end."""
+        run_id = str(ctx.payload.get("run_id", ""))
+        record = await self.playbooks.history.get(run_id)
+        if record.status != "queued":
+            return {"run_id": run_id, "status": record.status, "skipped": "the run is not queued"}
+        playbook = self.playbooks.named(record.playbook)
+        event = ctx.payload.get("event")
+        inputs = ctx.payload.get("inputs")
+        result = await self.playbooks.engine.run(
+            playbook,
+            inputs if isinstance(inputs, dict) else {},
+            trigger=record.trigger,
+            who=record.who,
+            event=event if isinstance(event, dict) else None,
+            run_id=run_id,
+        )
+        return {"run_id": run_id, "status": result.status}
+
+    # -- firing ----------------------------------------------------------------------------------
+
+    async def fire(
+        self,
+        playbook: Playbook,
+        *,
+        trigger: str,
+        trigger_key: str | None,
+        who: str,
+        inputs: Mapping[str, Any] | None = None,
+        event: Mapping[str, Any] | None = None,
+        origin: str = "scheduler",
+    ) -> str | None:
+        """Record a firing and queue its run; return its id, or None when none was queued.
+
+        None when the firing was skipped (recorded with its reason) or was already recorded.
+        """
+        history = self.playbooks.history
+        given = dict(inputs or {})
+        shown = {k: ("[redacted]" if k in playbook.secret_inputs() else v) for k, v in given.items()}
+        active = await history.active(playbook.name)
+        if active and playbook.policy.concurrency == "forbid":
+            await history.create(
+                playbook.name,
+                digest=playbook.digest,
+                trigger=trigger,
+                trigger_key=trigger_key,
+                who=who,
+                inputs=shown,
+                status="skipped",
+                reason=f"concurrency forbid: run {active[0].id} is still {active[0].status}",
+            )
+            return None
+        run_id = await history.create(
+            playbook.name, digest=playbook.digest, trigger=trigger, trigger_key=trigger_key, who=who, inputs=shown
+        )
+        if run_id is None:
+            log.info("playbooks.firing_repeated", extra={"playbook": playbook.name, "trigger_key": trigger_key})
+            return None
+        if active and playbook.policy.concurrency == "replace":
+            for old in active:
+                await self._cancel(old.id, old.task_id, reason=f"replaced by run {run_id}")
+        payload: dict[str, Any] = {"run_id": run_id, "inputs": given}
+        if event is not None:
+            payload["event"] = dict(event)
+        decision = await self.htm.route_task(
+            RUN_TASK,
+            payload=payload,
+            origin=origin,
+            max_attempts=1,
+            timeout_seconds=int(playbook.policy.timeout) + 60,
+        )
+        await history.update(run_id, task_id=str(decision["task_id"]))
+        log.info("playbooks.fired", extra={"playbook": playbook.name, "run_id": run_id, "trigger": trigger})
+        return run_id
+
+    async def _cancel(self, run_id: str, task_id: str | None, *, reason: str) -> None:
+        from grace import errors
+
+        if task_id is not None:
+            with contextlib.suppress(errors.Conflict, errors.NotFound):
+                await self.htm.cancel(task_id, principal=None)
+        record = await self.playbooks.history.get(run_id)
+        if record.status == "queued":
+            await self.playbooks.history.update(run_id, status="cancelled", reason=reason, finished_at=self.clock.now())
+
+    # -- schedules --------------------------------------------------------------------------------
+
+    async def tick(self) -> list[str]:
+        """Fire what is due on every schedule (when leading); return the runs queued."""
+        if self.leadership is not None and not await self.leadership.acquire():
+            return []
+        now = self.clock.now()
+        queued: list[str] = []
+        for listed in self.playbooks.catalogue():
+            playbook = listed.playbook
+            if playbook is None or not playbook.schedules:
+                continue
+            for index, sched in enumerate(playbook.schedules):
+                key = playbook.name if index == 0 else f"{playbook.name}#{index}"
+                last = await self.playbooks.history.last_fire(key)
+                decision = schedule.decide(
+                    sched.cron,
+                    sched.timezone,
+                    last,
+                    now,
+                    misfire_grace=playbook.policy.misfire_grace,
+                    coalesce=playbook.policy.coalesce,
+                )
+                for at, reason in decision.skipped:
+                    await self.playbooks.history.create(
+                        playbook.name,
+                        digest=playbook.digest,
+                        trigger="schedule",
+                        trigger_key=f"schedule:{index}:{at.isoformat()}",
+                        who="scheduler",
+                        inputs={},
+                        status="skipped",
+                        reason=reason,
+                    )
+                for at in decision.run:
+                    run_id = await self.fire(
+                        playbook, trigger="schedule", trigger_key=f"schedule:{index}:{at.isoformat()}", who="scheduler"
+                    )
+                    if run_id is not None:
+                        queued.append(run_id)
+                if decision.last is not None:
+                    await self.playbooks.history.set_last_fire(key, decision.last)
+        return queued
+
+    # -- events -------------------------------------------------------------------------------------
+
+    async def on_event(self, playbook: Playbook, event: Event) -> str | None:
+        """Fire ``playbook`` for a bus event whose topic it names (once per event id)."""
+        for trigger in playbook.events:
+            if trigger.topic != event.topic:
+                continue
+            values: dict[str, Any] = {f"event.{k}": v for k, v in event.payload.items()}
+            values.update({"run.id": "", "run.trigger": "event", "run.dry_run": False})
+            if trigger.when is not None:
+                try:
+                    matched = bool(trigger.when.evaluate(values))
+                except ValueError as exc:
+                    await self.playbooks.history.create(
+                        playbook.name,
+                        digest=playbook.digest,
+                        trigger="event",
+                        trigger_key=f"event:{event.id}",
+                        who=f"event:{event.topic}",
+                        inputs={},
+                        status="skipped",
+                        reason=f"the event condition could not be evaluated: {exc}",
+                    )
+                    return None
+                if not matched:
+                    return None
+            return await self.fire(
+                playbook,
+                trigger="event",
+                trigger_key=f"event:{event.id}",
+                who=f"event:{event.topic}",
+                event=event.payload,
+                origin="internal",
+            )
+        return None
+
+    async def _listen(self, topic: str) -> None:
+        async with self.bus.subscribe(topic, name=f"grace.playbooks.{topic}") as subscription:
+            while True:
+                event = await subscription.get()
+                if event is None:
+                    return
+                for listed in self.playbooks.catalogue():
+                    if listed.playbook is not None:
+                        try:
+                            await self.on_event(listed.playbook, event)
+                        except Exception as exc:  # one playbook's failure does not stop the others' events
+                            log.warning(
+                                "playbooks.event_failed", extra={"playbook": listed.name, "reason": type(exc).__name__}
+                            )
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception as exc:  # the next tick tries again
+                log.warning("playbooks.tick_failed", extra={"reason": type(exc).__name__})
+            await self.clock.sleep(self.tick_seconds)
+
+    def start(self) -> None:
+        """Start the tick loop and one listener per event topic the playbooks name."""
+        if self._tasks:
+            return
+        self._tasks.append(asyncio.create_task(self._loop(), name="grace-playbooks-scheduler"))
+        topics = {t.topic for listed in self.playbooks.catalogue() if listed.playbook for t in listed.playbook.events}
+        for topic in sorted(topics):
+            self._tasks.append(asyncio.create_task(self._listen(topic), name=f"grace-playbooks-{topic}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):  # stopping: what a cancelled loop raised is of no use
+                await task
+        self._tasks = []
+        if self.leadership is not None:
+            await self.leadership.release()
