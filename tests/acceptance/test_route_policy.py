@@ -42,6 +42,8 @@ ADMITS: dict[str, frozenset[str]] = {
     "keys": frozenset({"admin"}),
     "users": frozenset({"admin"}),
     "metrics": frozenset({"admin"}),  # or the scrape token (tests/acceptance/test_htm_metrics.py)
+    "playbooks": frozenset({"admin", "operator"}),
+    "playbooks_run": frozenset({"admin", "operator"}),
 }
 
 EXPECTED: dict[str, str] = {
@@ -98,6 +100,9 @@ EXPECTED: dict[str, str] = {
     "GET /api/voice-notes/{note_id}/transcript": "voice",
     "GET /api/voice-notes/{note_id}/audio": "voice",
     "DELETE /api/voice-notes/{note_id}": "voice",
+    "GET /api/playbooks": "playbooks",
+    "POST /api/playbooks/{name}/run": "playbooks_run",
+    "GET /api/playbooks/runs/{run_id}": "playbooks",
     # The web UI's pages and fragments (grace.web): the same policies, answered as pages.
     "GET /signin": "public",
     "POST /signin": "public",
@@ -162,7 +167,18 @@ def test_the_matrix_names_no_route_that_is_gone() -> None:
 
 
 def test_no_agent_policy_reaches_what_answers_for_a_human() -> None:
-    human = {"users", "tokens", "keys", "consents", "audit", "audit_admin", "secrets", "voice"}
+    human = {
+        "users",
+        "tokens",
+        "keys",
+        "consents",
+        "audit",
+        "audit_admin",
+        "secrets",
+        "voice",
+        "playbooks",
+        "playbooks_run",
+    }
     for name, route in ROUTES.items():
         declared = policy_of(route)
         assert declared is not None

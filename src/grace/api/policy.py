@@ -29,6 +29,8 @@ __all__ = [
     "CONSENTS",
     "KEYS",
     "METRICS",
+    "PLAYBOOKS",
+    "PLAYBOOKS_RUN",
     "PUBLIC",
     "SECRETS",
     "SIGNED_IN",
@@ -121,6 +123,10 @@ KEYS = Depends(Policy("keys", "manage the vault's keys", Scope.KEYS, Role.ADMIN)
 TOKENS = Depends(Policy("tokens", "issue, list or revoke tokens", Scope.TOKENS))
 USERS = Depends(Policy("users", "manage users", Scope.USERS, Role.ADMIN))
 METRICS = Depends(Scrape("metrics", "read the metrics (or use the scrape token)", role=Role.ADMIN))
+# Playbooks run operations (key rotation, alerts, remediation): operators and admins, never an agent,
+# which must not set off what answers for its human.
+PLAYBOOKS = Depends(Policy("playbooks", "see playbooks and their runs", role=Role.OPERATOR))
+PLAYBOOKS_RUN = Depends(Policy("playbooks_run", "run playbooks", role=Role.OPERATOR))
 # A person's own voice notes: never an agent's to read, search or delete (consenting is CONSENTS).
 VOICE = Depends(Policy("voice", "use voice notes"))
 

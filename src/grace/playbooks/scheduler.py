@@ -144,6 +144,25 @@ class Scheduler:
         if record.status == "queued":
             await self.playbooks.history.update(run_id, status="cancelled", reason=reason, finished_at=self.clock.now())
 
+    async def queue_manual(self, playbook: Playbook, inputs: Mapping[str, Any], *, who: str) -> str:
+        """Queue a manual run as a task-manager task (origin user_request); InvalidInput names a bad input."""
+        from grace import errors
+        from grace.playbooks.engine import parse_inputs
+
+        try:
+            parse_inputs(playbook, inputs)
+        except ValueError as exc:
+            raise errors.InvalidInput(str(exc)) from None
+        run_id = await self.fire(
+            playbook, trigger="manual", trigger_key=None, who=who, inputs=inputs, origin="user_request"
+        )
+        if run_id is None:
+            active = await self.playbooks.history.active(playbook.name)
+            raise errors.Conflict(
+                f"playbook {playbook.name!r} forbids a second run while run {active[0].id if active else '?'} is active"
+            )
+        return run_id
+
     # -- schedules --------------------------------------------------------------------------------
 
     async def tick(self) -> list[str]:
