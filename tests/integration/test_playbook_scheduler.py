@@ -111,3 +111,43 @@ async def test_a_fired_run_executes_as_a_task_manager_task(services: Services, t
     record = await services.playbooks.run_record(run_id)
     assert (record.status, record.trigger) == ("succeeded", "event")
     assert [s["id"] for s in record.steps] == ["stats"]
+
+
+async def test_two_schedulers_on_one_database_fire_a_due_schedule_once(
+    scheduled: tuple[Services, ManualClock], settings: Settings, tmp_path: Path
+) -> None:
+    services, clock = scheduled
+    from grace import storage
+    from grace.playbooks import LEADER_LOCK, Scheduler
+
+    other = Scheduler(
+        services.playbooks,
+        services.htm,
+        services.bus,
+        clock,
+        leadership=storage.Leadership(services.db, LEADER_LOCK),
+    )
+    try:
+        await services.scheduler.tick()
+        await other.tick()
+        clock.advance(300)
+        fired = await asyncio.gather(services.scheduler.tick(), other.tick())
+        # On PostgreSQL only the leader ticks; on SQLite both lead, and the firing's key admits one run.
+        assert sum(len(f) for f in fired) == 1
+        assert len([r for r in await services.playbooks.runs(playbook="every_five") if r.status == "queued"]) == 1
+    finally:
+        await other.stop()
+
+
+async def test_replace_cancels_the_active_run_and_queues_the_new_one(scheduled: tuple[Services, ManualClock]) -> None:
+    services, clock = scheduled
+    (services.playbooks.directory / "every_five.yaml").write_text(
+        PLAYBOOK.replace("concurrency: forbid", "concurrency: replace")
+    )
+    playbook = services.playbooks.named("every_five")
+    first = await services.scheduler.queue_manual(playbook, {}, who="alice")
+    second = await services.scheduler.queue_manual(playbook, {}, who="alice")
+    old = await services.playbooks.run_record(first)
+    assert old.status == "cancelled" and second in (old.reason or "")
+    assert (await services.htm.get(old.task_id or "", principal=None)).status.value == "cancelled"
+    assert (await services.playbooks.run_record(second)).status == "queued"
