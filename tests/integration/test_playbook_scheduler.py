@@ -140,7 +140,7 @@ async def test_two_schedulers_on_one_database_fire_a_due_schedule_once(
 
 
 async def test_replace_cancels_the_active_run_and_queues_the_new_one(scheduled: tuple[Services, ManualClock]) -> None:
-    services, clock = scheduled
+    services, _ = scheduled
     (services.playbooks.directory / "every_five.yaml").write_text(
         PLAYBOOK.replace("concurrency: forbid", "concurrency: replace")
     )
