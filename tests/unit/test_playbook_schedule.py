@@ -34,6 +34,10 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second:
         # an hourly schedule over the skipped hour: 02:00 lands on 03:00 EDT, which fires once
         ("0 * * * *", "America/New_York", utc(2026, 3, 8, 5, 30), utc(2026, 3, 8, 8, 30),
          [utc(2026, 3, 8, 6), utc(2026, 3, 8, 7), utc(2026, 3, 8, 8)]),
+        # every 15 minutes over the skipped hour: 02:15 lands on 03:15 EDT, which also comes on its own; once each
+        ("*/15 * * * *", "America/New_York", utc(2026, 3, 8, 6, 20), utc(2026, 3, 8, 7, 30),
+         [utc(2026, 3, 8, 6, 30), utc(2026, 3, 8, 6, 45), utc(2026, 3, 8, 7), utc(2026, 3, 8, 7, 15),
+          utc(2026, 3, 8, 7, 30)]),
         # Europe: Sunday 02:00 in London is 01:00 UTC in summer, 02:00 UTC in winter
         ("0 2 * * 0", "Europe/London", utc(2026, 10, 17), utc(2026, 11, 2),
          [utc(2026, 10, 18, 1), utc(2026, 10, 25, 2), utc(2026, 11, 1, 2)]),

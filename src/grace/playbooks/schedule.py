@@ -35,20 +35,20 @@ def fire_times(cron: str, timezone: str, after: datetime, until: datetime) -> li
     """Return the instants (aware UTC, ascending, distinct) in ``(after, until]`` the schedule names."""
     after, until = ensure_utc(after), ensure_utc(until)
     zone = zoneinfo.ZoneInfo(timezone)
-    # Start a little early in wall time: a time in a skipped hour maps forward past ``after``.
+    # Walk wall time with a margin on both sides: a time in a skipped hour maps forward, so wall
+    # times and instants are not in the same order around a change of offset.
     start = after.astimezone(zone).replace(tzinfo=None) - timedelta(hours=3)
+    stop = until.astimezone(zone).replace(tzinfo=None) + timedelta(hours=3)
     times = croniter(cron, start)
-    found: list[datetime] = []
+    found: set[datetime] = set()
     for _ in range(MAX_FIRINGS * 4):
         wall: datetime = times.get_next(datetime)
-        instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-        if instant <= after:
-            continue
-        if instant > until or len(found) >= MAX_FIRINGS:
+        if wall > stop:
             break
-        if not found or found[-1] != instant:
-            found.append(instant)
-    return found
+        instant = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        if after < instant <= until:
+            found.add(instant)
+    return sorted(found)[:MAX_FIRINGS]
 
 
 @dataclass(frozen=True)
