@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from grace import storage
 from grace.api import create_app
@@ -27,8 +28,8 @@ from tests.backends import ADMIN_URL_ENV, PostgresTestDatabase, SqliteTemplate, 
 BACKENDS = wanted_backends()
 
 # Property tests judge behaviour, never speed: on a busy machine generating an example may be slow.
-settings.register_profile("grace", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("grace")
+hypothesis_settings.register_profile("grace", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("grace")
 
 # The vault tests' cast of users and agents (fixtures `cast` and `http`).
 pytest_plugins = ["tests.vaultkit", "tests.voicekit"]
