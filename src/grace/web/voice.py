@@ -18,8 +18,7 @@ from fastapi import File, Form, Query, Request, UploadFile
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from grace import errors
-from grace.api import CONSENTS, CurrentPrincipal, ServicesDep
-from grace.api.policy import VOICE
+from grace.api import CONSENTS, VOICE, CurrentPrincipal, ServicesDep
 from grace.auth import Principal
 from grace.services import Services
 from grace.web.rendering import environment, render
