@@ -206,7 +206,15 @@ async def build(
     )
     capabilities = Capabilities(clock, bus=bus, htm=htm, vault=vault, voice=voice)
     playbooks = Playbooks(db, capabilities, default_registry(), settings.playbooks_dir)
-    scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK))
+
+    async def person(user_id: str) -> auth.Principal | None:
+        try:
+            user = await accounts.get_user(user_id)
+        except errors.NotFound:
+            return None
+        return None if user.disabled else auth.Principal(user.id, user.username, user.role)
+
+    scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK), person=person)
     # Playbook runs are HTM tasks (fairness, SLAs and the dashboard apply); people, never an agent, submit them.
     htm.handlers.register(RUN_TASK, scheduler.run_task, submitters=ADMINS)
     services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler)

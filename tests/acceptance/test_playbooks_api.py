@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,33 @@ async def test_bad_input_and_unknown_names_are_4xx_naming_what(
     assert r.status_code == 422 and "did you mean 'force'" in r.json()["error"]["message"]
     assert (await client.post("/api/playbooks/nope/run", json={}, headers=admin_headers)).status_code == 404
     assert (await client.get("/api/playbooks/runs/pbr_nope", headers=admin_headers)).status_code == 404
+
+
+async def test_a_queued_run_executes_on_a_worker_as_the_person_who_asked(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], services: Services
+) -> None:
+    assert services.bootstrap is not None
+    user = await services.accounts.get_user(services.bootstrap.username)
+    from grace.auth import Principal
+
+    note = await services.voice.start(Principal(user.id, user.username, user.role), title="standup")
+    async with services.bus.subscribe("htm.task.*") as events:
+        r = await client.post(
+            "/api/playbooks/recording_to_learning/run",
+            json={"inputs": {"note_id": note["session_id"]}},
+            headers=admin_headers,
+        )
+        assert r.status_code == 202, r.text
+        task_id = r.json()["run"]["task_id"]
+        await services.htm.start_workers()
+        while True:
+            event = await asyncio.wait_for(events.get(), 60)
+            assert event is not None
+            if event.payload.get("task_id") == task_id and event.topic in ("htm.task.completed", "htm.task.failed"):
+                break
+    run = (await client.get(f"/api/playbooks/runs/{r.json()['run']['id']}", headers=admin_headers)).json()["run"]
+    assert run["status"] == "succeeded", run["reason"]  # voice.note read the note as its owner
+    assert [s["id"] for s in run["steps"]] == ["note", "resume", "learn"]
 
 
 def test_cli_execute_dry_run_and_history(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> None:

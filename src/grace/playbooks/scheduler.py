@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from grace.auth import Principal
 from grace.bus import Bus, Event
 from grace.clock import Clock
 from grace.htm import HTM, TaskContext
@@ -45,6 +46,7 @@ class Scheduler:
         *,
         leadership: Leadership | None = None,
         tick_seconds: float = TICK_SECONDS,
+        person: Callable[[str], Awaitable[Principal | None]] | None = None,
     ) -> None:
         self.playbooks = playbooks
         self.htm = htm
@@ -52,6 +54,8 @@ class Scheduler:
         self.clock = clock
         self.leadership = leadership
         self.tick_seconds = tick_seconds
+        # Who a queued manual run is for, read again when it runs (None: disabled or gone).
+        self.person = person
         self._tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
@@ -68,6 +72,8 @@ class Scheduler:
         playbook = self.playbooks.named(record.playbook)
         event = ctx.payload.get("event")
         inputs = ctx.payload.get("inputs")
+        as_user = ctx.payload.get("as_user")
+        principal = await self.person(str(as_user)) if as_user and self.person is not None else None
         result = await self.playbooks.engine.run(
             playbook,
             inputs if isinstance(inputs, dict) else {},
@@ -75,6 +81,7 @@ class Scheduler:
             who=record.who,
             event=event if isinstance(event, dict) else None,
             run_id=run_id,
+            principal=principal,
         )
         return {"run_id": run_id, "status": result.status}
 
@@ -90,6 +97,7 @@ class Scheduler:
         inputs: Mapping[str, Any] | None = None,
         event: Mapping[str, Any] | None = None,
         origin: str = "scheduler",
+        principal: Principal | None = None,
     ) -> str | None:
         """Record a firing and queue its run; return its id, or None when none was queued.
 
@@ -121,6 +129,8 @@ class Scheduler:
             for old in active:
                 await self._cancel(old.id, old.task_id, reason=f"replaced by run {run_id}")
         payload: dict[str, Any] = {"run_id": run_id, "inputs": given}
+        if principal is not None and not principal.is_agent:
+            payload["as_user"] = principal.user_id
         if event is not None:
             payload["event"] = dict(event)
         decision = await self.htm.route_task(
@@ -144,7 +154,9 @@ class Scheduler:
         if record.status == "queued":
             await self.playbooks.history.update(run_id, status="cancelled", reason=reason, finished_at=self.clock.now())
 
-    async def queue_manual(self, playbook: Playbook, inputs: Mapping[str, Any], *, who: str) -> str:
+    async def queue_manual(
+        self, playbook: Playbook, inputs: Mapping[str, Any], *, who: str, principal: Principal | None = None
+    ) -> str:
         """Queue a manual run as a task-manager task (origin user_request); InvalidInput names a bad input."""
         from grace import errors
         from grace.playbooks.engine import parse_inputs
@@ -154,7 +166,13 @@ class Scheduler:
         except ValueError as exc:
             raise errors.InvalidInput(str(exc)) from None
         run_id = await self.fire(
-            playbook, trigger="manual", trigger_key=None, who=who, inputs=inputs, origin="user_request"
+            playbook,
+            trigger="manual",
+            trigger_key=None,
+            who=who,
+            inputs=inputs,
+            origin="user_request",
+            principal=principal,
         )
         if run_id is None:
             active = await self.playbooks.history.active(playbook.name)

@@ -73,7 +73,7 @@ async def run_playbook(
     if body.dry_run:
         result = await playbooks.execute(playbook, body.inputs, who=principal.name, principal=principal, dry_run=True)
         return {"run": (await playbooks.run_record(result.run_id)).as_dict()}
-    run_id = await services.scheduler.queue_manual(playbook, body.inputs, who=principal.name)
+    run_id = await services.scheduler.queue_manual(playbook, body.inputs, who=principal.name, principal=principal)
     return {"run": (await playbooks.run_record(run_id)).as_dict()}
 
 
