@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -114,5 +115,13 @@ def test_cli_execute_dry_run_and_history(monkeypatch: pytest.MonkeyPatch, databa
     assert "rotate" in dry.output and "unknown" in dry.output
     listed = runner.invoke(app, ["playbook", "history", "--json"])
     assert listed.exit_code == 0 and "crypto_key_persistence" in listed.output
+    ran = runner.invoke(app, ["playbook", "execute", str(PLAYBOOKS / "htm_timing_and_sizing.yaml"), "--json"])
+    assert ran.exit_code == 0, ran.output
+    run_id = json.loads(ran.output)["run_id"]
+    shown = runner.invoke(app, ["playbook", "history", run_id])
+    assert shown.exit_code == 0
+    record = json.loads(shown.output)
+    assert (record["status"], record["trigger"], record["who"]) == ("succeeded", "manual", "cli")
+    assert record["steps"][0]["id"].startswith("monitor:") and record["duration_ms"] is not None
     bad = runner.invoke(app, ["playbook", "execute", str(PLAYBOOKS / "crypto_key_persistence.yaml"), "--input", "x"])
     assert bad.exit_code == 1 and "NAME=VALUE" in bad.output
