@@ -123,6 +123,7 @@ EXPECTED: dict[str, str] = {
     "POST /voice/{note_id}/reprocess": "voice",
     "POST /voice/{note_id}/delete": "voice",
     "GET /voice/{note_id}/progress": "voice",
+    "GET /dashboard": "tasks",
 }
 
 # Query strings that keep a call short (the consent stream would otherwise stay open).

@@ -59,6 +59,7 @@ PEOPLE = (
     ("adam", "admin"),
     ("carla", "member"),  # tries wrong passwords
     ("dana", "member"),  # poses for the screenshots
+    ("erin", "member"),  # runs the dashboard's known workload
 )
 TOKENS = {
     "aaron": ("aaron", None),
@@ -67,6 +68,7 @@ TOKENS = {
     "bella_agent": ("bella", "mail_agent"),
     "dana": ("dana", None),
     "dana_agent": ("dana", "code_agent"),
+    "erin": ("erin", None),
 }
 
 
