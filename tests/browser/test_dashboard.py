@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from playwright.sync_api import expect
+from playwright.sync_api import Locator, expect
 
 from tests.browser.conftest import DESKTOP, PHONE, Grace, Session, axe_violations, screenshot
 
@@ -37,9 +37,7 @@ def _workload(grace: Grace) -> str:
             return str(made.json()["task_id"])
 
         done = [submit(task_type="htm.noop") for _ in range(COMPLETED)]
-        failed = [
-            submit(task_type="htm.sleep", payload={"seconds": -1}, max_attempts=1) for _ in range(FAILED)
-        ]
+        failed = [submit(task_type="htm.sleep", payload={"seconds": -1}, max_attempts=1) for _ in range(FAILED)]
         slow = submit(task_type="htm.sleep", payload={"seconds": 600}, sla_ms=1000, priority="high")
     _wait_for(grace, "erin", done, {"completed"})
     _wait_for(grace, "erin", failed, {"failed"})
@@ -52,7 +50,10 @@ def test_the_dashboard_shows_the_counts_of_a_known_workload(grace: Grace, open_s
     try:
         session: Session = open_session("erin")
         page = session.go("/dashboard")
-        tile = page.locator("#tiles [data-figure={}] dd".format)
+
+        def tile(figure: str) -> Locator:
+            return page.locator(f"#tiles [data-figure={figure}] dd")
+
         expect(page.locator("#scope")).to_have_text("Your tasks")
         expect(tile("total_tasks")).to_have_text(str(COMPLETED + FAILED + 1))
         expect(tile("completed_tasks")).to_have_text(str(COMPLETED))
@@ -63,7 +64,9 @@ def test_the_dashboard_shows_the_counts_of_a_known_workload(grace: Grace, open_s
         expect(page.locator("#violations tbody")).to_contain_text("htm.sleep")
         expect(page.locator("#slow tbody")).to_contain_text(slow[:14])
         expect(page.locator("#origins tbody")).to_contain_text("user_request")
-        expect(page.locator("#health-status")).not_to_have_text("…")
+        # 2 failed of 6 finished is above the default failing threshold (GRACE_HTM_HEALTH_*: 25%).
+        expect(page.locator("#health-status")).to_have_text("Failing")
+        expect(page.locator("#health-alerts")).to_contain_text("(failure_rate)")
         for chart in ("tasks", "p95", "sla", "queue"):
             expect(page.locator(f"#chart-{chart} canvas")).to_have_count(1)
         found = {}

@@ -114,7 +114,8 @@
     health.alerts.forEach(function (a) {
       var li = el("li", null, "alert alert-" + a.level);
       li.appendChild(el("strong", a.level === "failing" ? "Failing: " : "Degraded: "));
-      li.appendChild(document.createTextNode(a.message + " (" + a.check + ": " + a.figure + ", threshold " + a.threshold + ")"));
+      li.appendChild(document.createTextNode(a.message + " "));
+      li.appendChild(el("span", "(" + a.check + ")", "check-name"));
       list.appendChild(li);
     });
   }
@@ -166,7 +167,7 @@
     );
   }
 
-  var PALETTE = ["--primary", "--approve", "--deny", "--medium", "--high", "--critical", "--muted"];
+  var PALETTE = ["--primary", "--approve", "--deny", "--medium", "--high", "--info-text", "--critical", "--muted"];
 
   function chart(id, series, data) {
     var box = document.getElementById(id);
@@ -226,8 +227,14 @@
       queueSamples.t.shift();
       Object.keys(queueSamples.origins).forEach(function (n) { queueSamples.origins[n].shift(); });
     }
-    var origins = Object.keys(queueSamples.origins).sort();
-    chart("chart-queue", origins, [queueSamples.t.slice()].concat(origins.map(function (n) { return queueSamples.origins[n].slice(); })));
+    // All origins together, then each origin that has had anything queued since the page opened.
+    var all = queueSamples.t.map(function (_, i) {
+      return Object.keys(queueSamples.origins).reduce(function (sum, n) { return sum + (queueSamples.origins[n][i] || 0); }, 0);
+    });
+    var busy = Object.keys(queueSamples.origins).sort().filter(function (n) {
+      return queueSamples.origins[n].some(function (v) { return v > 0; });
+    });
+    chart("chart-queue", ["all origins"].concat(busy), [queueSamples.t.slice(), all].concat(busy.map(function (n) { return queueSamples.origins[n].slice(); })));
   }
 
   function refresh(root) {
