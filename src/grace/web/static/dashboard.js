@@ -275,6 +275,16 @@
       });
     };
     loop();
+    // Colours come from the page's light or dark palette: a change of system setting redraws the charts.
+    if (window.matchMedia) {
+      window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", function () {
+        Object.keys(charts).forEach(function (id) {
+          charts[id].destroy();
+          delete charts[id];
+        });
+        refresh(root);
+      });
+    }
     window.addEventListener("resize", function () {
       Object.keys(charts).forEach(function (id) {
         var box = document.getElementById(id);
