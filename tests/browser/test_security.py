@@ -15,7 +15,7 @@ from grace.web import CSP
 from tests.browser.conftest import PASSWORD, Grace
 from tests.voicekit import RATE, to_wav
 
-PAGES = ["/signin", "/", "/consents/history", "/?status=denied", "/secrets", "/voice", "/voice?q=budget", "/dashboard"]
+PAGES = ["/signin", "/", "/consents/history", "/?status=denied", "/secrets", "/voice", "/dashboard"]
 
 
 class InlineFinder(HTMLParser):

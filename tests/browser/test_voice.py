@@ -27,6 +27,7 @@ from tests.browser.conftest import (
     screenshot,
     sign_in,
 )
+from tests.browser.test_security import InlineFinder
 from tests.voicekit import compose
 
 # Each sentence at a known offset in a 10.5 s recording; the second is what the search finds.
@@ -156,6 +157,9 @@ def test_a_recorded_note_is_transcribed_found_by_search_and_the_hit_seeks_the_au
     expect(hit).to_contain_text(title)
     at = float(hit.get_attribute("data-start") or "nan")
     assert 3.0 < at < 9.0
+    inline = InlineFinder()  # the hits' markup, like every page's, has nothing a strict CSP would block
+    inline.feed(page.content())
+    assert inline.found == []
     found: dict[str, Any] = {}
     _shoot(page, grace, "voice", found)
     hit.click()
