@@ -11,7 +11,7 @@ from grace.api.app import create_app
 from grace.api.deps import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, CurrentPrincipal, ServicesDep
 from grace.api.errors import status_for
 from grace.api.forwarded import client_address
-from grace.api.policy import AUDIT, CONSENTS, PUBLIC, SECRETS, SIGNED_IN, VOICE, Policy, Public, policy_of
+from grace.api.policy import AUDIT, CONSENTS, PUBLIC, SECRETS, SIGNED_IN, TASKS, VOICE, Policy, Public, policy_of
 
 __all__ = [
     "AUDIT",
@@ -22,6 +22,7 @@ __all__ = [
     "SECRETS",
     "SESSION_COOKIE",
     "SIGNED_IN",
+    "TASKS",
     "VOICE",
     "CurrentPrincipal",
     "Policy",

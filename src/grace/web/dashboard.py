@@ -12,8 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from grace.api import CurrentPrincipal
-from grace.api.policy import TASKS
+from grace.api import TASKS, CurrentPrincipal
 from grace.web.rendering import render
 from grace.web.routing import page_router
 
