@@ -1,7 +1,8 @@
 """No-op throughput end to end (submit -> claim -> run -> complete), HTM vs pgqueuer.
 
 For each backend and claim batch size: a producer submits N no-op tasks in batches of 500 while
-one worker pool (concurrency 64) runs them; the figure is N / (time from the first submit to the
+one worker pool (concurrency 64, or room for two claim batches if more: 100 at batch 50, the same for
+pgqueuer) runs them; the figure is N / (time from the first submit to the
 last recorded completion). pgqueuer runs the same shape on the same PostgreSQL server (its own
 fresh database): batched enqueue while a QueueManager with ``batch_size`` 1, 10 or 50 drains it.
 HTM on PostgreSQL and pgqueuer run at the same claim batch sizes, each pair back to back, and the
@@ -62,11 +63,19 @@ SQLITE = [
 SETS = {"all": EQUAL + SQLITE, "equal": EQUAL, "sqlite": SQLITE}
 
 
+def concurrency(batch: int) -> int:
+    """Return how many tasks may run at once at claim batch ``batch``: the same for both systems.
+
+    Room for two batches in flight (so a worker claims while the last batch finishes), at least 64.
+    """
+    return max(CONCURRENCY, 2 * batch)
+
+
 async def htm_run(backend: str, batch: int, n: int, events: bool) -> dict[str, Any]:
     url = await htmkit.fresh(backend, f"tp_{batch}")
     try:
         async with htmkit.open_htm(
-            url, concurrency=CONCURRENCY, claim_batch=batch, poll_seconds=0.05, events=events
+            url, concurrency=concurrency(batch), claim_batch=batch, poll_seconds=0.05, events=events
         ) as htm:
             done = 0
 
@@ -129,7 +138,7 @@ async def pgqueuer_run(batch: int, n: int) -> dict[str, Any]:
                 if done >= n:
                     qm.shutdown.set()
 
-            runner = asyncio.create_task(qm.run(batch_size=batch, max_concurrent_tasks=max(CONCURRENCY, 2 * batch)))
+            runner = asyncio.create_task(qm.run(batch_size=batch, max_concurrent_tasks=concurrency(batch)))
             await asyncio.sleep(0.5)  # let it start listening
             ticks = htmkit.cpu_ticks()
             started = time.perf_counter()

@@ -80,7 +80,9 @@ class SqliteQueue(QueueBackend):
             done = sqlite_claims.finish(raw, claim.worker_id, outcomes) if outcomes else []
             return done, (sqlite_claims.claim(raw, claim) if claim.n > 0 else [])
 
-        done, taken = await self.db.write_sqlite(exchange)
+        # A claim on its own is not flushed before it returns, as on PostgreSQL (htm_claim's
+        # asynchronous commit): an OS crash may undo it, which queues its tasks again; outcomes are.
+        done, taken = await self.db.write_sqlite(exchange, flush=bool(outcomes))
         return [Finished.from_row(r) for r in done], [Task.from_row(r) for r in taken]
 
     async def free_liveness(self, conn: AsyncConnection) -> list[str]:
