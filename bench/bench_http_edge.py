@@ -16,8 +16,16 @@ batch also gives tasks/s. The targets of issue 14 are checked and reported besid
 average is recorded before and after each database: the machine has two cores shared with other work,
 and wrk itself runs on them.
 
+Before each wrk run the server is let settle: the bench waits (up to 90 s) until no task is queued or
+running, so one route's backlog (the embedded workers running the tasks just submitted) does not slow
+the next route's figures. Work a run leaves behind (requests wrk stopped waiting for) still costs.
+
 ``GRACE_BENCH_EDGE_SECONDS`` (default 5) is each wrk run's length; ``GRACE_BENCH_EDGE_BACKENDS``
-(default ``sqlite,postgresql``) which databases.
+(default ``sqlite,postgresql``) which databases. ``GRACE_BENCH_EDGE_SOURCES`` compares servers built
+from other source trees in the same run: ``before=/tmp/old/src,after=src`` (default: this tree's
+``src`` only, labelled ``current``). All of a database's servers run at once, each on its own fresh
+database, and each route is measured on one then the other, the order alternating route by route, so
+both meet the same machine (two cores shared with other work).
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -146,19 +155,46 @@ def _targets(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-async def _one(backend: str, work: Path) -> dict[str, Any]:
-    url = await htmkit.fresh(backend, "edge")
+async def _settle(client: httpx.AsyncClient) -> float:
+    """Wait until no task is queued or running (at most 90 s); return how long it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < 90:
+        try:
+            stats = (await client.get("/api/htm/routing/stats", headers={"Authorization": f"Bearer {TOKEN}"})).json()
+            if stats["running"] == 0 and all(o["total_queued"] == 0 for o in stats["origins"].values()):
+                break
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        await asyncio.sleep(0.5)
+    return round(time.monotonic() - started, 1)
+
+
+@dataclass
+class _Server:
+    label: str
+    backend: str
+    url: str
+    base: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+    workers: int
+    paths: dict[str, tuple[str, Path]]
+
+
+async def _start(backend: str, work: Path, label: str, src: Path, n: int) -> _Server:
+    """Start one ``grace serve`` from ``src`` on a fresh database, and give it its secret and agent."""
+    url = await htmkit.fresh(backend, f"edge_{n}")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env.update(
         {
             "GRACE_DATABASE_URL": url,
-            "GRACE_DATA_DIR": str(work / backend),
+            "GRACE_DATA_DIR": str(work / f"{backend}-{label}"),
             "GRACE_BOOTSTRAP_TOKEN": TOKEN,
             "GRACE_LOG_LEVEL": "WARNING",
             "GRACE_HTM_BURST_PER_MINUTE": "0",
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+            "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)]),
         }
     )
     command = [GRACE, "serve", "--port", str(port)]
@@ -170,57 +206,84 @@ async def _one(backend: str, work: Path) -> dict[str, Any]:
         command += ["--workers", str(workers)]
     else:
         workers = 1
-    log = (work / f"{backend}.log").open("wb")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
-    result: dict[str, Any] = {"server_processes": workers, "load_before": os.getloadavg()}
+    log = (work / f"{backend}-{label}.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if (await client.get("/health")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "grace serve did not start"
+            await asyncio.sleep(0.2)
+        agent, key = await _setup(client)
+    task = {"task_type": "htm.noop", "origin": "intent"}
+    scripts = {
+        "health": ("/health", _lua("GET", TOKEN, None)),
+        "auth_me": ("/api/auth/me", _lua("GET", TOKEN, None)),
+        "routing_stats": ("/api/htm/routing/stats", _lua("GET", TOKEN, None)),
+        "secret_read": (f"/api/secrets/{key}/access", _lua("POST", agent, {"requested_action": "read"})),
+        "submit": ("/api/htm/tasks", _lua("POST", TOKEN, task)),
+        "batch_100": ("/api/htm/tasks/batch", _lua("POST", TOKEN, {"tasks": [task] * BATCH})),
+    }
+    paths = {}
+    for name, (path, text) in scripts.items():
+        script = work / f"{backend}-{label}-{name}.lua"
+        script.write_text(text)
+        paths[name] = (path, script)
+    return _Server(label, backend, url, base, process, log, workers, paths)
+
+
+async def _stop(server: _Server) -> None:
+    server.process.terminate()
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline and server.poll() is None, "grace serve did not start"
-                await asyncio.sleep(0.2)
-            agent, key = await _setup(client)
-        task = {"task_type": "htm.noop", "origin": "intent"}
-        scripts = {
-            "health": ("/health", _lua("GET", TOKEN, None)),
-            "auth_me": ("/api/auth/me", _lua("GET", TOKEN, None)),
-            "routing_stats": ("/api/htm/routing/stats", _lua("GET", TOKEN, None)),
-            "secret_read": (f"/api/secrets/{key}/access", _lua("POST", agent, {"requested_action": "read"})),
-            "submit": ("/api/htm/tasks", _lua("POST", TOKEN, task)),
-            "batch_100": ("/api/htm/tasks/batch", _lua("POST", TOKEN, {"tasks": [task] * BATCH})),
-        }
-        paths = {}
-        for name, (path, text) in scripts.items():
-            script = work / f"{backend}-{name}.lua"
-            script.write_text(text)
-            paths[name] = (path, script)
-        rows: dict[str, dict[str, dict[str, Any]]] = {}
+        await asyncio.to_thread(server.process.wait, 30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+    server.log.close()
+    if server.backend == "postgresql":
+        await htmkit.drop_postgres(server.url)
+
+
+async def _backend(backend: str, work: Path, sources: list[tuple[str, Path]]) -> dict[str, Any]:
+    """Every source's server at once; each route measured on each in turn (the order alternating)."""
+    result: dict[str, Any] = {"load_before": os.getloadavg()}
+    servers: list[_Server] = []
+    try:
+        for n, (label, src) in enumerate(sources):
+            servers.append(await _start(backend, work, label, src, n))
+        rows: dict[str, dict[str, dict[str, dict[str, Any]]]] = {s.label: {} for s in servers}
+        turn = 0
         for c in CONCURRENCY:
-            rows[f"c{c}"] = {}
-            for name, (path, script) in paths.items():
-                figures = await asyncio.to_thread(_wrk, base + path, script, c)
-                if name == "batch_100":
-                    ok = figures["requests"] - figures["non_2xx"]
-                    figures["tasks_per_s"] = round(ok * BATCH / SECONDS, 1)
-                rows[f"c{c}"][name] = figures
-                print(f"   {backend} c={c} {name}: {figures}", flush=True)
-        result["routes"] = rows
-        result["targets"] = _targets(rows)
+            for server in servers:
+                rows[server.label][f"c{c}"] = {}
+            for name in servers[0].paths:
+                order = servers if turn % 2 == 0 else list(reversed(servers))
+                turn += 1
+                for server in order:
+                    path, script = server.paths[name]
+                    async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+                        settled = await _settle(client)
+                    figures = await asyncio.to_thread(_wrk, server.base + path, script, c)
+                    figures["settled_s"] = settled
+                    figures["load_1m"] = round(os.getloadavg()[0], 2)
+                    if name == "batch_100":
+                        ok = figures["requests"] - figures["non_2xx"]
+                        figures["tasks_per_s"] = round(ok * BATCH / SECONDS, 1)
+                    rows[server.label][f"c{c}"][name] = figures
+                    print(f"   {backend} {server.label} c={c} {name}: {figures}", flush=True)
+        for server in servers:
+            result[server.label] = {
+                "server_processes": server.workers,
+                "routes": rows[server.label],
+                "targets": _targets(rows[server.label]),
+            }
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        for server in servers:
+            await _stop(server)
         result["load_after"] = os.getloadavg()
-        if backend == "postgresql":
-            await htmkit.drop_postgres(url)
     return result
 
 
@@ -235,7 +298,13 @@ async def run() -> dict[str, Any]:
         "note": "2 cores shared with other agents' work; wrk runs on the same cores",
         "postgres_transport": htmkit.transport(),
     }
+    sources = [
+        (label, Path(path) if Path(path).is_absolute() else ROOT / path)
+        for label, _, path in (
+            part.partition("=") for part in os.environ.get("GRACE_BENCH_EDGE_SOURCES", "current=src").split(",")
+        )
+    ]
     for backend in backends:
-        results[backend] = await _one(backend, work)
-    results["summary"] = {b: results[b]["targets"] for b in backends}
+        results[backend] = await _backend(backend, work, sources)
+    results["summary"] = {b: {label: results[b][label]["targets"] for label, _ in sources} for b in backends}
     return results

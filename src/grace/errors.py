@@ -7,6 +7,8 @@
     ├── NotFound               (404)
     ├── Conflict               (409)
     │   ├── ConsentAlreadyAnswered (409, answering a consent request that is no longer pending)
+    │   ├── IdempotencyKeyInUse    (409, the first request under this Idempotency-Key is still running)
+    │   ├── IdempotencyKeyReused   (409, this Idempotency-Key was used for another request)
     │   └── TaskAlreadyFinished    (409, cancelling a task that has finished)
     ├── PayloadTooLarge        (413)
     ├── Unauthenticated        (401)
@@ -40,6 +42,8 @@ __all__ = [
     "DatabaseUnreachable",
     "DiskFull",
     "GraceError",
+    "IdempotencyKeyInUse",
+    "IdempotencyKeyReused",
     "InvalidInput",
     "NotFound",
     "PayloadTooLarge",
@@ -102,6 +106,19 @@ class ConsentAlreadyAnswered(Conflict):
     """This consent request was already answered (approved, denied, expired or revoked); nothing changed."""
 
     code = "consent_already_answered"
+
+
+class IdempotencyKeyInUse(Conflict):
+    """A request with this Idempotency-Key is still running; retry in a moment to get its answer."""
+
+    code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(Conflict):
+    """This Idempotency-Key was already used for a different request (another body or route) in the last 24 hours;
+    use a new key for a new request."""
+
+    code = "idempotency_key_reused"
 
 
 class TaskAlreadyFinished(Conflict):

@@ -21,6 +21,7 @@ from grace.clock import Clock, SystemClock
 from grace.config import Settings
 from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
+from grace.idempotency import IdempotencyKeys
 from grace.integrity import SEAL_LABEL
 from grace.playbooks import LEADER_LOCK, RUN_TASK, Capabilities, Playbooks, Scheduler, default_registry
 from grace.vault import ROTATION_TASK, Vault, stored_master_key
@@ -49,12 +50,13 @@ class Services:
     voice: VoiceNotes
     playbooks: Playbooks
     scheduler: Scheduler
+    idempotency: IdempotencyKeys
     bootstrap: auth.BootstrapCredentials | None = None  # the first admin, when this build created it
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
-        """Start the periodic jobs a serving process runs (bus retention, vault upkeep, the dashboard's roll-ups
-        and task retention, workers, SLA enforcer)."""
+        """Start the periodic jobs a serving process runs (bus and idempotency-key retention, vault upkeep, the
+        dashboard's roll-ups and task retention, workers, SLA enforcer)."""
         self._background.append(asyncio.create_task(self._prune_events(), name="grace-bus-prune"))
         self._background.append(asyncio.create_task(self._vault_upkeep(), name="grace-vault-upkeep"))
         self._background.append(asyncio.create_task(self._htm_upkeep(), name="grace-htm-upkeep"))
@@ -96,6 +98,9 @@ class Services:
                 dropped = await self.bus.prune()
                 if dropped:
                     log.info("bus.pruned", extra={"events": dropped})
+                expired = await self.idempotency.prune()
+                if expired:
+                    log.info("idempotency.pruned", extra={"keys": expired})
             except Exception as exc:  # keep pruning on the next round, unless asked to stop
                 _stop_if_cancelled()
                 log.warning("bus.prune_failed", extra={"reason": type(exc).__name__})
@@ -217,7 +222,9 @@ async def build(
     scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK), person=person)
     # Playbook runs are HTM tasks (fairness, SLAs and the dashboard apply); people, never an agent, submit them.
     htm.handlers.register(RUN_TASK, scheduler.run_task, submitters=ADMINS)
-    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler)
+    services = Services(
+        settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler, IdempotencyKeys(db, clock)
+    )
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

@@ -77,6 +77,7 @@ EXPECTED: dict[str, str] = {
     "GET /api/secrets/keys/status": "keys",
     "POST /api/secrets/keys/rotate": "keys",
     "POST /api/htm/tasks": "tasks",
+    "POST /api/htm/tasks/batch": "tasks",
     "GET /api/htm/tasks": "tasks",
     "GET /api/htm/tasks/{task_id}": "tasks",
     "POST /api/htm/tasks/{task_id}/cancel": "tasks",

@@ -30,6 +30,7 @@ def test_exported_members() -> None:
             "Task",
             "TaskContext",
             "TaskRequest",
+            "Within",
             "WorkerPool",
             "load_config",
             "load_handlers",

@@ -7,7 +7,7 @@ address for the sign-in limit.
 
 from __future__ import annotations
 
-from grace.api.app import create_app
+from grace.api.app import create_app, served_app
 from grace.api.deps import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, CurrentPrincipal, ServicesDep
 from grace.api.errors import status_for
 from grace.api.forwarded import client_address
@@ -31,5 +31,6 @@ __all__ = [
     "client_address",
     "create_app",
     "policy_of",
+    "served_app",
     "status_for",
 ]

@@ -18,7 +18,7 @@ from grace.api.routes import auth, health, htm, metrics, playbooks, secrets, use
 from grace.clock import Clock
 from grace.config import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "served_app"]
 
 log = logging.getLogger("grace.api")
 
@@ -73,4 +73,16 @@ def create_app(
     from grace import web
 
     web.install(app)
+    return app
+
+
+def served_app() -> FastAPI:
+    """Build the app from the environment's settings: each process of ``grace serve --workers N`` calls this."""
+    from grace import memory
+    from grace.config import load_settings
+
+    settings = load_settings()
+    logs.configure(settings.log_level, json_lines=settings.log_json)
+    app = create_app(settings)
+    memory.settle()
     return app

@@ -7,7 +7,8 @@ what the route itself does not say and yet decides:
   and 500 (``row_tampered``: the sealed row that names the principal was changed outside Grace) from a
   policy that needs a principal (``api/policy.py``); 400 (JSON nested too deep), 413, 415 (a
   content type it does not read) and 422 for a route that takes a body; 422 for one with parameters;
-  404 for one with a path parameter or a ``user_id``; 503 for one that uses the services. A route adds
+  404 for one with a path parameter or a ``user_id``; 503 for one that uses the services; 409 for one
+  that takes the ``Idempotency-Key`` header (``api/idempotency.py``). A route adds
   what only it can give (409, 429, ...) in its decorator with :func:`errors`;
 - the security schemes (a bearer token, or the session cookie with its CSRF header on unsafe
   methods) and, from its policy, each operation's security and ``x-policy``;
@@ -28,7 +29,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from grace.api import deps
+from grace.api import deps, idempotency
 from grace.api.policy import Policy, Public, api_routes, policy_of
 from grace.api.schemas import ErrorBody
 
@@ -49,6 +50,12 @@ CSRF = "csrf"
 
 USER_ID = "user_id"  # an input naming a user, who may not exist (404)
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# A route that takes the Idempotency-Key header (api/idempotency.py) can refuse a key.
+IDEMPOTENT_409 = (
+    "The Idempotency-Key was used for another request in the last 24 hours (code idempotency_key_reused),"
+    " or its first request is still running (code idempotency_key_in_use)."
+)
 
 # What each error status means on any route; a route's own description (``errors(...)``) wins.
 MEANING: dict[int, str] = {
@@ -129,7 +136,10 @@ def declared_errors(route: APIRoute, operation: dict[str, Any]) -> dict[int, str
         found.add(404)
     if _uses(route.dependant, deps.get_services):
         found.add(503)
-    return {status: MEANING[status] for status in sorted(found)}
+    meanings = {status: MEANING[status] for status in found}
+    if _uses(route.dependant, idempotency.get_idempotency):
+        meanings[409] = IDEMPOTENT_409
+    return dict(sorted(meanings.items()))
 
 
 def _inputs(route: APIRoute) -> set[str]:
@@ -181,6 +191,8 @@ def _amend(app: FastAPI, schema: dict[str, Any]) -> None:
             if entry.get("description") == "Validation Error" or "content" not in entry:
                 entry["description"] = meaning
                 entry["content"] = {"application/json": {"schema": error_ref}}
+            elif meaning == IDEMPOTENT_409 and IDEMPOTENT_409 not in entry["description"]:
+                entry["description"] = f"{entry['description']} Or: {IDEMPOTENT_409}"
         declared = policy_of(route)
         if isinstance(declared, Policy | Public):
             operation["x-policy"] = declared.name

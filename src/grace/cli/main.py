@@ -69,6 +69,13 @@ def db_upgrade() -> None:
 def serve(
     host: str | None = typer.Option(None, help="Address to listen on (default GRACE_HOST, 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port to listen on (default GRACE_PORT, 8000)."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="Server processes sharing the port (PostgreSQL only: the bus and all accounting are in the database).",
+    ),
 ) -> None:
     """Run Grace: migrate, create the first admin if needed, and serve the API and UI."""
     import uvicorn
@@ -85,12 +92,21 @@ def serve(
         cfg = settings().model_copy(update=overrides)
     except Exception as exc:  # ConfigurationError is a GraceError; this is belt and braces
         raise fail(str(exc)) from None
+    if workers > 1 and cfg.backend == "sqlite":
+        raise fail(
+            "--workers needs PostgreSQL (GRACE_DATABASE_URL=postgresql://...). On SQLite one process serves:"
+            " its event bus lives in that process (another process would not hear its events: consent"
+            " requests, task events) and its writes are serialised inside it (several processes would"
+            " queue on the database file's one write lock instead)."
+        )
 
     async def prepare() -> None:
         async with open_services(bootstrap=True) as services:
             creds = services.bootstrap
         url = f"http://{cfg.host}:{cfg.port}"
         console.print(f"Grace {__version__} on {cfg.backend} — data in {cfg.data_dir}")
+        if workers > 1:
+            console.print(f"{workers} server processes on one port")
         console.print(f"Serving at {url}  (API docs at {url}/docs)")
         if creds is not None:
             console.print("First start: an admin was created. These are shown once; keep them safe.")
@@ -106,6 +122,23 @@ def serve(
 
     run(prepare)
     logs.configure(cfg.log_level, json_lines=cfg.log_json)
+    if workers > 1:
+        # Each process builds its own app from the environment (api.served_app); the host and port
+        # given here are uvicorn's, so they need not reach the processes' settings.
+        uvicorn.run(
+            "grace.api:served_app",
+            factory=True,
+            workers=workers,
+            host=cfg.host,
+            port=cfg.port,
+            log_config=None,
+            server_header=False,
+            proxy_headers=False,
+            # A process starting on a busy machine (imports, migrations checked, services built) can take
+            # longer than uvicorn's 5 s to answer its first health ping; it would be killed and restarted.
+            timeout_worker_healthcheck=120,
+        )
+        return
     app = create_app(cfg)
     memory.settle()  # what start-up made lives as long as the process: keep it out of collections
     # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1; Grace

@@ -15,7 +15,7 @@ from grace.htm.config import HTMConfig, load_config
 from grace.htm.origins import DEFAULT_SHARES, Origin
 from grace.htm.routing import RouteDecision
 from grace.htm.service import HTM
-from grace.htm.submission import Submitted
+from grace.htm.submission import Submitted, Within
 from grace.htm.tasks import Priority, Status, Task, TaskRequest
 from grace.htm.workers import Handler, HandlerRegistry, TaskContext, WorkerPool, load_handlers
 
@@ -37,6 +37,7 @@ __all__ = [
     "Task",
     "TaskContext",
     "TaskRequest",
+    "Within",
     "WorkerPool",
     "load_config",
     "load_handlers",

@@ -23,7 +23,7 @@ from grace.htm import admission, dashboard, events, origins, rescue, rollups, sl
 from grace.htm.config import HTMConfig
 from grace.htm.outcomes import Recorder
 from grace.htm.queue import Exchange, Finished, Outcome, Queue
-from grace.htm.submission import Enqueued, Submitted
+from grace.htm.submission import Enqueued, Submitted, Within
 from grace.htm.tasks import Status, Task, TaskRequest
 from grace.htm.workers import HandlerRegistry, LocalWorkers, TaskContext, WorkerPool
 from grace.storage import Database
@@ -141,18 +141,25 @@ class HTM:
         """Validate a submission against this configuration's limits."""
         return self.submitter.request(task_type, **fields)
 
-    async def submit(self, request: TaskRequest, *, creator: Principal | None) -> Submitted:
-        """Route one task and enqueue it; return its id, status and routing decision."""
-        return (await self.submit_many([request], creator=creator))[0]
+    async def submit(
+        self, request: TaskRequest, *, creator: Principal | None, within: Within | None = None
+    ) -> Submitted:
+        """Route one task and enqueue it; return its id, status and routing decision.
+
+        Concurrent single submissions share a transaction (:meth:`Submitter.submit_one`).
+        """
+        return await self.submitter.submit_one(request, creator=creator, within=within)
 
     async def route_task(self, task_type: str, *, creator: Principal | None = None, **fields: Any) -> dict[str, Any]:
         """Tag, route and enqueue a task; return the routing decision with its task_id (the seed's call)."""
         submitted = await self.submit(self.request(task_type, **fields), creator=creator)
         return {"task_id": submitted.task_id, **submitted.decision.as_dict()}
 
-    async def submit_many(self, requests: Sequence[TaskRequest], *, creator: Principal | None) -> list[Submitted]:
-        """Route and enqueue several tasks in one transaction (in order)."""
-        return await self.submitter.submit_many(requests, creator=creator)
+    async def submit_many(
+        self, requests: Sequence[TaskRequest], *, creator: Principal | None, within: Within | None = None
+    ) -> list[Submitted]:
+        """Route and enqueue several tasks in one transaction (in order); ``within`` runs inside it."""
+        return await self.submitter.submit_many(requests, creator=creator, within=within)
 
     async def enqueue_in(
         self, conn: AsyncConnection, requests: Sequence[TaskRequest], *, creator: Principal | None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grace import errors
 from grace.auth import Principal
 from grace.clock import Clock
 from grace.htm import admission, events, origins, routing, sla_levels
@@ -21,7 +23,7 @@ from grace.htm.workers import HandlerRegistry, LocalWorkers
 from grace.jsontext import Encoded
 from grace.storage import Database, new_ids
 
-__all__ = ["SYSTEM_NAME", "Enqueued", "Submitted", "Submitter"]
+__all__ = ["SYSTEM_NAME", "Enqueued", "Submitted", "Submitter", "Within"]
 
 log = logging.getLogger("grace.htm")
 
@@ -40,6 +42,31 @@ class Submitted:
 
     def as_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "status": self.status.value, "routing": self.decision.as_dict()}
+
+
+# Called inside a submission's transaction with what it submitted (see Submitter.submit_many).
+Within = Callable[[AsyncConnection, list[Submitted]], Awaitable[None]]
+
+
+# At most this many single submissions share a transaction (a batch's own limit is the edge's).
+MAX_GROUP = 200
+
+
+@dataclass(frozen=True)
+class _Single:
+    request: TaskRequest
+    creator: Principal | None
+    within: Within | None
+    future: asyncio.Future[Submitted]
+
+
+def _settle(future: asyncio.Future[Submitted], outcome: Submitted | BaseException) -> None:
+    if future.done():  # its request was cancelled: the task stands, nobody is told
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,8 @@ class Submitter:
     local: LocalWorkers  # woken by a submit; its capacity counts until a worker has a heartbeat
     handlers: HandlerRegistry  # who may submit each task type
     _prepared: bool = field(default=False, init=False)
+    _waiting: list[_Single] = field(default_factory=list, init=False)  # single submissions not yet in a group
+    _drainer: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def prepare(self) -> None:
         """Create the scheduling rows this configuration needs (once per process; idempotent)."""
@@ -75,35 +104,104 @@ class Submitter:
         """Validate a submission against this configuration's limits."""
         return TaskRequest.build(task_type, max_payload_bytes=self.config.max_payload_bytes, **fields)
 
-    async def submit_many(self, requests: Sequence[TaskRequest], *, creator: Principal | None) -> list[Submitted]:
-        """Route and enqueue several tasks in one transaction (in order)."""
+    async def submit_many(
+        self, requests: Sequence[TaskRequest], *, creator: Principal | None, within: Within | None = None
+    ) -> list[Submitted]:
+        """Route and enqueue several tasks in one transaction (in order).
+
+        ``within`` runs inside that transaction with what was submitted (the HTTP edge records an
+        idempotency key's answer there, so the key and the tasks commit together or not at all).
+        """
         await self.prepare()
         async with self.db.write() as conn:
             enqueued = await self.enqueue_in(conn, requests, creator=creator)
+            if within is not None:
+                await within(conn, enqueued.submitted)
+        await self.announce_created(enqueued)
+        return enqueued.submitted
+
+    async def submit_one(self, request: TaskRequest, *, creator: Principal | None, within: Within | None) -> Submitted:
+        """Submit one task, in one transaction with whatever other single submissions are waiting.
+
+        On a busy edge many requests each submit one task at once; what a transaction costs (the write
+        lock, BEGIN and COMMIT, the origins' load read once) is then paid once per group instead of once
+        per task. Each task is routed in arrival order, as in a batch. If the group's transaction fails,
+        each of its submissions is tried again alone, so one request's error (a refused task type, an
+        idempotency key taken meanwhile) reaches only that request.
+        """
+        await self.prepare()
+        future: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Single(request, creator, within, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="grace-htm-submit-group")
+        return await future
+
+    async def _drain(self) -> None:
+        group: list[_Single] = []
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+                try:
+                    results = await self._submit_group(group)
+                except Exception as exc:
+                    if len(group) == 1:
+                        _settle(group[0].future, exc)
+                        continue
+                    for single in group:  # alone, so an error reaches only its own request
+                        try:
+                            (result,) = await self._submit_group([single])
+                        except Exception as alone:
+                            _settle(single.future, alone)
+                        else:
+                            _settle(single.future, result)
+                    continue
+                for single, result in zip(group, results, strict=True):
+                    _settle(single.future, result)
+        except BaseException as exc:  # stopped (shutdown): nobody waits for ever
+            for single in [*group, *self._waiting]:
+                _settle(single.future, exc if isinstance(exc, Exception) else errors.ServiceNotRunning())
+            self._waiting = []
+            raise
+
+    async def _submit_group(self, group: list[_Single]) -> list[Submitted]:
+        async with self.db.write() as conn:
+            enqueued = await self.enqueue_in(
+                conn, [s.request for s in group], creator=None, creators=[s.creator for s in group]
+            )
+            for single, submitted in zip(group, enqueued.submitted, strict=True):
+                if single.within is not None:
+                    await single.within(conn, [submitted])
         await self.announce_created(enqueued)
         return enqueued.submitted
 
     async def enqueue_in(
-        self, conn: AsyncConnection, requests: Sequence[TaskRequest], *, creator: Principal | None
+        self,
+        conn: AsyncConnection,
+        requests: Sequence[TaskRequest],
+        *,
+        creator: Principal | None,
+        creators: Sequence[Principal | None] | None = None,
     ) -> Enqueued:
-        """Route and insert tasks inside the caller's write transaction; call :meth:`announce_created` after commit."""
+        """Route and insert tasks inside the caller's write transaction; call :meth:`announce_created` after commit.
+
+        ``creators``, when given, is each request's own creator (a group of single submissions).
+        """
         now = self.clock.now()
         cfg = self.config
+        whose = list(creators) if creators is not None else [creator] * len(requests)
         tagged = [
             origins.tag_origin(
                 explicit=r.origin,
                 payload=r.payload,
                 intent_id=r.intent_id,
-                creator_agent=creator.agent if creator else None,
-                creator_is_user=creator is not None,
+                creator_agent=c.agent if c else None,
+                creator_is_user=c is not None,
             )
-            for r in requests
+            for r, c in zip(requests, whose, strict=True)
         ]
         # Who may submit what is checked here, where every submission passes, so no edge can skip it.
-        for request, (origin, _) in zip(requests, tagged, strict=True):
-            admission.admit(
-                creator, request.task_type, origin, request.priority, self.handlers.submitters(request.task_type)
-            )
+        for request, (origin, _), c in zip(requests, tagged, whose, strict=True):
+            admission.admit(c, request.task_type, origin, request.priority, self.handlers.submitters(request.task_type))
         rows: list[dict[str, Any]] = []
         out: list[Submitted] = []
         chosen = sorted({o for o, _ in tagged})
@@ -117,7 +215,7 @@ class Submitter:
         )
         windows = {o: await routing.BurstWindow.load(conn, o, cfg.burst_limit(o), now) for o in chosen}
         ids = new_ids("task", len(requests))
-        for task_id, request, (origin, rule) in zip(ids, requests, tagged, strict=True):
+        for task_id, request, (origin, rule), creator in zip(ids, requests, tagged, whose, strict=True):
             decision = routing.decide(
                 origin,
                 request.priority,

@@ -109,6 +109,8 @@ htm_tasks = Table(
         sqlite_where=text("status = 'running'"),
     ),
     Index("ix_htm_tasks_admitted", "origin", "admitted_at"),
+    # Task lists by status, newest first (migration 0013_edge). Not (origin, seq): see that migration.
+    Index("ix_htm_tasks_status_seq", "status", "seq"),
     # Partial (migration 0006): tasks without a creator, or not yet finished, add no entry.
     Index(
         "ix_htm_tasks_created_by",

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from grace import errors
 from grace.api import contract, policy
 from grace.api.bounds import INT64_MAX
 from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.idempotency import IdempotencyDep, Record
 from grace.api.schemas.dashboard import (
     DashboardHealth,
     DashboardHourly,
@@ -22,11 +24,13 @@ from grace.api.schemas.tasks import (
     RoutingStats,
     SLAStats,
     SLAViolations,
+    SubmittedBatch,
     SubmittedTask,
     TaskAnswer,
     TaskDetail,
     TaskList,
 )
+from grace.htm import HTM, Submitted, TaskRequest
 
 router = APIRouter(prefix="/api/htm", tags=["htm"])
 
@@ -42,24 +46,84 @@ class NewTask(BaseModel):
     max_attempts: Annotated[int | None, Field(ge=1, le=100)] = None
     timeout_seconds: Annotated[float | None, Field(gt=0, le=7 * 24 * 3600, description="At most 7 days.")] = None
 
+    def build(self, htm: HTM) -> TaskRequest:
+        return htm.request(
+            self.task_type,
+            payload=self.payload,
+            priority=self.priority,
+            origin=self.origin,
+            data_size_bytes=self.data_size_bytes,
+            sla_ms=self.sla_ms,
+            intent_id=self.intent_id,
+            max_attempts=self.max_attempts,
+            timeout_seconds=self.timeout_seconds,
+        )
+
+
+MAX_BATCH = 1000
+
+
+class NewTasks(BaseModel):
+    tasks: Annotated[
+        list[NewTask],
+        Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} tasks, submitted in this order."),
+    ]
+
 
 @router.post("/tasks", status_code=201, dependencies=[policy.TASKS], response_model=SubmittedTask)
-async def submit_task(body: NewTask, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+async def submit_task(body: NewTask, principal: CurrentPrincipal, services: ServicesDep, idem: IdempotencyDep) -> Any:
     """Submit a task; returns its task_id, status and the routing decision (accepted, delayed or deferred)."""
     htm = services.htm
-    request = htm.request(
-        body.task_type,
-        payload=body.payload,
-        priority=body.priority,
-        origin=body.origin,
-        data_size_bytes=body.data_size_bytes,
-        sla_ms=body.sla_ms,
-        intent_id=body.intent_id,
-        max_attempts=body.max_attempts,
-        timeout_seconds=body.timeout_seconds,
-    )
-    submitted = await htm.submit(request, creator=principal)
-    return submitted.as_dict()
+    request = body.build(htm)
+
+    async def work(record: Record | None) -> dict[str, Any]:
+        async def within(conn: Any, submitted: list[Submitted]) -> None:
+            assert record is not None
+            await record(conn, submitted[0].as_dict())
+
+        submitted = await htm.submit(request, creator=principal, within=within if record else None)
+        return submitted.as_dict()
+
+    return await idem.answer(work, SubmittedTask, status_code=201, transactional=True)
+
+
+@router.post(
+    "/tasks/batch",
+    status_code=201,
+    dependencies=[policy.TASKS],
+    response_model=SubmittedBatch,
+    responses=contract.errors(
+        **{
+            "413": f"The body is larger than GRACE_MAX_REQUEST_BYTES (code payload_too_large); send at most {MAX_BATCH}"
+            " tasks per batch."
+        }
+    ),
+)
+async def submit_batch(body: NewTasks, principal: CurrentPrincipal, services: ServicesDep, idem: IdempotencyDep) -> Any:
+    """Submit 1 to 1,000 tasks in one transaction: all are enqueued or none (a task refused, e.g. a type the
+    caller may not submit, refuses the batch naming its index). Returns each task's id, status and routing
+    decision, in the order sent."""
+    htm = services.htm
+    requests = []
+    for index, task in enumerate(body.tasks):
+        try:
+            requests.append(task.build(htm))
+        except errors.GraceError as exc:
+            exc.message = f"tasks[{index}]: {exc.message}"
+            raise
+
+    async def work(record: Record | None) -> dict[str, Any]:
+        answer: dict[str, Any] = {}
+
+        async def within(conn: Any, submitted: list[Submitted]) -> None:
+            answer["tasks"] = [s.as_dict() for s in submitted]
+            if record is not None:
+                await record(conn, answer)
+
+        await htm.submit_many(requests, creator=principal, within=within)
+        return answer
+
+    return await idem.answer(work, SubmittedBatch, status_code=201, transactional=True)
 
 
 @router.get("/tasks", dependencies=[policy.TASKS], response_model=TaskList, response_model_exclude_unset=True)

@@ -23,6 +23,7 @@ from grace import errors
 from grace.api import contract, policy, userrefs
 from grace.api.bounds import INT64_MAX
 from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.idempotency import IdempotencyDep, Record
 from grace.api.schemas import ErrorBody
 from grace.api.schemas.secrets import (
     AccessAnswer,
@@ -128,20 +129,26 @@ def _access_answer(result: AccessResult, response: Response, key: str) -> dict[s
     response_model=SecretAnswer,
     responses=contract.errors(**{"409": "A secret of that name was revoked; store it under a new name."}),
 )
-async def store_secret(body: StoreBody, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+async def store_secret(
+    body: StoreBody, principal: CurrentPrincipal, services: ServicesDep, idem: IdempotencyDep
+) -> Any:
     """Store a secret (or a new version of one); the answer shows it masked, never the value."""
-    info = await services.vault.store(
-        principal,
-        body.secret_key,
-        body.secret_value,
-        secret_type=body.secret_type,
-        service=body.service,
-        user_id=await userrefs.user_id_for(services, principal, body.user_id),
-        risk_level=body.risk_level,
-        description=body.description,
-        rotation_days=body.rotation_days,
-    )
-    return {"secret": info.as_dict()}
+
+    async def work(_: Record | None) -> dict[str, Any]:
+        info = await services.vault.store(
+            principal,
+            body.secret_key,
+            body.secret_value,
+            secret_type=body.secret_type,
+            service=body.service,
+            user_id=await userrefs.user_id_for(services, principal, body.user_id),
+            risk_level=body.risk_level,
+            description=body.description,
+            rotation_days=body.rotation_days,
+        )
+        return {"secret": info.as_dict()}
+
+    return await idem.answer(work, SecretAnswer, status_code=201)
 
 
 @router.get("", dependencies=[policy.SECRETS], response_model=SecretList)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from grace import errors
 from grace.api import contract, policy, userrefs
 from grace.api.deps import CurrentPrincipal, ServicesDep
 from grace.api.errors import error_response
+from grace.api.idempotency import IdempotencyDep, Record
 from grace.api.schemas.voice import (
     DeletedNote,
     NoteList,
@@ -67,14 +69,18 @@ class Search(BaseModel):
 
 
 @router.post("/start", status_code=201, dependencies=[policy.VOICE], response_model=StartedNote)
-async def start(body: StartNote, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+async def start(body: StartNote, principal: CurrentPrincipal, services: ServicesDep, idem: IdempotencyDep) -> Any:
     """Open a recording session: {session_id}."""
-    return await services.voice.start(
-        principal,
-        title=body.title,
-        purpose=body.purpose,
-        user_id=await userrefs.user_id_for(services, principal, body.user_id),
-    )
+
+    async def work(_: Record | None) -> dict[str, Any]:
+        return await services.voice.start(
+            principal,
+            title=body.title,
+            purpose=body.purpose,
+            user_id=await userrefs.user_id_for(services, principal, body.user_id),
+        )
+
+    return await idem.answer(work, StartedNote, status_code=201)
 
 
 @router.post("/search", dependencies=[policy.VOICE], response_model=SearchResults)
@@ -113,16 +119,23 @@ async def upload(
     note_id: str,
     principal: CurrentPrincipal,
     services: ServicesDep,
+    idem: IdempotencyDep,
     file: Annotated[UploadFile, File(description="The recording: WAV, MP3, M4A, WebM, Ogg or FLAC.")],
     user_id: Annotated[str | None, Form(max_length=140)] = None,
-) -> dict[str, Any]:
+) -> Any:
     """Upload the recording (multipart); it is stored encrypted and the three consents are requested."""
     limit = services.voice.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise errors.PayloadTooLarge(f"the recording is larger than {limit} bytes")
-    owner = await userrefs.user_id_for(services, principal, user_id)
-    return await services.voice.upload(principal, note_id, data, user_id=owner)
+
+    async def work(_: Record | None) -> dict[str, Any]:
+        owner = await userrefs.user_id_for(services, principal, user_id)
+        return await services.voice.upload(principal, note_id, data, user_id=owner)
+
+    # The multipart body is identified by what it carries: the recording and the user it names.
+    content = hashlib.sha256(data).hexdigest().encode() + b"\n" + (user_id or "").encode()
+    return await idem.answer(work, UploadedNote, content=content)
 
 
 @router.post(

@@ -17,6 +17,7 @@ __all__ = [
     "SLAStats",
     "SLAViolation",
     "SLAViolations",
+    "SubmittedBatch",
     "SubmittedTask",
     "TaskAnswer",
     "TaskDetail",
@@ -40,6 +41,12 @@ class SubmittedTask(Answer):
     task_id: str
     status: Status
     routing: Routing
+
+
+class SubmittedBatch(Answer):
+    tasks: list[SubmittedTask] = Field(
+        description="One per submitted task, in the order sent, each with its routing decision."
+    )
 
 
 class TaskOut(Answer):
