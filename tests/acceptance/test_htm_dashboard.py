@@ -8,19 +8,26 @@ retention deleted the finished rows.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from grace.api import create_app
+from grace.cli.main import app as cli_app
 from grace.clock import ManualClock
 from grace.config import Settings
 from grace.htm import HTM, Status
 from grace.htm.attempts import Outcome
+from grace.htm.origins import Origin
 from grace.services import Services, build
+from tests.htmkit import manual_htm, submit
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 WORKER = "dashboard-test-worker"
@@ -359,3 +366,32 @@ async def test_the_dashboard_needs_a_principal(client: httpx.AsyncClient) -> Non
     for path in ("stats", "violations", "tasks/slow", "tasks/queued", "metrics/hourly", "health"):
         r = await client.get(f"/api/htm/dashboard/{path}")
         assert r.status_code == 401, path
+
+
+def test_grace_htm_dashboard(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> None:
+    monkeypatch.setenv("GRACE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GRACE_DATABASE_URL", database_url)
+    # Ten minutes ago, on a clock of the test's own: three tasks ran 200 ms each, one still waits.
+    clock = ManualClock(datetime.now(UTC) - timedelta(minutes=10))
+
+    async def seed() -> None:
+        async with manual_htm(database_url, clock) as htm:
+            await submit(htm, Origin.SCHEDULER, 4, task_type="htm.noop")
+            ids = await claim(htm, 3)
+            await finish(htm, clock, clock.now(), [(i, 200, Status.COMPLETED) for i in ids])
+
+    asyncio.run(seed())
+    grace = CliRunner()
+    r = grace.invoke(cli_app, ["htm", "dashboard", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    stats = data["stats"]
+    assert (stats["total_tasks"], stats["completed_tasks"], stats["queued_tasks"]) == (4, 3, 1)
+    assert stats["p50_execution_ms"] == 200.0 and stats["by_origin"]["scheduler"]["completed_tasks"] == 3
+    assert data["health"]["status"] in {"ok", "degraded", "failing"} and len(data["hourly"]["buckets"]) == 24
+
+    r = grace.invoke(cli_app, ["htm", "dashboard"])
+    assert r.exit_code == 0, r.output
+    assert "HTM dashboard" in r.output and "completed 3" in r.output and "p50 200.0 ms" in r.output
+    r = grace.invoke(cli_app, ["htm", "dashboard", "--window-hours", "0"])
+    assert r.exit_code == 2 and "--window-hours" in r.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from grace import __version__, storage
-from grace.cli import audit, keys, playbooks, secrets, tasks, tokens, users, voice
+from grace.cli import audit, htm, keys, playbooks, secrets, tasks, tokens, users, voice
 from grace.cli.common import console, err_console, fail, open_services, run, settings
 from grace.integrity import SEAL_LABEL
 from grace.vault import stored_master_key
@@ -24,6 +24,7 @@ app.add_typer(secrets.app, name="secrets")
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.add_typer(tasks.app, name="tasks")
+app.add_typer(htm.app, name="htm")
 app.add_typer(voice.app, name="voice")
 app.add_typer(playbooks.app, name="playbook")
 app.command("worker")(tasks.worker)
