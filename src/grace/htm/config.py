@@ -20,6 +20,8 @@ from grace.htm.origins import DEFAULT_SHARES, Origin, parse_origin
 __all__ = ["HTMConfig", "load_config"]
 
 ENV_PREFIX = "GRACE_HTM_"
+PRIORITY_NAMES = ("critical", "high", "normal", "low")
+MAX_SLA_MS = 30 * 24 * 3600 * 1000
 
 
 class HTMConfig(BaseSettings):
@@ -48,6 +50,9 @@ class HTMConfig(BaseSettings):
     sla_tick_seconds: float = Field(default=1.0, gt=0, le=3600)
     sla_stats_seconds: float = Field(default=60.0, gt=0)
     sla_window_seconds: float = Field(default=86400.0, gt=0, le=30 * 86400)
+    # SLA in ms for a task submitted without sla_ms, by "type:priority", "type" or "priority" (the first
+    # that matches): "critical=60000,voice.transcribe=600000,voice.transcribe:high=300000".
+    default_sla_ms: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
     # The dashboard (grace/htm/dashboard.py, rollups.py): how often finished tasks are rolled up, how
     # long after finishing they are (so a slow commit is not missed), and how long finished rows stay.
     rollup_seconds: float = Field(default=60.0, gt=0, le=3600)
@@ -83,6 +88,49 @@ class HTMConfig(BaseSettings):
         if any(v < 0 for v in parsed.values()):
             raise ValueError("a burst limit is a number of tasks per minute (0 for no limit)")
         return parsed
+
+    @field_validator("default_sla_ms", mode="before")
+    @classmethod
+    def _parse_default_slas(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, str):
+            items = []
+            for part in value.split(","):
+                if not part.strip():
+                    continue
+                key, sep, number = part.partition("=")
+                if not sep:
+                    raise ValueError(f"expected type:priority=ms, type=ms or priority=ms, got {part.strip()!r}")
+                items.append((key, number))
+        else:
+            raise ValueError("expected name=ms pairs separated by commas")
+        out: dict[str, int] = {}
+        for key, number in items:
+            name = str(key).strip()
+            task_type, _, priority = name.rpartition(":") if ":" in name else ("", "", "")
+            if priority and priority not in PRIORITY_NAMES:
+                raise ValueError(f"{name}: {priority!r} is not a priority ({', '.join(PRIORITY_NAMES)})")
+            if not name or (":" in name and not task_type):
+                raise ValueError(f"{name!r} names no task type")
+            try:
+                ms = int(number)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: {number!r} is not a whole number of milliseconds") from None
+            if not 0 < ms <= MAX_SLA_MS:
+                raise ValueError(f"{name}: an SLA is between 1 ms and 30 days")
+            out[name] = ms
+        return out
+
+    def default_sla(self, task_type: str, priority: str) -> int | None:
+        """Return the SLA in ms for a task submitted without one: by type and priority, by type, then by priority."""
+        slas = self.default_sla_ms
+        if not slas:
+            return None
+        for key in (f"{task_type}:{priority}", task_type, priority):
+            if key in slas:
+                return slas[key]
+        return None
 
     def burst_limit(self, origin: Origin) -> int:
         """Return how many tasks of ``origin`` may start routing per minute."""

@@ -225,6 +225,7 @@ class Submitter:
                 defer=timedelta(seconds=cfg.defer_seconds),
             )
             status = _STATUS_OF_ROUTE[decision.route]
+            sla_ms = request.sla_ms or cfg.default_sla(request.task_type, request.priority.value)
             rows.append(
                 {
                     "task_id": task_id,
@@ -240,8 +241,8 @@ class Submitter:
                     "created_by": creator.user_id if creator else None,
                     "created_by_name": creator.name if creator else SYSTEM_NAME,
                     "intent_id": request.intent_id,
-                    "sla_ms": request.sla_ms,
-                    "deadline": now + timedelta(milliseconds=request.sla_ms) if request.sla_ms else None,
+                    "sla_ms": sla_ms,
+                    "deadline": now + timedelta(milliseconds=sla_ms) if sla_ms else None,
                     "status": status.value,
                     "route": decision.route,
                     "route_reason": decision.reasoning[:400],
@@ -254,7 +255,7 @@ class Submitter:
                     # started_at, finished_at, lease_expires_at, worker_id, dispatch_seq, result and
                     # error start empty (NULL): they are not sent.
                     "sla_level": 0,
-                    "sla_due_at": sla_levels.first_due(now, request.sla_ms),
+                    "sla_due_at": sla_levels.first_due(now, sla_ms),
                 }
             )
             out.append(Submitted(task_id, status, decision))
