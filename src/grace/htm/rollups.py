@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import storage
@@ -49,6 +49,7 @@ log = logging.getLogger("grace.htm")
 
 ROLLUP_LOCK = "grace.htm.rollup"
 CREATED_CHUNK = 50_000  # tasks folded for their creation per transaction
+FINISHED_CHUNK = 50_000  # finished tasks read per transaction (whole hours of them)
 DELETE_CHUNK = 5_000  # rows deleted per transaction by the retention
 HOUR = timedelta(hours=1)
 OUTCOMES = frozenset({"completed", "failed", "timed_out"})
@@ -238,25 +239,33 @@ class RollUps:
         return marks
 
     async def _finished_step(self, target: datetime) -> tuple[int, bool]:
-        """Fold the finished tasks of one hour at most (the hour of the earliest unfolded one); return
-        how many, and whether there may be more."""
+        """Fold up to about :data:`FINISHED_CHUNK` finished tasks, whole hours at a time; return how many,
+        and whether there may be more."""
         async with self.db.write() as conn:
             marks = await self._locked_marks(conn)
             since = marks.rolled_until
             if since is not None and since >= target:
                 return 0, False
-            first = select(func.min(t.c.finished_at)).where(t.c.finished_at.is_not(None), t.c.finished_at < target)
-            if since is not None:
-                first = first.where(t.c.finished_at >= since)
-            earliest = storage.utc_read((await conn.execute(first)).scalar())
-            if earliest is None:
-                await conn.execute(update(htm_rollup).values(rolled_until=target))
-                return 0, False
-            until = min(floor_hour(earliest) + HOUR, target)
-            query = select(*FINISHED_COLUMNS).where(t.c.finished_at.is_not(None), t.c.finished_at < until)
-            if since is not None:
-                query = query.where(t.c.finished_at >= since)
-            rows = (await conn.execute(query)).all()
+
+            def finished_between(lower: datetime | None, upper: datetime) -> Any:
+                query = select(*FINISHED_COLUMNS).where(t.c.finished_at.is_not(None), t.c.finished_at < upper)
+                return query if lower is None else query.where(t.c.finished_at >= lower)
+
+            rows = (
+                await conn.execute(finished_between(since, target).order_by(t.c.finished_at).limit(FINISHED_CHUNK))
+            ).all()
+            until = target
+            if len(rows) == FINISHED_CHUNK:
+                # Stop at the last whole hour read, so no hour is split between two steps; an hour
+                # holding more than a chunk is read whole.
+                last = storage.utc_read(rows[-1].finished_at)
+                assert last is not None
+                until = floor_hour(last)
+                if since is not None and until <= since:
+                    until = min(until + HOUR, target)
+                    rows = (await conn.execute(finished_between(since, until))).all()
+                else:
+                    rows = [r for r in rows if (storage.utc_read(r.finished_at) or until) < until]
             await _add(conn, fold_finished(rows))
             await conn.execute(update(htm_rollup).values(rolled_until=until))
             return len(rows), until < target
@@ -323,25 +332,54 @@ class RollUps:
 
 
 async def _add(conn: AsyncConnection, folded: Mapping[Key, Figures]) -> None:
-    """Add figures to their hourly rows and to the totals (under the roll-up lock)."""
+    """Add figures to their hourly rows and to the totals (under the roll-up lock), in a few statements."""
+    if not folded:
+        return
     totals: dict[tuple[str, str], Figures] = {}
     for (_, origin, owner), figures in folded.items():
         totals.setdefault((origin, owner), Figures()).merge(figures)
     h = htm_hourly.c
-    for (hour, origin, owner), figures in folded.items():
-        where = (h.hour == hour, h.origin == origin, h.owner == owner)
-        row = (await conn.execute(select(htm_hourly).where(*where))).mappings().first()
-        if row is None:
-            await conn.execute(insert(htm_hourly).values(hour=hour, origin=origin, owner=owner, **figures.values()))
-        else:
-            merged = Figures.from_row(row).merge(figures)
-            await conn.execute(update(htm_hourly).where(*where).values(**merged.values()))
-    c = htm_totals.c
-    for (origin, owner), figures in totals.items():
-        where2 = (c.origin == origin, c.owner == owner)
-        row = (await conn.execute(select(htm_totals).where(*where2))).mappings().first()
-        if row is None:
-            await conn.execute(insert(htm_totals).values(origin=origin, owner=owner, **figures.values()))
-        else:
-            merged = Figures.from_row(row).merge(figures)
-            await conn.execute(update(htm_totals).where(*where2).values(**merged.values()))
+    hours = sorted({hour for hour, _, _ in folded})
+    existing = {
+        (storage.utc_read(row["hour"]), row["origin"], row["owner"]): Figures.from_row(row)
+        for row in (await conn.execute(select(htm_hourly).where(h.hour >= hours[0], h.hour <= hours[-1]))).mappings()
+    }
+    await _write(
+        conn,
+        htm_hourly,
+        ("hour", "origin", "owner"),
+        {key: figures for key, figures in folded.items()},
+        {key: existing[key] for key in folded if key in existing},
+    )
+    existing_totals = {
+        (row["origin"], row["owner"]): Figures.from_row(row)
+        for row in (await conn.execute(select(htm_totals))).mappings()
+    }
+    await _write(
+        conn,
+        htm_totals,
+        ("origin", "owner"),
+        dict(totals),
+        {key: existing_totals[key] for key in totals if key in existing_totals},
+    )
+
+
+async def _write(
+    conn: AsyncConnection,
+    table: Any,
+    keys: tuple[str, ...],
+    adding: Mapping[Any, Figures],
+    existing: Mapping[Any, Figures],
+) -> None:
+    """Insert the rows that are new and update the others with their sums, each as one executemany."""
+    new = [{**dict(zip(keys, key, strict=True)), **f.values()} for key, f in adding.items() if key not in existing]
+    if new:
+        await conn.execute(insert(table), new)
+    changed = []
+    for key, f in adding.items():
+        if key in existing:
+            merged = Figures().merge(existing[key]).merge(f)
+            changed.append({**{f"k_{k}": v for k, v in zip(keys, key, strict=True)}, **merged.values()})
+    if changed:
+        where = [table.c[k] == bindparam(f"k_{k}") for k in keys]
+        await conn.execute(update(table).where(*where), changed)
