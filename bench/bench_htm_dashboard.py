@@ -165,6 +165,7 @@ async def one(backend: str) -> dict[str, Any]:
                 "first_rollup_seconds": round(rollup_seconds, 1),
                 "tasks_folded": folded,
                 "idle_rollup_ms": round(idle_rollup_ms, 1),
+                "idle_rollup_folded": again,
                 "stats_24h_admin": await _measure(http, "/api/htm/dashboard/stats", admin),
                 "stats_720h_admin": await _measure(http, "/api/htm/dashboard/stats?window_hours=720", admin),
                 "stats_24h_member": await _measure(http, "/api/htm/dashboard/stats", member_headers),
