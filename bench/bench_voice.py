@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,14 +43,15 @@ from grace.auth import Principal, Role
 from grace.config import load_settings
 from grace.htm.tables import htm_tasks
 from grace.services import Services, build
-from grace.voice import chunk_words, fusion, index
-from grace.voice.chunking import Word
-from grace.voice.tables import voice_chunks, voice_notes, voice_segments
+from grace.voice import chunk_words, index
+from grace.voice.chunking import Word, search_sentences
+from grace.voice.tables import voice_chunks, voice_notes, voice_segments, voice_sentences
 
 MINUTES = [float(m) for m in os.environ.get("BENCH_VOICE_MINUTES", "1,10").split(",") if m.strip()]
 CHUNK_COUNTS = [int(n) for n in os.environ.get("BENCH_VOICE_CHUNKS", "10000,100000").split(",") if n.strip()]
 SEARCHES = 100
 DISTRACTORS = int(os.environ.get("BENCH_VOICE_DISTRACTORS", "10000"))
+PARTS = set(os.environ.get("BENCH_VOICE_PARTS", "pipeline,search,recall").split(","))
 
 PEOPLE = ["Maria", "Tomas", "Priya", "Kenji"]
 # (what was said, a keyword query, a paraphrase of the question) — {p} is a person.
@@ -177,29 +178,75 @@ FACTS = [
         "what vegetables and herbs did {p} grow",
     ),
 ]
-DISTRACTOR_SENTENCES = [
-    "We talked about the weather and the long drive home.",
-    "The team discussed priorities for the next sprint.",
-    "Someone left an umbrella in the meeting room.",
-    "The coffee machine makes a strange noise in the morning.",
-    "Lunch was pasta with a green salad.",
-    "The presentation slides need more pictures.",
-    "Traffic on the ring road was slow again.",
-    "The project timeline looks realistic for now.",
-    "A customer asked about delivery options.",
-    "The library closes early on public holidays.",
-    "We should archive old tickets in the tracker.",
-    "The kids played football in the park after dinner.",
-    "The new chairs in the office are comfortable.",
-    "The quarterly newsletter went out yesterday.",
-    "Music from the neighbours kept everyone awake.",
-    "The bakery on the corner sells good bread.",
-    "Please remember to lock the back door.",
-    "The monitor flickers when the laptop is docked.",
-    "The hiking trail was muddy after the rain.",
-    "The training session covered security basics.",
-]
 NAMES = ["Alex", "Sam", "Jordan", "Chris", "Robin", "Lee", "Morgan", "Taylor", "Jamie", "Casey"]
+# Distractor sentences are made from these: thousands of distinct sentences, many sharing words and
+# topics with the facts (budgets, flights, gardens, dentists, deadlines, the four people by name), so
+# neither a word match nor a topic alone finds a note.
+SUBJECTS = [*NAMES, *PEOPLE, "the team", "my brother", "our manager", "the landlord", "my neighbour", "the client"]
+WHEN = [
+    "on Monday",
+    "on Tuesday",
+    "on Wednesday",
+    "on Thursday",
+    "on Friday",
+    "at the weekend",
+    "next week",
+    "in March",
+    "in June",
+    "in September",
+    "in October",
+    "this morning",
+    "after lunch",
+    "before noon",
+]
+DISTRACTOR_TEMPLATES = [
+    "{s} talked about the weather and the long drive home {w}.",
+    "{s} discussed priorities for the next sprint {w}.",
+    "{s} left an umbrella in the meeting room {w}.",
+    "{s} said the coffee machine makes a strange noise.",
+    "{s} had pasta with a green salad for lunch {w}.",
+    "{s} thinks the presentation slides need more pictures.",
+    "{s} was stuck in slow traffic on the ring road {w}.",
+    "{s} says the project timeline looks realistic for now.",
+    "A customer asked {s} about delivery options {w}.",
+    "{s} returned the library books {w}.",
+    "{s} wants to archive old tickets in the tracker.",
+    "{s} played football in the park {w}.",
+    "{s} likes the new chairs in the office.",
+    "{s} sent out the quarterly newsletter {w}.",
+    "{s} complained that music from the neighbours kept everyone awake.",
+    "{s} bought bread at the bakery on the corner {w}.",
+    "{s} forgot to lock the back door {w}.",
+    "{s} noticed the monitor flickers when the laptop is docked.",
+    "{s} went hiking {w} and the trail was muddy.",
+    "{s} ran a training session on security basics {w}.",
+    "{s} approved the travel budget for the conference {w}.",
+    "{s} asked whether the budget spreadsheet has the latest totals.",
+    "{s} took the train to Madrid {w}.",
+    "{s} painted the fence in the front garden {w}.",
+    "{s} went to the optician {w}.",
+    "{s} wants to migrate the wiki to a new server.",
+    "{s} printed the agenda for the board meeting.",
+    "{s} is learning to play the guitar.",
+    "{s} ordered pizza for the whole office {w}.",
+    "{s} fixed the broken link on the company website.",
+    "{s} reviewed the hiring plan for the marketing team {w}.",
+    "{s} renewed the gym membership {w}.",
+    "{s} moved the team lunch to {d}.",
+    "{s} will call the insurance company {w}.",
+    "{s} watered the office plants {w}.",
+    "{s} is worried about the heating bill this winter.",
+    "{s} found a cheaper supplier for printer paper.",
+    "{s} wants a standing desk in the new office.",
+    "{s} booked a table at the Italian restaurant for {d}.",
+    "{s} is reading a novel about a detective in Oslo.",
+    "{s} cleaned up the shared drive {w}.",
+    "{s} visited the parents in the countryside {w}.",
+    "{s} says the new release notes are nearly done.",
+    "{s} rescheduled the one to one meeting to {d}.",
+    "{s} lost the keys to the bike shed {w}.",
+]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "next week"]
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -211,7 +258,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 def _speech(minutes: float, workdir: Path) -> bytes:
     """espeak-ng reading varied sentences for ``minutes``, 16 kHz mono WAV."""
     rng = random.Random(7)
-    sentences = [f.format(p=rng.choice(PEOPLE)) for f, _, _ in FACTS] + DISTRACTOR_SENTENCES
+    sentences = [f.format(p=rng.choice(PEOPLE)) for f, _, _ in FACTS] + [_distractor_sentence(rng) for _ in range(200)]
     words_needed = int(minutes * 150)  # espeak-ng at 150 words a minute
     script: list[str] = []
     count = 0
@@ -304,33 +351,39 @@ async def _pipeline(services: Services, minutes: float, workdir: Path) -> dict[s
     }
 
 
-async def _bulk_chunks(services: Services, owner: str, texts: list[str], vectors: np.ndarray, per_note: int) -> None:
-    """Write chunks (with one segment each, so hits find their sentence) straight into the index."""
+async def _bulk_chunks(
+    services: Services,
+    owner: str,
+    texts: list[str],
+    vectors: np.ndarray,
+    sentence_vector: Callable[[str], np.ndarray],
+) -> None:
+    """Write one note per chunk (with its segment and its sentences, as the pipeline would) into the index."""
     now = datetime.now(UTC)
     db = services.db
     for start in range(0, len(texts), 2000):
         batch = range(start, min(start + 2000, len(texts)))
-        notes, segments, chunks = [], [], []
+        notes, segments, chunks, cut = [], [], [], {}
         for i in batch:
-            note = f"vn_bench_{owner[-6:]}_{i // per_note}"
-            if i % per_note == 0:
-                notes.append(
-                    {
-                        "id": note,
-                        "owner_id": owner,
-                        "title": f"note {i // per_note}",
-                        "purpose": "",
-                        "status": "completed",
-                        "steps": "decoded,transcribed,chunked,embedded,indexed,ingested,learned",
-                        "created_at": now + timedelta(microseconds=i),
-                        "updated_at": now,
-                    }
-                )
+            note = f"vn_bench_{owner[-6:]}_{i}"
+            notes.append(
+                {
+                    "id": note,
+                    "owner_id": owner,
+                    "title": f"note {i}",
+                    "purpose": "",
+                    "status": "completed",
+                    "steps": "decoded,transcribed,chunked,embedded,indexed,ingested,learned",
+                    "created_at": now + timedelta(microseconds=i),
+                    "updated_at": now,
+                }
+            )
             words = [Word(w, float(j), float(j) + 0.5) for j, w in enumerate(texts[i].split())]
+            cut[note] = search_sentences(words)
             segments.append(
                 {
                     "note_id": note,
-                    "idx": i % per_note,
+                    "idx": 0,
                     "start_s": 0.0,
                     "end_s": float(len(words)),
                     "text": texts[i],
@@ -341,7 +394,7 @@ async def _bulk_chunks(services: Services, owner: str, texts: list[str], vectors
                 {
                     "note_id": note,
                     "owner_id": owner,
-                    "idx": i % per_note,
+                    "idx": 0,
                     "text": texts[i],
                     "start_s": 0.0,
                     "end_s": float(len(words)),
@@ -352,48 +405,158 @@ async def _bulk_chunks(services: Services, owner: str, texts: list[str], vectors
                 }
             )
         async with db.write() as conn:
-            if notes:
-                await conn.execute(insert(voice_notes), notes)
-            # One segment per chunk: the word offsets below are per segment, so re-number within a note.
+            await conn.execute(insert(voice_notes), notes)
             await conn.execute(insert(voice_segments), segments)
             await conn.execute(insert(voice_chunks), chunks)
             ids = (
                 await conn.execute(
-                    select(voice_chunks.c.id, voice_chunks.c.text)
-                    .where(voice_chunks.c.owner_id == owner)
-                    .order_by(voice_chunks.c.id.desc())
-                    .limit(len(chunks))
+                    select(voice_chunks.c.id, voice_chunks.c.note_id, voice_chunks.c.text).where(
+                        voice_chunks.c.note_id.in_(list(cut))
+                    )
                 )
             ).all()
-            await index.add_full_text(conn, [(int(r[0]), owner, str(r[1])) for r in ids])
+            await index.add_full_text(conn, [(int(r[0]), owner, str(r[2])) for r in ids])
+            await conn.execute(
+                insert(voice_sentences),
+                [
+                    {
+                        "chunk_id": int(r[0]),
+                        "note_id": r[1],
+                        "owner_id": owner,
+                        "idx": k,
+                        "text": sentence.text,
+                        "start_s": sentence.start,
+                        "end_s": sentence.end,
+                        "embedding": sentence_vector(sentence.text).astype("<f4").tobytes(),
+                    }
+                    for r in ids
+                    for k, sentence in enumerate(cut[r[1]])
+                ],
+            )
+            await index.bump_version(conn, owner)
+
+
+def _distractor_sentence(rng: random.Random) -> str:
+    template = rng.choice(DISTRACTOR_TEMPLATES)
+    sentence = template.format(s=rng.choice(SUBJECTS), w=rng.choice(WHEN), d=rng.choice(DAYS))
+    return sentence[0].upper() + sentence[1:]
+
+
+def _target_text(fact: str, rng: random.Random) -> str:
+    """A chunk like any other (about 420 characters) with the fact as one of its sentences, anywhere in it."""
+    around = [_distractor_sentence(rng)]
+    while len(" ".join(around)) + len(fact) < 400:
+        around.append(_distractor_sentence(rng))
+    around.insert(rng.randrange(len(around) + 1), fact)
+    return " ".join(around)
 
 
 def _distractor_texts(n: int, rng: random.Random) -> list[str]:
+    """``n`` chunks of about 420 characters of distractor sentences, cut as the pipeline cuts them."""
     out = []
     for _ in range(n):
         words: list[str] = []
         while len(" ".join(words)) < 420:
-            words.extend(rng.choice(DISTRACTOR_SENTENCES).replace("Someone", rng.choice(NAMES)).split())
+            words.extend(_distractor_sentence(rng).split())
         out.append(" ".join(chunk_words([Word(w, 0, 0) for w in words])[0].text.split()))
     return out
 
 
-async def _search_latency(services: Services, chunks: int) -> dict[str, Any]:
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, 384)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _sqlite_vec_peer(path: Path, vectors: np.ndarray) -> Any:
+    """sqlite-vec's exact KNN (a vec0 table, the owner as its partition key) over the same vectors."""
+    import pysqlite3.dbapi2 as sqlite  # type: ignore[import-not-found,unused-ignore]
+    import sqlite_vec
+
+    conn = sqlite.connect(str(path))
+    conn.enable_load_extension(True)
+    sqlite_vec.load(conn)
+    conn.enable_load_extension(False)
+    conn.execute("CREATE VIRTUAL TABLE v USING vec0(owner text partition key, emb float[384] distance_metric=cosine)")
+    conn.executemany(
+        "INSERT INTO v(rowid, owner, emb) VALUES (?, 'me', ?)", [(i + 1, v.tobytes()) for i, v in enumerate(vectors)]
+    )
+    conn.commit()
+    return conn
+
+
+async def _search_latency(services: Services, chunks: int, backend: str, workdir: Path) -> dict[str, Any]:
+    """Search p50/p95 for one user with ``chunks`` chunks, and its parts beside their peers, interleaved."""
     me = await _user(services, f"reader{chunks}")
     rng = random.Random(chunks)
+    nrng = np.random.default_rng(chunks)
     texts = _distractor_texts(min(chunks, 2000), rng)
     texts = [texts[i % len(texts)] for i in range(chunks)]
-    vectors = np.random.default_rng(chunks).standard_normal((chunks, 384)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    await _bulk_chunks(services, me.user_id, texts, vectors, per_note=1)
+    vectors = _unit(nrng, chunks)
+    began = time.perf_counter()
+    await _bulk_chunks(services, me.user_id, texts, vectors, lambda _: _unit(nrng, 1)[0])
+    load_seconds = time.perf_counter() - began
     queries = [q.format(p=rng.choice(PEOPLE)) for _, _, q in FACTS] * 4
-    await services.voice.search(me, "warm up", top_k=10)
-    samples = []
-    for query in queries[:SEARCHES]:
+    voice = services.voice
+    began = time.perf_counter()
+    await voice.search(me, "warm up", top_k=10)  # loads the owner's vectors into the cache
+    cold = time.perf_counter() - began
+    query_vectors = await voice.engines.embed(queries[:SEARCHES])
+    peer = _sqlite_vec_peer(workdir / f"vec-{backend}-{chunks}.db", vectors) if backend == "sqlite" else None
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("search", "embed_query", "vectors_cached", "keyword", "sentences", "sqlite_vec_vec0")
+    }
+    for query, vector in zip(queries[:SEARCHES], query_vectors, strict=True):
         began = time.perf_counter()
-        await services.voice.search(me, query, top_k=10)
-        samples.append(time.perf_counter() - began)
-    return {"chunks": chunks, **_percentiles(samples)}
+        await voice.search(me, query, top_k=10)
+        samples["search"].append(time.perf_counter() - began)
+        began = time.perf_counter()
+        await voice.engines.embed([query])
+        samples["embed_query"].append(time.perf_counter() - began)
+        async with services.db.read() as conn:
+            began = time.perf_counter()
+            top = await voice.vectors.search(conn, me.user_id, vector, 100)
+            samples["vectors_cached"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            words = await index.keyword_search(conn, me.user_id, query, 100)
+            samples["keyword"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            await index.sentence_scores(conn, me.user_id, list({c for c, _ in top} | set(words)), vector)
+            samples["sentences"].append(time.perf_counter() - began)
+        if peer is not None:
+            began = time.perf_counter()
+            peer.execute(
+                "SELECT rowid, distance FROM v WHERE emb MATCH ? AND owner = 'me' AND k = 100", (vector.tobytes(),)
+            ).fetchall()
+            samples["sqlite_vec_vec0"].append(time.perf_counter() - began)
+    uncached = []
+    for vector in query_vectors[:5]:  # the old way: read every vector of the owner for each query
+        async with services.db.read() as conn:
+            began = time.perf_counter()
+            await index.vector_search(conn, me.user_id, vector, 100)
+            uncached.append(time.perf_counter() - began)
+    if peer is not None:
+        peer.close()
+    return {
+        "chunks": chunks,
+        "sentences_per_chunk": round(statistics.fmean(_sentence_count(t) for t in texts[:200]), 2),
+        "bulk_load_seconds": round(load_seconds, 1),
+        "first_search_seconds": round(cold, 3),
+        "load_before": os.getloadavg(),
+        **_percentiles(samples.pop("search")),
+        "parts": {k: _percentiles(v) for k, v in samples.items() if v},
+        "vectors_uncached": _percentiles(uncached),
+        "load_after": os.getloadavg(),
+    }
+
+
+def _sentence_count(text: str) -> int:
+    return len(search_sentences([Word(w, 0, 0) for w in text.split()]))
+
+
+async def _embed_unique(services: Services, texts: list[str]) -> dict[str, np.ndarray]:
+    unique = sorted(set(texts))
+    vectors = await services.voice.engines.embed(unique)
+    return dict(zip(unique, vectors, strict=True))
 
 
 async def _recall(services: Services) -> dict[str, Any]:
@@ -403,29 +566,40 @@ async def _recall(services: Services) -> dict[str, Any]:
     for fact, keyword, paraphrase in FACTS:
         for person in PEOPLE:
             targets.append((fact.format(p=person), keyword.format(p=person), paraphrase.format(p=person)))
-    # Each target note is one chunk: its fact among two ordinary sentences.
-    target_texts = [
-        " ".join([rng.choice(DISTRACTOR_SENTENCES), fact, rng.choice(DISTRACTOR_SENTENCES)]) for fact, _, _ in targets
-    ]
+    target_texts = [_target_text(fact, rng) for fact, _, _ in targets]
     texts = target_texts + _distractor_texts(DISTRACTORS, rng)
-    vectors = await services.voice.engines.embed(texts)
-    await _bulk_chunks(services, me.user_id, texts, vectors, per_note=1)
-    results: dict[str, Any] = {"notes": len(targets), "distractor_chunks": DISTRACTORS}
+    sentences = [x.text for t in texts for x in search_sentences([Word(w, 0, 0) for w in t.split()])]
+    began = time.perf_counter()
+    chunk_vectors = await _embed_unique(services, texts)
+    sentence_vectors = await _embed_unique(services, sentences)
+    embed_seconds = time.perf_counter() - began
+    vectors = np.stack([chunk_vectors[t] for t in texts])
+    await _bulk_chunks(services, me.user_id, texts, vectors, sentence_vectors.__getitem__)
+    results: dict[str, Any] = {
+        "notes": len(targets),
+        "distractor_chunks": DISTRACTORS,
+        "distinct_distractor_sentences": len(set(sentences)),
+        "embed_seconds": round(embed_seconds, 1),
+        "examples": [{"said": t[0], "keyword": t[1], "paraphrase": t[2]} for t in targets[::17]],
+    }
     note_of = {i: f"vn_bench_{me.user_id[-6:]}_{i}" for i in range(len(targets))}
-    for method in fusion.FUSIONS:
-        services.voice.fusion = method
+    variants = [("chunk", False, m) for m in ("vector", "bonus", "rrf")]
+    variants += [("sentence", True, m) for m in ("vector", "bonus", "rrf")] + [("words", True, "words")]
+    for level, by_sentence, method in variants:
+        services.voice.fusion, services.voice.sentences = method, by_sentence
         for kind, column in (("keyword", 1), ("paraphrase", 2)):
             ranks = []
             for i, target in enumerate(targets):
                 hits = await services.voice.search(me, target[column], top_k=10)
                 found = [h.note_id for h in hits]
                 ranks.append(found.index(note_of[i]) + 1 if note_of[i] in found else None)
-            results[f"{method}_{kind}"] = {
+            name = "words" if method == "words" else f"{level}_{method}"
+            results[f"{name}_{kind}"] = {
                 "recall_at_1": round(sum(1 for r in ranks if r == 1) / len(ranks), 3),
                 "recall_at_5": round(sum(1 for r in ranks if r and r <= 5) / len(ranks), 3),
                 "mrr": round(statistics.fmean(1 / r if r else 0.0 for r in ranks), 3),
             }
-    services.voice.fusion = "bonus"
+    services.voice.fusion, services.voice.sentences = "bonus", True
     return results
 
 
@@ -434,23 +608,33 @@ async def run() -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "at": datetime.now(UTC).isoformat(),
+        "load_average_at_start": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        async with _services("sqlite", workdir / "pipeline") as services:
-            await services.htm.start_workers()
-            result["pipeline"] = {f"{m:g}_minutes": await _pipeline(services, m, workdir) for m in MINUTES}
-        for backend in backends:
-            async with _services(backend, workdir / f"search-{backend}") as services:
-                result[f"search_{backend}"] = [await _search_latency(services, n) for n in CHUNK_COUNTS]
-        async with _services("sqlite", workdir / "recall") as services:
-            result["recall"] = await _recall(services)
-    result["summary"] = {
-        "rtf": {k: v["stages"].get("transcribe", {}).get("rtf") for k, v in result["pipeline"].items()},
-        "end_to_end_rtf": {k: v["end_to_end_rtf"] for k, v in result["pipeline"].items()},
-        "search_p95_ms": {b: [s["p95_ms"] for s in result[f"search_{b}"]] for b in backends},
-        "recall": {k: v for k, v in result["recall"].items() if isinstance(v, dict)},
-    }
+        if "pipeline" in PARTS:
+            async with _services("sqlite", workdir / "pipeline") as services:
+                await services.htm.start_workers()
+                result["pipeline"] = {f"{m:g}_minutes": await _pipeline(services, m, workdir) for m in MINUTES}
+        if "search" in PARTS:
+            for backend in backends:
+                async with _services(backend, workdir / f"search-{backend}") as services:
+                    result[f"search_{backend}"] = [
+                        await _search_latency(services, n, backend, workdir) for n in CHUNK_COUNTS
+                    ]
+        if "recall" in PARTS:
+            async with _services("sqlite", workdir / "recall") as services:
+                result["recall"] = await _recall(services)
+    summary: dict[str, Any] = {}
+    if "pipeline" in result:
+        summary["rtf"] = {k: v["stages"].get("transcribe", {}).get("rtf") for k, v in result["pipeline"].items()}
+        summary["end_to_end_rtf"] = {k: v["end_to_end_rtf"] for k, v in result["pipeline"].items()}
+    if "search" in PARTS:
+        summary["search_p95_ms"] = {b: [s["p95_ms"] for s in result[f"search_{b}"]] for b in backends}
+    if "recall" in result:
+        summary["recall"] = {k: v for k, v in result["recall"].items() if isinstance(v, dict)}
+    summary["load_average_at_end"] = os.getloadavg()
+    result["summary"] = summary
     return result
 
 

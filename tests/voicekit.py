@@ -63,6 +63,7 @@ class Notes:
     garden: Spoken
     travel: Spoken
     silence: bytes
+    empty: bytes  # a WAV header and no samples
 
 
 @pytest.fixture(scope="session")
@@ -89,4 +90,5 @@ def spoken(tmp_path_factory: pytest.TempPathFactory) -> Notes:
         ),
         travel=compose("Travel", [(0.5, "My flight to Lisbon leaves on Friday at seven in the evening.")], workdir),
         silence=to_wav(np.zeros(3 * RATE, dtype=np.int16)),
+        empty=to_wav(np.zeros(0, dtype=np.int16)),
     )

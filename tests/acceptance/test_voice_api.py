@@ -151,6 +151,7 @@ async def test_a_spoken_note_becomes_searchable_by_its_owner_only(
             tables.voice_transcripts,
             tables.voice_segments,
             tables.voice_chunks,
+            tables.voice_sentences,
             tables.voice_consents,
         ):
             column = table.c.id if table is tables.voice_notes else table.c.note_id
@@ -180,7 +181,8 @@ async def test_bad_input_gets_a_clear_4xx_and_changes_nothing(
 
     note_id = await start()
     cases = {
-        "empty": (b"", 422, "invalid_input"),
+        "0 bytes": (b"", 422, "invalid_input"),
+        "empty wav (a header, no samples)": (spoken.empty, 422, "invalid_input"),
         "text named .wav": (b"hello, this is not audio at all\n" * 10, 422, "unsupported_audio"),
         "corrupt mp3": (b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 8, 422, "invalid_input"),
         "truncated wav": (spoken.budget.wav[:30], 422, "invalid_input"),
@@ -310,3 +312,26 @@ async def test_a_crashing_stage_retries_then_fails_and_reprocessing_resumes_ther
     assert again.status_code == 409
     found = await http.post("/api/voice-notes/search", json={"query": "revised spreadsheet for Maria"}, headers=owner)
     assert found.json()["results"][0]["note_id"] == note_id
+
+
+async def test_key_rotation_rewraps_the_recordings_data_keys_and_retires_the_old_key(
+    http: httpx.AsyncClient, cast: Cast, spoken: Notes
+) -> None:
+    owner = cast.headers("owner")
+    note_id = await add_note(http, owner, spoken.travel)
+    vault = cast.services.vault
+    async with cast.services.db.read() as conn:
+        before = (await conn.execute(select(tables.voice_audio))).mappings().one()
+
+    report = await vault.rotate_keys(by="test")
+
+    assert report.from_key_id == before["key_id"] and report.rewrapped >= 1
+    assert before["key_id"] in report.archived  # nothing names the old key any more
+    async with cast.services.db.read() as conn:
+        after = (await conn.execute(select(tables.voice_audio))).mappings().one()
+    assert after["key_id"] == report.to_key_id and bytes(after["wrapped_dek"]) != bytes(before["wrapped_dek"])
+    assert bytes(after["ciphertext"]) == bytes(before["ciphertext"])  # the audio itself is not re-encrypted
+    statuses = {k.id: k.status for k in await vault.keyring.keys()}
+    assert statuses[before["key_id"]] == "archived" and statuses[report.to_key_id] == "active"
+    audio = await http.get(f"/api/voice-notes/{note_id}/audio", headers=owner)
+    assert audio.status_code == 200 and audio.content == spoken.travel.wav

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grace.voice import Word, chunk_words, sentences
+from grace.voice.chunking import chunk_of, search_sentences
 
 words_st = st.lists(
     st.text(alphabet="abcdefghij.?!", min_size=1, max_size=40).filter(lambda w: w.strip(".?!") != ""),
@@ -57,3 +58,20 @@ def test_sentences_partition_the_words(texts: list[str]) -> None:
     assert [i for s in found for i in range(s.first_word, s.last_word + 1)] == list(range(len(texts)))
     for s in found[:-1]:
         assert s.text.endswith((".", "?", "!"))
+
+
+@given(words_st, st.integers(min_value=20, max_value=300))
+def test_search_sentences_cover_every_word_and_land_in_the_chunk_holding_most_of_them(
+    texts: list[str], size: int
+) -> None:
+    words = timed(texts)
+    found = search_sentences(words, size)
+    assert [i for s in found for i in range(s.first_word, s.last_word + 1)] == list(range(len(texts)))
+    chunks = chunk_words(words)
+    for s in found:
+        assert len(s.text) <= size or s.first_word == s.last_word
+        assert s.start == float(s.first_word) and s.end == float(s.last_word) + 0.5
+        home = chunks[chunk_of(s, chunks)]
+        held = min(s.last_word, home.last_word) - max(s.first_word, home.first_word) + 1
+        assert held >= 1
+        assert all(held >= min(s.last_word, c.last_word) - max(s.first_word, c.first_word) + 1 for c in chunks)

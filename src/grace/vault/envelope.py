@@ -4,17 +4,20 @@
 caller's ``subject``) and wraps the data key with the active key-encryption key; the caller stores the
 :class:`SealedData` it gets back and hands it to :meth:`Envelope.open` to read the bytes again.
 Deleting the stored row deletes the data key with it: nothing else can open the ciphertext.
-Key rotation re-wraps the vault's own secrets; a wrapped data key here keeps naming the key that
-wrapped it, which stays readable (rotated keys are archived, never deleted).
+The caller registers the table it stores them in (:meth:`Envelope.register`), and key rotation
+re-wraps those data keys with the new key too, then archives the old key once nothing names it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from sqlalchemy import Table
 
 from grace.storage import new_id
 from grace.vault import crypto
-from grace.vault.keyring import Keyring
+from grace.vault.keyring import Keyring, SealedTable
 
 __all__ = ["Envelope", "SealedData"]
 
@@ -46,6 +49,14 @@ class Envelope:
         dek = crypto.new_key(new_id("dek"))
         ciphertext = crypto.seal(dek, data, crypto.Binding("data", subject, VERSION, dek.id))
         return SealedData(kek.id, dek.id, self.keyring.wrap_dek(kek, dek, subject, VERSION), ciphertext)
+
+    def register(self, table: Table, id_column: str, subject: Callable[[str], str]) -> None:
+        """Have key rotation re-wrap the data keys stored in ``table``.
+
+        ``table`` keeps each :class:`SealedData`'s ``key_id`` and ``wrapped_dek`` in columns of those
+        names; ``subject(row id)`` is the subject the row's data was sealed for.
+        """
+        self.keyring.register_sealed(SealedTable(table, id_column, subject, VERSION))
 
     async def open(self, subject: str, sealed: SealedData) -> bytes:
         """Decrypt what :meth:`seal` gave for ``subject``; IntegrityFailure if it was altered or moved."""

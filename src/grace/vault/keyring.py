@@ -13,9 +13,11 @@ database refuse a second):
 2. ``key_activated``: the old KEK becomes *retiring* and the new one *active*
    in one transaction; new secrets use the new key from here on.
 3. ``batch_committed`` (repeated): data keys still wrapped by an older KEK are
-   unwrapped and re-wrapped by the active one, a batch per transaction.
-4. ``archived``: retiring keys that wrap nothing any more become *archived*;
-   they are kept for the audit trail, never deleted.
+   unwrapped and re-wrapped by the active one, a batch per transaction: the secrets'
+   first, then those of every table registered with :meth:`Keyring.register_sealed`
+   (other capabilities' envelope-sealed data, e.g. voice notes' audio).
+4. ``archived``: retiring keys that wrap nothing any more (in the secrets or any
+   registered table) become *archived*; they are kept for the audit trail, never deleted.
 
 Running :meth:`Keyring.rotate` again after a crash resumes from the recorded step.
 The optional ``on_step`` hook is called after each step commits (the names
@@ -28,11 +30,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Column, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -49,6 +51,7 @@ __all__ = [
     "KeyInfo",
     "Keyring",
     "RotationReport",
+    "SealedTable",
     "StepHook",
     "next_scheduled_rotation",
 ]
@@ -118,6 +121,26 @@ class RotationReport:
         }
 
 
+@dataclass(frozen=True)
+class SealedTable:
+    """Another capability's table of envelope-sealed rows (:class:`~grace.vault.envelope.Envelope`).
+
+    Each row holds a data key wrapped by a KEK: ``key_id`` names the KEK, ``wrapped_dek`` is the
+    wrapped key, and ``subject(row id)`` and ``version`` are the binding it was wrapped under.
+    """
+
+    table: Table
+    id_column: str
+    subject: Callable[[str], str]
+    version: int
+    key_id_column: str = "key_id"
+    wrapped_column: str = "wrapped_dek"
+    name: str = field(default="")
+
+    def column(self, name: str) -> Column[Any]:
+        return self.table.c[name]
+
+
 async def _no_hook(_step: str) -> None:
     return None
 
@@ -134,6 +157,11 @@ class Keyring:
         self.audit = audit
         self.key_lifetime = key_lifetime
         self._unwrapped: dict[str, crypto.Key] = {}
+        self._sealed: dict[str, SealedTable] = {}
+
+    def register_sealed(self, sealed: SealedTable) -> None:
+        """Have rotation re-wrap the data keys in ``sealed``'s table too (idempotent per table)."""
+        self._sealed[sealed.table.name] = sealed
 
     def __repr__(self) -> str:
         return f"Keyring(master={self.master!r}, cached_keys={len(self._unwrapped)})"
@@ -386,6 +414,60 @@ class Keyring:
             await hook("activate_uncommitted")
 
     async def _rewrap_batch(self, rotation_id: str, to_key_id: str, batch_size: int, hook: StepHook) -> int:
+        done = await self._rewrap_secrets(rotation_id, to_key_id, batch_size, hook)
+        for sealed in list(self._sealed.values()):
+            if done:
+                break
+            done = await self._rewrap_sealed(sealed, rotation_id, to_key_id, batch_size, hook)
+        return done
+
+    async def _rewrap_sealed(
+        self, sealed: SealedTable, rotation_id: str, to_key_id: str, batch_size: int, hook: StepHook
+    ) -> int:
+        target = await self.kek(to_key_id)
+        row_id, key_id, wrapped = (
+            sealed.column(sealed.id_column),
+            sealed.column(sealed.key_id_column),
+            sealed.column(sealed.wrapped_column),
+        )
+        async with self.db.write() as conn:
+            query = select(row_id, key_id, wrapped).where(key_id != to_key_id).limit(batch_size)
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            rows = (await conn.execute(query)).all()
+            if not rows:
+                return 0
+            for ident, old_id, old_wrapped in rows:
+                subject = sealed.subject(str(ident))
+                old = await self.kek(str(old_id), conn)
+                material = crypto.open_sealed(
+                    old, bytes(old_wrapped), crypto.Binding("dek", subject, sealed.version, old.id)
+                )
+                await conn.execute(
+                    update(sealed.table)
+                    .where(row_id == ident, key_id == old_id)
+                    .values(
+                        {
+                            sealed.key_id_column: target.id,
+                            sealed.wrapped_column: crypto.seal(
+                                target, material, crypto.Binding("dek", subject, sealed.version, target.id)
+                            ),
+                        }
+                    )
+                )
+            await conn.execute(
+                update(vault_rotations)
+                .where(vault_rotations.c.id == rotation_id)
+                .values(
+                    step="rewrapping",
+                    rewrapped=vault_rotations.c.rewrapped + len(rows),
+                    updated_at=self.clock.now(),
+                )
+            )
+            await hook("batch_uncommitted")
+        return len(rows)
+
+    async def _rewrap_secrets(self, rotation_id: str, to_key_id: str, batch_size: int, hook: StepHook) -> int:
         target = await self.kek(to_key_id)
         async with self.db.write() as conn:
             query = (
@@ -446,6 +528,9 @@ class Keyring:
         now = self.clock.now()
         async with self.db.write() as conn:
             still_used = set((await conn.execute(select(vault_secret_versions.c.key_id).distinct())).scalars().all())
+            for sealed in self._sealed.values():
+                column = sealed.column(sealed.key_id_column)
+                still_used |= set((await conn.execute(select(column).distinct())).scalars().all())
             retiring = (
                 (await conn.execute(select(vault_keys.c.id).where(vault_keys.c.status.in_(("retiring", "pending")))))
                 .scalars()

@@ -100,6 +100,7 @@ class Vault:
         self.redeem = self.release.redeem
         self.seal_data = self.envelope.seal
         self.open_data = self.envelope.open
+        self.register_sealed_data = self.envelope.register
         self.rotate_keys = self.upkeep.rotate_keys
         self.use_task_manager = self.upkeep.use_task_manager
         self.run_rotation_task = self.upkeep.run_rotation_task

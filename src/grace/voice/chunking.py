@@ -13,10 +13,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CHUNK_OVERLAP", "CHUNK_SIZE", "Chunk", "Sentence", "Word", "chunk_words", "sentences"]
+__all__ = [
+    "CHUNK_OVERLAP",
+    "CHUNK_SIZE",
+    "SENTENCE_SIZE",
+    "Chunk",
+    "Sentence",
+    "Word",
+    "chunk_of",
+    "chunk_words",
+    "search_sentences",
+    "sentences",
+]
 
 CHUNK_SIZE = 500
 CHUNK_OVERLAP = 100
+# A sentence longer than this (speech the transcriber left unpunctuated) is searched in pieces.
+SENTENCE_SIZE = 300
 _SENTENCE_END = (".", "?", "!")
 
 
@@ -97,3 +110,31 @@ def sentences(words: Sequence[Word]) -> list[Sentence]:
             found.append(Sentence(begin, i, " ".join(w.text for w in run), run[0].start, run[-1].end))
             begin = i + 1
     return found
+
+
+def search_sentences(words: Sequence[Word], size: int = SENTENCE_SIZE) -> list[Sentence]:
+    """The sentences search embeds: each sentence of ``words``, one longer than ``size`` cut on word boundaries.
+
+    Word positions are those of ``words`` without blank entries, as for :func:`chunk_words`.
+    """
+    items = _clean(words)
+    found: list[Sentence] = []
+    for sentence in sentences(items):
+        if len(sentence.text) <= size:
+            found.append(sentence)
+            continue
+        for piece in chunk_words(items[sentence.first_word : sentence.last_word + 1], size, 0):
+            first = sentence.first_word + piece.first_word
+            last = sentence.first_word + piece.last_word
+            found.append(Sentence(first, last, piece.text, piece.start, piece.end))
+    return found
+
+
+def chunk_of(sentence: Sentence, chunks: Sequence[Chunk]) -> int:
+    """The index of the chunk holding most of ``sentence``'s words (the earliest on a tie)."""
+    best, most = 0, -1
+    for chunk in chunks:
+        shared = min(sentence.last_word, chunk.last_word) - max(sentence.first_word, chunk.first_word) + 1
+        if shared > most:
+            best, most = chunk.index, shared
+    return best

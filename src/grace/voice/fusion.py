@@ -4,6 +4,9 @@
 - ``bonus``: vector similarity, plus a small fixed bonus for a chunk that also matches the query's
   words (reorders near ties only; a keyword match never lifts an unrelated chunk far).
 - ``rrf``: reciprocal rank fusion of both rankings (k = 60), the common naive fusion.
+- ``words``: the full-text ranking alone (BM25 / ``ts_rank_cd``), a baseline for the measurement.
+
+The vector ranking is the chunks' best sentences' similarities (or the chunks' own, the older way).
 
 Which one Grace uses is chosen by measurement (``bench/bench_voice.py``, figures in docs/voice.md).
 """
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 
 __all__ = ["FUSIONS", "KEYWORD_BONUS", "RRF_K", "fuse"]
 
-FUSIONS = ("vector", "bonus", "rrf")
+FUSIONS = ("vector", "bonus", "rrf", "words")
 KEYWORD_BONUS = 0.05
 RRF_K = 60
 
@@ -37,6 +40,8 @@ def fuse(
         for rank, chunk in enumerate(by_words):
             scores[chunk] = scores.get(chunk, 0.0) + 1.0 / (RRF_K + rank + 1)
         ranked = sorted(scores.items(), key=lambda item: -item[1])
+    elif method == "words":
+        ranked = [(chunk, 1.0 / (rank + 1)) for rank, chunk in enumerate(by_words)]
     else:
         raise ValueError(f"unknown fusion {method!r}; one of {', '.join(FUSIONS)}")
     return ranked[:limit]

@@ -3,9 +3,13 @@
 - Full text. SQLite: the FTS5 table ``voice_chunks_fts`` (porter stemming), its rowid the chunk's
   id, written by the index stage. PostgreSQL: the generated ``tsv`` column (English configuration)
   with a GIN index, kept by the database itself.
-- Vectors: exact cosine similarity (the vectors are unit length, so a dot product) over the caller's
-  own chunks only, computed with numpy. Exact search reads every vector of that one owner; there is
-  no approximate index to leak one user's neighbours into another's results.
+- Vectors, in two steps, both exact and over the caller's own rows only:
+  1. :class:`VectorCache` holds each recent owner's chunk vectors in memory (a float32 matrix) and
+     scores every one of them against the query (a matrix product); it reloads an owner's vectors
+     when ``voice_index_versions`` says that owner's searchable notes changed.
+  2. :func:`sentence_scores` reads the sentence vectors of the candidate chunks (the best chunks by
+     vector and by words) and scores each chunk by its best sentence.
+  Why not sqlite-vec or a query per search: measured in bench/bench_voice.py and docs/voice.md.
 
 A query's words are reduced to ``\\w+`` tokens joined by OR before either backend sees them, so no
 query syntax reaches FTS5 or ``to_tsquery``.
@@ -13,17 +17,30 @@ query syntax reaches FTS5 or ``to_tsquery``.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace.voice.tables import voice_chunks, voice_notes
+from grace.voice.tables import voice_chunks, voice_index_versions, voice_notes, voice_sentences
 
-__all__ = ["add_full_text", "drop_full_text", "keyword_search", "tokens", "vector_search"]
+__all__ = [
+    "VectorCache",
+    "add_full_text",
+    "bump_version",
+    "drop_full_text",
+    "keyword_search",
+    "sentence_scores",
+    "tokens",
+    "vector_search",
+]
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 MAX_TOKENS = 32
@@ -78,10 +95,38 @@ async def keyword_search(conn: AsyncConnection, owner_id: str, query: str, limit
     return [int(r[0]) for r in rows]
 
 
-async def vector_search(
-    conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
-) -> list[tuple[int, float]]:
-    """Return ``(chunk id, cosine similarity)`` of ``owner_id``'s searchable chunks, best first."""
+async def bump_version(conn: AsyncConnection, owner_id: str) -> None:
+    """Record, in the caller's write transaction, that ``owner_id``'s searchable notes changed."""
+    changed = await conn.execute(
+        update(voice_index_versions)
+        .where(voice_index_versions.c.owner_id == owner_id)
+        .values(version=voice_index_versions.c.version + 1)
+    )
+    if changed.rowcount:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(voice_index_versions).values(owner_id=owner_id, version=1)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[voice_index_versions.c.owner_id], set_={"version": voice_index_versions.c.version + 1}
+        )
+    )
+
+
+async def _version(conn: AsyncConnection, owner_id: str) -> int:
+    found = await conn.execute(
+        select(voice_index_versions.c.version).where(voice_index_versions.c.owner_id == owner_id)
+    )
+    return int(found.scalar_one_or_none() or 0)
+
+
+def _matrix(blobs: Sequence[bytes], count: int) -> npt.NDArray[np.float32]:
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(count, -1)
+
+
+async def _searchable_vectors(
+    conn: AsyncConnection, owner_id: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     rows = (
         await conn.execute(
             select(voice_chunks.c.id, voice_chunks.c.embedding)
@@ -93,10 +138,121 @@ async def vector_search(
             )
         )
     ).all()
-    if not rows:
-        return []
     ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))
-    matrix = np.frombuffer(b"".join(bytes(r[1]) for r in rows), dtype="<f4").reshape(len(rows), -1)
-    scores = matrix @ query.astype("<f4")
-    top = np.argsort(-scores)[:limit]
-    return [(int(ids[i]), float(scores[i])) for i in top]
+    if not rows:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    return ids, await asyncio.to_thread(_matrix, [bytes(r[1]) for r in rows], len(rows))
+
+
+def _top(ids: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], limit: int) -> list[tuple[int, float]]:
+    if len(scores) > limit:
+        keep = np.argpartition(-scores, limit)[:limit]
+        ids, scores = ids[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    return [(int(ids[i]), float(scores[i])) for i in order]
+
+
+async def vector_search(
+    conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
+) -> list[tuple[int, float]]:
+    """Return ``(chunk id, cosine similarity)`` of ``owner_id``'s searchable chunks, best first (no cache)."""
+    ids, matrix = await _searchable_vectors(conn, owner_id)
+    if not len(ids):
+        return []
+    return _top(ids, matrix @ query.astype("<f4"), limit)
+
+
+@dataclass
+class _Owner:
+    version: int
+    ids: npt.NDArray[np.int64]
+    matrix: npt.NDArray[np.float32]
+
+
+class VectorCache:
+    """Recent owners' chunk vectors in memory, each reloaded when its version moves.
+
+    An owner's entry holds only that owner's searchable chunks; the least recently searched owners
+    are dropped past ``max_bytes``. Every search reads the owner's version first (one row), so a
+    note made searchable, reindexed or deleted by any process is seen by the next search.
+    """
+
+    def __init__(self, max_bytes: int = 512 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._owners: OrderedDict[str, _Owner] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self.loads = 0
+
+    def __repr__(self) -> str:
+        return f"VectorCache(owners={len(self._owners)}, loads={self.loads})"
+
+    def clear(self) -> None:
+        self._owners.clear()
+
+    async def _entry(self, conn: AsyncConnection, owner_id: str) -> _Owner:
+        version = await _version(conn, owner_id)
+        found = self._owners.get(owner_id)
+        if found is not None and found.version == version:
+            self._owners.move_to_end(owner_id)
+            return found
+        async with self._lock:
+            found = self._owners.get(owner_id)
+            if found is None or found.version != version:
+                ids, matrix = await _searchable_vectors(conn, owner_id)
+                found = _Owner(version, ids, matrix)
+                self.loads += 1
+                self._owners[owner_id] = found
+                self._owners.move_to_end(owner_id)
+                while len(self._owners) > 1 and sum(o.matrix.nbytes for o in self._owners.values()) > self.max_bytes:
+                    self._owners.popitem(last=False)
+            return found
+
+    async def search(
+        self, conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
+    ) -> list[tuple[int, float]]:
+        """Return ``(chunk id, cosine similarity)`` of ``owner_id``'s searchable chunks, best first."""
+        entry = await self._entry(conn, owner_id)
+        if not len(entry.ids):
+            return []
+        return _top(entry.ids, entry.matrix @ query.astype("<f4"), limit)
+
+
+@dataclass(frozen=True)
+class SentenceScore:
+    chunk_id: int
+    score: float
+    text: str
+    start: float
+    end: float
+
+
+async def sentence_scores(
+    conn: AsyncConnection, owner_id: str, chunk_ids: Sequence[int], query: npt.NDArray[np.float32]
+) -> dict[int, SentenceScore]:
+    """For each of ``chunk_ids`` (``owner_id``'s) that has embedded sentences, its best sentence and its similarity."""
+    if not chunk_ids:
+        return {}
+    rows = (
+        await conn.execute(
+            select(
+                voice_sentences.c.chunk_id,
+                voice_sentences.c.text,
+                voice_sentences.c.start_s,
+                voice_sentences.c.end_s,
+                voice_sentences.c.embedding,
+            ).where(
+                voice_sentences.c.chunk_id.in_(list(chunk_ids)),
+                voice_sentences.c.owner_id == owner_id,
+                voice_sentences.c.embedding.is_not(None),
+            )
+        )
+    ).all()
+    if not rows:
+        return {}
+    scores = _matrix([bytes(r[4]) for r in rows], len(rows)) @ query.astype("<f4")
+    best: dict[int, SentenceScore] = {}
+    for r, score in zip(rows, scores, strict=True):
+        chunk = int(r[0])
+        if chunk not in best or score > best[chunk].score:
+            best[chunk] = SentenceScore(chunk, float(score), str(r[1]), float(r[2]), float(r[3]))
+    return best

@@ -22,10 +22,18 @@ from grace.clock import Clock
 from grace.htm import HTM
 from grace.storage import Database, new_id
 from grace.vault import Vault
-from grace.voice import audio, chunking, formats, fusion, index
+from grace.voice import audio, formats, fusion, index
 from grace.voice.engines import Engines
 from grace.voice.pipeline import STAGES, STEP_NAMES, Pipeline, audio_subject, steps_of
-from grace.voice.tables import voice_audio, voice_chunks, voice_consents, voice_notes, voice_segments, voice_transcripts
+from grace.voice.tables import (
+    voice_audio,
+    voice_chunks,
+    voice_consents,
+    voice_notes,
+    voice_segments,
+    voice_sentences,
+    voice_transcripts,
+)
 
 __all__ = ["CONSENT_SCOPES", "SearchHit", "VoiceNotes"]
 
@@ -39,6 +47,8 @@ MAX_QUERY = 1000
 MAX_TOP_K = 50
 # How a search combines vectors and full text (grace.voice.fusion; chosen by bench/bench_voice.py).
 FUSION = "bonus"
+# How many chunks each of the two rankings (vectors, words) hands to sentence scoring, at least.
+CANDIDATES = 100
 
 
 @dataclass(frozen=True)
@@ -136,8 +146,12 @@ class VoiceNotes:
         self.engines = engines
         self.max_upload_bytes = max_upload_bytes
         self.fusion = FUSION
+        self.sentences = True  # score chunks by their best sentence (False: by the chunk's vector; bench only)
+        self.vectors = index.VectorCache()
         self.pipeline = Pipeline(db, clock, bus, vault, htm, engines)
         self.pipeline.register()
+        # Key rotation re-wraps the recordings' data keys with the rest.
+        vault.register_sealed_data(voice_audio, "note_id", audio_subject)
 
     def __repr__(self) -> str:
         return f"VoiceNotes(backend={self.db.backend!r})"
@@ -369,6 +383,8 @@ class VoiceNotes:
                     )
                 )
                 enqueued = await self.pipeline.submit_in(conn, row["id"], from_stage) if changed.rowcount else None
+                if changed.rowcount:
+                    await index.bump_version(conn, row["owner_id"])  # not searchable until indexed again
             if enqueued is not None:
                 await self.pipeline.htm.announce_created(enqueued)
                 started.append(row["id"])
@@ -455,9 +471,17 @@ class VoiceNotes:
                 await conn.execute(select(voice_chunks.c.id).where(voice_chunks.c.note_id == note_id))
             ).scalars()
             await index.drop_full_text(conn, [int(i) for i in chunk_ids])
-            for table in (voice_chunks, voice_segments, voice_transcripts, voice_audio, voice_consents):
+            for table in (
+                voice_sentences,
+                voice_chunks,
+                voice_segments,
+                voice_transcripts,
+                voice_audio,
+                voice_consents,
+            ):
                 await conn.execute(delete(table).where(table.c.note_id == note_id))
             await conn.execute(delete(voice_notes).where(voice_notes.c.id == note_id))
+            await index.bump_version(conn, row["owner_id"])
             await self.vault.audit.append(
                 conn, "voice.note_deleted", actor=by.name, user_id=row["owner_id"], details={"note_id": note_id}
             )
@@ -479,10 +503,20 @@ class VoiceNotes:
         if not 1 <= top_k <= MAX_TOP_K:
             raise errors.InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}")
         vector = (await self.engines.embed([query]))[0]
-        pool = max(top_k * 4, 20)
+        pool = max(top_k * 4, CANDIDATES)
         async with self.db.read() as conn:
-            by_vector = await index.vector_search(conn, owner, vector, pool)
+            by_chunk = await self.vectors.search(conn, owner, vector, pool)
             by_words = await index.keyword_search(conn, owner, query, pool)
+            candidates = list(dict.fromkeys([c for c, _ in by_chunk] + by_words))
+            best = await index.sentence_scores(conn, owner, candidates, vector) if self.sentences else {}
+            if best:
+                # A chunk's similarity is its best sentence's; a chunk without sentence vectors (a note
+                # processed before they existed) keeps its own, and one found by words alone has none.
+                own = dict(by_chunk)
+                similarity = {c: best[c].score if c in best else own.get(c, -1.0) for c in candidates}
+                by_vector = sorted(similarity.items(), key=lambda item: -item[1])
+            else:
+                by_vector = by_chunk
             scored = fusion.fuse(by_vector, by_words, self.fusion, top_k)
             if not scored:
                 return []
@@ -498,32 +532,19 @@ class VoiceNotes:
                 .mappings()
                 .all()
             }
-            words = {note: await self.pipeline.words(note, conn) for note in {r["note_id"] for r in rows.values()}}
-        candidates: list[tuple[int, chunking.Sentence]] = []
-        for chunk_id, _ in scored:
-            row = rows[chunk_id]
-            within = words[row["note_id"]][row["first_word"] : row["last_word"] + 1]
-            for sentence in chunking.sentences(within):
-                candidates.append((chunk_id, sentence))
-        sentence_vectors = await self.engines.embed([s.text for _, s in candidates])
-        best: dict[int, tuple[float, chunking.Sentence]] = {}
-        for (chunk_id, sentence), sv in zip(candidates, sentence_vectors, strict=True):
-            similarity = float(sv @ vector)
-            if chunk_id not in best or similarity > best[chunk_id][0]:
-                best[chunk_id] = (similarity, sentence)
         hits = []
         for chunk_id, score in scored:
             row = rows[chunk_id]
-            _, sentence = best.get(chunk_id, (0.0, chunking.Sentence(0, 0, row["text"], row["start_s"], row["end_s"])))
+            sentence = best.get(chunk_id)
             hits.append(
                 SearchHit(
                     note_id=row["note_id"],
                     title=row["title"],
                     chunk_index=row["idx"],
-                    start=sentence.start,
-                    end=sentence.end,
+                    start=sentence.start if sentence else row["start_s"],
+                    end=sentence.end if sentence else row["end_s"],
                     score=score,
-                    snippet=sentence.text,
+                    snippet=sentence.text if sentence else row["text"],
                     chunk_start=row["start_s"],
                     chunk_end=row["end_s"],
                 )

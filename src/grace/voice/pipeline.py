@@ -33,7 +33,14 @@ from grace.storage import Database
 from grace.vault import SealedData, Vault
 from grace.voice import audio, chunking, index
 from grace.voice.engines import Engines
-from grace.voice.tables import voice_audio, voice_chunks, voice_notes, voice_segments, voice_transcripts
+from grace.voice.tables import (
+    voice_audio,
+    voice_chunks,
+    voice_notes,
+    voice_segments,
+    voice_sentences,
+    voice_transcripts,
+)
 
 __all__ = ["STAGES", "STEP_NAMES", "Pipeline", "task_type"]
 
@@ -170,6 +177,8 @@ class Pipeline:
                 )
                 .values(**values)
             )
+            if changed.rowcount and stage == "index":
+                await index.bump_version(conn, row["owner_id"])  # the note is searchable from this commit
             if changed.rowcount and following is not None:
                 enqueued = await self.submit_in(conn, row["id"], following)
         if enqueued is not None:
@@ -247,10 +256,13 @@ class Pipeline:
         return [chunking.Word(str(w), float(s), float(e)) for (text,) in rows for w, s, e in json.loads(text)]
 
     async def _chunk(self, row: Any) -> None:
-        chunks = chunking.chunk_words(await self.words(row["id"]))
+        words = await self.words(row["id"])
+        chunks = chunking.chunk_words(words)
+        sentences = chunking.search_sentences(words)
         async with self.db.write() as conn:
             old = (await conn.execute(select(voice_chunks.c.id).where(voice_chunks.c.note_id == row["id"]))).scalars()
             await index.drop_full_text(conn, list(old))
+            await conn.execute(delete(voice_sentences).where(voice_sentences.c.note_id == row["id"]))
             await conn.execute(delete(voice_chunks).where(voice_chunks.c.note_id == row["id"]))
             await conn.execute(
                 insert(voice_chunks),
@@ -268,6 +280,29 @@ class Pipeline:
                     for c in chunks
                 ],
             )
+            ids = dict(
+                (
+                    await conn.execute(
+                        select(voice_chunks.c.idx, voice_chunks.c.id).where(voice_chunks.c.note_id == row["id"])
+                    )
+                ).all()
+            )
+            if sentences:
+                await conn.execute(
+                    insert(voice_sentences),
+                    [
+                        {
+                            "chunk_id": ids[chunking.chunk_of(sentence, chunks)],
+                            "note_id": row["id"],
+                            "owner_id": row["owner_id"],
+                            "idx": i,
+                            "text": sentence.text,
+                            "start_s": sentence.start,
+                            "end_s": sentence.end,
+                        }
+                        for i, sentence in enumerate(sentences)
+                    ],
+                )
         return None
 
     async def _embed(self, row: Any) -> None:
@@ -279,7 +314,15 @@ class Pipeline:
                     .order_by(voice_chunks.c.idx)
                 )
             ).all()
+            sentences = (
+                await conn.execute(
+                    select(voice_sentences.c.id, voice_sentences.c.text)
+                    .where(voice_sentences.c.note_id == row["id"])
+                    .order_by(voice_sentences.c.idx)
+                )
+            ).all()
         vectors = await self.engines.embed([str(r[1]) for r in rows])
+        sentence_vectors = await self.engines.embed([str(r[1]) for r in sentences])
         name = f"{self.engines.embedder.model} ({self.engines.embedder.version})"
         async with self.db.write() as conn:
             for (chunk_id, _), vector in zip(rows, vectors, strict=True):
@@ -287,6 +330,12 @@ class Pipeline:
                     update(voice_chunks)
                     .where(voice_chunks.c.id == chunk_id)
                     .values(embedding=np.asarray(vector, dtype="<f4").tobytes(), embed_model=name)
+                )
+            for (sentence_id, _), vector in zip(sentences, sentence_vectors, strict=True):
+                await conn.execute(
+                    update(voice_sentences)
+                    .where(voice_sentences.c.id == sentence_id)
+                    .values(embedding=np.asarray(vector, dtype="<f4").tobytes())
                 )
         return None
 

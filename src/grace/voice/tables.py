@@ -28,8 +28,10 @@ __all__ = [
     "voice_audio",
     "voice_chunks",
     "voice_consents",
+    "voice_index_versions",
     "voice_notes",
     "voice_segments",
+    "voice_sentences",
     "voice_transcripts",
 ]
 
@@ -114,6 +116,33 @@ voice_chunks = Table(
     Column("embed_model", String(200), nullable=True),
     UniqueConstraint("note_id", "idx", name="uq_voice_chunks_note_idx"),
     Index("ix_voice_chunks_owner_id", "owner_id"),
+)
+
+# Every sentence of a transcript (a long one cut at 300 characters), with its own times and vector,
+# attached to the chunk that holds most of its words. ``embedding`` as for chunks.
+voice_sentences = Table(
+    "voice_sentences",
+    metadata,
+    Column("id", ChunkId, primary_key=True, autoincrement=True),
+    Column("chunk_id", ChunkId, ForeignKey("voice_chunks.id", ondelete="CASCADE"), nullable=False),
+    Column("note_id", String(40), ForeignKey("voice_notes.id", ondelete="CASCADE"), nullable=False),
+    Column("owner_id", String(40), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("start_s", Float, nullable=False),
+    Column("end_s", Float, nullable=False),
+    Column("embedding", LargeBinary, nullable=True),
+    UniqueConstraint("note_id", "idx", name="uq_voice_sentences_note_idx"),
+    Index("ix_voice_sentences_chunk_id", "chunk_id"),
+)
+
+# How many times an owner's searchable notes changed (a note became searchable, stopped being so, or
+# was deleted): a process holding that owner's vectors in memory reloads them when it moves.
+voice_index_versions = Table(
+    "voice_index_versions",
+    metadata,
+    Column("owner_id", String(40), primary_key=True),
+    Column("version", BigInteger, nullable=False),
 )
 
 voice_consents = Table(
