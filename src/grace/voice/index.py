@@ -3,13 +3,12 @@
 - Full text. SQLite: the FTS5 table ``voice_chunks_fts`` (porter stemming), its rowid the chunk's
   id, written by the index stage. PostgreSQL: the generated ``tsv`` column (English configuration)
   with a GIN index, kept by the database itself.
-- Vectors, in two steps, both exact and over the caller's own rows only:
-  1. :class:`VectorCache` holds each recent owner's chunk vectors in memory (a float32 matrix) and
-     scores every one of them against the query (a matrix product); it reloads an owner's vectors
-     when ``voice_index_versions`` says that owner's searchable notes changed.
-  2. :func:`sentence_scores` reads the sentence vectors of the candidate chunks (the best chunks by
-     vector and by words) and scores each chunk by its best sentence.
-  Why not sqlite-vec or a query per search: measured in bench/bench_voice.py and docs/voice.md.
+- Vectors: exact search over the caller's own sentence vectors only. :class:`VectorCache` holds
+  each recent owner's sentence vectors in memory (a float32 matrix), scores every one of them
+  against the query (a matrix product) and ranks each chunk by its best sentence; it reloads an
+  owner's vectors when ``voice_index_versions`` says that owner's searchable notes changed.
+  Why sentences, and why not sqlite-vec or a query per search: measured in bench/bench_voice.py,
+  figures in docs/voice.md.
 
 A query's words are reduced to ``\\w+`` tokens joined by OR before either backend sees them, so no
 query syntax reaches FTS5 or ``to_tsquery``.
@@ -34,10 +33,12 @@ from grace.voice.tables import voice_chunks, voice_index_versions, voice_notes, 
 __all__ = [
     "VectorCache",
     "add_full_text",
+    "best_sentences",
     "bump_version",
+    "chunk_vector_search",
     "drop_full_text",
     "keyword_search",
-    "sentence_scores",
+    "sentences_by_id",
     "tokens",
     "vector_search",
 ]
@@ -126,58 +127,93 @@ def _matrix(blobs: Sequence[bytes], count: int) -> npt.NDArray[np.float32]:
 
 async def _searchable_vectors(
     conn: AsyncConnection, owner_id: str
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    rows = (
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The owner's searchable sentence vectors: (chunk ids, sentence ids, matrix), one row per sentence.
+
+    A chunk with no sentence vectors (a note processed before they existed) has its own vector, with
+    sentence id 0.
+    """
+    searchable = voice_notes.c.steps.like("%indexed%")
+    sentences = (
         await conn.execute(
-            select(voice_chunks.c.id, voice_chunks.c.embedding)
-            .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
-            .where(
-                voice_chunks.c.owner_id == owner_id,
-                voice_chunks.c.embedding.is_not(None),
-                voice_notes.c.steps.like("%indexed%"),
-            )
+            select(voice_sentences.c.chunk_id, voice_sentences.c.id, voice_sentences.c.embedding)
+            .join(voice_notes, voice_notes.c.id == voice_sentences.c.note_id)
+            .where(voice_sentences.c.owner_id == owner_id, voice_sentences.c.embedding.is_not(None), searchable)
         )
     ).all()
-    ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))
+    with_sentences = {int(r[0]) for r in sentences}
+    chunks = [
+        (int(r[0]), 0, r[1])
+        for r in (
+            await conn.execute(
+                select(voice_chunks.c.id, voice_chunks.c.embedding)
+                .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
+                .where(voice_chunks.c.owner_id == owner_id, voice_chunks.c.embedding.is_not(None), searchable)
+            )
+        ).all()
+        if int(r[0]) not in with_sentences
+    ]
+    rows = [(int(r[0]), int(r[1]), r[2]) for r in sentences] + chunks
+    chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    sentence_ids = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
     if not rows:
-        return ids, np.zeros((0, 0), dtype=np.float32)
-    return ids, await asyncio.to_thread(_matrix, [bytes(r[1]) for r in rows], len(rows))
+        return chunk_ids, sentence_ids, np.zeros((0, 0), dtype=np.float32)
+    return chunk_ids, sentence_ids, await asyncio.to_thread(_matrix, [bytes(r[2]) for r in rows], len(rows))
 
 
-def _top(ids: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], limit: int) -> list[tuple[int, float]]:
-    if len(scores) > limit:
-        keep = np.argpartition(-scores, limit)[:limit]
-        ids, scores = ids[keep], scores[keep]
-    order = np.argsort(-scores, kind="stable")
-    return [(int(ids[i]), float(scores[i])) for i in order]
+def _best_chunks(
+    chunk_ids: npt.NDArray[np.int64],
+    sentence_ids: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    limit: int,
+) -> list[tuple[int, float, int]]:
+    """The ``limit`` chunks with the best sentences: ``(chunk id, similarity, sentence id)``, best first."""
+    wanted = limit * 16
+    while True:
+        if len(scores) > wanted:
+            rows = np.argpartition(-scores, wanted)[:wanted]
+            rows = rows[np.argsort(-scores[rows], kind="stable")]
+        else:
+            rows = np.argsort(-scores, kind="stable")
+        found: dict[int, tuple[int, float, int]] = {}
+        for row in rows:
+            chunk = int(chunk_ids[row])
+            if chunk not in found:
+                found[chunk] = (chunk, float(scores[row]), int(sentence_ids[row]))
+                if len(found) == limit:
+                    return list(found.values())
+        if len(rows) == len(scores):
+            return list(found.values())
+        wanted *= 4
 
 
 async def vector_search(
     conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
-) -> list[tuple[int, float]]:
-    """Return ``(chunk id, cosine similarity)`` of ``owner_id``'s searchable chunks, best first (no cache)."""
-    ids, matrix = await _searchable_vectors(conn, owner_id)
-    if not len(ids):
+) -> list[tuple[int, float, int]]:
+    """:meth:`VectorCache.search` without the cache: every vector of the owner is read for this query."""
+    chunk_ids, sentence_ids, matrix = await _searchable_vectors(conn, owner_id)
+    if not len(chunk_ids):
         return []
-    return _top(ids, matrix @ query.astype("<f4"), limit)
+    return _best_chunks(chunk_ids, sentence_ids, matrix @ query.astype("<f4"), limit)
 
 
 @dataclass
 class _Owner:
     version: int
-    ids: npt.NDArray[np.int64]
+    chunk_ids: npt.NDArray[np.int64]
+    sentence_ids: npt.NDArray[np.int64]
     matrix: npt.NDArray[np.float32]
 
 
 class VectorCache:
-    """Recent owners' chunk vectors in memory, each reloaded when its version moves.
+    """Recent owners' sentence vectors in memory, each reloaded when its version moves.
 
-    An owner's entry holds only that owner's searchable chunks; the least recently searched owners
-    are dropped past ``max_bytes``. Every search reads the owner's version first (one row), so a
-    note made searchable, reindexed or deleted by any process is seen by the next search.
+    An owner's entry holds only that owner's searchable notes' vectors; the least recently searched
+    owners are dropped past ``max_bytes``. Every search reads the owner's version first (one row), so
+    a note made searchable, reindexed or deleted by any process is seen by the next search.
     """
 
-    def __init__(self, max_bytes: int = 512 << 20) -> None:
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
         self._owners: OrderedDict[str, _Owner] = OrderedDict()
         self._lock = asyncio.Lock()
@@ -198,8 +234,7 @@ class VectorCache:
         async with self._lock:
             found = self._owners.get(owner_id)
             if found is None or found.version != version:
-                ids, matrix = await _searchable_vectors(conn, owner_id)
-                found = _Owner(version, ids, matrix)
+                found = _Owner(version, *await _searchable_vectors(conn, owner_id))
                 self.loads += 1
                 self._owners[owner_id] = found
                 self._owners.move_to_end(owner_id)
@@ -209,38 +244,41 @@ class VectorCache:
 
     async def search(
         self, conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
-    ) -> list[tuple[int, float]]:
-        """Return ``(chunk id, cosine similarity)`` of ``owner_id``'s searchable chunks, best first."""
+    ) -> list[tuple[int, float, int]]:
+        """``owner_id``'s searchable chunks with the sentences most similar to ``query``, best first.
+
+        Each is ``(chunk id, cosine similarity of its best sentence, that sentence's id)``: every
+        sentence vector of the owner is scored (exact search), and a chunk counts by its best one.
+        """
         entry = await self._entry(conn, owner_id)
-        if not len(entry.ids):
+        if not len(entry.chunk_ids):
             return []
-        return _top(entry.ids, entry.matrix @ query.astype("<f4"), limit)
+        return _best_chunks(entry.chunk_ids, entry.sentence_ids, entry.matrix @ query.astype("<f4"), limit)
 
 
-@dataclass(frozen=True)
-class SentenceScore:
-    chunk_id: int
-    score: float
-    text: str
-    start: float
-    end: float
+async def sentences_by_id(
+    conn: AsyncConnection, owner_id: str, sentence_ids: Sequence[int]
+) -> dict[int, tuple[str, float, float]]:
+    """``owner_id``'s sentences ``sentence_ids``: their text, start and end."""
+    if not sentence_ids:
+        return {}
+    rows = await conn.execute(
+        select(voice_sentences.c.id, voice_sentences.c.text, voice_sentences.c.start_s, voice_sentences.c.end_s).where(
+            voice_sentences.c.id.in_(list(sentence_ids)), voice_sentences.c.owner_id == owner_id
+        )
+    )
+    return {int(r[0]): (str(r[1]), float(r[2]), float(r[3])) for r in rows}
 
 
-async def sentence_scores(
+async def best_sentences(
     conn: AsyncConnection, owner_id: str, chunk_ids: Sequence[int], query: npt.NDArray[np.float32]
-) -> dict[int, SentenceScore]:
-    """For each of ``chunk_ids`` (``owner_id``'s) that has embedded sentences, its best sentence and its similarity."""
+) -> dict[int, int]:
+    """For each of ``owner_id``'s ``chunk_ids`` with sentence vectors, its sentence most similar to ``query``."""
     if not chunk_ids:
         return {}
     rows = (
         await conn.execute(
-            select(
-                voice_sentences.c.chunk_id,
-                voice_sentences.c.text,
-                voice_sentences.c.start_s,
-                voice_sentences.c.end_s,
-                voice_sentences.c.embedding,
-            ).where(
+            select(voice_sentences.c.chunk_id, voice_sentences.c.id, voice_sentences.c.embedding).where(
                 voice_sentences.c.chunk_id.in_(list(chunk_ids)),
                 voice_sentences.c.owner_id == owner_id,
                 voice_sentences.c.embedding.is_not(None),
@@ -249,10 +287,29 @@ async def sentence_scores(
     ).all()
     if not rows:
         return {}
-    scores = _matrix([bytes(r[4]) for r in rows], len(rows)) @ query.astype("<f4")
-    best: dict[int, SentenceScore] = {}
-    for r, score in zip(rows, scores, strict=True):
-        chunk = int(r[0])
-        if chunk not in best or score > best[chunk].score:
-            best[chunk] = SentenceScore(chunk, float(score), str(r[1]), float(r[2]), float(r[3]))
-    return best
+    chunks = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))
+    ids = np.fromiter((int(r[1]) for r in rows), dtype=np.int64, count=len(rows))
+    scores = _matrix([bytes(r[2]) for r in rows], len(rows)) @ query.astype("<f4")
+    return {chunk: sentence for chunk, _, sentence in _best_chunks(chunks, ids, scores, len(chunk_ids))}
+
+
+async def chunk_vector_search(
+    conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
+) -> list[tuple[int, float]]:
+    """Chunks ranked by their own vectors (no sentences, no cache): the older way, kept to measure against."""
+    rows = (
+        await conn.execute(
+            select(voice_chunks.c.id, voice_chunks.c.embedding)
+            .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
+            .where(
+                voice_chunks.c.owner_id == owner_id,
+                voice_chunks.c.embedding.is_not(None),
+                voice_notes.c.steps.like("%indexed%"),
+            )
+        )
+    ).all()
+    if not rows:
+        return []
+    ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))
+    scores = _matrix([bytes(r[1]) for r in rows], len(rows)) @ query.astype("<f4")
+    return [(c, score) for c, score, _ in _best_chunks(ids, ids, scores, limit)]

@@ -47,8 +47,8 @@ MAX_QUERY = 1000
 MAX_TOP_K = 50
 # How a search combines vectors and full text (grace.voice.fusion; chosen by bench/bench_voice.py).
 FUSION = "bonus"
-# How many chunks each of the two rankings (vectors, words) hands to sentence scoring, at least.
-CANDIDATES = 100
+# How many chunks each of the two rankings (vectors, words) hands to the fusion, at least.
+CANDIDATES = 40
 
 
 @dataclass(frozen=True)
@@ -505,18 +505,12 @@ class VoiceNotes:
         vector = (await self.engines.embed([query]))[0]
         pool = max(top_k * 4, CANDIDATES)
         async with self.db.read() as conn:
-            by_chunk = await self.vectors.search(conn, owner, vector, pool)
+            by_sentence = await self.vectors.search(conn, owner, vector, pool)
             by_words = await index.keyword_search(conn, owner, query, pool)
-            candidates = list(dict.fromkeys([c for c, _ in by_chunk] + by_words))
-            best = await index.sentence_scores(conn, owner, candidates, vector) if self.sentences else {}
-            if best:
-                # A chunk's similarity is its best sentence's; a chunk without sentence vectors (a note
-                # processed before they existed) keeps its own, and one found by words alone has none.
-                own = dict(by_chunk)
-                similarity = {c: best[c].score if c in best else own.get(c, -1.0) for c in candidates}
-                by_vector = sorted(similarity.items(), key=lambda item: -item[1])
-            else:
-                by_vector = by_chunk
+            if self.sentences:
+                by_vector = [(chunk, score) for chunk, score, _ in by_sentence]
+            else:  # the chunks' own vectors (bench only: measured against sentences)
+                by_vector = await index.chunk_vector_search(conn, owner, vector, pool)
             scored = fusion.fuse(by_vector, by_words, self.fusion, top_k)
             if not scored:
                 return []
@@ -532,19 +526,25 @@ class VoiceNotes:
                 .mappings()
                 .all()
             }
+            # Each hit points at its chunk's best sentence (one found by words alone: scored here).
+            best_of = {chunk: sentence for chunk, _, sentence in by_sentence if sentence}
+            missing = [c for c, _ in scored if c not in best_of]
+            if missing:
+                best_of.update(await index.best_sentences(conn, owner, missing, vector))
+            said = await index.sentences_by_id(conn, owner, [best_of[c] for c, _ in scored if c in best_of])
         hits = []
         for chunk_id, score in scored:
             row = rows[chunk_id]
-            sentence = best.get(chunk_id)
+            sentence = said.get(best_of.get(chunk_id, 0))
             hits.append(
                 SearchHit(
                     note_id=row["note_id"],
                     title=row["title"],
                     chunk_index=row["idx"],
-                    start=sentence.start if sentence else row["start_s"],
-                    end=sentence.end if sentence else row["end_s"],
+                    start=sentence[1] if sentence else row["start_s"],
+                    end=sentence[2] if sentence else row["end_s"],
                     score=score,
-                    snippet=sentence.text if sentence else row["text"],
+                    snippet=sentence[0] if sentence else row["text"],
                     chunk_start=row["start_s"],
                     chunk_end=row["end_s"],
                 )
