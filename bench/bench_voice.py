@@ -559,20 +559,24 @@ def _sentence_count(text: str) -> int:
     return len(search_sentences([Word(w, 0, 0) for w in text.split()]))
 
 
+def _read_cache(path: Path) -> dict[str, np.ndarray]:
+    return pickle.loads(path.read_bytes()) if path.is_file() else {}
+
+
+def _write_cache(path: Path, cache: dict[str, np.ndarray]) -> None:
+    if path.parent.is_dir():
+        path.write_bytes(pickle.dumps(cache))
+
+
 async def _embed_unique(services: Services, texts: list[str]) -> dict[str, np.ndarray]:
     """Each distinct text's vector; with ``BENCH_VOICE_EMBED_CACHE`` (a pickle of text -> vector made by
     the same model) the texts already there are not embedded again."""
-    cache_path = os.environ.get("BENCH_VOICE_EMBED_CACHE")
-    cache: dict[str, np.ndarray] = {}
-    if cache_path and Path(cache_path).exists():
-        with open(cache_path, "rb") as f:
-            cache = pickle.load(f)
+    path = Path(os.environ.get("BENCH_VOICE_EMBED_CACHE", "/nonexistent/bench-voice-embeddings.pkl"))
+    cache = _read_cache(path)
     unique = sorted(set(texts) - set(cache))
     if unique:
         cache.update(zip(unique, await services.voice.engines.embed(unique), strict=True))
-        if cache_path:
-            with open(cache_path, "wb") as f:
-                pickle.dump(cache, f)
+        _write_cache(path, cache)
     return {t: cache[t] for t in set(texts)}
 
 
