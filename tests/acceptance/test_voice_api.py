@@ -83,9 +83,10 @@ async def test_a_spoken_note_becomes_searchable_by_its_owner_only(
     # The words that were said, each sentence where it was placed (±1 s).
     transcript = (await http.get(f"/api/voice-notes/{budget}/transcript", headers=owner)).json()
     said = transcript["transcript"].lower()
-    # tiny.en under load once heard "review" as "renew": every expected word but at most one.
-    expected = ("review", "thursday", "spreadsheet", "maria", "noon", "budget", "afternoon")
-    assert sum(word in said for word in expected) >= len(expected) - 1, said
+    # Not "quarterly budget review": tiny.en hears espeak-ng's voice say it as "quarterly budget renew"
+    # or "quarter-limajat renew" (seen on this machine, the same every time for the same audio).
+    for word in ("moves", "thursday", "afternoon", "revised", "spreadsheet", "maria", "noon"):
+        assert word in said, said
     assert transcript["length"] == len(transcript["transcript"])
     assert transcript["engine"] == "faster-whisper" and transcript["model"] == "tiny.en"
     words = [w for s in transcript["segments"] for w in s["words"]]
