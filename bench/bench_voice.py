@@ -637,15 +637,15 @@ async def run() -> dict[str, Any]:
             async with _services("sqlite", workdir / "pipeline") as services:
                 await services.htm.start_workers()
                 result["pipeline"] = {f"{m:g}_minutes": await _pipeline(services, m, workdir) for m in MINUTES}
+        if "recall" in PARTS:
+            async with _services("sqlite", workdir / "recall") as services:
+                result["recall"] = await _recall(services)
         if "search" in PARTS:
             for backend in backends:
                 async with _services(backend, workdir / f"search-{backend}") as services:
                     result[f"search_{backend}"] = [
                         await _search_latency(services, n, backend, workdir) for n in CHUNK_COUNTS
                     ]
-        if "recall" in PARTS:
-            async with _services("sqlite", workdir / "recall") as services:
-                result["recall"] = await _recall(services)
     summary: dict[str, Any] = {}
     if "pipeline" in result:
         summary["rtf"] = {k: v["stages"].get("transcribe", {}).get("rtf") for k, v in result["pipeline"].items()}
