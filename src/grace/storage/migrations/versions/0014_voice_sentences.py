@@ -1,7 +1,7 @@
 """Voice search: a vector per sentence beside each chunk's, and a per-owner index version.
 
-Revision ID: 0013_voice_sentences
-Revises: 0012_htm_dashboard
+Revision ID: 0014_voice_sentences
+Revises: 0013_edge
 
 ``voice_sentences`` holds every sentence of a note's transcript with its own start and end and its
 own vector, attached to the chunk that holds most of it (search scores a chunk by its best sentence:
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_voice_sentences"
-down_revision = "0012_htm_dashboard"
+revision = "0014_voice_sentences"
+down_revision = "0013_edge"
 branch_labels = None
 depends_on = None
 
