@@ -44,7 +44,7 @@ from grace.auth import Principal, Role
 from grace.config import load_settings
 from grace.htm.tables import htm_tasks
 from grace.services import Services, build
-from grace.voice import chunk_words, index
+from grace.voice import chunk_words, index, notes
 from grace.voice.chunking import Word, search_sentences
 from grace.voice.tables import voice_chunks, voice_notes, voice_segments, voice_sentences
 
@@ -620,7 +620,7 @@ async def _recall(services: Services) -> dict[str, Any]:
                 "recall_at_5": round(sum(1 for r in ranks if r and r <= 5) / len(ranks), 3),
                 "mrr": round(statistics.fmean(1 / r if r else 0.0 for r in ranks), 3),
             }
-    services.voice.fusion, services.voice.sentences = "bonus", True
+    services.voice.fusion, services.voice.sentences = notes.FUSION, True
     return results
 
 

@@ -46,7 +46,7 @@ MAX_PURPOSE = 200
 MAX_QUERY = 1000
 MAX_TOP_K = 50
 # How a search combines vectors and full text (grace.voice.fusion; chosen by bench/bench_voice.py).
-FUSION = "bonus"
+FUSION = "vector"
 # How many chunks each of the two rankings (vectors, words) hands to the fusion, at least.
 CANDIDATES = 40
 
