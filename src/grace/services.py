@@ -23,6 +23,8 @@ from grace.htm import ADMINS, HTM, task_limits
 from grace.htm import load_config as load_htm_config
 from grace.idempotency import IdempotencyKeys
 from grace.integrity import SEAL_LABEL
+from grace.intents import Intents
+from grace.intents import load_config as load_intents_config
 from grace.playbooks import LEADER_LOCK, RUN_TASK, Capabilities, Playbooks, Scheduler, default_registry
 from grace.vault import ROTATION_TASK, Vault, stored_master_key
 from grace.voice import VoiceNotes, engines
@@ -50,7 +52,11 @@ class Services:
     voice: VoiceNotes
     playbooks: Playbooks
     scheduler: Scheduler
+<<<<<<< HEAD
     idempotency: IdempotencyKeys
+=======
+    intents: Intents
+>>>>>>> d2bbf07 (Intents (grace.intents): an agent's intent recorded, then submitted as an intent.<handler> task of origin intent with its context in the payload, linked both ways; its status follows its task (listener on htm.task.*, settle on read); agentic.intent.* on the bus; every finished intent records a learning outcome; migration 0011_intents)
     bootstrap: auth.BootstrapCredentials | None = None  # the first admin, when this build created it
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -67,6 +73,8 @@ class Services:
         self.htm.start_sla()
         if self.settings.playbooks_scheduler:
             self.scheduler.start()
+        # Intents follow their tasks' events; the sweep recovers orphans (now, then periodically).
+        self.intents.start()
 
     async def _start_htm_workers(self) -> None:
         # The serving process runs an embedded worker pool; close() stops it gracefully.
@@ -111,6 +119,7 @@ class Services:
             await _stop(task)
         await self.accounts.close()
         await self.scheduler.stop()
+        await self.intents.close()
         await self.vault.close()
         await self.htm.close()
         await self.bus.close()
@@ -222,9 +231,14 @@ async def build(
     scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK), person=person)
     # Playbook runs are HTM tasks (fairness, SLAs and the dashboard apply); people, never an agent, submit them.
     htm.handlers.register(RUN_TASK, scheduler.run_task, submitters=ADMINS)
+<<<<<<< HEAD
     services = Services(
         settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler, IdempotencyKeys(db, clock)
     )
+=======
+    intents = Intents(db, clock, bus, htm, accounts, load_intents_config())
+    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler, intents)
+>>>>>>> d2bbf07 (Intents (grace.intents): an agent's intent recorded, then submitted as an intent.<handler> task of origin intent with its context in the payload, linked both ways; its status follows its task (listener on htm.task.*, settle on read); agentic.intent.* on the bus; every finished intent records a learning outcome; migration 0011_intents)
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
@@ -24,6 +25,7 @@ from grace.htm.config import HTMConfig
 from grace.htm.outcomes import Recorder
 from grace.htm.queue import Exchange, Finished, Outcome, Queue
 from grace.htm.submission import Enqueued, Submitted, Within
+from grace.htm.tables import htm_tasks
 from grace.htm.tasks import Status, Task, TaskRequest
 from grace.htm.workers import HandlerRegistry, LocalWorkers, TaskContext, WorkerPool
 from grace.storage import Database
@@ -212,6 +214,31 @@ class HTM:
         await self.events.emit(events.UPDATE, finished.event())
         self.local.stop_task(task_id)
         return await self.queue.get(task_id, visible_to=None)
+
+    async def tasks_by_id(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """Return the stored tasks among ``task_ids`` (everyone's: for Grace's own bookkeeping), by id."""
+        if not task_ids:
+            return {}
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(htm_tasks).where(htm_tasks.c.task_id.in_(list(task_ids))))).mappings()
+            return {row["task_id"]: Task.from_row(row) for row in rows}
+
+    async def unfinished_with_intent(self, *, task_type_prefix: str, limit: int = 1000) -> list[tuple[str, str]]:
+        """Return (task_id, intent_id) of waiting or running tasks of types under ``task_type_prefix`` that name an intent."""
+        t = htm_tasks
+        unfinished = [s.value for s in Status if not s.finished]
+        query = (
+            select(t.c.task_id, t.c.intent_id)
+            .where(
+                t.c.intent_id.is_not(None),
+                t.c.status.in_(unfinished),
+                t.c.task_type.startswith(task_type_prefix, autoescape=True),
+            )
+            .order_by(t.c.seq)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            return [(str(r[0]), str(r[1])) for r in (await conn.execute(query)).all()]
 
     async def late_completions(self, task_id: str, *, principal: Principal | None) -> list[dict[str, Any]]:
         await self.get(task_id, principal=principal)
