@@ -52,6 +52,14 @@ async def wait_for(events: Subscription, topic: str, intent_id: str) -> dict[str
             return dict(event.payload)
 
 
+async def running(updates: Subscription, task_id: str) -> None:
+    while True:
+        event = await updates.get(timeout=30)
+        assert event is not None, f"{task_id} did not start within 30 s"
+        if event.payload.get("task_id") == task_id and event.payload.get("status") == "running":
+            return
+
+
 async def test_an_intent_runs_as_its_task_and_its_outcome_reaches_the_learning_loop(cast: Cast) -> None:
     services = cast.services
     intents = services.intents
@@ -78,10 +86,10 @@ async def test_an_intent_runs_as_its_task_and_its_outcome_reaches_the_learning_l
     assert task.payload["goal"] == "Index new documents in uploads folder"
     assert task.sla_ms == 30000 and task.priority.value == "high"
 
+    updates = await services.bus.subscribe("htm.task.update").open()
     services.intents.start()
     await services.htm.start_workers()
-    while (await intents.get(intent.intent_id, principal=cast.agent)).status is not IntentStatus.RUNNING:
-        await asyncio.sleep(0.01)
+    await running(updates, intent.htm_task_id or "")
     cast.gate.set()  # type: ignore[attr-defined]
     done = await wait_for(events, "agentic.intent.completed", intent.intent_id)
     assert done["sla_met"] is True and done["status"] == "completed"
@@ -132,10 +140,11 @@ async def test_a_task_that_times_out_times_its_intent_out(cast: Cast, monkeypatc
     events = await services.bus.subscribe("agentic.intent.*").open()
     intent = await services.intents.submit(cast.owner, goal="Think for an hour", handler="slow")
     # The task manager times the attempt out against the injected clock.
+    updates = await services.bus.subscribe("htm.task.update").open()
     services.intents.start()
     await services.htm.start_workers()
-    while (await services.intents.get(intent.intent_id, principal=cast.owner)).status is not IntentStatus.RUNNING:
-        await asyncio.sleep(0.01)
+    await running(updates, intent.htm_task_id or "")
+    assert (await services.intents.get(intent.intent_id, principal=cast.owner)).status is IntentStatus.RUNNING
     cast.clock.advance(services.htm.config.timeout_seconds + 1)
     timeout = await wait_for(events, "agentic.intent.timeout", intent.intent_id)
     assert timeout["status"] == "timed_out"

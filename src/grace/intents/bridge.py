@@ -32,6 +32,8 @@ __all__ = ["Bridge", "action_type_of"]
 
 log = logging.getLogger("grace.intents")
 
+LINKED = (IntentStatus.QUEUED.value, IntentStatus.RUNNING.value)
+
 
 def action_type_of(domain: str) -> str:
     """Return the learning loop's action type for an intent of ``domain`` (the seed's ``intent_<domain>``)."""
@@ -55,7 +57,9 @@ class Bridge:
         i = intent_records
         query = (
             select(i)
-            .where(i.c.status.in_([IntentStatus.QUEUED.value, IntentStatus.RUNNING.value]), i.c.htm_task_id.is_not(None))
+            .where(
+                i.c.status.in_([IntentStatus.QUEUED.value, IntentStatus.RUNNING.value]), i.c.htm_task_id.is_not(None)
+            )
             .order_by(i.c.created_at)
             .limit(limit)
         )
@@ -97,7 +101,7 @@ class Bridge:
         reason: str | None = None,
         conn: AsyncConnection | None = None,
     ) -> int:
-        """Finish the open intent ``row`` as ``status`` and record its outcome (unless cancelled); 1 if this call did."""
+        """Finish the open intent ``row`` as ``status``, recording its outcome unless cancelled; 1 if this call did."""
         assert status in FINISHED
         if conn is not None:
             done = await self._finish_in(conn, row, status, task=task, reason=reason)

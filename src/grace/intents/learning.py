@@ -51,6 +51,10 @@ class OutcomeFacts:
     sla_met: bool | None = None
 
 
+# (task type, its outcomes) -> (the SLA configured for it, where that comes from)
+Configured = Callable[[str, Sequence["OutcomeFacts"]], tuple[int | None, str | None]]
+
+
 def percentile(ordered: Sequence[float], q: float) -> float | None:
     """Return the nearest-rank ``q``-th percentile of ``ordered`` (sorted ascending); None when empty."""
     if not ordered:
@@ -116,9 +120,7 @@ def suggest_sla_ms(successful_seconds: Sequence[float]) -> int | None:
     return max(100, math.ceil(p95 * 1000 * HEADROOM / 100) * 100)
 
 
-def summarise(
-    outcomes: Sequence[OutcomeFacts], configured: Callable[[str, Sequence[OutcomeFacts]], tuple[int | None, str | None]]
-) -> dict[str, Any]:
+def summarise(outcomes: Sequence[OutcomeFacts], configured: Configured) -> dict[str, Any]:
     """Return the figures per action type and per domain, and a suggested SLA per task type.
 
     ``configured(task_type, its_outcomes)`` returns the SLA configured for the type and where it
@@ -167,7 +169,9 @@ def most_requested_sla(outcomes: Iterable[OutcomeFacts]) -> int | None:
     return [ms for ms, n in counts.items() if n == best][-1]
 
 
-def configured_from(defaults: Mapping[str, int]) -> Callable[[str, Sequence[OutcomeFacts]], tuple[int | None, str | None]]:
+def configured_from(
+    defaults: Mapping[str, int],
+) -> Callable[[str, Sequence[OutcomeFacts]], tuple[int | None, str | None]]:
     """Return a ``configured`` for :func:`summarise`: a default per task type, else the SLA most requested."""
 
     def configured(task_type: str, group: Sequence[OutcomeFacts]) -> tuple[int | None, str | None]:

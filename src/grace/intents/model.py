@@ -93,7 +93,7 @@ class Intent:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Intent:
+    def from_row(cls, row: Mapping[Any, Any]) -> Intent:
         return cls(
             intent_id=row["intent_id"],
             goal=row["goal"],

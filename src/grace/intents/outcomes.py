@@ -159,16 +159,20 @@ class LearningLoop:
         now = self.clock.now()
         since: datetime | None = now - timedelta(days=window_days) if window_days is not None else None
         t = learning_outcomes
-        query = select(
-            t.c.action_type,
-            t.c.domain,
-            t.c.task_type,
-            t.c.success,
-            t.c.confidence_score,
-            t.c.execution_time,
-            t.c.sla_ms,
-            t.c.sla_met,
-        ).order_by(t.c.recorded_at.desc()).limit(MAX_SUMMARY_ROWS)
+        query = (
+            select(
+                t.c.action_type,
+                t.c.domain,
+                t.c.task_type,
+                t.c.success,
+                t.c.confidence_score,
+                t.c.execution_time,
+                t.c.sla_ms,
+                t.c.sla_met,
+            )
+            .order_by(t.c.recorded_at.desc())
+            .limit(MAX_SUMMARY_ROWS)
+        )
         if visible_to is not None:
             query = query.where(t.c.owner_id == visible_to)
         if action_type is not None:

@@ -35,11 +35,13 @@ from grace.intents.model import Intent, IntentStatus
 from grace.intents.tables import intent_records
 from grace.storage import Database
 
-__all__ = ["NEVER_CREATED", "Sweep", "Sweeper", "VANISHED"]
+__all__ = ["NEVER_CREATED", "VANISHED", "Sweep", "Sweeper"]
 
 log = logging.getLogger("grace.intents")
 
-NEVER_CREATED = "its task was never created (the submitting process stopped between recording the intent and creating the task)"
+NEVER_CREATED = (
+    "its task was never created (the submitting process stopped between recording the intent and creating the task)"
+)
 VANISHED = "its task vanished from the task manager"
 BATCH = 500
 
@@ -135,7 +137,11 @@ class Sweeper:
                 for r in (
                     await conn.execute(
                         select(i)
-                        .where(i.c.status == IntentStatus.PENDING.value, i.c.htm_task_id.is_(None), i.c.created_at <= cutoff)
+                        .where(
+                            i.c.status == IntentStatus.PENDING.value,
+                            i.c.htm_task_id.is_(None),
+                            i.c.created_at <= cutoff,
+                        )
                         .order_by(i.c.created_at)
                         .limit(BATCH)
                     )
@@ -183,6 +189,13 @@ class Sweeper:
         i = intent_records
         async with self.db.read() as conn:
             row = (
-                await conn.execute(select(i.c.status, i.c.htm_task_id, i.c.recoveries).where(i.c.intent_id == intent.intent_id))
+                await conn.execute(
+                    select(i.c.status, i.c.htm_task_id, i.c.recoveries).where(i.c.intent_id == intent.intent_id)
+                )
             ).first()
-        return row is not None and row[0] == intent.status.value and row[1] == intent.htm_task_id and row[2] == intent.recoveries
+        return (
+            row is not None
+            and row[0] == intent.status.value
+            and row[1] == intent.htm_task_id
+            and row[2] == intent.recoveries
+        )

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
 from grace.auth import Accounts, Principal, Role
@@ -68,9 +69,7 @@ class Intents:
         self.handlers = IntentHandlers(htm.handlers, self.exists)
         self.learning = LearningLoop(db, clock)
         self.bridge = Bridge(db, clock, bus, htm, self.learning)
-        self.sweeper = recovery.Sweeper(
-            db, clock, config, htm=htm, bridge=self.bridge, resubmit=self._resubmit
-        )
+        self.sweeper = recovery.Sweeper(db, clock, config, htm=htm, bridge=self.bridge, resubmit=self._resubmit)
         self._background: list[asyncio.Task[None]] = []
         register_builtin(self.handlers, clock)
 
@@ -119,7 +118,8 @@ class Intents:
             raise errors.InvalidInput(f"goal must be at most {MAX_GOAL_CHARS} characters", details={"field": "goal"})
         if expected_outcome is not None and len(expected_outcome) > MAX_EXPECTED_CHARS:
             raise errors.InvalidInput(
-                f"expected_outcome must be at most {MAX_EXPECTED_CHARS} characters", details={"field": "expected_outcome"}
+                f"expected_outcome must be at most {MAX_EXPECTED_CHARS} characters",
+                details={"field": "expected_outcome"},
             )
         if sla_ms is not None and (isinstance(sla_ms, bool) or not 0 < sla_ms <= MAX_SLA_MS):
             raise errors.InvalidInput(
@@ -166,13 +166,19 @@ class Intents:
         try:
             async with self.db.write() as conn:
                 taken = (
-                    await conn.execute(select(intent_records.c.intent_id).where(intent_records.c.intent_id == row["intent_id"]))
+                    await conn.execute(
+                        select(intent_records.c.intent_id).where(intent_records.c.intent_id == row["intent_id"])
+                    )
                 ).first()
                 if taken is not None:
-                    raise errors.Conflict(f"intent_id {row['intent_id']!r} is already taken", details={"field": "intent_id"})
+                    raise errors.Conflict(
+                        f"intent_id {row['intent_id']!r} is already taken", details={"field": "intent_id"}
+                    )
                 await conn.execute(insert(intent_records).values(**row))
         except IntegrityError:
-            raise errors.Conflict(f"intent_id {row['intent_id']!r} is already taken", details={"field": "intent_id"}) from None
+            raise errors.Conflict(
+                f"intent_id {row['intent_id']!r} is already taken", details={"field": "intent_id"}
+            ) from None
         if os.environ.get(CRASH_AFTER_RECORD_ENV) == "1":
             os._exit(CRASH_EXIT_CODE)
         # Write 2: the task, and both links.
@@ -303,10 +309,12 @@ class Intents:
     async def exists(self, intent_id: str) -> bool:
         """Return whether the intent ``intent_id`` is stored."""
         async with self.db.read() as conn:
-            found = (
-                await conn.execute(select(intent_records.c.intent_id).where(intent_records.c.intent_id == intent_id))
-            ).first()
-        return found is not None
+            return await self._stored(conn, intent_id)
+
+    @staticmethod
+    async def _stored(conn: AsyncConnection, intent_id: str) -> bool:
+        query = select(intent_records.c.intent_id).where(intent_records.c.intent_id == intent_id)
+        return (await conn.execute(query)).first() is not None
 
     async def _read(self, intent_id: str, *, visible_to: str | None) -> Intent:
         query = select(intent_records).where(intent_records.c.intent_id == intent_id)
@@ -322,9 +330,12 @@ class Intents:
         """Return an intent, in step with its task; 404 when it does not exist or is another member's."""
         seen = self.visible_to(principal)
         intent = await self._read(intent_id, visible_to=seen)
-        if not intent.status.finished and intent.htm_task_id is not None:
-            if await self.bridge.settle(intent_ids=[intent_id]):
-                intent = await self._read(intent_id, visible_to=seen)
+        if (
+            not intent.status.finished
+            and intent.htm_task_id is not None
+            and await self.bridge.settle(intent_ids=[intent_id])
+        ):
+            intent = await self._read(intent_id, visible_to=seen)
         return intent
 
     async def list_intents(
@@ -383,7 +394,11 @@ class Intents:
 
     async def _row(self, intent_id: str) -> dict[str, Any]:
         async with self.db.read() as conn:
-            row = (await conn.execute(select(intent_records).where(intent_records.c.intent_id == intent_id))).mappings().first()
+            row = (
+                (await conn.execute(select(intent_records).where(intent_records.c.intent_id == intent_id)))
+                .mappings()
+                .first()
+            )
         if row is None:
             raise errors.NotFound(f"no intent {intent_id[:100]!r}")
         return dict(row)
