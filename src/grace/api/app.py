@@ -14,7 +14,7 @@ from grace.api import contract, docs_pages
 from grace.api import errors as api_errors
 from grace.api.bodies import EdgeBounds
 from grace.api.middleware import RequestContext
-from grace.api.routes import auth, health, htm, metrics, playbooks, secrets, users, voice
+from grace.api.routes import auth, health, htm, intents, metrics, playbooks, secrets, users, voice
 from grace.clock import Clock
 from grace.config import Settings
 
@@ -65,7 +65,7 @@ def create_app(
     app.add_middleware(
         RequestContext, max_body_bytes=settings.max_request_bytes, larger_bodies=voice.larger_bodies(settings)
     )
-    for module in (health, auth, users, secrets, htm, voice, metrics, playbooks):
+    for module in (health, auth, users, secrets, htm, intents, voice, metrics, playbooks):
         app.include_router(module.router)
     contract.install(app)
     docs_pages.install(app)

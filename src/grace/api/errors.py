@@ -77,6 +77,13 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _naming(details: list[dict[str, Any]]) -> str:
+    """Return the message for a request that does not match its shape, naming where (never the value)."""
+    where = [f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:3]]
+    more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
+    return "the request does not match the expected shape: " + "; ".join(where) + more
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into the one error shape."""
 
@@ -96,12 +103,7 @@ def install(app: FastAPI) -> None:
         details = _validation_details(exc)
         malformed = any(d["type"] == "json_invalid" for d in details)
         code, message = (
-            ("malformed_json", "the body is not valid JSON")
-            if malformed
-            else (
-                "invalid_input",
-                "the request does not match the expected shape",
-            )
+            ("malformed_json", "the body is not valid JSON") if malformed else ("invalid_input", _naming(details))
         )
         log.info("http.error", extra={"status": 422, "code": code, "reason": message})
         return error_response(422, code, message, details)

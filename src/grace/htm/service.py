@@ -224,7 +224,7 @@ class HTM:
             return {row["task_id"]: Task.from_row(row) for row in rows}
 
     async def unfinished_with_intent(self, *, task_type_prefix: str, limit: int = 1000) -> list[tuple[str, str]]:
-        """Return (task_id, intent_id) of waiting or running tasks of types under ``task_type_prefix`` that name an intent."""
+        """Return (task_id, intent_id) of unfinished tasks of types under ``task_type_prefix`` naming an intent."""
         t = htm_tasks
         unfinished = [s.value for s in Status if not s.finished]
         query = (
