@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from grace import __version__, storage
-from grace.cli import audit, htm, keys, playbooks, secrets, tasks, tokens, users, voice
+from grace.cli import audit, htm, intents, keys, playbooks, secrets, tasks, tokens, users, voice
 from grace.cli.common import console, err_console, fail, open_services, run, settings
 from grace.integrity import SEAL_LABEL
 from grace.vault import stored_master_key
@@ -27,6 +27,8 @@ app.add_typer(tasks.app, name="tasks")
 app.add_typer(htm.app, name="htm")
 app.add_typer(voice.app, name="voice")
 app.add_typer(playbooks.app, name="playbook")
+app.add_typer(intents.app, name="intents")
+app.add_typer(intents.learning_app, name="learning")
 app.command("worker")(tasks.worker)
 
 
