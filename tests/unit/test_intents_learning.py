@@ -74,7 +74,10 @@ def test_calibration_accounts_for_every_outcome_and_the_brier_score_stays_in_ran
 ) -> None:
     assert sum(b["count"] for b in calibration(pairs)) == len(pairs)
     score = brier_score(pairs)
-    assert score is None if not pairs else 0 <= score <= 1
+    if not pairs:
+        assert score is None
+    else:
+        assert score is not None and 0 <= score <= 1
 
 
 @given(st.lists(st.floats(0, 1e6), min_size=1, max_size=50), st.floats(0, 100))
