@@ -237,6 +237,7 @@ async def build(
     )
 =======
     intents = Intents(db, clock, bus, htm, accounts, load_intents_config())
+    voice.use_learning_loop(intents.learning.record_outcome)  # the voice pipeline's learn step
     services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler, intents)
 >>>>>>> d2bbf07 (Intents (grace.intents): an agent's intent recorded, then submitted as an intent.<handler> task of origin intent with its context in the payload, linked both ways; its status follows its task (listener on htm.task.*, settle on read); agentic.intent.* on the bus; every finished intent records a learning outcome; migration 0011_intents)
     if bootstrap:

@@ -80,6 +80,12 @@ async def test_a_spoken_note_becomes_searchable_by_its_owner_only(
         assert status["steps_completed"] == ["consent_granted", "transcribed", "embedded", "ingested", "learned"]
         assert status["searchable"] is True and status["progress"] == 1.0 and status["error"] is None
 
+    # The learn step fed the learning loop: one outcome per note, its owner's, without the transcript.
+    learned = (await http.get("/api/learning/outcomes", params={"domain": "voice"}, headers=owner)).json()
+    assert sorted(o["context"]["note_id"] for o in learned["outcomes"]) == sorted([budget, garden])
+    assert all(o["action_type"] == "voice_note" and o["success"] for o in learned["outcomes"])
+    assert "review" not in str(learned).lower()
+
     # The words that were said, each sentence where it was placed (±1 s).
     transcript = (await http.get(f"/api/voice-notes/{budget}/transcript", headers=owner)).json()
     said = transcript["transcript"].lower()

@@ -330,11 +330,9 @@ class Intents:
         """Return an intent, in step with its task; 404 when it does not exist or is another member's."""
         seen = self.visible_to(principal)
         intent = await self._read(intent_id, visible_to=seen)
-        if (
-            not intent.status.finished
-            and intent.htm_task_id is not None
-            and await self.bridge.settle(intent_ids=[intent_id])
-        ):
+        if not intent.status.finished and intent.htm_task_id is not None:
+            # Read again whoever settled it: this call, or the listener a moment before.
+            await self.bridge.settle(intent_ids=[intent_id])
             intent = await self._read(intent_id, visible_to=seen)
         return intent
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +156,10 @@ class VoiceNotes:
 
     def __repr__(self) -> str:
         return f"VoiceNotes(backend={self.db.backend!r})"
+
+    def use_learning_loop(self, feed: Callable[..., Awaitable[dict[str, Any]]]) -> None:
+        """Feed the learn stage's outcome to ``feed`` (``grace.intents.LearningLoop.record_outcome``)."""
+        self.pipeline.learning_feed = feed
 
     # -- reading a note ---------------------------------------------------------------
 

@@ -86,6 +86,8 @@ class Pipeline:
         self.vault = vault
         self.htm = htm
         self.engines = engines
+        # The learning loop's feed (grace.intents.LearningLoop.record_outcome), set by the composition root.
+        self.learning_feed: Callable[..., Awaitable[dict[str, Any]]] | None = None
         self._stages: dict[str, Callable[[Any], Awaitable[str | None]]] = {
             "decode": self._decode,
             "transcribe": self._transcribe,
@@ -355,7 +357,21 @@ class Pipeline:
         return None
 
     async def _learn(self, row: Any) -> str:
-        return LEARNING_LOOP_ABSENT if row["consent_learning"] else LEARNING_NOT_CONSENTED
+        if not row["consent_learning"]:
+            return LEARNING_NOT_CONSENTED
+        if self.learning_feed is None:
+            return LEARNING_LOOP_ABSENT
+        # What the loop learns is how processing a note went: no transcript, no title.
+        outcome = await self.learning_feed(
+            action_type="voice_note",
+            success=True,
+            execution_time=max(0.0, (self.clock.now() - row["created_at"]).total_seconds()),
+            context={"note_id": row["id"], "duration_seconds": row["duration_seconds"]},
+            owner_id=row["owner_id"],
+            recorded_by="grace",
+            domain="voice",
+        )
+        return f"fed to the learning loop (outcome {outcome['outcome_id']})"
 
 
 async def _in_thread(fn: Callable[[bytes], audio.Decoded], data: bytes) -> audio.Decoded:
