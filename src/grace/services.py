@@ -52,11 +52,8 @@ class Services:
     voice: VoiceNotes
     playbooks: Playbooks
     scheduler: Scheduler
-<<<<<<< HEAD
     idempotency: IdempotencyKeys
-=======
     intents: Intents
->>>>>>> d2bbf07 (Intents (grace.intents): an agent's intent recorded, then submitted as an intent.<handler> task of origin intent with its context in the payload, linked both ways; its status follows its task (listener on htm.task.*, settle on read); agentic.intent.* on the bus; every finished intent records a learning outcome; migration 0011_intents)
     bootstrap: auth.BootstrapCredentials | None = None  # the first admin, when this build created it
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -231,15 +228,23 @@ async def build(
     scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK), person=person)
     # Playbook runs are HTM tasks (fairness, SLAs and the dashboard apply); people, never an agent, submit them.
     htm.handlers.register(RUN_TASK, scheduler.run_task, submitters=ADMINS)
-<<<<<<< HEAD
-    services = Services(
-        settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler, IdempotencyKeys(db, clock)
-    )
-=======
     intents = Intents(db, clock, bus, htm, accounts, load_intents_config())
     voice.use_learning_loop(intents.learning.record_outcome)  # the voice pipeline's learn step
-    services = Services(settings, clock, db, bus, accounts, sign_in, vault, htm, voice, playbooks, scheduler, intents)
->>>>>>> d2bbf07 (Intents (grace.intents): an agent's intent recorded, then submitted as an intent.<handler> task of origin intent with its context in the payload, linked both ways; its status follows its task (listener on htm.task.*, settle on read); agentic.intent.* on the bus; every finished intent records a learning outcome; migration 0011_intents)
+    services = Services(
+        settings,
+        clock,
+        db,
+        bus,
+        accounts,
+        sign_in,
+        vault,
+        htm,
+        voice,
+        playbooks,
+        scheduler,
+        IdempotencyKeys(db, clock),
+        intents,
+    )
     if bootstrap:
         token = settings.bootstrap_token.get_secret_value() if settings.bootstrap_token else None
         services.bootstrap = await accounts.bootstrap(token)
