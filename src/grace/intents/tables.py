@@ -3,7 +3,7 @@
 ``intent_records.htm_task_id`` names the task serving the intent; ``htm_tasks.intent_id`` (there since
 ``0002_htm``) names the intent a task serves. Neither is a foreign key: the task manager's retention may
 delete a finished task's row while the intent stays, and a task whose intent is gone is an orphan the
-sweep cancels (``recovery.py``). Migration ``0014_intents`` creates both tables.
+sweep cancels (``recovery.py``). Migration ``0015_intents`` creates both tables.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Intents and the learning loop: ``intent_records`` and ``learning_outcomes``.
 
-Revision ID: 0014_intents
-Revises: 0013_edge
+Revision ID: 0015_intents
+Revises: 0014_voice_sentences
 
 ``intent_records.htm_task_id`` links an intent to its task; the other link, ``htm_tasks.intent_id``,
 is there since ``0002_htm``. Neither is a foreign key (see ``grace/intents/tables.py``).
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_intents"
-down_revision = "0013_edge"
+revision = "0015_intents"
+down_revision = "0014_voice_sentences"
 branch_labels = None
 depends_on = None
 
