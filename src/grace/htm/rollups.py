@@ -19,7 +19,7 @@ are in the roll-ups: hourly figures and totals outlive the rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,6 +98,10 @@ class Figures:
     duration_ms_sum: float = 0.0
     durations: dict[int, int] = field(default_factory=dict)
 
+    def add_created(self, row: Any) -> None:
+        """Count one created task."""
+        self.created += 1
+
     def add_finished(self, row: Any) -> None:
         """Fold one finished task (a row of :data:`FINISHED_COLUMNS`)."""
         status = row.status
@@ -167,29 +171,25 @@ Key = tuple[datetime, str, str]  # hour, origin, owner
 
 def fold_finished(rows: Iterable[Any]) -> dict[Key, Figures]:
     """Fold finished tasks into figures per (hour finished, origin, owner)."""
-    out: dict[Key, Figures] = {}
-    for row in rows:
-        finished = storage.utc_read(row.finished_at)
-        assert finished is not None
-        key = (floor_hour(finished), row.origin, owner_key(row.created_by))
-        figures = out.get(key)
-        if figures is None:
-            figures = out[key] = Figures()
-        figures.add_finished(row)
-    return out
+    return _fold(rows, "finished_at", Figures.add_finished)
 
 
 def fold_created(rows: Iterable[Any]) -> dict[Key, Figures]:
     """Fold tasks (``origin``, ``created_by``, ``created_at``) into created counts per (hour, origin, owner)."""
+    return _fold(rows, "created_at", Figures.add_created)
+
+
+def _fold(rows: Iterable[Any], moment: str, add: Callable[[Figures, Any], None]) -> dict[Key, Figures]:
+    """Fold rows into figures keyed by (the hour of the row's ``moment``, its origin, its owner)."""
     out: dict[Key, Figures] = {}
     for row in rows:
-        created = storage.utc_read(row.created_at)
-        assert created is not None
-        key = (floor_hour(created), row.origin, owner_key(row.created_by))
+        at = storage.utc_read(getattr(row, moment))
+        assert at is not None
+        key = (floor_hour(at), row.origin, owner_key(row.created_by))
         figures = out.get(key)
         if figures is None:
             figures = out[key] = Figures()
-        figures.created += 1
+        add(figures, row)
     return out
 
 
