@@ -151,6 +151,13 @@ async def test_json_without_a_content_type_is_read_as_json_as_curl_sends_it(
     body = json.dumps({"secret_key": "gh_token", "secret_value": "ghp_0123456789abcdef", "service": "github"})
     stored = await client.post("/api/secrets/store", content=body.encode(), headers=admin_headers)
     assert stored.status_code == 201, stored.text
+    # What curl -d actually sends without -H: the form type, over JSON.
+    as_curl = {**admin_headers, "Content-Type": "application/x-www-form-urlencoded"}
+    body = json.dumps({"secret_key": "npm_token", "secret_value": "npm_0123456789abcdef", "service": "npm"})
+    stored = await client.post("/api/secrets/store", content=body.encode(), headers=as_curl)
+    assert stored.status_code == 201, stored.text
+    listed = await client.get("/api/secrets", headers=admin_headers)
+    assert {"gh_token", "npm_token"} <= {s["secret_key"] for s in listed.json()["secrets"]}
 
 
 async def test_a_content_type_grace_does_not_read_is_a_415_naming_the_header(

@@ -1,8 +1,10 @@
 """Request bodies, paths and query strings at the edge, before any route reads them.
 
-- **Content type.** A body without ``Content-Type`` is read as JSON (the header is added), as curl
-  sends it without ``-H``; JSON (``application/json``, ``application/*+json``), forms and multipart
-  pass; any other type answers 415 ``unsupported_media_type`` naming the header to send.
+- **Content type.** A body without ``Content-Type`` is read as JSON (the header is added). So is a
+  JSON object or array sent as ``application/x-www-form-urlencoded``, which is what ``curl -d '{...}'``
+  sends without ``-H`` (a form field never starts with a raw brace or bracket: browsers encode them).
+  JSON (``application/json``, ``application/*+json``), forms and multipart pass; any other type
+  answers 415 ``unsupported_media_type`` naming the header to send.
 - **Depth.** JSON nested deeper than :data:`grace.api.bounds.MAX_DEPTH` answers 400
   ``nesting_too_deep`` (300,000 ``[`` would otherwise exhaust the parser's recursion: a 500).
 - **Values.** A NUL character in the path, the query or any string of a JSON or form body, an integer
@@ -79,6 +81,9 @@ class EdgeBounds:
         if more is not None:  # the client went away while sending
             return
         replay = _replay(body, receive)
+        if media == FORM and body.lstrip()[:1] in (b"{", b"["):  # curl -d '{...}': JSON under a form's type
+            media = None
+            scope = {**scope, "headers": [h for h in scope.get("headers", []) if h[0].lower() != b"content-type"]}
         if body:
             refusal = self._check(body, media)
             if refusal is not None:
