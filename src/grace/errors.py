@@ -67,7 +67,7 @@ class GraceError(Exception):
     retry_after: int | None = None
 
     def __init__(self, message: str | None = None, *, details: Any = None) -> None:
-        self.message = message or (self.__doc__ or self.code).strip()
+        self.message = message or " ".join((self.__doc__ or self.code).split())
         self.details = details
         super().__init__(self.message)
 

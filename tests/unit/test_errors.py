@@ -51,3 +51,10 @@ def test_a_leaf_answers_with_its_parents_status() -> None:
         cls, base = getattr(errors, name), getattr(errors, parent)
         if base is not errors.GraceError:
             assert status_for(cls()) == status_for(base())
+
+
+def test_every_default_message_is_one_line_of_plain_words() -> None:
+    # A docstring that wraps must not reach a client as "...\n    ..." in error.message.
+    for name in errors.__all__:
+        message = getattr(errors, name)().message
+        assert message and "\n" not in message and "  " not in message, f"{name}: {message!r}"
