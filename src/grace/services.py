@@ -230,6 +230,7 @@ async def build(
     htm.handlers.register(RUN_TASK, scheduler.run_task, submitters=ADMINS)
     intents = Intents(db, clock, bus, htm, accounts, load_intents_config())
     voice.use_learning_loop(intents.learning.record_outcome)  # the voice pipeline's learn step
+    capabilities.learning = intents.learning  # the playbooks' learning.record
     services = Services(
         settings,
         clock,

@@ -225,3 +225,49 @@ steps:
     assert canary.CANARY_VALUE not in repr(record.as_dict())
     assert record.steps[0]["with"] == {"secret": f"<secret {canary.CANARY_KEY}>"}
     assert record.steps[0]["output"] == {"resolved": True}
+
+
+async def test_recording_to_learning_records_a_consented_note_in_the_learning_loop(services: Services) -> None:
+    from grace.voice.tables import voice_notes
+
+    owner = await admin(services)
+    note = await services.voice.start(owner, title="standup")
+    note_id = note["session_id"]
+    # The voice pipeline finished the note and its owner consented to learning.
+    async with services.db.write() as conn:
+        await conn.execute(
+            voice_notes.update()
+            .where(voice_notes.c.id == note_id)
+            .values(status="completed", stage=None, consent_learning=True)
+        )
+    result = await services.playbooks.execute(
+        playbook(services, "recording_to_learning"), {"note_id": note_id}, who="t", principal=owner
+    )
+    assert result.status == "succeeded", result.reason
+    assert outcomes(result) == {"note": "succeeded", "resume": "skip", "learn": "succeeded"}
+    learn = next(s for s in result.steps if s["id"] == "learn")
+    summary = await services.intents.learning.summary(visible_to=owner.user_id)
+    assert summary["by_action_type"]["recording_to_learning"]["count"] == 1
+    assert summary["by_domain"]["voice"]["count"] == 1
+    [recorded] = await services.intents.learning.list_outcomes(
+        visible_to=owner.user_id, action_type="recording_to_learning"
+    )
+    assert recorded["outcome_id"] == learn["output"]["id"]
+    assert recorded["context"]["note_id"] == note_id and recorded["success"] is True
+
+
+async def test_recording_to_learning_records_nothing_without_consent_to_learning(services: Services) -> None:
+    from grace.voice.tables import voice_notes
+
+    owner = await admin(services)
+    note = await services.voice.start(owner, title="private")
+    async with services.db.write() as conn:
+        await conn.execute(
+            voice_notes.update().where(voice_notes.c.id == note["session_id"]).values(status="completed", stage=None)
+        )
+    result = await services.playbooks.execute(
+        playbook(services, "recording_to_learning"), {"note_id": note["session_id"]}, who="t", principal=owner
+    )
+    assert result.status == "succeeded", result.reason
+    assert outcomes(result)["learn"] == "skip"
+    assert await services.intents.learning.list_outcomes(visible_to=owner.user_id) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from grace.bus import Bus
     from grace.clock import Clock
     from grace.htm import HTM
+    from grace.intents import LearningLoop
     from grace.vault import Vault
     from grace.voice import VoiceNotes
 
@@ -47,6 +49,7 @@ class Capabilities:
     htm: HTM | None = None
     vault: Vault | None = None
     voice: VoiceNotes | None = None
+    learning: LearningLoop | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +64,7 @@ class ActionContext:
     attempt: int
     who: str
     principal: Principal | None = None  # the person a manual run is for; None for the scheduler
+    run_started_at: datetime | None = None
 
     def need(self, name: str) -> Any:
         """Return the named capability, or fail the step naming what is missing."""

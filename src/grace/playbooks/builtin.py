@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from grace import errors
 from grace.playbooks.actions import Action, ActionContext, ActionFailed, ActionRegistry, Param
 
 __all__ = ["ALERT_TOPIC", "default_registry"]
@@ -54,8 +55,6 @@ async def htm_create_task(ctx: ActionContext, args: dict[str, Any]) -> dict[str,
 
 
 async def htm_cancel_task(ctx: ActionContext, args: dict[str, Any]) -> dict[str, Any]:
-    from grace import errors
-
     htm = ctx.need("htm")
     try:
         task = await htm.cancel(args["task_id"], principal=None)
@@ -245,11 +244,26 @@ async def voice_note(ctx: ActionContext, args: dict[str, Any]) -> dict[str, Any]
 
 
 async def learning_record(ctx: ActionContext, args: dict[str, Any]) -> dict[str, Any]:
-    learning = ctx.capabilities.extra.get("learning")
-    if learning is None:
-        raise ActionFailed("the learning loop has not landed (branch intents, issue of intents and the learning loop)")
-    result: Mapping[str, Any] = await learning.record(args["kind"], args.get("details") or {})
-    return {"recorded": True, "id": str(result.get("id", ""))}
+    """Record an outcome in the learning loop (``LearningLoop.record_outcome``), owned by the run's person."""
+    learning = ctx.need("learning")
+    execution_time = args.get("execution_time")
+    if execution_time is None:
+        started = ctx.run_started_at or ctx.capabilities.clock.now()
+        execution_time = max(0.0, (ctx.capabilities.clock.now() - started).total_seconds())
+    context = {**(args.get("details") or {}), "playbook": ctx.playbook, "run_id": ctx.run_id}
+    try:
+        outcome: Mapping[str, Any] = await learning.record_outcome(
+            action_type=args["kind"],
+            success=bool(args.get("success", True)),
+            execution_time=float(execution_time),
+            context=context,
+            owner_id=ctx.principal.user_id if ctx.principal is not None else None,
+            recorded_by=f"playbook:{ctx.playbook}",
+            domain=args.get("domain") or None,
+        )
+    except errors.InvalidInput as exc:
+        raise ActionFailed(f"the learning loop refused the outcome: {exc}") from None
+    return {"recorded": True, "id": str(outcome["outcome_id"])}
 
 
 def default_registry() -> ActionRegistry:
@@ -418,9 +432,14 @@ def default_registry() -> ActionRegistry:
                 "learning.record",
                 "feed an outcome to the learning loop",
                 learning_record,
-                params={"kind": Param(s, required=True), "details": Param(m)},
+                params={
+                    "kind": Param(s, required=True, description="the outcome's action type"),
+                    "success": Param(b, default=True),
+                    "execution_time": Param(d, description="seconds; default: since the run started"),
+                    "domain": Param(s),
+                    "details": Param(m),
+                },
                 outputs={"recorded": b, "id": s},
-                needs="intents",
             ),
         ]
     )

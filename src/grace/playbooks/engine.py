@@ -23,6 +23,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from grace.playbooks import catalogue
@@ -122,6 +123,7 @@ class RunState:
     completed: list[Step] = field(default_factory=list)
     rolled_back: set[str] = field(default_factory=set)
     principal: Any = None
+    started_at: datetime | None = None  # when the run started (wall clock, for actions that report it)
 
     def scrub(self, value: Any) -> Any:
         """Return ``value`` with every secret value this run resolved replaced by ``[redacted]``."""
@@ -209,7 +211,9 @@ class Engine:
         if not await self.store.start(run_id):
             record = await self.store.get(run_id)
             return RunResult(run_id, record.status, record.reason or "the run was not queued", record.steps)
-        state = RunState(run_id, playbook, trigger, who, dry_run, principal=principal)
+        state = RunState(
+            run_id, playbook, trigger, who, dry_run, principal=principal, started_at=self.capabilities.clock.now()
+        )
         state.values.update({f"inputs.{k}": v for k, v in typed.items()})
         state.values.update({"run.id": run_id, "run.trigger": trigger, "run.dry_run": dry_run})
         for key, value in (event or {}).items():
@@ -389,7 +393,14 @@ class Engine:
         action = self.registry.get(step.call.action)
         assert action is not None
         ctx = ActionContext(
-            self.capabilities, state.run_id, state.playbook.name, step.id, attempt, state.who, state.principal
+            self.capabilities,
+            state.run_id,
+            state.playbook.name,
+            step.id,
+            attempt,
+            state.who,
+            state.principal,
+            state.started_at,
         )
         try:
             output = dict(await self._with_timeout(action.fn(ctx, args), step.timeout) or {})
@@ -440,7 +451,14 @@ class Engine:
         try:
             args = await self._resolve(state, call)
             ctx = ActionContext(
-                self.capabilities, state.run_id, state.playbook.name, step.id, 1, state.who, state.principal
+                self.capabilities,
+                state.run_id,
+                state.playbook.name,
+                step.id,
+                1,
+                state.who,
+                state.principal,
+                state.started_at,
             )
             await action.fn(ctx, args)
             record["outcome"] = "rolled_back"
