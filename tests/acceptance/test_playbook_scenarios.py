@@ -271,3 +271,42 @@ async def test_recording_to_learning_records_nothing_without_consent_to_learning
     assert result.status == "succeeded", result.reason
     assert outcomes(result)["learn"] == "skip"
     assert await services.intents.learning.list_outcomes(visible_to=owner.user_id) == []
+
+
+async def test_a_starved_origin_is_served_after_the_playbook_rebalances(services: Services) -> None:
+    from grace.htm import Origin, Status
+    from grace.htm.queue import Outcome
+
+    htm = services.htm
+
+    async def queue(origin: str, n: int) -> None:
+        await htm.submit_many([htm.request("htm.noop", origin=origin) for _ in range(n)], creator=None)
+
+    capacity = htm.local.fallback_capacity
+    assert capacity == 4  # the test's settings; quotas: user_request 2, every other origin 1
+    await queue("user_request", 2)
+    await queue("intent", 1)
+    await queue("hunter_alert", 1)
+    running = await htm.queue.claim("w1", capacity, fallback_capacity=capacity)
+    assert sorted(t.origin.value for t in running) == ["hunter_alert", "intent", "user_request", "user_request"]
+    await queue("user_request", 2)
+    await queue("intent", 2)
+    await queue("scheduler", 1)  # below its share while the others hold every slot: starved
+    assert (await htm.routing_stats())["origins"]["scheduler"]["starved"]
+
+    result = await services.playbooks.execute(playbook(services, "htm_timing_and_sizing"), {}, who="test")
+    assert result.status == "succeeded", result.reason
+    steps = outcomes(result)
+    assert steps["monitor:starvation"] == "firing"
+    assert (steps["investigate"], steps["alert"], steps["remediate"], steps["rebalance"]) == ("succeeded",) * 4
+    rebalance = next(s for s in result.steps if s["id"] == "rebalance")
+    assert rebalance["output"]["changed"] and rebalance["output"]["starved"] == ["scheduler"]
+
+    # A user_request slot frees: user_request (more work, the largest share and the most credit)
+    # and scheduler are both under their quota; without the rebalance user_request would be
+    # picked again, but the rebalance made the starved scheduler due, so it is served first.
+    freed = next(t for t in running if t.origin is Origin.USER_REQUEST)
+    await htm.queue.finish("w1", [Outcome(freed.task_id, freed.attempts, Status.COMPLETED, services.clock.now())])
+    [nxt] = await htm.queue.claim("w1", 1, fallback_capacity=capacity)
+    assert nxt.origin is Origin.SCHEDULER
+    assert not (await htm.routing_stats())["origins"]["scheduler"]["starved"]

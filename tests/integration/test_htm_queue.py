@@ -728,3 +728,49 @@ async def test_the_queue_works_on_an_in_memory_sqlite_database(clock: ManualCloc
         await htm.close(grace=0)
     finally:
         await db.dispose()
+
+
+async def test_rebalance_serves_a_starved_origin_at_the_next_free_slot(database_url: str, clock: ManualClock) -> None:
+    from sqlalchemy import select
+
+    from grace.htm.tables import htm_origins
+
+    async with manual_htm(database_url, clock, capacity=1) as htm:
+        assert (await htm.rebalance())["changed"] is False  # nothing starved: nothing changes
+        await submit(htm, Origin.USER_REQUEST, 4)
+        await submit(htm, Origin.SCHEDULER, 1)
+        [first] = await htm.queue.claim("w1", 1, fallback_capacity=1)
+        assert first.origin is Origin.USER_REQUEST  # user_request now holds the only slot
+        assert (await htm.routing_stats())["origins"]["scheduler"]["starved"]
+        # What the fair pick would do when the slot frees, from the stored state: user_request again
+        # (equal credit, the larger share wins), so the scheduler's task would wait.
+        async with htm.db.read() as conn:
+            stored = {r.origin: r for r in await conn.execute(select(htm_origins))}
+        total = sum(r.weight for r in stored.values())
+        slots = [
+            fairness.OriginSlot(
+                o.position,
+                stored[o.value].weight,
+                credit=stored[o.value].credit,
+                since=stored[o.value].since,
+                quota=origins.max_concurrent(stored[o.value].weight, total, 1),
+                ready={Origin.USER_REQUEST: 3, Origin.SCHEDULER: 1}.get(o, 0),
+            )
+            for o in ORDER
+        ]
+        assert [ORDER[i] for i in fairness.pick(slots, 1, 1)] == [Origin.USER_REQUEST]
+
+        result = await htm.rebalance()
+        assert result == {
+            "changed": True,
+            "starved": ["scheduler"],
+            "served_first": ["scheduler"],
+            "credits_reset": result["credits_reset"],
+        }
+        assert result["credits_reset"] >= 1
+        await htm.queue.finish("w1", [Outcome(first.task_id, first.attempts, Status.COMPLETED, clock.now())])
+        [nxt] = await htm.queue.claim("w1", 1, fallback_capacity=1)
+        assert nxt.origin is Origin.SCHEDULER  # the starved origin is served first
+        await htm.queue.finish("w1", [Outcome(nxt.task_id, nxt.attempts, Status.COMPLETED, clock.now())])
+        # Then the fair pick runs as always: user_request's remaining work goes on.
+        assert [t.origin for t in await htm.queue.claim("w1", 1, fallback_capacity=1)] == [Origin.USER_REQUEST]

@@ -24,6 +24,7 @@ from grace.htm import admission, dashboard, events, origins, rescue, rollups, sl
 from grace.htm.config import HTMConfig
 from grace.htm.outcomes import Recorder
 from grace.htm.queue import Exchange, Finished, Outcome, Queue
+from grace.htm.rebalance import rebalance as rebalance_origins
 from grace.htm.submission import Enqueued, Submitted, Within
 from grace.htm.tables import htm_tasks
 from grace.htm.tasks import Status, Task, TaskRequest
@@ -255,6 +256,21 @@ class HTM:
     async def reap(self) -> list[Finished]:
         """Return dead workers' expired leases to the queue (or fail them on their last attempt)."""
         return await self.recorder.reap()
+
+    async def rebalance(self) -> dict[str, Any]:
+        """Give starved origins the next free slots and reset fair-share credits (see :mod:`grace.htm.rebalance`).
+
+        Returns ``changed`` (false when no origin was starved), the ``starved`` origins, the order
+        they will be ``served_first`` in, and how many origins' credits were reset.
+        """
+        await self.prepare()
+        result = await rebalance_origins(
+            self.db, self.config, self.weights, fallback_capacity=self.local.fallback_capacity, now=self.clock.now()
+        )
+        if result["changed"]:
+            log.warning("htm.rebalanced", extra={"starved": result["starved"]})
+            self.local.wake()
+        return result
 
     # -- stats ---------------------------------------------------------------------
 

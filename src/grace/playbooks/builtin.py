@@ -70,12 +70,13 @@ async def htm_reap(ctx: ActionContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def htm_rebalance(ctx: ActionContext, args: dict[str, Any]) -> dict[str, Any]:
-    htm = ctx.need("htm")
-    rebalance = getattr(htm, "rebalance", None)
-    if rebalance is None:
-        raise ActionFailed("the task manager has no rebalance yet (issue 15, the dashboard API)")
-    result: dict[str, Any] = await rebalance()
-    return {"changed": bool(result)}
+    """Serve starved origins first and reset fair-share credits (``HTM.rebalance``)."""
+    result = await ctx.need("htm").rebalance()
+    return {
+        "changed": bool(result["changed"]),
+        "starved": list(result["starved"]),
+        "served_first": list(result["served_first"]),
+    }
 
 
 # -- operator, bus, audit ----------------------------------------------------------------------
@@ -307,7 +308,12 @@ def default_registry() -> ActionRegistry:
                 outputs={"status": s},
             ),
             Action("htm.reap", "return dead workers' tasks to the queue", htm_reap, outputs={"returned": i}),
-            Action("htm.rebalance", "rebalance origin shares", htm_rebalance, outputs={"changed": b}, needs="15"),
+            Action(
+                "htm.rebalance",
+                "serve starved origins first at the next free slots and reset fair-share credits",
+                htm_rebalance,
+                outputs={"changed": b, "starved": lst, "served_first": lst},
+            ),
             Action(
                 "operator.alert",
                 "alert the operator: a bus event (playbooks.alert) and a log line",
