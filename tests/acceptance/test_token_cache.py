@@ -8,6 +8,7 @@ runs). The served process keeps its cache 300 s here, so only the invalidation c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -146,3 +147,37 @@ async def test_a_token_revoked_on_one_process_is_refused_at_once_by_another(
             assert (await other.get("/api/auth/me", headers=own)).status_code == 200
         assert (await client.post("/api/users/remote/disable", headers=admin_headers)).status_code == 200
         assert (await other.get("/api/auth/me", headers=own)).status_code == 401
+
+
+@pytest.mark.slow
+async def test_a_revocation_whose_process_dies_as_it_commits_still_reaches_every_process(
+    backend: str, settings: Settings, served: str, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """The revoking process is killed the moment its commit returns: the event went with the change."""
+    if backend != "postgresql":
+        pytest.skip("on SQLite the other process is told by the epoch file (the test above)")
+    token, token_id = await _agent_token(client, admin_headers)
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=served, timeout=30) as other:
+        for _ in range(2):  # the second answer comes from the served process's 300 s cache
+            assert (await other.get("/api/auth/me", headers=bearer)).status_code == 200
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+        args = [str(settings.data_dir), settings.database_url, token_id]
+        child = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "tests.acceptance.revoke_and_die_child", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        output = (await child.communicate())[0].decode()
+        assert child.returncode == 75, output  # died as the commit returned
+        assert "REVOKED" not in output
+        # The served process learns of it without the revoker's help; its cache would keep the
+        # token 300 s otherwise. Wait for the refusal (the NOTIFY is sent on the commit).
+        for _ in range(600):
+            answer = await other.get("/api/auth/me", headers=bearer)
+            if answer.status_code != 200:
+                break
+            await asyncio.sleep(0.1)
+        assert answer.status_code == 401, answer.text

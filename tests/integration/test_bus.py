@@ -162,6 +162,30 @@ async def test_two_processes_share_events_and_a_restarted_subscriber_replays(
     assert min(e["id"] for e in replayed) > max(e["id"] for e in received)
 
 
+class _RolledBack(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+async def test_events_published_within_a_transaction_arrive_when_it_commits_and_never_when_it_rolls_back(
+    bus: Bus, db: storage.Database
+) -> None:
+    async def publish_then_fail() -> None:
+        async with db.write() as conn:
+            await bus.publish_within(db, conn, [("auth.tokens.revoked", {"token_ids": ["gone"]})])
+            raise _RolledBack
+
+    async with bus.subscribe("auth.#") as sub:
+        with pytest.raises(_RolledBack):
+            await publish_then_fail()
+        async with db.write() as conn:
+            await bus.publish_within(db, conn, [("auth.tokens.revoked", {"token_ids": ["kept"]})])
+            assert await sub.get(timeout=0.2) is None  # not before the commit
+        event = await sub.get(timeout=5)
+        assert event is not None and event.payload == {"token_ids": ["kept"]}
+        assert await sub.get(timeout=0.2) is None  # the rolled-back one never arrives
+    assert [e.payload for e in await bus.replay("auth.#")] == [{"token_ids": ["kept"]}]
+
+
 async def test_publish_many_keeps_order_and_wakes_once(bus: Bus) -> None:
     async with bus.subscribe("batch.*") as sub:
         published = await bus.publish_many([("batch.a", {"n": 1}), ("batch.b", {"n": 2}), ("other.c", {"n": 3})])

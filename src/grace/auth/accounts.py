@@ -195,24 +195,33 @@ class Accounts:
     async def close(self) -> None:
         """Nothing to stop: the bus's callback goes with the bus."""
 
-    async def _changed(self, *, token_ids: Iterable[str] = (), user_id: str | None = None) -> None:
-        """After a commit: drop this process's cached principals for them, then tell the others."""
-        token_ids = list(token_ids)
-        if self.cache is not None:
-            if token_ids:
-                self.cache.drop_tokens(token_ids)
-            if user_id is not None:
-                self.cache.drop_user(user_id)
-            self.cache.touch_epoch()
+    async def _announce(
+        self, conn: AsyncConnection, *, token_ids: Iterable[str] = (), user_id: str | None = None
+    ) -> None:
+        """Inside the change's transaction: tell every other process, with the change itself.
+
+        On PostgreSQL the event is written in that transaction and its NOTIFY sent on commit, so a
+        process that dies the moment its change commits still empties every other node's cache.
+        """
         if self.bus is None:
             return
-        try:
-            if token_ids:
-                await self.bus.publish(TOKENS_REVOKED, {"token_ids": token_ids})
-            if user_id is not None:
-                await self.bus.publish(USER_CHANGED, {"user_id": user_id})
-        except Exception as exc:  # the change is committed; other nodes' caches expire within their TTL
-            log.warning("auth.change_not_published", extra={"reason": type(exc).__name__})
+        items: list[tuple[str, dict[str, object]]] = []
+        if token_ids:
+            items.append((TOKENS_REVOKED, {"token_ids": list(token_ids)}))
+        if user_id is not None:
+            items.append((USER_CHANGED, {"user_id": user_id}))
+        await self.bus.publish_within(self.db, conn, items)
+
+    def _changed(self, *, token_ids: Iterable[str] = (), user_id: str | None = None) -> None:
+        """After the commit: drop this process's cached principals for them, and tell this machine's others (SQLite)."""
+        if self.cache is None:
+            return
+        token_ids = list(token_ids)
+        if token_ids:
+            self.cache.drop_tokens(token_ids)
+        if user_id is not None:
+            self.cache.drop_user(user_id)
+        self.cache.touch_epoch()
 
     # -- users ----------------------------------------------------------------
 
@@ -292,7 +301,8 @@ class Accounts:
                     (sessions.c.user_id == row["id"]) & sessions.c.revoked_at.is_(None),
                     {"revoked_at": self.clock.now()},
                 )
-        await self._changed(user_id=row["id"])
+            await self._announce(conn, user_id=row["id"])
+        self._changed(user_id=row["id"])
         return await self.get_user(row["id"])
 
     async def set_password(self, username_or_id: str, password: str, *, revoke_tokens: bool = False) -> PasswordReset:
@@ -320,8 +330,10 @@ class Accounts:
                     (api_tokens.c.user_id == row["id"]) & api_tokens.c.revoked_at.is_(None),
                     {"revoked_at": now},
                 )
+                if revoked:
+                    await self._announce(conn, user_id=row["id"])
         if revoked:
-            await self._changed(user_id=row["id"])
+            self._changed(user_id=row["id"])
         return PasswordReset(row["username"], ended, revoked)
 
     async def password_hash(self, username: str) -> tuple[User | None, str | None]:
@@ -477,7 +489,8 @@ class Accounts:
                 )
                 children = await conn.execute(select(api_tokens.c.id).where(api_tokens.c.parent_id.in_(frontier)))
                 frontier = [c for (c,) in children.all() if c not in seen]
-        await self._changed(token_ids=sorted(seen))
+            await self._announce(conn, token_ids=sorted(seen))
+        self._changed(token_ids=sorted(seen))
         async with self.db.read() as conn:
             row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().one()
         return _token(row)

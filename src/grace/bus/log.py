@@ -18,11 +18,16 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from grace import errors, jsontext
 from grace.bus import topics
 from grace.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from grace.storage import Database
 
 __all__ = ["Bus", "Checked", "Event", "Subscription"]
 
@@ -112,6 +117,10 @@ class Bus(abc.ABC):
         """Append ``items`` in order; return them as events unless ``returning`` is false (then any list)."""
 
     @abc.abstractmethod
+    async def _append_within(self, db: Database, conn: AsyncConnection, items: list[Checked], at: datetime) -> None:
+        """Append ``items`` as part of ``conn``'s write transaction: visible when it commits, never if it rolls back."""
+
+    @abc.abstractmethod
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]: ...
 
     @abc.abstractmethod
@@ -151,6 +160,29 @@ class Bus(abc.ABC):
         self._hint([c.topic for c in checked])
         self._wake_all()
         return published
+
+    async def publish_within(
+        self, db: Database, conn: AsyncConnection, items: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """Publish events with the change they describe: as part of ``conn``'s transaction (from ``db.write()``).
+
+        They are published when that transaction commits and never when it rolls back, so no process
+        can die between a change and its announcement. On PostgreSQL the events are rows written in the
+        transaction (other processes are woken by a NOTIFY sent on its commit); it takes the bus's append
+        lock until it ends, so keep it for rare changes and commit soon after. In process, they are
+        appended the moment the transaction commits.
+        """
+        checked = self._check(items)
+        if not checked:
+            return
+        await self._append_within(db, conn, checked, self.clock.now())
+        published = [c.topic for c in checked]
+
+        def announce() -> None:
+            self._hint(published)
+            self._wake_all()
+
+        db.after_commit(conn, announce)
 
     async def publish_batch(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
         """Append several events like :meth:`publish_many` without handing them back; return how many.

@@ -5,9 +5,14 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grace.bus.log import Bus, Checked, Event
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from grace.storage import Database
 
 __all__ = ["InProcessBus"]
 
@@ -25,6 +30,17 @@ class InProcessBus(Bus):
         self._cursors: dict[str, int] = {}
 
     async def _append(self, items: list[Checked], published_at: datetime, *, returning: bool = True) -> list[Event]:
+        return self._append_now(items, published_at)
+
+    async def _append_within(self, db: Database, conn: AsyncConnection, items: list[Checked], at: datetime) -> None:
+        # Nothing outlives this process here: the events join the log as the transaction commits
+        # (queued first, so they precede the announcement that wakes subscribers).
+        def append() -> None:
+            self._append_now(items, at)
+
+        db.after_commit(conn, append)
+
+    def _append_now(self, items: list[Checked], published_at: datetime) -> list[Event]:
         out = []
         for item in items:
             event = Event.make(self._next_id, item.topic, item.payload(), published_at, self.source)

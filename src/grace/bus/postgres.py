@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy import delete, func, select
@@ -22,6 +22,9 @@ from grace import storage
 from grace.bus.log import Bus, Checked, Event
 from grace.bus.tables import bus_cursors, events
 from grace.storage import Database
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = ["PostgresBus"]
 
@@ -122,6 +125,15 @@ class PostgresBus(Bus):
         return [
             Event(i, c.topic, copy, published_at, self.source) for i, c, copy in zip(ids, items, copies, strict=True)
         ]
+
+    async def _append_within(self, db: Database, conn: AsyncConnection, items: list[Checked], at: datetime) -> None:
+        # The same statement inside the caller's transaction: the append lock is held until it ends,
+        # and PostgreSQL sends the NOTIFY only when it commits (never when it rolls back).
+        topics_ = [c.topic for c in items]
+        driver = await storage.driver_in_transaction(conn)
+        await driver.fetch(
+            _APPEND, _APPEND_KEY, topics_, [c.encoded for c in items], at, self.source, CHANNEL, _notice(topics_)
+        )
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)

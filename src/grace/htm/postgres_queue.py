@@ -75,7 +75,7 @@ class PostgresQueue(QueueBackend):
         # One statement for the whole batch on the driver connection, under the caller's transaction.
         columns = tuple(rows[0])
         arrays = [[_json_text(r[c]) for r in rows] if c in JSON_COLUMNS else [r[c] for r in rows] for c in columns]
-        driver: Any = (await conn.get_raw_connection()).driver_connection
+        driver = await storage.driver_in_transaction(conn)
         await driver.execute(_insert(columns), *arrays)
         # NOTIFY is delivered on commit, so no worker looks before the tasks are visible.
         if any(r["status"] == "queued" for r in rows):

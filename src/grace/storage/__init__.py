@@ -3,7 +3,7 @@ and telling a database outage from a bug."""
 
 from __future__ import annotations
 
-from grace.storage.database import Database
+from grace.storage.database import Database, driver_in_transaction
 from grace.storage.files import private_dir, private_file, private_tree, write_private
 from grace.storage.guards import VALUE_ERRORS, refused_value
 from grace.storage.locks import FileLock, Leadership, file_lock_free, serialise, try_serialise
@@ -21,6 +21,7 @@ __all__ = [
     "Leadership",
     "UTCDateTime",
     "current_revision",
+    "driver_in_transaction",
     "driver_message",
     "file_lock_free",
     "head_revision",

@@ -30,7 +30,7 @@ from grace.storage import files, outages
 
 log = logging.getLogger("grace.storage")
 
-__all__ = ["Database", "SQLiteConnection"]
+__all__ = ["Database", "SQLiteConnection", "driver_in_transaction"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # FULL, not WAL mode's usual NORMAL: under NORMAL a commit returns before the WAL is flushed, and
@@ -346,6 +346,18 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database(backend={self.backend!r}, url={self.display_url!r})"
+
+
+async def driver_in_transaction(conn: AsyncConnection) -> Any:
+    """PostgreSQL: the asyncpg connection under ``conn``, inside ``conn``'s transaction.
+
+    SQLAlchemy opens the driver's transaction at its first statement, not at ``begin()``: a statement
+    sent straight to the driver before that would commit on its own, whatever became of the rest.
+    """
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        await conn.execute(text("SELECT 1"))
+    return driver
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
