@@ -41,12 +41,14 @@ class Served:
         database_url: str | None = None,
         env: dict[str, str] | None = None,
         command_prefix: Sequence[str] = (),
+        umask: int = -1,
     ) -> None:
         self.data_dir = data_dir
         self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command_prefix = list(command_prefix)
+        self.umask = umask  # -1: the test process's own
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
         self.env.update(
             GRACE_DATA_DIR=str(data_dir),
@@ -65,8 +67,8 @@ class Served:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, *, ready_timeout: float = 60.0) -> None:
-        """Start the server and wait until ``/ready`` says 200."""
+    def start(self, *, ready_timeout: float = 300.0) -> None:
+        """Start the server and wait until ``/ready`` says 200 (``ready_timeout`` only stops a hang)."""
         with self.log.open("a") as sink:
             self.proc = subprocess.Popen(
                 [*self.command_prefix, GRACE, "serve"],
@@ -74,6 +76,7 @@ class Served:
                 env=self.env,
                 stdout=sink,
                 stderr=sink,
+                umask=self.umask,
                 start_new_session=True,
             )
         deadline = time.monotonic() + ready_timeout

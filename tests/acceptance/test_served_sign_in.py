@@ -3,68 +3,32 @@ believed, the data directory is private under a permissive umask, and its debug 
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import stat
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-GRACE = str(Path(sys.executable).with_name("grace"))
-TOKEN = "served-test-token-0123456789abcdef"
+from tests.servekit import TOKEN, Served
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def served(backend: str, database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     """A real server (uvicorn) with umask 000 and GRACE_LOG_LEVEL=DEBUG; yields its URL, data dir and log."""
-    port, data_dir, log = _free_port(), tmp_path / "data", tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
-    env.update(
-        GRACE_DATA_DIR=str(data_dir),
-        GRACE_PORT=str(port),
-        GRACE_BOOTSTRAP_TOKEN=TOKEN,
-        GRACE_LOG_LEVEL="DEBUG",
-        GRACE_LOGIN_CLIENT_MAX_FAILURES="8",
-        GRACE_HTM_EMBEDDED_WORKERS="false",
-        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    server = Served(
+        tmp_path / "data",
+        tmp_path / "serve.log",
+        database_url=None if backend == "sqlite" else database_url,
+        env={"GRACE_LOG_LEVEL": "DEBUG", "GRACE_LOGIN_CLIENT_MAX_FAILURES": "8", "GRACE_HTM_EMBEDDED_WORKERS": "false"},
+        umask=0,
     )
-    if backend != "sqlite":
-        env["GRACE_DATABASE_URL"] = database_url
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [GRACE, "serve"], cwd=ROOT, env=env, stdout=sink, stderr=sink, umask=0, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
+    server.start()
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.1)
-        yield url, data_dir, log
+        yield server.url, server.data_dir, server.log
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
 
 
 @pytest.mark.slow

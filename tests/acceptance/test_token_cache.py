@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import pytest
 
 from grace.config import Settings
 from grace.services import Services, build
+from tests.servekit import Served
 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE = str(Path(sys.executable).with_name("grace"))
@@ -83,46 +81,21 @@ async def test_a_token_revoked_by_another_process_on_sqlite_is_refused_at_once(
     assert (await client.get("/api/auth/me", headers=bearer)).status_code == 401
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served(settings: Settings, services: Services, tmp_path: Path) -> Iterator[str]:
     """A second process, ``grace serve`` on the same database and data directory, caching tokens 300 s."""
-    port, log = _free_port(), tmp_path / "serve.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
-    env.update(
-        GRACE_DATA_DIR=str(settings.data_dir),
-        GRACE_DATABASE_URL=settings.database_url,
-        GRACE_PORT=str(port),
-        GRACE_TOKEN_CACHE_SECONDS="300",
-        GRACE_HTM_EMBEDDED_WORKERS="false",
-        GRACE_LOG_LEVEL="WARNING",
-        PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    server = Served(
+        settings.data_dir,
+        tmp_path / "serve.log",
+        database_url=settings.database_url,
+        env={"GRACE_TOKEN_CACHE_SECONDS": "300", "GRACE_HTM_EMBEDDED_WORKERS": "false", "GRACE_LOG_LEVEL": "WARNING"},
     )
-    with log.open("w") as sink:
-        proc = subprocess.Popen([GRACE, "serve"], cwd=ROOT, env=env, stdout=sink, stderr=sink, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server.env.pop("GRACE_BOOTSTRAP_TOKEN")  # the database has its admin already
+    server.start()
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.1)
-        yield url
+        yield server.url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
 
 
 @pytest.mark.slow
