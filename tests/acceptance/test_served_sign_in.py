@@ -13,7 +13,6 @@ import pytest
 from tests.servekit import TOKEN, Served
 
 
-
 @pytest.fixture
 def served(backend: str, database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     """A real server (uvicorn) with umask 000 and GRACE_LOG_LEVEL=DEBUG; yields its URL, data dir and log."""
