@@ -188,7 +188,7 @@ def grace(
         proc = subprocess.Popen([GRACE, "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a guard against a hang, not a budget
         while True:
             assert proc.poll() is None, f"grace serve exited: {log.read_text()[-2000:]}"
             try:

@@ -72,10 +72,10 @@ async def test_a_batch_arrives_in_order_as_subscribers_read_it_back_from_json(bu
 
 async def test_a_waiting_subscriber_wakes_on_publish(bus: Bus) -> None:
     async with bus.subscribe("secrets.#") as sub:
-        waiter = asyncio.create_task(sub.get(timeout=10))
+        waiter = asyncio.create_task(sub.get(timeout=60))
         await asyncio.sleep(0.05)
         await bus.publish("secrets.consent.request", {"consent_id": "c1"})
-        event = await asyncio.wait_for(waiter, 5)
+        event = await asyncio.wait_for(waiter, 60)
         assert event is not None and event.payload["consent_id"] == "c1"
 
 
@@ -221,7 +221,7 @@ async def test_a_subscriber_reading_during_concurrent_publishing_misses_nothing(
             publishers = [asyncio.create_task(publish(buses[k % len(buses)], k)) for k in range(8)]
             received: list[Event] = []
             while len(received) < expected:
-                event = await sub.get(timeout=10)
+                event = await sub.get(timeout=60)
                 assert event is not None, f"only {len(received)} of {expected} events were delivered"
                 received.append(event)
             await asyncio.gather(*publishers)

@@ -88,7 +88,7 @@ async def test_an_intent_whose_process_died_before_its_task_is_resubmitted_once_
     assert again.status is IntentStatus.QUEUED and again.recoveries == 1 and again.htm_task_id
     task = await cast.services.htm.get(again.htm_task_id, principal=cast.owner)
     assert task.intent_id == lost.intent_id and task.origin.value == "intent"
-    created = await events.get(timeout=10)
+    created = await events.get(timeout=60)
     assert created is not None and created.topic == "agentic.intent.created" and created.payload["recovered"] is True
 
     # Its task vanishes too: the one resubmission is spent, so the intent fails with the reason.
@@ -100,7 +100,7 @@ async def test_an_intent_whose_process_died_before_its_task_is_resubmitted_once_
     assert failed.reason == f"{VANISHED}, again after it was resubmitted once"
     [outcome] = await intents.list_outcomes(principal=cast.owner, intent_id=lost.intent_id)
     assert outcome["success"] is False and outcome["context"]["metrics"]["recoveries"] == 1
-    event = await events.get(timeout=10)
+    event = await events.get(timeout=60)
     assert event is not None and event.topic == "agentic.intent.failed"
 
 
