@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,7 @@ async def test_the_catalogue_lists_each_playbook_with_its_triggers(
     assert r.status_code == 200
     found = {p["name"]: p for p in r.json()["playbooks"]}
     crypto = found["crypto_key_persistence"]
-    assert crypto["valid"] and crypto["schedules"] == [{"cron": "0 2 * * 0", "timezone": "UTC"}]
+    assert crypto["valid"] and [(s["cron"], s["timezone"]) for s in crypto["schedules"]] == [("0 2 * * 0", "UTC")]
     assert found["htm_timing_and_sizing"]["schedules"][0]["cron"] == "*/5 * * * *"
     assert found["htm_timing_and_sizing"]["policy"]["concurrency"] == "forbid"
 
@@ -125,3 +126,78 @@ def test_cli_execute_dry_run_and_history(monkeypatch: pytest.MonkeyPatch, databa
     assert record["steps"][0]["id"].startswith("monitor:") and record["duration_ms"] is not None
     bad = runner.invoke(app, ["playbook", "execute", str(PLAYBOOKS / "crypto_key_persistence.yaml"), "--input", "x"])
     assert bad.exit_code == 1 and "NAME=VALUE" in bad.output
+
+
+async def _dry_runs(client: httpx.AsyncClient, headers: dict[str, str], name: str, count: int) -> list[str]:
+    made = []
+    for _ in range(count):
+        r = await client.post(f"/api/playbooks/{name}/run", json={"dry_run": True}, headers=headers)
+        assert r.status_code == 202, r.text
+        made.append(r.json()["run"]["id"])
+    return made
+
+
+async def test_runs_are_listed_newest_first_page_by_page_with_their_steps(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    htm = await _dry_runs(client, admin_headers, "htm_timing_and_sizing", 3)
+    crypto = await _dry_runs(client, admin_headers, "crypto_key_persistence", 2)
+
+    everything = await client.get("/api/playbooks/runs", headers=admin_headers)
+    assert everything.status_code == 200, everything.text
+    assert [r["id"] for r in everything.json()["runs"]] == [*reversed(crypto), *reversed(htm)]
+    assert everything.json()["next_before"] is None
+
+    url = "/api/playbooks/runs?playbook=htm_timing_and_sizing&limit=2"
+    first = (await client.get(url, headers=admin_headers)).json()
+    assert [r["id"] for r in first["runs"]] == [htm[2], htm[1]]
+    assert first["next_before"] == htm[1]
+    assert first["runs"][0]["steps"][0]["id"].startswith("monitor:")  # each run with its steps
+    second = await client.get(
+        f"/api/playbooks/runs?playbook=htm_timing_and_sizing&limit=2&before={first['next_before']}",
+        headers=admin_headers,
+    )
+    assert [r["id"] for r in second.json()["runs"]] == [htm[0]] and second.json()["next_before"] is None
+
+    only = await client.get("/api/playbooks/runs?status=succeeded&status=failed&limit=200", headers=admin_headers)
+    assert {r["status"] for r in only.json()["runs"]} == {"succeeded"}
+    assert (await client.get("/api/playbooks/runs?status=queued", headers=admin_headers)).json()["runs"] == []
+
+
+async def test_the_catalogue_carries_each_playbooks_last_run_and_next_firing(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], services: Services
+) -> None:
+    before = (await client.get("/api/playbooks", headers=admin_headers)).json()["playbooks"]
+    assert all(p["last_run"] is None for p in before)
+    made = await _dry_runs(client, admin_headers, "crypto_key_persistence", 2)
+    found = {p["name"]: p for p in (await client.get("/api/playbooks", headers=admin_headers)).json()["playbooks"]}
+    crypto = found["crypto_key_persistence"]
+    assert crypto["last_run"]["id"] == made[-1] and crypto["last_run"]["status"] == "succeeded"
+    assert found["htm_timing_and_sizing"]["last_run"] is None
+    weekly = datetime.fromisoformat(crypto["schedules"][0]["next_at"])
+    now = services.clock.now()
+    assert weekly > now and weekly - now <= timedelta(days=7)
+    assert (weekly.weekday(), weekly.hour, weekly.minute, weekly.utcoffset()) == (6, 2, 0, timedelta(0))  # Sunday
+    every_five = datetime.fromisoformat(found["htm_timing_and_sizing"]["schedules"][0]["next_at"])
+    assert timedelta(0) < every_five - now <= timedelta(minutes=5) and every_five.minute % 5 == 0
+
+
+async def test_listing_runs_names_a_bad_field_and_an_unknown_playbook(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    for query, field in (
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=many", "limit"),
+        ("playbook=Not-A-Name", "playbook"),
+        ("status=waiting_forever", "status"),
+        ("before=" + "x" * 61, "before"),
+        ("before=pbr_nope", "before"),
+    ):
+        r = await client.get(f"/api/playbooks/runs?{query}", headers=admin_headers)
+        assert r.status_code == 422, (query, r.text)
+        assert field in r.json()["error"]["message"], (query, r.json())
+    missing = await client.get("/api/playbooks/runs?playbook=no_such_playbook", headers=admin_headers)
+    assert missing.status_code == 404 and "no_such_playbook" in missing.json()["error"]["message"]
+    known = await client.get("/api/playbooks/runs?playbook=recording_to_learning", headers=admin_headers)
+    assert known.status_code == 200 and known.json() == {"runs": [], "next_before": None}

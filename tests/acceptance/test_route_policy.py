@@ -111,6 +111,7 @@ EXPECTED: dict[str, str] = {
     "DELETE /api/voice-notes/{note_id}": "voice",
     "GET /api/playbooks": "playbooks",
     "POST /api/playbooks/{name}/run": "playbooks_run",
+    "GET /api/playbooks/runs": "playbooks",
     "GET /api/playbooks/runs/{run_id}": "playbooks",
     # The web UI's pages and fragments (grace.web): the same policies, answered as pages.
     "GET /signin": "public",

@@ -10,7 +10,8 @@ from __future__ import annotations
 from grace.playbooks.actions import Action, ActionContext, ActionFailed, ActionRegistry, Capabilities, Param
 from grace.playbooks.builtin import ALERT_TOPIC, default_registry
 from grace.playbooks.engine import Engine, RunResult, backoff_delay
-from grace.playbooks.history import RunRecord, RunStore
+from grace.playbooks.history import RunPage, RunRecord, RunStore
+from grace.playbooks.schedule import next_fire
 from grace.playbooks.scheduler import LEADER_LOCK, Scheduler
 from grace.playbooks.schema import Playbook, Problem, check, check_text
 from grace.playbooks.service import RUN_TASK, Playbooks
@@ -29,6 +30,7 @@ __all__ = [
     "Playbook",
     "Playbooks",
     "Problem",
+    "RunPage",
     "RunRecord",
     "RunResult",
     "RunStore",
@@ -37,4 +39,5 @@ __all__ = [
     "check",
     "check_text",
     "default_registry",
+    "next_fire",
 ]

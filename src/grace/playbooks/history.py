@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import desc, insert, select, update
+from sqlalchemy import and_, desc, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from grace import errors, jsontext
@@ -19,7 +19,7 @@ from grace.clock import Clock, iso
 from grace.playbooks.tables import playbook_runs, playbook_schedules
 from grace.storage import Database, new_id
 
-__all__ = ["FINAL", "RunRecord", "RunStore"]
+__all__ = ["FINAL", "RunPage", "RunRecord", "RunStore"]
 
 FINAL = ("succeeded", "failed", "cancelled", "timed_out", "skipped")
 
@@ -60,6 +60,14 @@ class RunRecord:
             "finished_at": iso(self.finished_at),
             "duration_ms": self.duration_ms,
         }
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """A page of runs, newest first; ``next_before`` is the id to pass as ``before`` for the next page."""
+
+    runs: list[RunRecord]
+    next_before: str | None
 
 
 def _record(row: Any) -> RunRecord:
@@ -165,6 +173,53 @@ class RunStore:
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_record(r) for r in rows]
+
+    async def page(
+        self,
+        *,
+        playbook: str | None = None,
+        statuses: tuple[str, ...] = (),
+        before: str | None = None,
+        limit: int = 50,
+    ) -> RunPage:
+        """Runs newest first (created, then id), only ``playbook``'s and in ``statuses`` when given.
+
+        ``before`` is a run's id: the page starts after it (keyset paging, stable while runs are added).
+        An id that names no run is InvalidInput naming ``before``.
+        """
+        if not 1 <= limit <= 1000:
+            raise errors.InvalidInput("limit must be between 1 and 1000")
+        runs = playbook_runs.c
+        query = select(playbook_runs).order_by(desc(runs.created_at), desc(runs.id)).limit(limit + 1)
+        if playbook is not None:
+            query = query.where(runs.playbook == playbook)
+        if statuses:
+            query = query.where(runs.status.in_(statuses))
+        async with self.db.read() as conn:
+            if before is not None:
+                at = (await conn.execute(select(runs.created_at).where(runs.id == before))).scalar_one_or_none()
+                if at is None:
+                    raise errors.InvalidInput(f"before: no playbook run {before[:60]!r}")
+                query = query.where(or_(runs.created_at < at, and_(runs.created_at == at, runs.id < before)))
+            rows = (await conn.execute(query)).mappings().all()
+        found = [_record(r) for r in rows[:limit]]
+        return RunPage(found, found[-1].id if len(rows) > limit else None)
+
+    async def last(self, playbook: str, *, skipped: bool = False) -> RunRecord | None:
+        """The newest run of ``playbook`` (skipped firings left out unless ``skipped``)."""
+        query = select(playbook_runs).where(playbook_runs.c.playbook == playbook)
+        if not skipped:
+            query = query.where(playbook_runs.c.status != "skipped")
+        query = query.order_by(desc(playbook_runs.c.created_at), desc(playbook_runs.c.id)).limit(1)
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _record(row)
+
+    async def recorded(self, playbook: str) -> bool:
+        """Whether any run or firing of ``playbook`` is recorded."""
+        query = select(playbook_runs.c.id).where(playbook_runs.c.playbook == playbook).limit(1)
+        async with self.db.read() as conn:
+            return (await conn.execute(query)).first() is not None
 
     async def active(self, playbook: str) -> list[RunRecord]:
         """Runs of ``playbook`` queued or running."""

@@ -26,7 +26,7 @@ from croniter import croniter
 
 from grace.clock import ensure_utc
 
-__all__ = ["MAX_FIRINGS", "Decision", "decide", "fire_times"]
+__all__ = ["MAX_FIRINGS", "Decision", "decide", "fire_times", "next_fire"]
 
 MAX_FIRINGS = 10_000  # a tick after years of downtime still ends
 
@@ -49,6 +49,21 @@ def fire_times(cron: str, timezone: str, after: datetime, until: datetime) -> li
         if after < instant <= until:
             found.add(instant)
     return sorted(found)[:MAX_FIRINGS]
+
+
+# Windows searched, in turn, for a schedule's next firing: an hour first (every few minutes), up to
+# eight years (the 29th of February on a Monday fires at least that often).
+_NEXT_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=32), timedelta(days=367), timedelta(days=2930))
+
+
+def next_fire(cron: str, timezone: str, after: datetime) -> datetime | None:
+    """Return the schedule's first firing after ``after`` (aware UTC, the same rules); None within 8 years."""
+    after = ensure_utc(after)
+    for window in _NEXT_WINDOWS:
+        found = fire_times(cron, timezone, after, after + window)
+        if found:
+            return found[0]
+    return None
 
 
 @dataclass(frozen=True)

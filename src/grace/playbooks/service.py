@@ -11,7 +11,7 @@ from typing import Any
 from grace import errors
 from grace.playbooks.actions import ActionRegistry, Capabilities
 from grace.playbooks.engine import Engine, RunResult, RunState, parse_inputs
-from grace.playbooks.history import RunRecord, RunStore
+from grace.playbooks.history import RunPage, RunRecord, RunStore
 from grace.playbooks.schema import Playbook, Problem, check
 from grace.storage import Database
 
@@ -141,3 +141,16 @@ class Playbooks:
 
     async def runs(self, *, playbook: str | None = None, limit: int = 50) -> list[RunRecord]:
         return await self.history.recent(playbook=playbook, limit=limit)
+
+    async def run_page(
+        self, *, playbook: str | None = None, statuses: tuple[str, ...] = (), before: str | None = None, limit: int = 50
+    ) -> RunPage:
+        """A page of runs, newest first; a ``playbook`` neither in the directory nor in the history is NotFound."""
+        known = playbook is None or await self.history.recorded(playbook)
+        if not known and not any(p.name == playbook for p in self.catalogue()):
+            raise errors.NotFound(f"no playbook {str(playbook)[:64]!r}")
+        return await self.history.page(playbook=playbook, statuses=statuses, before=before, limit=limit)
+
+    async def last_run(self, playbook: str) -> RunRecord | None:
+        """The newest run of ``playbook`` that is not a skipped firing."""
+        return await self.history.last(playbook)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from grace.api import contract, policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
-from grace.api.schemas.playbooks import PlaybookList, RunAnswer
+from grace.api.schemas.playbooks import PlaybookList, RunAnswer, RunList
+from grace.clock import iso
+from grace.playbooks import next_fire
 
 router = APIRouter(prefix="/api/playbooks", tags=["playbooks"])
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "skipped"]
 
 
 class RunRequest(BaseModel):
@@ -23,8 +27,10 @@ class RunRequest(BaseModel):
 
 @router.get("", dependencies=[policy.PLAYBOOKS], response_model=PlaybookList)
 async def list_playbooks(services: ServicesDep) -> dict[str, Any]:
-    """Every playbook in GRACE_PLAYBOOKS_DIR, checked: triggers, policy, inputs and steps, or its lint problems."""
+    """Every playbook in GRACE_PLAYBOOKS_DIR, checked: triggers (with each schedule's next firing), policy,
+    inputs and steps, or its lint problems; and each one's last run."""
     out = []
+    now = services.clock.now()
     for listed in services.playbooks.catalogue():
         item: dict[str, Any] = {
             "name": listed.name,
@@ -36,7 +42,10 @@ async def list_playbooks(services: ServicesDep) -> dict[str, Any]:
         pb = listed.playbook
         if pb is not None:
             item.update(
-                schedules=[{"cron": s.cron, "timezone": s.timezone} for s in pb.schedules],
+                schedules=[
+                    {"cron": s.cron, "timezone": s.timezone, "next_at": iso(next_fire(s.cron, s.timezone, now))}
+                    for s in pb.schedules
+                ],
                 events=[e.topic for e in pb.events],
                 manual=pb.manual,
                 policy={
@@ -51,6 +60,8 @@ async def list_playbooks(services: ServicesDep) -> dict[str, Any]:
                 },
                 steps=[s.id for s in pb.steps],
             )
+        last = await services.playbooks.last_run(listed.name)
+        item["last_run"] = last.as_dict() if last is not None else None
         out.append(item)
     return {"playbooks": out}
 
@@ -75,6 +86,34 @@ async def run_playbook(
         return {"run": (await playbooks.run_record(result.run_id)).as_dict()}
     run_id = await services.scheduler.queue_manual(playbook, body.inputs, who=principal.name, principal=principal)
     return {"run": (await playbooks.run_record(run_id)).as_dict()}
+
+
+@router.get("/runs", dependencies=[policy.PLAYBOOKS], response_model=RunList, responses=contract.errors(404))
+async def list_runs(
+    services: ServicesDep,
+    playbook: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=r"^[a-z][a-z0-9_]*$",
+            description="Only this playbook's runs (404 if it is neither in the directory nor in the history).",
+        ),
+    ] = None,
+    status: Annotated[
+        list[RunStatus] | None, Query(max_length=7, description="Only runs in these statuses (repeat the parameter).")
+    ] = None,
+    before: Annotated[
+        str | None,
+        Query(min_length=1, max_length=60, description="A run's id: the runs older than it (from next_before)."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="At most this many, newest first.")] = 50,
+) -> dict[str, Any]:
+    """Runs and skipped firings newest first, each with its steps; page with ``before`` = the answer's next_before."""
+    page = await services.playbooks.run_page(
+        playbook=playbook, statuses=tuple(dict.fromkeys(status or ())), before=before, limit=limit
+    )
+    return {"runs": [r.as_dict() for r in page.runs], "next_before": page.next_before}
 
 
 @router.get("/runs/{run_id}", dependencies=[policy.PLAYBOOKS], response_model=RunAnswer)

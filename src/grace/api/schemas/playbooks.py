@@ -8,7 +8,17 @@ from pydantic import Field
 
 from grace.api.schemas.common import Answer, Timestamp
 
-__all__ = ["InputOut", "PlaybookList", "PlaybookOut", "PolicyOut", "ProblemOut", "RunAnswer", "RunOut", "ScheduleOut"]
+__all__ = [
+    "InputOut",
+    "PlaybookList",
+    "PlaybookOut",
+    "PolicyOut",
+    "ProblemOut",
+    "RunAnswer",
+    "RunList",
+    "RunOut",
+    "ScheduleOut",
+]
 
 
 class ProblemOut(Answer):
@@ -24,6 +34,9 @@ class ProblemOut(Answer):
 class ScheduleOut(Answer):
     cron: str
     timezone: str
+    next_at: Timestamp | None = Field(
+        None, description="The schedule's next firing after now (UTC); null when it names none within 8 years."
+    )
 
 
 class InputOut(Answer):
@@ -54,6 +67,7 @@ class PlaybookOut(Answer):
     policy: PolicyOut | None = None
     inputs: dict[str, InputOut] = Field(default_factory=dict)
     steps: list[str] = Field(default_factory=list, description="Step ids in order (main steps).")
+    last_run: RunOut | None = Field(None, description="Its newest run (skipped firings left out), if any.")
 
 
 class PlaybookList(Answer):
@@ -82,3 +96,13 @@ class RunOut(Answer):
 
 class RunAnswer(Answer):
     run: RunOut
+
+
+class RunList(Answer):
+    """Runs and skipped firings, newest first."""
+
+    runs: list[RunOut]
+    next_before: str | None = Field(description="Pass as ``before`` for the next (older) page; null on the last page.")
+
+
+PlaybookOut.model_rebuild()
