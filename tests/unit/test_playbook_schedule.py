@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grace.playbooks.schedule import decide, fire_times
+from grace.playbooks.schedule import decide, fire_times, next_fire
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
@@ -100,3 +100,20 @@ def test_every_firing_is_run_or_skipped_once_and_in_order(start: datetime, hours
         assert seen == fire_times("*/15 * * * *", zone, last, now)
         assert len(decision.run) <= (1 if coalesce else len(seen))
         assert all(last < t <= now for t in seen)
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "after", "expected"),
+    [
+        ("*/5 * * * *", "UTC", utc(2026, 3, 1, 10, 2), utc(2026, 3, 1, 10, 5)),
+        ("*/5 * * * *", "UTC", utc(2026, 3, 1, 10, 5), utc(2026, 3, 1, 10, 10)),  # strictly after
+        ("0 2 * * 0", "UTC", utc(2026, 12, 6, 2), utc(2026, 12, 13, 2)),  # the next Sunday
+        ("30 2 * * *", "America/New_York", utc(2026, 3, 8, 0), utc(2026, 3, 8, 7, 30)),  # the skipped 02:30
+        ("0 0 29 2 *", "UTC", utc(2026, 3, 1), utc(2028, 2, 29)),  # years away
+        ("0 0 30 2 *", "UTC", utc(2026, 3, 1), None),  # never
+    ],
+)
+def test_the_next_firing_follows_the_same_rules(
+    cron: str, zone: str, after: datetime, expected: datetime | None
+) -> None:
+    assert next_fire(cron, zone, after) == expected

@@ -22,7 +22,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from grace.clock import ensure_utc
 
@@ -60,7 +60,10 @@ def next_fire(cron: str, timezone: str, after: datetime) -> datetime | None:
     """Return the schedule's first firing after ``after`` (aware UTC, the same rules); None within 8 years."""
     after = ensure_utc(after)
     for window in _NEXT_WINDOWS:
-        found = fire_times(cron, timezone, after, after + window)
+        try:
+            found = fire_times(cron, timezone, after, after + window)
+        except CroniterBadDateError:  # a date that never comes (the 30th of February)
+            return None
         if found:
             return found[0]
     return None
