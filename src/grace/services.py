@@ -228,7 +228,10 @@ async def build(
     scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK), person=person)
     # Playbook runs are HTM tasks (fairness, SLAs and the dashboard apply); people, never an agent, submit them.
     htm.handlers.register(RUN_TASK, scheduler.run_task, submitters=ADMINS)
-    intents = Intents(db, clock, bus, htm, accounts, load_intents_config())
+    # The learning summary shows the configured SLA (GRACE_HTM_DEFAULT_SLA_MS) beside the suggested one.
+    intents = Intents(
+        db, clock, bus, htm, accounts, load_intents_config(), sla_defaults=lambda: htm.config.default_sla_ms
+    )
     voice.use_learning_loop(intents.learning.record_outcome)  # the voice pipeline's learn step
     capabilities.learning = intents.learning  # the playbooks' learning.record
     services = Services(

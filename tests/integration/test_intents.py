@@ -4,6 +4,7 @@ time-outs, cancelling, and who sees what."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,18 @@ from tests.vaultkit import Cast, make_cast
 @pytest.fixture
 async def cast(settings: Settings, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cast]:
     """The vault's cast, with one attempt per task (a failure is final at once) and intent handlers for tests."""
+    async with cast_of(settings, clock, monkeypatch) as built:
+        yield built
+
+
+@contextlib.asynccontextmanager
+async def cast_of(
+    settings: Settings, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> AsyncIterator[Cast]:
+    """Build the cast with ``env`` (GRACE_* settings) set while the services are built."""
     monkeypatch.setenv("GRACE_HTM_MAX_ATTEMPTS", "1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     built = await make_cast(settings, clock)
     gate = asyncio.Event()
 
@@ -39,9 +51,11 @@ async def cast(settings: Settings, clock: ManualClock, monkeypatch: pytest.Monke
     intents.handlers.register("broken", broken, domains=("ingestion",))
     intents.handlers.register("slow", slow, domains=("general",))
     built.gate = gate  # type: ignore[attr-defined]
-    yield built
-    await canary.sweep(built.services)
-    await built.services.close()
+    try:
+        yield built
+        await canary.sweep(built.services)
+    finally:
+        await built.services.close()
 
 
 async def wait_for(events: Subscription, topic: str, intent_id: str) -> dict[str, Any]:
@@ -115,6 +129,27 @@ async def test_an_intent_runs_as_its_task_and_its_outcome_reaches_the_learning_l
     [suggestion] = summary["sla_suggestions"]
     assert suggestion["task_type"] == "intent.ingestion_worker"
     assert suggestion["configured_sla_ms"] == 30000 and suggestion["configured_from"] == "requested"
+
+
+async def test_the_summary_shows_the_default_sla_configured_for_the_task_type(
+    settings: Settings, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"GRACE_HTM_DEFAULT_SLA_MS": "intent.ingestion_worker=45000,intent.slow:high=5000"}
+    async with cast_of(settings, clock, monkeypatch, **env) as cast:
+        services = cast.services
+        events = await services.bus.subscribe("agentic.intent.*").open()
+        intent = await services.intents.submit(cast.agent, goal="Index the uploads", handler="ingestion_worker")
+        task = await services.htm.get(intent.htm_task_id or "", principal=cast.owner)
+        assert intent.sla_ms is None and task.sla_ms == 45000  # the default applied to the task
+        cast.gate.set()  # type: ignore[attr-defined]
+        services.intents.start()
+        await services.htm.start_workers()
+        await wait_for(events, "agentic.intent.completed", intent.intent_id)
+
+        summary = await services.intents.summary(principal=cast.owner)
+        [suggestion] = summary["sla_suggestions"]
+        assert suggestion["task_type"] == "intent.ingestion_worker"
+        assert (suggestion["configured_sla_ms"], suggestion["configured_from"]) == (45000, "default")
 
 
 async def test_a_failing_handler_fails_its_intent_and_counts_as_a_failure(cast: Cast) -> None:

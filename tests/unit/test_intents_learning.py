@@ -68,6 +68,20 @@ def test_a_summary_groups_by_action_type_domain_and_task_type() -> None:
     assert (configured["configured_sla_ms"], configured["configured_from"]) == (5000, "default")
 
 
+def test_the_configured_sla_is_read_as_the_task_manager_reads_its_defaults_at_normal_priority() -> None:
+    outcomes = [fact(True, 1.0, 0.8, sla_ms=4000)]
+
+    def shown(defaults: dict[str, int]) -> tuple[int | None, str | None]:
+        [suggestion] = summarise(outcomes, configured_from(defaults))["sla_suggestions"]
+        return suggestion["configured_sla_ms"], suggestion["configured_from"]
+
+    every = {"intent.ingest:normal": 1000, "intent.ingest": 2000, "normal": 3000, "intent.ingest:high": 9}
+    assert shown(every) == (1000, "default")  # type and priority first
+    assert shown({k: v for k, v in every.items() if k != "intent.ingest:normal"}) == (2000, "default")
+    assert shown({"normal": 3000, "high": 9, "intent.ingest:high": 9}) == (3000, "default")
+    assert shown({"high": 9, "intent.ingest:high": 9}) == (4000, "requested")  # no default for normal
+
+
 @given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), max_size=50))
 def test_calibration_accounts_for_every_outcome_and_the_brier_score_stays_in_range(
     pairs: list[tuple[float, bool]],

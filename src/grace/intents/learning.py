@@ -170,13 +170,18 @@ def most_requested_sla(outcomes: Iterable[OutcomeFacts]) -> int | None:
 
 
 def configured_from(
-    defaults: Mapping[str, int],
+    defaults: Mapping[str, int], priority: str = "normal"
 ) -> Callable[[str, Sequence[OutcomeFacts]], tuple[int | None, str | None]]:
-    """Return a ``configured`` for :func:`summarise`: a default per task type, else the SLA most requested."""
+    """Return a ``configured`` for :func:`summarise`: the default SLA, else the SLA most requested.
+
+    ``defaults`` are the task manager's (``GRACE_HTM_DEFAULT_SLA_MS``, keys ``type:priority``, ``type``
+    or ``priority``), read as it reads them for a task of the type submitted at ``priority``.
+    """
 
     def configured(task_type: str, group: Sequence[OutcomeFacts]) -> tuple[int | None, str | None]:
-        if task_type in defaults:
-            return defaults[task_type], "default"
+        for key in (f"{task_type}:{priority}", task_type, priority):
+            if key in defaults:
+                return defaults[key], "default"
         requested = most_requested_sla(group)
         return (requested, "requested") if requested is not None else (None, None)
 

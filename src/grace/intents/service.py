@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -58,8 +58,17 @@ class Intents:
     """The agent's intents, run as tasks, and the learning loop fed by their outcomes."""
 
     def __init__(
-        self, db: Database, clock: Clock, bus: Bus, htm: HTM, accounts: Accounts, config: IntentsConfig
+        self,
+        db: Database,
+        clock: Clock,
+        bus: Bus,
+        htm: HTM,
+        accounts: Accounts,
+        config: IntentsConfig,
+        *,
+        sla_defaults: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
+        """``sla_defaults`` returns the default SLAs (``GRACE_HTM_DEFAULT_SLA_MS``) that summaries show."""
         self.db = db
         self.clock = clock
         self.bus = bus
@@ -67,7 +76,7 @@ class Intents:
         self.accounts = accounts
         self.config = config
         self.handlers = IntentHandlers(htm.handlers, self.exists)
-        self.learning = LearningLoop(db, clock)
+        self.learning = LearningLoop(db, clock, sla_defaults=sla_defaults)
         self.bridge = Bridge(db, clock, bus, htm, self.learning)
         self.sweeper = recovery.Sweeper(db, clock, config, htm=htm, bridge=self.bridge, resubmit=self._resubmit)
         self._background: list[asyncio.Task[None]] = []
