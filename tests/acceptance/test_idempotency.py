@@ -14,6 +14,7 @@ from grace.clock import ManualClock
 from grace.config import Settings
 from grace.htm.tables import htm_tasks
 from grace.idempotency import IdempotencyKeys, fingerprint
+from grace.intents.tables import intent_records
 from grace.services import Services
 
 TASK = {"task_type": "htm.noop", "payload": {"n": 1}}
@@ -122,6 +123,47 @@ async def test_a_voice_note_started_twice_with_one_key_is_one_note(
     assert notes["total"] == 1
 
 
+async def count_intents(services: Services) -> int:
+    async with services.db.read() as conn:
+        return int((await conn.execute(select(func.count()).select_from(intent_records))).scalar_one())
+
+
+async def test_an_intent_submitted_twice_with_one_key_is_one_intent_and_one_task(
+    client: httpx.AsyncClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    body = {"goal": "Say it back", "handler": "echo", "context": {"folder": "/uploads"}}
+    first = await client.post("/api/intents", json=body, headers=keyed(admin_headers, "intent-1"))
+    assert first.status_code == 201, first.text
+    again = await client.post("/api/intents", json=body, headers=keyed(admin_headers, "intent-1"))
+    assert again.status_code == 201 and again.content == first.content  # the same intent_id and task
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert first.json()["intent"]["htm_task_id"]
+    assert await count_intents(services) == 1 and await count_tasks(services) == 1
+    # Another body under the same key is another request: refused, nothing made.
+    other = await client.post(
+        "/api/intents", json={**body, "goal": "Say something else"}, headers=keyed(admin_headers, "intent-1")
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    # A refused intent (an unknown handler) releases its key: the corrected request runs.
+    bad = await client.post("/api/intents", json={**body, "handler": "nope"}, headers=keyed(admin_headers, "i-2"))
+    assert bad.status_code == 422 and "handler" in bad.text
+    fixed = await client.post("/api/intents", json=body, headers=keyed(admin_headers, "i-2"))
+    assert fixed.status_code == 201, fixed.text
+    assert await count_intents(services) == 2 and await count_tasks(services) == 2
+
+
+async def test_concurrent_intents_with_one_key_make_one_intent(
+    client: httpx.AsyncClient, services: Services, admin_headers: dict[str, str]
+) -> None:
+    body = {"goal": "Say it back", "handler": "echo"}
+    sent = [client.post("/api/intents", json=body, headers=keyed(admin_headers, "intent-race")) for _ in range(5)]
+    answers = await asyncio.gather(*sent)
+    ok = [r for r in answers if r.status_code == 201]
+    assert ok and {r.json()["intent"]["intent_id"] for r in ok} == {ok[0].json()["intent"]["intent_id"]}
+    assert all(r.json()["error"]["code"] == "idempotency_key_in_use" for r in answers if r.status_code == 409)
+    assert await count_intents(services) == 1 and await count_tasks(services) == 1
+
+
 async def test_a_failed_request_releases_its_key(
     client: httpx.AsyncClient, services: Services, admin_headers: dict[str, str]
 ) -> None:
@@ -175,6 +217,7 @@ async def test_the_contract_declares_the_header_and_the_409_on_every_creating_po
         "/api/secrets/store",
         "/api/voice-notes/start",
         "/api/voice-notes/{note_id}/upload",
+        "/api/intents",
     ):
         operation = schema["paths"][path]["post"]
         headers = [p for p in operation.get("parameters", []) if p["in"] == "header"]

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from grace.api import contract, policy
 from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.idempotency import IdempotencyDep, Record
 from grace.api.schemas.intents import IntentAnswer, IntentList, LearningSummary, OutcomeList, OutcomeOut
 
 router = APIRouter(tags=["intents"])
@@ -36,21 +37,29 @@ class NewIntent(BaseModel):
     response_model_exclude_unset=True,
     responses=contract.errors(**{"409": "The intent_id is already taken."}),
 )
-async def submit_intent(body: NewIntent, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+async def submit_intent(
+    body: NewIntent, principal: CurrentPrincipal, services: ServicesDep, idem: IdempotencyDep
+) -> Any:
     """Record an intent and submit it as a task (origin intent) for the named handler."""
-    intent = await services.intents.submit(
-        principal,
-        goal=body.goal,
-        handler=body.handler,
-        expected_outcome=body.expected_outcome,
-        sla_ms=body.sla_ms,
-        priority=body.priority,
-        domain=body.domain,
-        context=body.context,
-        confidence=body.confidence,
-        intent_id=body.intent_id,
-    )
-    return {"intent": intent.as_dict()}
+
+    async def work(_: Record | None) -> dict[str, Any]:
+        intent = await services.intents.submit(
+            principal,
+            goal=body.goal,
+            handler=body.handler,
+            expected_outcome=body.expected_outcome,
+            sla_ms=body.sla_ms,
+            priority=body.priority,
+            domain=body.domain,
+            context=body.context,
+            confidence=body.confidence,
+            intent_id=body.intent_id,
+        )
+        return {"intent": intent.as_dict()}
+
+    # The key is held while the intent's two writes run: a process killed between them leaves it held,
+    # and the sweep resubmits the pending intent, so a retry never makes a second one.
+    return await idem.answer(work, IntentAnswer, status_code=201, exclude_unset=True)
 
 
 @router.get("/api/intents", dependencies=[policy.TASKS], response_model=IntentList, response_model_exclude_unset=True)
