@@ -134,6 +134,10 @@ EXPECTED: dict[str, str] = {
     "POST /voice/{note_id}/delete": "voice",
     "GET /voice/{note_id}/progress": "voice",
     "GET /dashboard": "tasks",
+    "GET /playbooks": "playbooks",
+    "GET /playbooks/{name}": "playbooks",
+    "GET /playbooks/runs/{run_id}": "playbooks",
+    "POST /playbooks/{name}/run": "playbooks_run",
 }
 
 # Query strings that keep a call short (the consent stream would otherwise stay open).

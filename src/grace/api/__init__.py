@@ -11,13 +11,28 @@ from grace.api.app import create_app, served_app
 from grace.api.deps import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, CurrentPrincipal, ServicesDep
 from grace.api.errors import status_for
 from grace.api.forwarded import client_address
-from grace.api.policy import AUDIT, CONSENTS, PUBLIC, SECRETS, SIGNED_IN, TASKS, VOICE, Policy, Public, policy_of
+from grace.api.policy import (
+    AUDIT,
+    CONSENTS,
+    PLAYBOOKS,
+    PLAYBOOKS_RUN,
+    PUBLIC,
+    SECRETS,
+    SIGNED_IN,
+    TASKS,
+    VOICE,
+    Policy,
+    Public,
+    policy_of,
+)
 
 __all__ = [
     "AUDIT",
     "CONSENTS",
     "CSRF_FIELD",
     "CSRF_HEADER",
+    "PLAYBOOKS",
+    "PLAYBOOKS_RUN",
     "PUBLIC",
     "SECRETS",
     "SESSION_COOKIE",

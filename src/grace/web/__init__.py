@@ -11,7 +11,7 @@ import typing
 
 from starlette import staticfiles
 
-from grace.web import dashboard, inbox, secrets, signin, voice
+from grace.web import dashboard, inbox, playbooks, secrets, signin, voice
 from grace.web.rendering import ASSETS, CSP, STATIC
 
 if typing.TYPE_CHECKING:
@@ -23,5 +23,5 @@ __all__ = ["ASSETS", "CSP", "STATIC", "install"]
 def install(app: FastAPI) -> None:
     """Serve the pages and their static files from ``app``."""
     app.mount(ASSETS, staticfiles.StaticFiles(directory=STATIC), name="web-assets")
-    for module in (signin, inbox, secrets, voice, dashboard):
+    for module in (signin, inbox, secrets, voice, dashboard, playbooks):
         app.include_router(module.router)

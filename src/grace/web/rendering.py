@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from grace import __version__
+from grace.web.playbook_views import duration
 from grace.web.session import CSRF_COOKIE
 
 __all__ = ["ASSETS", "CSP", "STATIC", "TEMPLATES", "clock_time", "environment", "render", "secure", "utc"]
@@ -70,6 +71,8 @@ def environment() -> Environment:
     )
     env.filters["utc"] = utc
     env.filters["clock"] = clock_time
+    env.filters["duration"] = duration
+    env.filters["duration_s"] = lambda seconds: duration(float(seconds) * 1000)
     env.globals["assets"] = ASSETS
     env.globals["version"] = __version__
     return env
