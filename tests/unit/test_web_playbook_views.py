@@ -21,7 +21,17 @@ def record(steps: list[dict[str, Any]], *, dry_run: bool = False, status: str = 
 
 @pytest.mark.parametrize(
     ("ms", "shown"),
-    [(None, ""), (0.25, "0.2 ms"), (12.4, "12 ms"), (999, "999 ms"), (2400, "2.4 s"), (185_000, "3 min 05 s")],
+    [
+        (None, ""),
+        (0.25, "0.2 ms"),
+        (12.4, "12 ms"),
+        (999, "999 ms"),
+        (2400, "2.4 s"),
+        (185_000, "3 min 05 s"),
+        (300_000, "5 min"),
+        (3_600_000, "1 h"),
+        (5_430_000, "1 h 30 min"),
+    ],
 )
 def test_durations_read_as_a_person_would_say_them(ms: float | None, shown: str) -> None:
     assert duration(ms) == shown
@@ -43,7 +53,7 @@ def test_a_dry_runs_steps_say_would_run_skipped_unknown_and_a_called_read() -> N
         )
     }
     assert shown == {
-        "check_expiry": "run (read only, called)",
+        "check_expiry": "ran (read only)",
         "warn": "skipped",
         "rotate": "would run",
         "verify": "unknown",

@@ -83,7 +83,7 @@ def step_outcome(step: dict[str, Any], *, dry_run: bool) -> Shown:
     outcome = str(step.get("outcome") or "")
     if outcome == "run":
         if dry_run and step.get("called") is True:
-            return Shown(outcome, "run (read only, called)", "ok")
+            return Shown(outcome, "ran (read only)", "ok")
         return Shown(outcome, "would run" if dry_run else "run", "busy")
     if not outcome:
         return Shown("", "not finished", "other")
@@ -92,7 +92,7 @@ def step_outcome(step: dict[str, Any], *, dry_run: bool) -> Shown:
 
 
 def duration(ms: float | None) -> str:
-    """``850 ms``, ``2.4 s``, ``3 min 05 s``; empty for None."""
+    """``850 ms``, ``2.4 s``, ``3 min 05 s``, ``5 min``, ``1 h 30 min``; empty for None."""
     if ms is None:
         return ""
     if ms < 1000:
@@ -101,7 +101,10 @@ def duration(ms: float | None) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
+    if minutes >= 60:
+        hours, minutes = divmod(minutes, 60)
+        return f"{hours} h {minutes:02d} min" if minutes else f"{hours} h"
+    return f"{minutes} min {rest:02d} s" if rest else f"{minutes} min"
 
 
 @dataclass(frozen=True)
@@ -135,10 +138,11 @@ def _text(value: Any, limit: int = 300) -> str:
 def step_views(record: RunRecord) -> list[StepView]:
     """Each step of ``record`` in the order it happened, with its attempts, duration and error."""
     views = []
-    for step in record.steps:
+    steps: list[Any] = list(record.steps)  # JSON from the database: checked, not trusted
+    for step in steps:
         if not isinstance(step, dict):
             continue
-        attempts = []
+        attempts: list[Attempt] = []
         for raw in step.get("attempts") or []:
             if not isinstance(raw, dict):
                 continue
@@ -157,6 +161,8 @@ def step_views(record: RunRecord) -> list[StepView]:
             facts.append(("metric", f"{step.get('metric', '')} = {_text(step.get('value'), 60)}"))
             facts.append(("severity", str(step.get("severity", ""))))
         reason = step.get("reason") or step.get("error") or ""
+        if not reason and record.dry_run and step.get("called") is False:
+            reason = "not called: it has side effects"
         views.append(
             StepView(
                 id=str(step.get("id", "")),
