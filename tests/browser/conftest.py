@@ -69,6 +69,7 @@ TOKENS = {
     "dana": ("dana", None),
     "dana_agent": ("dana", "code_agent"),
     "erin": ("erin", None),
+    "olga": ("olga", None),
 }
 
 

@@ -66,9 +66,22 @@ def csrf_of(http: httpx.Client) -> str:
     return found.group(1)
 
 
-@pytest.mark.parametrize("path", PAGES)
-def test_every_page_has_a_strict_policy_and_nothing_inline(grace: Grace, path: str) -> None:
-    with signed_in_client(grace, "aaron") as http:
+# Pages for operators and admins (a member is refused them), scanned as Olga, an operator.
+OPERATOR_PAGES = ["/playbooks", "/playbooks/crypto_key_persistence", "/playbooks/runs/{run}"]
+
+
+def _a_dry_run(grace: Grace) -> str:
+    with grace.api("olga") as api:
+        made = api.post("/api/playbooks/crypto_key_persistence/run", json={"dry_run": True})
+    assert made.status_code == 202, made.text
+    return str(made.json()["run"]["id"])
+
+
+@pytest.mark.parametrize(("path", "who"), [(p, "aaron") for p in PAGES] + [(p, "olga") for p in OPERATOR_PAGES])
+def test_every_page_has_a_strict_policy_and_nothing_inline(grace: Grace, path: str, who: str) -> None:
+    if "{run}" in path:
+        path = path.format(run=_a_dry_run(grace))
+    with signed_in_client(grace, who) as http:
         page = http.get(path)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.headers["content-security-policy"] == CSP
@@ -159,6 +172,28 @@ def test_every_post_form_carries_the_csrf_token_and_a_voice_upload_without_it_is
         token = csrf_of(http)
         assert http.post(f"/voice/{note_id}/delete", data={"csrf_token": token}).status_code == 303
         assert http.get(f"/voice/{note_id}").status_code == 404
+
+
+def test_a_playbook_run_without_the_csrf_token_is_refused_and_starts_nothing(grace: Grace) -> None:
+    def runs() -> int:
+        with grace.api("olga") as api:
+            return len(api.get("/api/playbooks/runs?playbook=crypto_key_persistence&limit=200").json()["runs"])
+
+    before = runs()
+    with signed_in_client(grace, "olga") as http:
+        page = http.get("/playbooks/crypto_key_persistence")
+        forms = FormFinder()
+        forms.feed(page.text)
+        assert forms.posts and forms.posts == [True] * len(forms.posts)  # sign-out and the run form
+        url = "/playbooks/crypto_key_persistence/run"
+        missing = http.post(url, data={"mode": "dry_run"})
+        assert missing.status_code == 403 and "CSRF" in missing.text
+        wrong = http.post(url, data={"mode": "dry_run", "csrf_token": "x" * 43})
+        assert wrong.status_code == 403
+        assert runs() == before
+        done = http.post(url, data={"mode": "dry_run", "csrf_token": csrf_of(http)})
+        assert done.status_code == 303 and done.headers["location"].startswith("/playbooks/runs/pbr_")
+    assert runs() == before + 1
 
 
 class FormFinder(HTMLParser):
