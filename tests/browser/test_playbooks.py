@@ -115,6 +115,7 @@ def test_an_operator_sees_the_playbooks_dry_runs_one_and_runs_it_for_real(grace:
     page.get_by_label("note_id").fill("vn_no_such_note")
     page.get_by_role("button", name="Run now").click()
     page.wait_for_url(RUN_URL)
+    failed_id = RUN_URL.match(page.url).group(1)  # type: ignore[union-attr]
     failing = page.locator("#run-live")
     assert failing.get_attribute("data-status") in ("queued", "running")  # three attempts take seconds
     navigations.clear()
@@ -143,7 +144,12 @@ def test_an_operator_sees_the_playbooks_dry_runs_one_and_runs_it_for_real(grace:
     expect(crypto_card.locator(".last-run .run-state")).to_have_text("succeeded")
 
     # Every playbooks page on a phone and a desktop, light and dark: no sideways scroll, axe clean.
-    pages = {"playbooks": "/playbooks", "playbook": f"/playbooks/{CRYPTO}", "playbook-run": f"/playbooks/runs/{dry_id}"}
+    pages = {
+        "playbooks": "/playbooks",
+        "playbook": f"/playbooks/{CRYPTO}",
+        "playbook-run": f"/playbooks/runs/{dry_id}",
+        "playbook-run-failed": f"/playbooks/runs/{failed_id}",
+    }
     found = {}
     for viewport in (PHONE, DESKTOP):
         page.set_viewport_size(viewport)
