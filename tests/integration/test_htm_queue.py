@@ -173,6 +173,67 @@ async def test_within_an_origin_priority_then_age(database_url: str, clock: Manu
         assert claimed == critical + normal + low
 
 
+@pytest.mark.parametrize("sizes", [(7,), (1,) * 7, (2, 1, 4)])
+async def test_within_an_origin_earliest_deadline_after_priority(
+    database_url: str, clock: ManualClock, sizes: tuple[int, ...]
+) -> None:
+    # Deadlines out of submission order (deadline = submission time on the injected clock + sla_ms):
+    # at one priority the earliest deadline goes first, tasks without a deadline after all that have
+    # one (oldest first), and a higher priority still goes before any deadline.
+    async with manual_htm(database_url, clock) as htm:
+        none = await submit(htm, Origin.SCHEDULER)  # no deadline
+        at_60 = await submit(htm, Origin.SCHEDULER, sla_ms=60_000)  # t0 + 60 s
+        low_soon = await submit(htm, Origin.SCHEDULER, priority="low", sla_ms=1_000)  # t0 + 1 s, but low
+        clock.advance(5)
+        at_15 = await submit(htm, Origin.SCHEDULER, sla_ms=10_000)  # t5 + 10 s
+        at_65 = await submit(htm, Origin.SCHEDULER, sla_ms=60_000)  # t5 + 60 s: after the t0 + 60 s one
+        at_35 = await submit(htm, Origin.SCHEDULER, sla_ms=30_000)
+        high_none = await submit(htm, Origin.SCHEDULER, priority="high")  # no deadline, but high
+        claimed: list[str] = []
+        for size in sizes:
+            claimed += [t.task_id for t in await htm.queue.claim("w1", size, fallback_capacity=7)]
+        assert claimed == high_none + at_15 + at_35 + at_60 + at_65 + none + low_soon
+        deadlines = []
+        for task_id in at_15 + at_35 + at_60 + at_65:
+            deadline = (await htm.get(task_id, principal=None)).deadline
+            assert deadline is not None
+            deadlines.append(deadline)
+        assert deadlines == sorted(deadlines)
+
+
+@pytest.mark.parametrize("sizes", [(1,) * 30, (3, 1, 5, 1, 2, 7, 1, 10)])
+async def test_deadlines_change_the_order_within_an_origin_but_not_the_fair_pick_between_origins(
+    database_url: str, clock: ManualClock, sizes: tuple[int, ...]
+) -> None:
+    counts = {Origin.USER_REQUEST: 12, Origin.INTENT: 10, Origin.SCHEDULER: 8}
+    async with manual_htm(database_url, clock, capacity=10) as htm:
+        # The intent origin's tasks carry deadlines in the reverse of their submission order (and two
+        # none); the others have none. The origins are picked as the reference fair pick says.
+        submitted: dict[str, list[str]] = {}
+        for origin, n in counts.items():
+            for i in range(n):
+                sla = None if origin is not Origin.INTENT or i < 2 else 1000 * (100 - i)
+                submitted.setdefault(origin.value, []).extend(await submit(htm, origin, sla_ms=sla))
+        got: list[tuple[str, str]] = []
+        for size in sizes:
+            got += [(t.origin.value, t.task_id) for t in await htm.queue.claim("w1", size, fallback_capacity=1)]
+        weights = htm.weights
+        total = sum(weights.values())
+        slots = [
+            fairness.OriginSlot(
+                o.position, weights[o], ready=counts.get(o, 0), quota=origins.max_concurrent(weights[o], total, 10)
+            )
+            for o in ORDER
+        ]
+        assert [o for o, _ in got] == [ORDER[i].value for i in fairness.pick(slots, len(got), 0)]
+        intents = [task_id for o, task_id in got if o == Origin.INTENT.value]
+        expected = list(reversed(submitted["intent"][2:])) + submitted["intent"][:2]
+        assert intents == expected[: len(intents)] and len(intents) >= 3
+        for other in ("user_request", "scheduler"):
+            mine = [task_id for o, task_id in got if o == other]
+            assert mine == submitted[other][: len(mine)]
+
+
 async def test_a_dead_workers_tasks_return_after_lease_expiry_and_its_late_completion_is_rejected(
     database_url: str, clock: ManualClock
 ) -> None:

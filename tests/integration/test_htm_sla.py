@@ -239,6 +239,21 @@ async def test_a_rescue_of_a_queued_task_reports_what_is_ahead_of_it(database_ur
         assert gone["found"] is False and gone["action"] == "none"
 
 
+async def test_a_rescue_counts_ahead_only_what_a_claim_takes_first(database_url: str, clock: ManualClock) -> None:
+    # Within an origin a claim goes by priority, then earliest deadline (none last), then age.
+    async with manual_htm(database_url, clock) as htm:
+        await submit(htm, Origin.SCHEDULER, priority="high")  # high, but no deadline: behind
+        [sooner] = await submit(htm, Origin.SCHEDULER, priority="high", sla_ms=800)  # ahead
+        await submit(htm, Origin.SCHEDULER, priority="high", sla_ms=60_000)  # a later deadline: behind
+        [late] = await submit(htm, Origin.SCHEDULER, sla_ms=1000)  # escalated to high at 100%
+        clock.advance(2)
+        assert late in (await htm.sla.tick()).rescues
+        result = await htm.rescuer.inspect_overdue(late)
+        assert result["priority"] == "high" and result["queued_ahead"] == 1
+        claimed = await htm.queue.claim("w1", 10, fallback_capacity=10)  # with the rescue tasks (remediation)
+        assert [t.task_id for t in claimed if t.origin is Origin.SCHEDULER][:2] == [sooner, late]
+
+
 async def test_tasks_finished_before_their_deadline_never_escalate(database_url: str, clock: ManualClock) -> None:
     async with manual_htm(database_url, clock) as htm:
         [task_id] = await submit(htm, Origin.USER_REQUEST, sla_ms=1000)

@@ -345,7 +345,7 @@ class Dashboard:
                 t.c.created_by_name,
             )
             .where(t.c.status.in_(WAITING))
-            .order_by(t.c.priority_rank, t.c.seq)
+            .order_by(t.c.priority_rank, t.c.deadline.is_(None), t.c.deadline, t.c.seq)
             .limit(limit)
         )
         if visible_to is not None:

@@ -119,8 +119,13 @@ class Rescuer:
         return report
 
     async def _queued_ahead(self, row: Any) -> int:
-        """Return how many queued tasks of the row's origin go before it (higher priority, or older at its own)."""
+        """Return how many queued tasks of the row's origin a claim takes before it: higher priority, or at its
+        priority an earlier deadline (a deadline before none), or at its priority and deadline older."""
         t = htm_tasks
+        if row.deadline is None:
+            sooner = or_(t.c.deadline.is_not(None), and_(t.c.deadline.is_(None), t.c.seq < row.seq))
+        else:
+            sooner = or_(t.c.deadline < row.deadline, and_(t.c.deadline == row.deadline, t.c.seq < row.seq))
         async with self.db.read() as conn:
             ahead = (
                 await conn.execute(
@@ -131,7 +136,7 @@ class Rescuer:
                         t.c.origin == row.origin,
                         or_(
                             t.c.priority_rank < row.priority_rank,
-                            and_(t.c.priority_rank == row.priority_rank, t.c.seq < row.seq),
+                            and_(t.c.priority_rank == row.priority_rank, sooner),
                         ),
                     )
                 )

@@ -88,14 +88,6 @@ htm_tasks = Table(
     Column("sla_level", SmallInteger, nullable=False, server_default=text("0")),
     Column("sla_due_at", UTCDateTime, nullable=True),
     Index(
-        "ix_htm_tasks_claim",
-        "origin",
-        "priority_rank",
-        "seq",
-        postgresql_where=text("status = 'queued'"),
-        sqlite_where=text("status = 'queued'"),
-    ),
-    Index(
         "ix_htm_tasks_waiting",
         "queued_at",
         postgresql_where=text("status IN ('delayed', 'deferred')"),
@@ -142,6 +134,19 @@ htm_tasks = Table(
         postgresql_where=text(f"deadline IS NOT NULL AND {_OUTCOME}"),
         sqlite_where=text(f"deadline IS NOT NULL AND {_OUTCOME}"),
     ),
+)
+
+# The claims' order within an origin (migration 0016_htm_deadline_order; grace/htm/sql/schema.sql):
+# priority, then deadline (tasks with one first, earliest first), then age.
+Index(
+    "ix_htm_tasks_claim",
+    htm_tasks.c.origin,
+    htm_tasks.c.priority_rank,
+    htm_tasks.c.deadline.is_(None),
+    htm_tasks.c.deadline,
+    htm_tasks.c.seq,
+    postgresql_where=text("status = 'queued'"),
+    sqlite_where=text("status = 'queued'"),
 )
 
 # How each backend's driver needs htm_tasks values written: times (UTCDateTime) and JSON documents.

@@ -72,9 +72,9 @@ SELECT origin, count(*) FROM htm_tasks WHERE status = 'running' GROUP BY origin;
 (SELECT count(*) FROM (SELECT 1 FROM htm_tasks INDEXED BY ix_htm_tasks_claim WHERE status = 'queued' AND origin = '{origin}' LIMIT ?));
 
 -- name: sqlite_next
--- An origin's next tasks by priority and age.
+-- An origin's next tasks by priority, then deadline (tasks with one first, earliest first), then age.
 SELECT seq FROM htm_tasks INDEXED BY ix_htm_tasks_claim
- WHERE status = 'queued' AND origin = ? ORDER BY priority_rank, seq LIMIT ?;
+ WHERE status = 'queued' AND origin = ? ORDER BY priority_rank, (deadline IS NULL), deadline, seq LIMIT ?;
 
 -- name: sqlite_take
 -- Every picked task in one statement: ?5 is a JSON array of their seqs in dispatch order, and a

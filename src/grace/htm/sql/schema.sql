@@ -10,8 +10,10 @@
 -- Loaded by grace.htm.sql.
 
 -- name: ix_htm_tasks_claim
--- Queued tasks by origin, then priority and age: every claim's probes and take (both backends).
-CREATE INDEX ix_htm_tasks_claim ON htm_tasks (origin, priority_rank, seq) WHERE status = 'queued';
+-- Queued tasks by origin, then priority, then deadline (tasks with one first, earliest first), then
+-- age: every claim's probes and take (both backends; migration 0016_htm_deadline_order).
+-- `deadline IS NULL` is a key of its own because SQLite sorts NULL first and cannot index NULLS LAST.
+CREATE INDEX ix_htm_tasks_claim ON htm_tasks (origin, priority_rank, (deadline IS NULL), deadline, seq) WHERE status = 'queued';
 
 -- name: ix_htm_tasks_waiting
 -- Delayed and deferred tasks by the time they are due: the claims' release of due waiting tasks.
@@ -22,7 +24,8 @@ CREATE INDEX ix_htm_tasks_waiting ON htm_tasks (queued_at) WHERE status IN ('del
 CREATE INDEX ix_htm_tasks_running ON htm_tasks (origin, lease_expires_at) WHERE status = 'running';
 
 -- name: htm_claim
--- PostgreSQL: the claim in one round trip (migration 0007_htm_single_claim). Locks the dispatch
+-- PostgreSQL: the claim in one round trip (migrations 0007_htm_single_claim and, for the order
+-- within an origin, 0016_htm_deadline_order). Locks the dispatch
 -- counter, releases due waiting tasks, reads every origin's state, runs the fair pick
 -- (grace/htm/fairness.py is the reference; a test checks both paths against it) and takes the
 -- picked tasks with FOR UPDATE SKIP LOCKED while saving the origins' state and the counter.
@@ -134,7 +137,7 @@ BEGIN
              WHERE h.seq = (
                  SELECT t.seq FROM htm_tasks t
                   WHERE t.status = 'queued' AND t.origin = (SELECT c.origin FROM chosen c)
-                  ORDER BY t.priority_rank, t.seq
+                  ORDER BY t.priority_rank, (t.deadline IS NULL), t.deadline, t.seq
                   LIMIT 1
                   FOR UPDATE SKIP LOCKED
              )
@@ -255,19 +258,22 @@ BEGIN
         RETURN;  -- nothing to take: the state is unchanged
     END IF;
 
-    -- Take every picked origin's next tasks by priority and age, and save the origins' state and
-    -- the counter, in one statement. Numbers of picks whose task a cancel took at that instant
-    -- are left unused.
+    -- Take every picked origin's next tasks by priority, deadline (earliest first, none last) and
+    -- age, and save the origins' state and the counter, in one statement. Numbers of picks whose
+    -- task a cancel took at that instant are left unused.
     RETURN QUERY
     WITH wanted AS (
         SELECT w.origin, count(*)::integer AS k FROM unnest(v_pick_origin) AS w(origin) GROUP BY w.origin
     ), picked AS (
-        SELECT p.seq, w.origin, row_number() OVER (PARTITION BY w.origin ORDER BY p.priority_rank, p.seq) AS rn
+        SELECT p.seq, w.origin,
+               row_number() OVER (
+                   PARTITION BY w.origin ORDER BY p.priority_rank, (p.deadline IS NULL), p.deadline, p.seq
+               ) AS rn
           FROM wanted w
           CROSS JOIN LATERAL (
-              SELECT t.seq, t.priority_rank FROM htm_tasks t
+              SELECT t.seq, t.priority_rank, t.deadline FROM htm_tasks t
                WHERE t.status = 'queued' AND t.origin = w.origin
-               ORDER BY t.priority_rank, t.seq
+               ORDER BY t.priority_rank, (t.deadline IS NULL), t.deadline, t.seq
                LIMIT w.k
                FOR UPDATE SKIP LOCKED
           ) AS p

@@ -1,0 +1,325 @@
+"""Within an origin, tasks with a deadline go by earliest deadline after priority.
+
+Revision ID: 0016_htm_deadline_order
+Revises: 0015_intents
+
+The claims on both databases took an origin's queued tasks by priority, then age. Now the order is
+priority, then deadline (tasks with a deadline before those without, earliest first), then age: the
+seed's "queued work reprioritised by urgency". Only the order of tasks inside one origin changes;
+which origin a claim serves (the fair pick, ``grace/htm/fairness.py``) is untouched.
+
+- ``ix_htm_tasks_claim`` gains ``(deadline IS NULL), deadline`` between the priority and the age, so
+  the claims still read an origin's next tasks straight off the index. ``deadline IS NULL`` is a
+  key of its own because SQLite sorts NULL first in ascending order and cannot index ``NULLS LAST``;
+  PostgreSQL would sort it last anyway, and one definition serves both.
+- ``htm_claim`` (PostgreSQL) orders its takes the same way, on both of its paths. SQLite's claim is
+  Python with its statement in ``grace/htm/sql/queries.sql`` (``sqlite_next``).
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from grace.storage.migrate import revision_module
+
+revision = "0016_htm_deadline_order"
+down_revision = "0015_intents"
+branch_labels = None
+depends_on = None
+
+CLAIM_INDEX = (
+    "CREATE INDEX ix_htm_tasks_claim ON htm_tasks (origin, priority_rank, (deadline IS NULL), deadline, seq)"
+    " WHERE status = 'queued'"
+)
+
+OLD_CLAIM_INDEX = "CREATE INDEX ix_htm_tasks_claim ON htm_tasks (origin, priority_rank, seq) WHERE status = 'queued'"
+
+CLAIM_FUNCTION = """
+CREATE OR REPLACE FUNCTION htm_claim(
+    p_worker text,
+    p_n integer,
+    p_now timestamptz,
+    p_lease_seconds double precision,
+    p_capacity integer,
+    p_fallback_capacity integer,
+    p_live_after timestamptz,
+    p_async_commit boolean DEFAULT false
+) RETURNS SETOF htm_tasks
+LANGUAGE plpgsql
+SET enable_bitmapscan = off
+SET enable_hashjoin = off
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+    v_seq bigint;
+    v_cap integer;
+    v_total integer;
+    v_k integer;
+    o_name text[];
+    o_weight integer[];
+    o_credit bigint[];
+    o_since bigint[];
+    o_running integer[];
+    o_ready integer[];
+    o_quota integer[];
+    o_bound integer[];
+    o_planned integer[];
+    v_pick_origin text[] := '{}';
+    v_pick_rank integer[] := '{}';
+    v_planned integer := 0;
+    v_round integer;
+    v_any_ready boolean;
+    v_any_under boolean;
+    v_best integer;
+    v_due integer;
+    v_sno bigint;
+    j integer;
+    i integer;
+BEGIN
+    IF p_async_commit THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    SELECT dispatched INTO v_seq FROM htm_scheduler WHERE id = 1 FOR UPDATE;
+    IF v_seq IS NULL THEN
+        RAISE EXCEPTION 'htm_scheduler row missing; start the task manager once to create it';
+    END IF;
+
+    -- Waiting tasks that are due join the queue; one locked elsewhere joins at a later claim (a
+    -- claim never waits for a task row, so it can hold the counter while others hold task rows).
+    IF EXISTS (SELECT 1 FROM htm_tasks WHERE status IN ('delayed', 'deferred') AND queued_at <= p_now) THEN
+        UPDATE htm_tasks SET status = 'queued'
+         WHERE seq IN (
+             SELECT w.seq FROM htm_tasks w
+              WHERE w.status IN ('delayed', 'deferred') AND w.queued_at <= p_now
+              ORDER BY w.seq
+                FOR UPDATE SKIP LOCKED
+         );
+    END IF;
+
+    IF p_n = 1 THEN
+        RETURN QUERY
+        WITH st AS (
+            SELECT o.origin, o.position, o.weight, o.credit, o.since,
+                   (SELECT count(*) FROM htm_tasks r WHERE r.status = 'running' AND r.origin = o.origin)::integer
+                       AS running,
+                   coalesce((
+                       SELECT true FROM htm_tasks t WHERE t.status = 'queued' AND t.origin = o.origin LIMIT 1
+                   ), false) AS ready
+              FROM htm_origins o
+        ), tot AS (
+            SELECT sum(st.weight)::integer AS total,
+                   coalesce(sum(st.weight) FILTER (WHERE st.ready), 0)::integer AS round,
+                   CASE WHEN p_capacity > 0 THEN p_capacity ELSE coalesce(nullif((
+                       SELECT coalesce(sum(w.concurrency), 0)::integer FROM htm_workers w
+                        WHERE w.heartbeat_at >= p_live_after AND NOT w.stopping
+                   ), 0), p_fallback_capacity) END AS cap
+              FROM st
+        ), sized AS (
+            SELECT st.*, tot.round,
+                   st.credit + CASE WHEN st.ready THEN st.weight ELSE 0 END AS earned,
+                   st.running < greatest(1, (st.weight * tot.cap + tot.total - 1) / tot.total) AS under,
+                   v_seq - st.since + 1 >= (tot.total + st.weight - 1) / st.weight AS due
+              FROM st, tot
+        ), chosen AS (
+            SELECT s.origin FROM sized s
+             WHERE s.ready AND (s.under OR NOT EXISTS (SELECT 1 FROM sized u WHERE u.ready AND u.under))
+             ORDER BY s.due DESC,
+                      CASE WHEN s.due THEN s.weight END, CASE WHEN s.due THEN s.since END,
+                      CASE WHEN s.due THEN s.position END,
+                      s.earned DESC, s.weight DESC, s.position
+             LIMIT 1
+        ), taken AS (
+            UPDATE htm_tasks h
+               SET status = 'running',
+                   worker_id = p_worker,
+                   attempts = h.attempts + 1,
+                   started_at = p_now,
+                   lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+                   dispatch_seq = v_seq
+             WHERE h.seq = (
+                 SELECT t.seq FROM htm_tasks t
+                  WHERE t.status = 'queued' AND t.origin = (SELECT c.origin FROM chosen c)
+                  ORDER BY t.priority_rank, (t.deadline IS NULL), t.deadline, t.seq
+                  LIMIT 1
+                  FOR UPDATE SKIP LOCKED
+             )
+            RETURNING h.*
+        ), origins_saved AS (
+            UPDATE htm_origins o
+               SET credit = greatest(-s.round, least(s.round, CASE
+                       WHEN s.origin = c.origin THEN s.earned - s.round
+                       WHEN NOT s.ready THEN least(s.earned, 0)
+                       ELSE s.earned END)),
+                   since = CASE WHEN s.origin = c.origin OR NOT s.ready THEN v_seq + 1 ELSE s.since END,
+                   dispatched = o.dispatched + (SELECT count(*) FROM taken x WHERE x.origin = o.origin)
+              FROM sized s, chosen c
+             WHERE o.origin = s.origin
+        ), counter_saved AS (
+            UPDATE htm_scheduler SET dispatched = v_seq + 1 WHERE id = 1 AND EXISTS (SELECT 1 FROM chosen)
+        )
+        SELECT * FROM taken;
+        RETURN;
+    END IF;
+
+    SELECT array_agg(o.origin ORDER BY o.position),
+           array_agg(o.weight ORDER BY o.position),
+           array_agg(o.credit ORDER BY o.position),
+           array_agg(o.since ORDER BY o.position),
+           array_agg(r.n::integer ORDER BY o.position),
+           array_agg(q.n::integer ORDER BY o.position),
+           sum(o.weight)::integer,
+           CASE WHEN p_capacity > 0 THEN p_capacity ELSE (
+               SELECT coalesce(sum(w.concurrency), 0)::integer FROM htm_workers w
+                WHERE w.heartbeat_at >= p_live_after AND NOT w.stopping
+           ) END
+      INTO o_name, o_weight, o_credit, o_since, o_running, o_ready, v_total, v_cap
+      FROM htm_origins o
+      CROSS JOIN LATERAL (
+            SELECT count(*) AS n FROM htm_tasks r WHERE r.status = 'running' AND r.origin = o.origin
+      ) AS r
+      CROSS JOIN LATERAL (
+            SELECT count(*) AS n FROM (
+                SELECT 1 FROM htm_tasks t WHERE t.status = 'queued' AND t.origin = o.origin LIMIT p_n
+            ) AS x
+      ) AS q;
+
+    v_k := coalesce(array_length(o_name, 1), 0);
+    IF v_k = 0 THEN
+        RETURN;
+    END IF;
+    IF v_cap = 0 THEN
+        v_cap := p_fallback_capacity;
+    END IF;
+    o_quota := array_fill(0, ARRAY[v_k]);
+    o_bound := array_fill(0, ARRAY[v_k]);
+    o_planned := array_fill(0, ARRAY[v_k]);
+    FOR i IN 1..v_k LOOP
+        o_quota[i] := greatest(1, (o_weight[i] * v_cap + v_total - 1) / v_total);
+        o_bound[i] := (v_total + o_weight[i] - 1) / o_weight[i];
+    END LOOP;
+
+    FOR j IN 0..p_n - 1 LOOP
+        v_sno := v_seq + j;
+        v_round := 0;
+        v_any_ready := false;
+        v_any_under := false;
+        FOR i IN 1..v_k LOOP
+            IF o_ready[i] > 0 THEN
+                v_any_ready := true;
+                v_round := v_round + o_weight[i];
+                IF o_running[i] < o_quota[i] THEN
+                    v_any_under := true;
+                END IF;
+            END IF;
+        END LOOP;
+        EXIT WHEN NOT v_any_ready;
+
+        -- One pass: every origin with work earns its weight; among the candidates (under quota,
+        -- or all when none is) the most overdue past its wait bound wins, else the most credit.
+        v_best := 0;
+        v_due := 0;
+        FOR i IN 1..v_k LOOP
+            CONTINUE WHEN o_ready[i] <= 0;
+            o_credit[i] := o_credit[i] + o_weight[i];
+            CONTINUE WHEN v_any_under AND o_running[i] >= o_quota[i];
+            IF v_sno - o_since[i] + 1 >= o_bound[i] AND (
+                v_due = 0 OR o_weight[i] < o_weight[v_due]
+                OR (o_weight[i] = o_weight[v_due] AND o_since[i] < o_since[v_due])
+            ) THEN
+                v_due := i;
+            END IF;
+            IF v_best = 0 OR o_credit[i] > o_credit[v_best]
+               OR (o_credit[i] = o_credit[v_best] AND o_weight[i] > o_weight[v_best]) THEN
+                v_best := i;
+            END IF;
+        END LOOP;
+        IF v_due > 0 THEN
+            v_best := v_due;
+        END IF;
+
+        o_credit[v_best] := o_credit[v_best] - v_round;
+        o_ready[v_best] := o_ready[v_best] - 1;
+        o_running[v_best] := o_running[v_best] + 1;
+        FOR i IN 1..v_k LOOP
+            IF o_ready[i] <= 0 AND i <> v_best THEN
+                o_credit[i] := least(o_credit[i], 0);
+            END IF;
+            IF i = v_best OR o_ready[i] <= 0 THEN
+                o_since[i] := v_sno + 1;
+            END IF;
+            o_credit[i] := greatest(-v_round, least(v_round, o_credit[i]));
+        END LOOP;
+
+        o_planned[v_best] := o_planned[v_best] + 1;
+        v_pick_origin := v_pick_origin || o_name[v_best];
+        v_pick_rank := v_pick_rank || o_planned[v_best];
+        v_planned := v_planned + 1;
+    END LOOP;
+
+    IF v_planned = 0 THEN
+        RETURN;  -- nothing to take: the state is unchanged
+    END IF;
+
+    -- Take every picked origin's next tasks by priority, deadline (earliest first, none last) and
+    -- age, and save the origins' state and the counter, in one statement. Numbers of picks whose
+    -- task a cancel took at that instant are left unused.
+    RETURN QUERY
+    WITH wanted AS (
+        SELECT w.origin, count(*)::integer AS k FROM unnest(v_pick_origin) AS w(origin) GROUP BY w.origin
+    ), picked AS (
+        SELECT p.seq, w.origin,
+               row_number() OVER (
+                   PARTITION BY w.origin ORDER BY p.priority_rank, (p.deadline IS NULL), p.deadline, p.seq
+               ) AS rn
+          FROM wanted w
+          CROSS JOIN LATERAL (
+              SELECT t.seq, t.priority_rank, t.deadline FROM htm_tasks t
+               WHERE t.status = 'queued' AND t.origin = w.origin
+               ORDER BY t.priority_rank, (t.deadline IS NULL), t.deadline, t.seq
+               LIMIT w.k
+               FOR UPDATE SKIP LOCKED
+          ) AS p
+    ), slots AS (
+        SELECT s.origin, s.rn, s.ord - 1 AS slot
+          FROM unnest(v_pick_origin, v_pick_rank) WITH ORDINALITY AS s(origin, rn, ord)
+    ), taken AS (
+        UPDATE htm_tasks h
+           SET status = 'running',
+               worker_id = p_worker,
+               attempts = h.attempts + 1,
+               started_at = p_now,
+               lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+               dispatch_seq = v_seq + s.slot
+          FROM picked p
+          JOIN slots s ON s.origin = p.origin AND s.rn = p.rn
+         WHERE h.seq = p.seq
+        RETURNING h.*
+    ), origins_saved AS (
+        UPDATE htm_origins o
+           SET credit = v.credit,
+               since = v.since,
+               dispatched = o.dispatched + (SELECT count(*) FROM taken x WHERE x.origin = o.origin)
+          FROM unnest(o_name, o_credit, o_since) AS v(origin, credit, since)
+         WHERE o.origin = v.origin
+    ), counter_saved AS (
+        UPDATE htm_scheduler SET dispatched = v_seq + v_planned WHERE id = 1
+    )
+    SELECT * FROM taken;
+END;
+$fn$;
+"""
+
+
+def upgrade() -> None:
+    op.execute("DROP INDEX ix_htm_tasks_claim")
+    op.execute(CLAIM_INDEX)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(CLAIM_FUNCTION)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(revision_module("0007_htm_single_claim").CLAIM_FUNCTION)
+    op.execute("DROP INDEX ix_htm_tasks_claim")
+    op.execute(OLD_CLAIM_INDEX)
