@@ -254,6 +254,38 @@ async def test_a_rescue_counts_ahead_only_what_a_claim_takes_first(database_url:
         assert [t.task_id for t in claimed if t.origin is Origin.SCHEDULER][:2] == [sooner, late]
 
 
+async def test_the_enforcer_sleeps_until_the_next_level_falls_due_at_most_a_tick(
+    database_url: str, clock: ManualClock
+) -> None:
+    async with manual_htm(database_url, clock, sla_tick_seconds=1.0) as htm:
+        enforcer = htm.sla
+        assert await enforcer.next_due() is None
+        assert await enforcer.pause_after(await enforcer.tick()) == 1.0  # nothing open: a whole tick
+        start = clock.now()
+        await submit(htm, Origin.INTENT)  # no SLA: never due
+        [slow] = await submit(htm, Origin.INTENT, sla_ms=60_000)
+        [quick] = await submit(htm, Origin.INTENT, sla_ms=1000)  # warning at 0.8 s
+        assert await enforcer.next_due() == start + timedelta(milliseconds=800)
+        clock.advance(0.5)
+        assert await enforcer.pause_after(await enforcer.tick()) == pytest.approx(0.3, abs=0.01)
+        clock.advance(0.3)
+        tick = await enforcer.tick()
+        assert tick.tasks_at("warning") == [quick]
+        # Its violation is next (at 1 s), then the other's warning (48 s): never more than a tick away.
+        assert await enforcer.next_due() == start + timedelta(seconds=1)
+        assert await enforcer.pause_after(tick) == pytest.approx(0.2, abs=0.01)
+        clock.advance(0.2)
+        assert (await enforcer.tick()).tasks_at("violated") == [quick]
+        assert await enforcer.next_due() == start + timedelta(seconds=2)  # quick's critical level
+        clock.advance(0.7)
+        tick = await enforcer.tick()
+        assert await enforcer.pause_after(tick) == pytest.approx(0.3, abs=0.01)
+        await htm.cancel(quick, principal=None)
+        assert await enforcer.next_due() == start + timedelta(seconds=48)  # slow's warning
+        assert await enforcer.pause_after(tick) == 1.0
+        assert slow
+
+
 async def test_tasks_finished_before_their_deadline_never_escalate(database_url: str, clock: ManualClock) -> None:
     async with manual_htm(database_url, clock) as htm:
         [task_id] = await submit(htm, Origin.USER_REQUEST, sla_ms=1000)

@@ -12,16 +12,16 @@ level  name       at     what happens
 3      critical   200%   a rescue task (``htm.sla.rescue``, origin remediation), ``htm.sla.critical``
 =====  =========  =====  ==========================================================================
 
-Each level fires once per task: the level reached is stored on the task (``sla_level``) and
-raised by an UPDATE guarded by the level the enforcer read, in the same transaction that counts
-it and creates the rescue task, so a second enforcer (or this one after a restart) finds the
-level already raised and fires nothing. ``sla_due_at`` holds when the task's next level falls
-due, so a tick reads only tasks with something to do, through a partial index of unfinished
-tasks with a deadline; claims and outcomes do no extra work for it. On PostgreSQL one enforcer
-across all processes acts: the holder of the ``grace.htm.sla.enforcer`` leadership
-(``storage.Leadership``). The others try for it on each tick and take over when the leader's
-connection goes. The figures it
-publishes are read by ``sla_stats.py``; the rescue task is ``rescue.py``.
+Each level fires once per task: the level reached is stored on the task (``sla_level``), raised
+for tasks read and locked inside the write transaction that also counts it and creates the rescue
+task, so a second enforcer (or this one after a restart) finds the level already raised and fires
+nothing. ``sla_due_at`` holds when the task's next level falls due, so a tick reads only tasks
+with something to do, through a partial index of unfinished tasks with a deadline; claims and
+outcomes do no extra work for it. Between ticks the leader sleeps until the next level falls due,
+at most ``GRACE_HTM_SLA_TICK_SECONDS``. On PostgreSQL one enforcer across all processes acts: the
+holder of the ``grace.htm.sla.enforcer`` leadership (``storage.Leadership``). The others try for
+it on each tick and take over when the leader's connection goes. The figures it publishes are
+read by ``sla_stats.py``; the rescue task is ``rescue.py``.
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import storage
@@ -67,6 +65,10 @@ log = logging.getLogger("grace.htm")
 TOPICS = {WARNING: "htm.sla.warning", VIOLATED: "htm.sla.violated", CRITICAL: "htm.sla.critical"}
 STATS = "htm.sla.stats"
 
+# After a tick the leader sleeps until the next level falls due (a little after, so it is due when
+# read), at most GRACE_HTM_SLA_TICK_SECONDS; with a backlog it goes on after a moment.
+WAKE_SLACK = 0.002
+BACKLOG_PAUSE = 0.01
 BATCH = 200  # tasks escalated per transaction
 MAX_BATCHES = 20  # per tick; whatever is left is due on the next tick
 HIGH_RANK = Priority.HIGH.rank
@@ -90,7 +92,7 @@ class Tick:
 
 @dataclass
 class _Fired:
-    row: Row[Any]
+    row: Any  # a row of SLA_COLUMNS
     seen: int
     reached: int
     priority: str
@@ -153,13 +155,49 @@ class SLAEnforcer:
     async def _run(self) -> None:
         # The loop's pace is wall time; every decision inside a tick uses the injected clock.
         while True:
+            pause = self.config.sla_tick_seconds
             try:
-                await self.tick()
+                tick = await self.tick()
+                if tick.leader:
+                    pause = await self.pause_after(tick)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # try again on the next tick
                 log.warning("htm.sla_tick_failed", extra={"reason": type(exc).__name__})
-            await asyncio.sleep(self.config.sla_tick_seconds)
+            await asyncio.sleep(pause)
+
+    async def pause_after(self, tick: Tick) -> float:
+        """Return how long the leader sleeps after ``tick``: until the next level falls due, at most a tick.
+
+        So a level fires when it falls due, not up to a whole tick later. A level already due again
+        (more were due than one tick takes) is taken after a moment; one that stays due though the
+        tick fired nothing waits the whole tick, so a failing row never makes the loop spin.
+        """
+        limit = self.config.sla_tick_seconds
+        upcoming = await self.next_due()
+        if upcoming is None:
+            return limit
+        wait = (upcoming - self.clock.now()).total_seconds()
+        if wait <= 0:
+            return BACKLOG_PAUSE if tick.fired else limit
+        return min(limit, wait + WAKE_SLACK)
+
+    async def next_due(self) -> datetime | None:
+        """Return when the next level of an unfinished task falls due (None: no task with a deadline is open)."""
+        t = htm_tasks
+        # One probe of the SLA index per level (the minimum over an IN list would read every open task).
+        firsts = [
+            select(t.c.sla_due_at)
+            .where(SLA_OPEN, t.c.sla_level == level, t.c.sla_due_at.is_not(None))
+            .order_by(t.c.sla_due_at)
+            .limit(1)
+            .scalar_subquery()
+            for level in (NONE, WARNING, VIOLATED)
+        ]
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(*firsts))).one()
+        found = [when for when in row if when is not None]
+        return min(found) if found else None
 
     # -- leadership ---------------------------------------------------------------
 
@@ -178,71 +216,63 @@ class SLAEnforcer:
         now = self.clock.now()
         tick = Tick(leader=True)
         for _ in range(MAX_BATCHES):
-            due = await self._due(now)
-            if not due:
-                break
-            progressed = await self._escalate(due, now, tick)
-            if len(due) < BATCH or not progressed:
+            read = await self._escalate(now, tick)
+            if read < BATCH:
                 break
         every = timedelta(seconds=self.config.sla_stats_seconds)
         if self._last_stats is None or now - self._last_stats >= every:
             tick.stats = await self.publish_statistics()
         return tick
 
-    async def _due(self, now: datetime) -> list[Any]:
+    async def _escalate(self, now: datetime, tick: Tick) -> int:
+        """Raise the levels of up to BATCH due tasks in one transaction; publish what fired after commit.
+
+        The due tasks are read inside the write transaction, locked (PostgreSQL: ``FOR UPDATE``, in seq
+        order as every change of several tasks locks them, see grace.htm.queue; SQLite: the write
+        transaction is the only writer), so each read row is changed by exactly this transaction: a
+        second enforcer waits, then no longer finds them due. The changes go in one statement per kind
+        (an executemany), not one round trip per task. Return how many tasks were read.
+        """
         t = htm_tasks
+        fired: list[_Fired] = []
+        counts: Counter[str] = Counter()
+        rescues: list[TaskRequest] = []
+        moves: list[dict[str, Any]] = []
+        raises: list[dict[str, Any]] = []
         query = (
             select(*SLA_COLUMNS)
             .where(SLA_OPEN, t.c.sla_level.in_([NONE, WARNING, VIOLATED]), t.c.sla_due_at <= now)
+            .order_by(t.c.seq)
             .limit(BATCH)
         )
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        # One lock order for every enforcer: by seq.
-        return sorted(rows, key=lambda r: int(r.seq))
-
-    async def _escalate(self, rows: Sequence[Row[Any]], now: datetime, tick: Tick) -> bool:
-        """Raise the rows' levels in one transaction; publish what fired after commit. Return whether any moved."""
-        t = htm_tasks
-        fired: list[_Fired] = []
-        moved = 0
-        counts: Counter[str] = Counter()
-        rescues: list[TaskRequest] = []
         async with self.db.write() as conn:
-            # In seq order, as every change of several tasks locks them (see grace.htm.queue).
-            for row in sorted(rows, key=lambda r: int(r.seq)):
+            if not self.db.is_sqlite:
+                query = query.with_for_update()
+            rows = (await conn.execute(query)).all()
+            for row in rows:
                 seen = int(row.sla_level)
                 reached = max(seen, level_at(row.created_at, int(row.sla_ms), now))
-                values: dict[str, Any] = {
-                    "sla_level": reached,
-                    "sla_due_at": due_at(row.created_at, int(row.sla_ms), min(reached + 1, CRITICAL)),
+                change = {
+                    "b_seq": row.seq,
+                    "b_level": reached,
+                    "b_due": due_at(row.created_at, int(row.sla_ms), min(reached + 1, CRITICAL)),
                 }
                 escalate = seen < VIOLATED <= reached
-                if escalate:
-                    # Raise to high, never lower: the right-hand sides see the row before the update.
-                    values["priority"] = case((t.c.priority_rank > HIGH_RANK, Priority.HIGH.value), else_=t.c.priority)
-                    values["priority_rank"] = case((t.c.priority_rank > HIGH_RANK, HIGH_RANK), else_=t.c.priority_rank)
-                # Guarded by the level read, so exactly one transaction makes each transition.
-                changed = (
-                    await conn.execute(
-                        update(t)
-                        .where(t.c.seq == row.seq, t.c.sla_level == seen, SLA_OPEN)
-                        .values(**values)
-                        .returning(t.c.priority)
-                    )
-                ).first()
-                if changed is None:
-                    continue  # finished meanwhile, or another enforcer got there first
-                moved += 1
-                if reached == seen:
-                    continue  # only its due time moved (a task from before the upgrade)
                 raised = escalate and int(row.priority_rank) > HIGH_RANK
-                fired.append(_Fired(row, seen, reached, str(changed.priority), raised))
+                (raises if raised else moves).append(change)
+                if reached == seen:
+                    continue  # only its due time moves (a task from before the upgrade)
+                # Raised to high, never lowered.
+                fired.append(_Fired(row, seen, reached, Priority.HIGH.value if raised else str(row.priority), raised))
                 counts["warnings_issued"] += seen < WARNING <= reached
                 counts["total_violations"] += escalate
                 counts["escalations_triggered"] += raised
                 if reached == CRITICAL:
                     rescues.append(rescue.request_for(self.submitter, task_id=row.task_id, task_type=row.task_type))
+            if moves:
+                await conn.execute(_MOVE, moves)
+            if raises:
+                await conn.execute(_RAISE, raises)
             created = None
             if rescues:
                 created = await self.submitter.enqueue_in(conn, rescues, creator=None)
@@ -256,7 +286,7 @@ class SLAEnforcer:
             await self.submitter.announce_created(created)
         for f in fired:
             await self._announce(f, now, tick)
-        return moved > 0
+        return len(rows)
 
     async def _announce(self, f: _Fired, now: datetime, tick: Tick) -> None:
         row = f.row
@@ -304,6 +334,15 @@ class SLAEnforcer:
         self._last_stats = self.clock.now()
         await self.events.emit(STATS, stats, essential=True)
         return stats
+
+
+# A due task's new level and when its next one falls due; _RAISE also raises its priority to high.
+_MOVE = (
+    update(htm_tasks)
+    .where(htm_tasks.c.seq == bindparam("b_seq"))
+    .values(sla_level=bindparam("b_level"), sla_due_at=bindparam("b_due", type_=storage.UTCDateTime()))
+)
+_RAISE = _MOVE.values(priority=Priority.HIGH.value, priority_rank=HIGH_RANK)
 
 
 async def _add(conn: AsyncConnection, counts: Counter[str]) -> None:
