@@ -33,6 +33,7 @@ from typing import Any
 from bench import htmkit
 from grace import storage
 from grace.htm import HTM, TaskContext
+from grace.storage.migrate import revision_module
 
 SUBMIT_BATCH = 500
 CONCURRENCY = 64
@@ -60,7 +61,15 @@ SQLITE = [
     ("htm", "sqlite", 16, 10_000, True, "NORMAL"),
     ("htm", "sqlite", 50, 10_000, True, "FULL"),
 ]
-SETS = {"all": EQUAL + SQLITE, "equal": EQUAL, "sqlite": SQLITE}
+# "order": HTM on PostgreSQL with the claim order within an origin of migration 0016 (priority, deadline,
+# age) beside the one before it (priority, age: "htm_age_order") and pgqueuer, interleaved, so what the
+# deadline order costs is measured in one run against the same pgqueuer figures.
+ORDER = [
+    (system, "postgresql", batch, n, True, "")
+    for batch, n in ((1, 3_000), (10, 10_000), (50, 10_000))
+    for system in ("htm", "htm_age_order", "pgqueuer")
+]
+SETS = {"all": EQUAL + SQLITE, "equal": EQUAL, "sqlite": SQLITE, "order": ORDER}
 
 
 def concurrency(batch: int) -> int:
@@ -71,12 +80,14 @@ def concurrency(batch: int) -> int:
     return max(CONCURRENCY, 2 * batch)
 
 
-async def htm_run(backend: str, batch: int, n: int, events: bool) -> dict[str, Any]:
+async def htm_run(backend: str, batch: int, n: int, events: bool, *, age_order: bool = False) -> dict[str, Any]:
     url = await htmkit.fresh(backend, f"tp_{batch}")
     try:
         async with htmkit.open_htm(
             url, concurrency=concurrency(batch), claim_batch=batch, poll_seconds=0.05, events=events
         ) as htm:
+            if age_order:
+                await age_order_claims(htm)
             done = 0
 
             async def noop(ctx: TaskContext) -> None:
@@ -93,7 +104,7 @@ async def htm_run(backend: str, batch: int, n: int, events: bool) -> dict[str, A
             elapsed = time.perf_counter() - started
             await htm.events.drain()
             return {
-                "system": "htm",
+                "system": "htm_age_order" if age_order else "htm",
                 "backend": backend,
                 "claim_batch": batch,
                 "events": events,
@@ -107,6 +118,15 @@ async def htm_run(backend: str, batch: int, n: int, events: bool) -> dict[str, A
     finally:
         if backend == "postgresql":
             await htmkit.drop_postgres(url)
+
+
+async def age_order_claims(htm: HTM) -> None:
+    """Put back the claim order of before migration 0016 (PostgreSQL): its claim index and function."""
+    new = revision_module("0016_htm_deadline_order")
+    old_function = revision_module("0007_htm_single_claim").CLAIM_FUNCTION
+    async with htm.db.write() as conn:
+        for statement in ("DROP INDEX ix_htm_tasks_claim", new.OLD_CLAIM_INDEX, old_function):
+            await conn.exec_driver_sql(statement)
 
 
 async def submit_all(htm: HTM, n: int) -> None:
@@ -188,6 +208,8 @@ def _machine(r: dict[str, Any]) -> str:
 def _key(r: dict[str, Any]) -> str:
     if r["system"] == "pgqueuer":
         return f"pgqueuer_batch{r['claim_batch']}"
+    if r["system"] == "htm_age_order":
+        return f"htm_{r['backend']}_batch{r['claim_batch']}_age_order"
     sync = "_sync_normal" if r.get("synchronous") == "NORMAL" else ""
     return f"htm_{r['backend']}_batch{r['claim_batch']}{'' if r['events'] else '_no_events'}{sync}"
 
@@ -195,6 +217,8 @@ def _key(r: dict[str, Any]) -> str:
 async def one(system: str, backend: str, batch: int, n: int, events: bool, sync: str) -> dict[str, Any]:
     if system == "pgqueuer":
         return await pgqueuer_run(batch, n)
+    if system == "htm_age_order":
+        return await htm_run(backend, batch, n, events, age_order=True)
     storage.database.SQLITE_SYNCHRONOUS = sync or "FULL"
     try:
         r = await htm_run(backend, batch, n, events)
@@ -229,6 +253,9 @@ async def run() -> dict[str, Any]:
         htm_, pgq = median.get(f"htm_postgresql_batch{batch}"), median.get(f"pgqueuer_batch{batch}")
         if htm_ and pgq:
             summary[f"ratio_htm_pg_vs_pgqueuer_batch{batch}"] = round(htm_ / pgq, 2)
+        aged = median.get(f"htm_postgresql_batch{batch}_age_order")
+        if aged and pgq:
+            summary[f"ratio_htm_pg_age_order_vs_pgqueuer_batch{batch}"] = round(aged / pgq, 2)
     for batch in (1, 16):  # what synchronous=FULL costs on SQLite
         full, normal = median.get(f"htm_sqlite_batch{batch}"), median.get(f"htm_sqlite_batch{batch}_sync_normal")
         if full and normal:
