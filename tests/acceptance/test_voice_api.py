@@ -21,6 +21,8 @@ from grace.bus import Subscription
 from grace.config import Settings, load_settings
 from grace.services import Services
 from grace.voice import Embedder, Engines, Transcriber, Transcript, tables
+from grace.voice.fusion import KEYWORD_BONUS
+from grace.voice.notes import FUSION
 from tests.vaultkit import Cast
 from tests.voicekit import Notes, Spoken
 
@@ -128,6 +130,27 @@ async def test_a_spoken_note_becomes_searchable_by_its_owner_only(
     assert (await http.get(f"/api/voice-notes/{travel}/transcript", headers=owner)).status_code == 404
     assert (await http.get(f"/api/voice-notes/{travel}/audio", headers=owner)).status_code == 404
     assert (await http.delete(f"/api/voice-notes/{travel}", headers=owner)).status_code == 404
+
+    # The default fusion skips the full-text query; a fusion that reads full text still gets it. By
+    # words alone a word said in one note finds that note only, a word said in none finds nothing;
+    # with the bonus, the note matching the words scores its vector similarity plus the bonus.
+    search = "/api/voice-notes/search"
+    by_vector = (await http.post(search, json={"query": "revised spreadsheet"}, headers=owner)).json()["results"]
+    assert {h["note_id"] for h in by_vector} == {budget, garden}
+    assert (await http.post(search, json={"query": "zebra"}, headers=owner)).json()["results"]
+    try:
+        workers.voice.fusion = "words"
+        by_words = (await http.post(search, json={"query": "revised spreadsheet"}, headers=owner)).json()["results"]
+        assert [h["note_id"] for h in by_words] == [budget]
+        assert (await http.post(search, json={"query": "zebra"}, headers=owner)).json()["results"] == []
+        workers.voice.fusion = "bonus"
+        bonus = (await http.post(search, json={"query": "revised spreadsheet"}, headers=owner)).json()["results"]
+    finally:
+        workers.voice.fusion = FUSION
+    plain = {h["note_id"]: h["score"] for h in by_vector}
+    lifted = {h["note_id"]: h["score"] for h in bonus}
+    assert lifted[budget] == pytest.approx(plain[budget] + KEYWORD_BONUS, abs=2e-4)
+    assert lifted[garden] == pytest.approx(plain[garden], abs=2e-4)
 
     # The list is the caller's, paged.
     listed = (await http.get("/api/voice-notes?limit=1", headers=owner)).json()

@@ -15,17 +15,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["FUSIONS", "KEYWORD_BONUS", "RRF_K", "fuse"]
+__all__ = ["FUSIONS", "KEYWORD_BONUS", "RRF_K", "fuse", "uses_words"]
 
-FUSIONS = ("vector", "bonus", "rrf", "words")
+# Each fusion, and whether it reads the full-text ranking (a search skips the full-text query when not).
+_USES_WORDS = {"vector": False, "bonus": True, "rrf": True, "words": True}
+FUSIONS = tuple(_USES_WORDS)
 KEYWORD_BONUS = 0.05
 RRF_K = 60
+
+
+def uses_words(method: str) -> bool:
+    """Whether the fusion ``method`` reads the full-text ranking; a search runs the full-text query only then."""
+    try:
+        return _USES_WORDS[method]
+    except KeyError:
+        raise ValueError(f"unknown fusion {method!r}; one of {', '.join(FUSIONS)}") from None
 
 
 def fuse(
     by_vector: Sequence[tuple[int, float]], by_words: Sequence[int], method: str, limit: int
 ) -> list[tuple[int, float]]:
-    """Return up to ``limit`` ``(chunk id, score)``, best first."""
+    """Return up to ``limit`` ``(chunk id, score)``, best first.
+
+    ``by_words`` is ignored by a fusion that does not use it (:func:`uses_words`), so a search may pass
+    an empty one instead of querying the full-text index.
+    """
     if method == "vector":
         ranked = list(by_vector)
     elif method == "bonus":

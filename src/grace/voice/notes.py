@@ -511,7 +511,8 @@ class VoiceNotes:
         pool = max(top_k * 4, CANDIDATES)
         async with self.db.read() as conn:
             by_sentence = await self.vectors.search(conn, owner, vector, pool)
-            by_words = await index.keyword_search(conn, owner, query, pool)
+            # The full-text query only for a fusion that reads it (the default, vector, does not).
+            by_words = await index.keyword_search(conn, owner, query, pool) if fusion.uses_words(self.fusion) else []
             if self.sentences:
                 by_vector = [(chunk, score) for chunk, score, _ in by_sentence]
             else:  # the chunks' own vectors (bench only: measured against sentences)
