@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select, text, update
+from sqlalchemy import BigInteger, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,6 +38,7 @@ __all__ = [
     "chunk_vector_search",
     "drop_full_text",
     "keyword_search",
+    "searchable_vectors",
     "sentences_by_id",
     "tokens",
     "vector_search",
@@ -121,44 +122,56 @@ async def _version(conn: AsyncConnection, owner_id: str) -> int:
     return int(found.scalar_one_or_none() or 0)
 
 
+_LOAD_BATCH = 10_000
+
+
 def _matrix(blobs: Sequence[bytes], count: int) -> npt.NDArray[np.float32]:
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(count, -1)
+    """The vectors' bytes as one C-contiguous float32 matrix (native order), one row per vector."""
+    joined = blobs[0] if len(blobs) == 1 else b"".join(blobs)
+    return np.ascontiguousarray(np.frombuffer(joined, dtype="<f4").reshape(count, -1), dtype=np.float32)
 
 
-async def _searchable_vectors(
+async def searchable_vectors(
     conn: AsyncConnection, owner_id: str
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """The owner's searchable sentence vectors: (chunk ids, sentence ids, matrix), one row per sentence.
 
     A chunk with no sentence vectors (a note processed before they existed) has its own vector, with
-    sentence id 0.
+    sentence id 0. The database picks those chunks (``NOT EXISTS`` over the sentences' chunk index),
+    and the rows arrive in batches straight into arrays: one pass, no per-row Python work beyond
+    collecting each batch's bytes.
     """
     searchable = voice_notes.c.steps.like("%indexed%")
     sentences = (
-        await conn.execute(
-            select(voice_sentences.c.chunk_id, voice_sentences.c.id, voice_sentences.c.embedding)
-            .join(voice_notes, voice_notes.c.id == voice_sentences.c.note_id)
-            .where(voice_sentences.c.owner_id == owner_id, voice_sentences.c.embedding.is_not(None), searchable)
-        )
-    ).all()
-    with_sentences = {int(r[0]) for r in sentences}
-    chunks = [
-        (int(r[0]), 0, r[1])
-        for r in (
-            await conn.execute(
-                select(voice_chunks.c.id, voice_chunks.c.embedding)
-                .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
-                .where(voice_chunks.c.owner_id == owner_id, voice_chunks.c.embedding.is_not(None), searchable)
-            )
-        ).all()
-        if int(r[0]) not in with_sentences
-    ]
-    rows = [(int(r[0]), int(r[1]), r[2]) for r in sentences] + chunks
-    chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    sentence_ids = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-    if not rows:
-        return chunk_ids, sentence_ids, np.zeros((0, 0), dtype=np.float32)
-    return chunk_ids, sentence_ids, await asyncio.to_thread(_matrix, [bytes(r[2]) for r in rows], len(rows))
+        select(voice_sentences.c.chunk_id, voice_sentences.c.id, voice_sentences.c.embedding)
+        .join(voice_notes, voice_notes.c.id == voice_sentences.c.note_id)
+        .where(voice_sentences.c.owner_id == owner_id, voice_sentences.c.embedding.is_not(None), searchable)
+    )
+    has_sentences = (
+        select(voice_sentences.c.id)
+        .where(voice_sentences.c.chunk_id == voice_chunks.c.id, voice_sentences.c.embedding.is_not(None))
+        .exists()
+    )
+    chunks = (
+        select(voice_chunks.c.id, literal(0, BigInteger), voice_chunks.c.embedding)
+        .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
+        .where(voice_chunks.c.owner_id == owner_id, voice_chunks.c.embedding.is_not(None), searchable, ~has_sentences)
+    )
+    chunk_parts: list[npt.NDArray[np.int64]] = []
+    sentence_parts: list[npt.NDArray[np.int64]] = []
+    blobs: list[bytes] = []
+    for statement in (sentences, chunks):
+        result = await conn.stream(statement)
+        async for batch in result.partitions(_LOAD_BATCH):
+            chunk_parts.append(np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch)))
+            sentence_parts.append(np.fromiter((r[1] for r in batch), dtype=np.int64, count=len(batch)))
+            blobs.append(b"".join([bytes(r[2]) for r in batch]))
+    if not blobs:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), np.zeros((0, 0), dtype=np.float32)
+    chunk_ids = np.concatenate(chunk_parts)
+    sentence_ids = np.concatenate(sentence_parts)
+    return chunk_ids, sentence_ids, await asyncio.to_thread(_matrix, blobs, len(chunk_ids))
 
 
 def _best_chunks(
@@ -191,7 +204,7 @@ async def vector_search(
     conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
 ) -> list[tuple[int, float, int]]:
     """:meth:`VectorCache.search` without the cache: every vector of the owner is read for this query."""
-    chunk_ids, sentence_ids, matrix = await _searchable_vectors(conn, owner_id)
+    chunk_ids, sentence_ids, matrix = await searchable_vectors(conn, owner_id)
     if not len(chunk_ids):
         return []
     return _best_chunks(chunk_ids, sentence_ids, matrix @ query.astype("<f4"), limit)
@@ -225,6 +238,11 @@ class VectorCache:
     def clear(self) -> None:
         self._owners.clear()
 
+    def size(self, owner_id: str) -> int:
+        """How many vectors of ``owner_id`` are held (0 when none are)."""
+        found = self._owners.get(owner_id)
+        return 0 if found is None else len(found.chunk_ids)
+
     async def _entry(self, conn: AsyncConnection, owner_id: str) -> _Owner:
         version = await _version(conn, owner_id)
         found = self._owners.get(owner_id)
@@ -234,7 +252,7 @@ class VectorCache:
         async with self._lock:
             found = self._owners.get(owner_id)
             if found is None or found.version != version:
-                found = _Owner(version, *await _searchable_vectors(conn, owner_id))
+                found = _Owner(version, *await searchable_vectors(conn, owner_id))
                 self.loads += 1
                 self._owners[owner_id] = found
                 self._owners.move_to_end(owner_id)
