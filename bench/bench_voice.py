@@ -27,6 +27,7 @@ import random
 import secrets
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import wave
@@ -53,6 +54,8 @@ CHUNK_COUNTS = [int(n) for n in os.environ.get("BENCH_VOICE_CHUNKS", "10000,1000
 SEARCHES = 100
 DISTRACTORS = int(os.environ.get("BENCH_VOICE_DISTRACTORS", "10000"))
 PARTS = set(os.environ.get("BENCH_VOICE_PARTS", "pipeline,search,recall").split(","))
+BACKENDS = [b for b in os.environ.get("BENCH_VOICE_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
+PEERS_UP_TO = int(os.environ.get("BENCH_VOICE_PEERS_UP_TO", "10000"))
 
 PEOPLE = ["Maria", "Tomas", "Priya", "Kenji"]
 # (what was said, a keyword query, a paraphrase of the question) — {p} is a person.
@@ -485,8 +488,19 @@ def _sqlite_vec_peer(path: Path, vectors: np.ndarray) -> Any:
     return conn
 
 
+def _log(message: str) -> None:
+    print(f"   {datetime.now(UTC):%H:%M:%S} load {os.getloadavg()[0]:.1f}: {message}", file=sys.stderr, flush=True)
+
+
 async def _search_latency(services: Services, chunks: int, backend: str, workdir: Path) -> dict[str, Any]:
-    """Search p50/p95 for one user with ``chunks`` chunks, and its parts beside their peers, interleaved."""
+    """Search p50/p95 for one user with ``chunks`` chunks, and its parts beside their peers, interleaved.
+
+    100 distinct queries (the 94 distinct paraphrases of the 25 facts about the four people, then
+    keyword queries), so a query's embedding is never reused from an earlier search of the run. The
+    peers (sqlite-vec's KNN, and reading every vector per query) run only up to
+    ``BENCH_VOICE_PEERS_UP_TO`` chunks (default 10k): at 100k chunks they take minutes per query
+    set, and are measured at the smaller size.
+    """
     me = await _user(services, f"reader{chunks}")
     rng = random.Random(chunks)
     nrng = np.random.default_rng(chunks)
@@ -494,25 +508,36 @@ async def _search_latency(services: Services, chunks: int, backend: str, workdir
     texts = [texts[i % len(texts)] for i in range(chunks)]
     vectors = _unit(nrng, chunks)
     began = time.perf_counter()
+    _log(f"{backend}: writing {chunks} chunks")
     await _bulk_chunks(services, me.user_id, texts, vectors, lambda _: _unit(nrng, 1)[0])
     load_seconds = time.perf_counter() - began
-    queries = [q.format(p=rng.choice(PEOPLE)) for _, _, q in FACTS] * 4
+    asked = [q.format(p=p) for _, k, q in FACTS for p in PEOPLE] + [k.format(p=p) for _, k, _ in FACTS for p in PEOPLE]
+    queries = list(dict.fromkeys(asked))[:SEARCHES]  # distinct: every paraphrase, then keyword queries
     voice = services.voice
+    _log(f"{backend}: {chunks} chunks written in {load_seconds:.0f} s; loading the cache")
     began = time.perf_counter()
     await voice.search(me, "warm up", top_k=10)  # loads the owner's vectors into the cache
     cold = time.perf_counter() - began
-    query_vectors = await voice.engines.embed(queries[:SEARCHES])
-    cached = voice.vectors._owners[me.user_id]  # the matrix the search scores: its rows, for the peer
+    query_vectors = await voice.engines.embed(queries)
+    vectors_in_memory = voice.vectors.size(me.user_id)
     voice.vectors.clear()
     async with services.db.read() as conn:
         began = time.perf_counter()
         await voice.vectors.search(conn, me.user_id, query_vectors[0], 40)
         cache_load = time.perf_counter() - began
-    peer = _sqlite_vec_peer(workdir / f"vec-{backend}-{chunks}.db", cached.matrix) if backend == "sqlite" else None
+    peers = chunks <= PEERS_UP_TO
+    peer = None
+    if peers and backend == "sqlite":
+        async with services.db.read() as conn:
+            _, _, matrix = await index.searchable_vectors(conn, me.user_id)
+        peer = _sqlite_vec_peer(workdir / f"vec-{backend}-{chunks}.db", matrix)
+        del matrix
+    _log(f"{backend}: cache loaded in {cache_load:.1f} s; searching")
+    load_before = os.getloadavg()
     samples: dict[str, list[float]] = {
         k: [] for k in ("search", "embed_query", "vectors_cached", "keyword", "sqlite_vec_vec0")
     }
-    for query, vector in zip(queries[:SEARCHES], query_vectors, strict=True):
+    for query, vector in zip(queries, query_vectors, strict=True):
         began = time.perf_counter()
         await voice.search(me, query, top_k=10)
         samples["search"].append(time.perf_counter() - began)
@@ -532,26 +557,28 @@ async def _search_latency(services: Services, chunks: int, backend: str, workdir
                 "SELECT rowid, distance FROM v WHERE emb MATCH ? AND owner = 'me' AND k = 640", (vector.tobytes(),)
             ).fetchall()
             samples["sqlite_vec_vec0"].append(time.perf_counter() - began)
+    load_after = os.getloadavg()
     uncached = []
-    for vector in query_vectors[:5]:  # the old way: read every vector of the owner for each query
+    for vector in query_vectors[:5] if peers else []:  # the old way: read every vector of the owner per query
         async with services.db.read() as conn:
             began = time.perf_counter()
             await index.vector_search(conn, me.user_id, vector, 40)
             uncached.append(time.perf_counter() - began)
     if peer is not None:
         peer.close()
+    _log(f"{backend}: {chunks} chunks done")
     return {
         "chunks": chunks,
         "sentences_per_chunk": round(statistics.fmean(_sentence_count(t) for t in texts[:200]), 2),
         "bulk_load_seconds": round(load_seconds, 1),
         "first_search_seconds": round(cold, 3),
-        "vectors_in_memory": int(cached.matrix.shape[0]),
+        "vectors_in_memory": vectors_in_memory,
         "cache_load_seconds": round(cache_load, 3),
-        "load_before": os.getloadavg(),
+        "load_before": load_before,
         **_percentiles(samples.pop("search")),
         "parts": {k: _percentiles(v) for k, v in samples.items() if v},
-        "vectors_uncached": _percentiles(uncached),
-        "load_after": os.getloadavg(),
+        "load_after": load_after,
+        "vectors_uncached": _percentiles(uncached) if uncached else "not run above BENCH_VOICE_PEERS_UP_TO chunks",
     }
 
 
@@ -625,7 +652,7 @@ async def _recall(services: Services) -> dict[str, Any]:
 
 
 async def run() -> dict[str, Any]:
-    backends = ["sqlite"] + (["postgresql"] if os.environ.get("GRACE_TEST_DATABASE_URL") else [])
+    backends = [b for b in BACKENDS if b == "sqlite" or os.environ.get("GRACE_TEST_DATABASE_URL")]
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "at": datetime.now(UTC).isoformat(),
@@ -656,7 +683,15 @@ async def run() -> dict[str, Any]:
         summary["recall"] = {k: v for k, v in result["recall"].items() if isinstance(v, dict)}
     summary["load_average_at_end"] = os.getloadavg()
     result["summary"] = summary
+    # Also under the parts' names, so a run of one part does not replace another's figures.
+    _write_result(result)
     return result
+
+
+def _write_result(result: dict[str, Any]) -> None:
+    out = Path(__file__).resolve().parent / "results" / f"voice-{'-'.join(sorted(PARTS))}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
