@@ -6,7 +6,9 @@ Each test replays one part of the reported attack over HTTP, on both databases.
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from grace import errors
 from tests.vaultkit import Cast
 
 VALUE = "ghp_" + "Zx81Kq27Lm" * 3
@@ -111,3 +113,32 @@ async def test_an_agent_cannot_mint_fresh_agent_names_to_dodge_the_burst_check(
     after = (await http.get("/api/tokens", headers=cast.headers("owner"))).json()["tokens"]
     assert [t["id"] for t in after] == [t["id"] for t in before]
     assert not any((t["agent"] or "").startswith("fresh_") for t in after)
+
+
+async def test_an_agent_cannot_answer_its_owners_playbook_approval(http: httpx.AsyncClient, cast: Cast) -> None:
+    # A playbook run for the owner reached an approval step: the owner is asked in the consent inbox.
+    asked = await cast.vault.ask_approval(
+        user_id=cast.owner.user_id,
+        asked_by="playbook.htm_timing_and_sizing",
+        action="htm.reap",
+        what="run step 'remediate' (htm.reap) of playbook htm_timing_and_sizing",
+        why="Return the dead worker's tasks to the queue?",
+        service="playbooks",
+        timeout_seconds=600,
+        context={"playbook": "htm_timing_and_sizing", "run_id": "pbr_test", "step": "remediate"},
+    )
+    body = {"consent_id": asked.consent_id, "approved": True}
+    for agent in ("agent", "other_agent"):
+        answered = await http.post("/api/secrets/consent/respond", json=body, headers=cast.headers(agent))
+        assert answered.status_code == 403, answered.text
+        assert "agent" in answered.json()["error"]["message"]
+    # Knowing the id gets an agent nothing either: an approval is tied to no secret.
+    assert not (await cast.vault.redeem(cast.agent, asked.consent_id)).approved
+    owners_view = await http.get(f"/api/secrets/consent/{asked.consent_id}", headers=cast.headers("owner"))
+    assert owners_view.json()["consent"]["consent_status"] == "pending"
+    assert owners_view.json()["consent"]["kind"] == "approval"
+    # Past the edge, the vault refuses too, and puts the refusal on the audit record.
+    with pytest.raises(errors.PermissionDenied, match="an agent cannot answer"):
+        await cast.vault.respond(cast.agent, asked.consent_id, True)
+    entries = await cast.vault.audit_entries(cast.admin, "*", limit=50)
+    assert [e.actor for e in entries if e.event == "consent.answer_refused" and e.consent_id == asked.consent_id]

@@ -11,7 +11,8 @@ from grace.storage import UTCDateTime, metadata
 
 __all__ = ["playbook_runs", "playbook_schedules"]
 
-# ``status``: queued -> running -> succeeded | failed | cancelled | timed_out; ``skipped`` for a
+# ``status``: queued -> running -> succeeded | failed | cancelled | timed_out, with ``waiting`` (for an
+# approval: no task holds it) -> ``queued`` -> ``running`` again in between; ``skipped`` for a
 # firing that did not start a run (its ``reason`` says why). ``trigger_key`` makes a firing
 # idempotent: ``event:<bus event id>`` or ``schedule:<fire time>``, unique per playbook.
 playbook_runs = Table(
@@ -33,9 +34,13 @@ playbook_runs = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("duration_ms", Float, nullable=True),
+    # A run waiting for an approval (status ``waiting``): the consent it asked, and what it resumes from.
+    Column("approval_id", String(128), nullable=True),
+    Column("parked", Text, nullable=True),
     UniqueConstraint("playbook", "trigger_key", name="uq_playbook_runs_trigger_key"),
     Index("ix_playbook_runs_playbook_created", "playbook", "created_at"),
     Index("ix_playbook_runs_status", "status"),
+    Index("ix_playbook_runs_approval_id", "approval_id"),
 )
 
 playbook_schedules = Table(

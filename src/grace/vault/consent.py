@@ -100,7 +100,7 @@ class ConsentRecord:
 
     consent_id: str
     secret_key: str
-    secret_id: str
+    secret_id: str | None  # None for an approval: tied to no secret
     secret_type: str
     service: str
     requested_by: str
@@ -128,8 +128,17 @@ class ConsentRecord:
     idle_timeout_seconds: int | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    kind: str = "secret"  # ``secret``, or ``approval`` (a playbook step asking the owner)
     # The sealed columns as read, with the seal: a change is sealed from them (ConsentStore).
     sealed: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_approval(self) -> bool:
+        """An approval request (a playbook step asking the owner), never a use of a secret.
+
+        ``kind`` says so and ``secret_id`` (sealed) is empty: no release can match such a record.
+        """
+        return self.kind == "approval" and self.secret_id is None
 
     @property
     def awaiting_second_approval(self) -> bool:
@@ -150,6 +159,7 @@ class ConsentRecord:
     def as_dict(self, now: datetime | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "consent_id": self.consent_id,
+            "kind": self.kind,
             "secret_key": self.secret_key,
             "secret_type": self.secret_type,
             "service": self.service,
@@ -216,6 +226,7 @@ def record_from_row(row: RowMapping) -> ConsentRecord:
         idle_timeout_seconds=row["idle_timeout_seconds"],
         last_used_at=row["last_used_at"],
         revoked_at=row["revoked_at"],
+        kind=str(row["kind"] or "secret"),
         sealed={name: row[name] for name in (CONSENTS.key, *CONSENTS.columns, "seal")},
     )
 

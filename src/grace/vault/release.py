@@ -123,6 +123,8 @@ class Release:
         record = await self.consents.get(consent_id)
         if record.user_id != by.user_id and not by.is_admin:
             raise errors.NotFound(f"no consent request {consent_id[:128]!r}")
+        if record.secret_id is None or record.kind != "secret":
+            return await self._refused(by, record, "an approval", "an approval releases no secret")
         if not record.given_to(by):
             return await self._refused(by, record, _ANOTHER_REQUESTER, "this consent was given to another requester")
         if record.status == "pending":
@@ -144,6 +146,8 @@ class Release:
 
     async def _release(self, by: Principal, record: ConsentRecord) -> AccessResult:
         now = self.clock.now()
+        if record.secret_id is None or record.kind != "secret":
+            return await self._refused(by, record, "an approval", "an approval releases no secret")
         if not record.given_to(by):
             return await self._refused(by, record, _ANOTHER_REQUESTER, "this consent was given to another requester")
         if record.valid_until is not None and now >= record.valid_until:

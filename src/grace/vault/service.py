@@ -96,6 +96,8 @@ class Vault:
         self.revoke_consent = self.consents.revoke
         self.expire_pending = self.consents.expire_pending
         self.get_consent = self.consent_store.get
+        self.ask_approval = self.consents.ask_approval
+        self.settle_consent = self.consents.settle
         self.access = self.release.access
         self.redeem = self.release.redeem
         self.seal_data = self.envelope.seal

@@ -144,7 +144,8 @@ secret_consent_records = Table(
     metadata,
     Column("consent_id", String(128), primary_key=True),
     Column("secret_key", String(128), nullable=False),
-    Column("secret_id", String(40), ForeignKey("vault_secrets.id", ondelete="CASCADE"), nullable=False),
+    # NULL for an approval (kind ``approval``): a playbook step asking the owner, tied to no secret.
+    Column("secret_id", String(40), ForeignKey("vault_secrets.id", ondelete="CASCADE"), nullable=True),
     Column("secret_type", String(64), nullable=False),
     Column("service", String(128), nullable=False),
     Column("requested_by", String(128), nullable=False),
@@ -174,6 +175,8 @@ secret_consent_records = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("revoked_by", String(140), nullable=True),
     Column("seal", String(SEAL_HEX), nullable=True),
+    # ``secret`` (a use of a secret) or ``approval`` (migration 0016_approvals).
+    Column("kind", String(16), nullable=False, server_default="secret"),
     Index("ix_secret_consent_records_match", "secret_id", "requested_by", "requested_action", "consent_status"),
 )
 

@@ -28,13 +28,16 @@ from grace.vault.audit import AuditLog, audited
 from grace.vault.consent import ConsentDecision, ConsentPolicy, ConsentRecord, ConsentStore
 from grace.vault.store import SecretInfo, SecretStore
 
-__all__ = ["TOPIC_ANOMALY", "TOPIC_REQUEST", "TOPIC_RESPONSE", "ConsentWorkflow"]
+__all__ = ["TOPIC_ANOMALY", "TOPIC_APPROVAL", "TOPIC_REQUEST", "TOPIC_RESPONSE", "ConsentWorkflow"]
 
 log = logging.getLogger("grace.vault")
 
 TOPIC_REQUEST = "secrets.consent.request"
 TOPIC_RESPONSE = "secrets.consent.response"
 TOPIC_ANOMALY = "secrets.anomaly"
+TOPIC_APPROVAL = "secrets.consent.approval"
+APPROVAL_MAX_TIMEOUT = timedelta(days=7)
+APPROVAL_RISK = "medium"
 WAIT_POLL_SECONDS = 0.2
 REVOKE_ATTEMPTS = 5
 
@@ -167,6 +170,89 @@ class ConsentWorkflow:
             return ConsentDecision("pending", consent_id, "waiting for the owner's answer", tuple(found))
         return await self.wait(consent_id, timeout.total_seconds())
 
+    async def ask_approval(
+        self,
+        *,
+        user_id: str,
+        asked_by: str,
+        action: str,
+        what: str,
+        why: str,
+        service: str,
+        timeout_seconds: float,
+        context: dict[str, Any] | None = None,
+    ) -> ConsentRecord:
+        """Ask ``user_id`` to approve something that is not the use of a secret (a playbook step).
+
+        The request is a consent record of kind ``approval``, tied to no secret, in the owner's inbox
+        beside the secrets' requests and answered the same way (:meth:`respond`: the owner or an
+        admin, never an agent); no answer before ``timeout_seconds`` expires it. Published on
+        ``secrets.consent.approval``; the answer on ``secrets.consent.response`` like any other.
+        """
+        agent = consent.validate_agent(asked_by)
+        verb = consent.validate_action(action)
+        timeout = timedelta(seconds=timeout_seconds)
+        if not timedelta(seconds=1) <= timeout <= APPROVAL_MAX_TIMEOUT:
+            raise errors.InvalidInput("an approval's timeout is between 1 second and 7 days")
+        ctx = consent.validate_context({**(context or {}), "what": what[:1000], "why": why[:1000]})
+        now = self.clock.now()
+        row: dict[str, Any] = {
+            "kind": "approval",
+            "secret_key": "",
+            "secret_id": None,
+            "secret_type": "approval",
+            "service": service[:128],
+            "requested_by": agent,
+            "requested_for": why.strip()[:256],
+            "requested_action": verb,
+            "user_id": user_id,
+            "requester_user_id": None,
+            "consent_status": "pending",
+            "risk_level": APPROVAL_RISK,
+            "single_use": True,
+            "used_count": 0,
+            "governance_approval_required": False,
+            "governance_decision": None,
+            "second_approval_required": False,
+            "approved_by": None,
+            "second_approved_by": None,
+            "denial_reason": None,
+            "auto_approved": False,
+            "anomalies": [],
+            "context": ctx,
+            "created_at": now,
+            "expires_at": now + timeout,
+            "responded_at": None,
+            "valid_until": None,
+            "idle_timeout_seconds": None,
+            "last_used_at": None,
+            "revoked_at": None,
+            "revoked_by": None,
+        }
+        consent_id = await audited(self.store.insert(row, "consent.approval_requested", actor=agent))
+        await self.bus.publish(
+            TOPIC_APPROVAL,
+            {
+                "consent_id": consent_id,
+                "kind": "approval",
+                "requested_by": agent,
+                "requested_for": row["requested_for"],
+                "requested_action": verb,
+                "user_id": user_id,
+                "expires_in_seconds": int(timeout.total_seconds()),
+            },
+        )
+        log.info("vault.approval_requested", extra={"consent_id": consent_id, "agent": agent})
+        return await self.store.get(consent_id)
+
+    async def settle(self, consent_id: str) -> ConsentRecord:
+        """Return a consent record, expired first when its answer window has passed unanswered."""
+        record = await self.store.get(consent_id)
+        if record.status == "pending" and self.clock.now() >= record.expires_at:
+            await self._expire(record)
+            record = await self.store.get(consent_id)
+        return record
+
     def _answer_window(self, timeout_seconds: float | None) -> timedelta:
         policy = self.consent_policy
         timeout = timedelta(seconds=timeout_seconds) if timeout_seconds is not None else policy.default_timeout
@@ -222,7 +308,7 @@ class ConsentWorkflow:
         request: governance.Request,
         *,
         user_id: str,
-        secret_id: str,
+        secret_id: str | None,
         stage: str,
         consent_id: str | None = None,
     ) -> governance.Decision:
@@ -342,7 +428,7 @@ class ConsentWorkflow:
         idle_timeout_seconds: int | None,
     ) -> dict[str, Any]:
         """Return the fields of a final approval: single use, or persistent within the policy's bounds."""
-        single_use = not persistent or record.risk_level == "critical"
+        single_use = not persistent or record.risk_level == "critical" or record.is_approval
         policy = self.consent_policy
         if single_use:
             valid_until = now + policy.single_use_window
@@ -375,6 +461,7 @@ class ConsentWorkflow:
             TOPIC_RESPONSE,
             {
                 "consent_id": updated.consent_id,
+                "kind": updated.kind,
                 "user_id": updated.user_id,
                 "consent_status": updated.status,
                 "awaiting_second_approval": updated.awaiting_second_approval,

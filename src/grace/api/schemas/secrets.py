@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -98,6 +98,10 @@ class AccessAnswer(Answer):
 
 class ConsentOut(Answer):
     consent_id: str
+    kind: Literal["secret", "approval"] = Field(
+        default="secret",
+        description="secret: a use of a secret; approval: a playbook step asking its owner (tied to no secret).",
+    )
     secret_key: str
     secret_type: str
     service: str
