@@ -24,20 +24,39 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from grace.playbooks import catalogue
 from grace.playbooks.actions import ActionContext, ActionFailed, ActionRegistry, Capabilities
 from grace.playbooks.history import RunStore
 from grace.playbooks.schema import Arg, Call, Playbook, Retry, Step
 
-__all__ = ["REDACTED", "Engine", "RunResult", "SecretResolver", "backoff_delay", "parse_inputs"]
+__all__ = [
+    "REDACTED",
+    "Answer",
+    "ApprovalAsker",
+    "Engine",
+    "RunResult",
+    "SecretResolver",
+    "backoff_delay",
+    "parse_inputs",
+]
 
 log = logging.getLogger("grace.playbooks")
 
 REDACTED = "[redacted]"
 SecretResolver = Callable[[str, "RunState"], Awaitable[str]]
 Sleeper = Callable[[float], Awaitable[None]]
+# Asks the run's owner to approve a step; returns {"consent_id", "expires_at"} (ValueError: cannot ask).
+ApprovalAsker = Callable[["Step", "RunState"], Awaitable[dict[str, str]]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to an approval: ``approved``, ``denied`` or ``expired``, and in words."""
+
+    status: str
+    reason: str
 
 
 def backoff_delay(retry: Retry, attempt: int, rand: float) -> float:
@@ -124,6 +143,9 @@ class RunState:
     rolled_back: set[str] = field(default_factory=set)
     principal: Any = None
     started_at: datetime | None = None  # when the run started (wall clock, for actions that report it)
+    resume_from: int = 0  # the main step a resumed run goes on from
+    worked: float = 0.0  # seconds the run worked before it waited (its timeout counts only working time)
+    answers: dict[str, Answer] = field(default_factory=dict)  # approvals answered, by step id
 
     def scrub(self, value: Any) -> Any:
         """Return ``value`` with every secret value this run resolved replaced by ``[redacted]``."""
@@ -154,6 +176,17 @@ class _StepFailed(Exception):
         self.reason = reason
 
 
+class _Park(Exception):
+    """The run waits for an approval: it is recorded as ``waiting`` and its task ends."""
+
+    def __init__(self, step: Step, index: int, consent_id: str, expires_at: str) -> None:
+        super().__init__(step.id)
+        self.step = step
+        self.index = index
+        self.consent_id = consent_id
+        self.expires_at = expires_at
+
+
 class _Unknown(Exception):
     """A dry run cannot know this value: it depends on a side-effecting step's output."""
 
@@ -171,6 +204,7 @@ class Engine:
         timer: Sleeper | None = None,
         rand: Callable[[], float] = random.random,
         resolve_secret: SecretResolver | None = None,
+        ask_approval: ApprovalAsker | None = None,
     ) -> None:
         self.registry = registry
         self.capabilities = capabilities
@@ -179,6 +213,7 @@ class Engine:
         self.timer: Sleeper = timer or capabilities.clock.sleep  # what a timeout waits for
         self.rand = rand
         self.resolve_secret = resolve_secret
+        self.ask_approval = ask_approval
 
     def __repr__(self) -> str:
         return f"Engine(actions={len(self.registry.names())})"
@@ -218,14 +253,51 @@ class Engine:
         state.values.update({"run.id": run_id, "run.trigger": trigger, "run.dry_run": dry_run})
         for key, value in (event or {}).items():
             state.values[f"event.{key}"] = value
+        return await self._drive(state)
+
+    async def resume(self, playbook: Playbook, run_id: str, answer: Answer, *, principal: Any = None) -> RunResult:
+        """Go on with a run that waited for an approval (requeued as ``queued``), with the owner's answer."""
+        record = await self.store.get(run_id)
+        parked = record.parked
+        if parked is None:
+            return RunResult(run_id, record.status, "the run is not waiting for an approval", record.steps)
+        if not await self.store.start(run_id):
+            record = await self.store.get(run_id)
+            return RunResult(run_id, record.status, record.reason or "the run was not queued", record.steps)
+        state = RunState(
+            run_id, playbook, record.trigger, record.who, False, principal=principal, started_at=record.started_at
+        )
+        state.records = list(record.steps)
+        state.values = dict(parked["values"])
+        state.worked = float(parked["worked"])
+        by_id = {s.id: s for s in playbook.steps}
+        if parked.get("digest") != playbook.digest or any(i not in by_id for i in parked["completed"]):
+            # The file changed while the run waited: its steps may not be the ones it stopped among.
+            state.completed = [by_id[i] for i in parked["completed"] if i in by_id]
+            state.resume_from = len(playbook.steps)
+            return await self._drive(state, failed="the playbook changed while the run waited for an approval")
+        state.completed = [by_id[i] for i in parked["completed"]]
+        state.resume_from = int(parked["next"])
+        state.answers[str(parked["step"])] = answer
+        return await self._drive(state)
+
+    async def _drive(self, state: RunState, *, failed: str | None = None) -> RunResult:
+        """Run the main steps from ``state.resume_from``, then the ending; record the outcome (or the wait)."""
+        playbook, run_id = state.playbook, state.run_id
         started = self.capabilities.clock.monotonic()
         status, reason = "succeeded", None
         cancelled = False
+        timeout = playbook.policy.timeout
         try:
             try:
-                await self._with_timeout(self._main(state), playbook.policy.timeout)
+                if failed is not None:
+                    raise _StepFailed(Step("resume", "main", Call("resume")), failed)
+                remaining = max(0.001, timeout - state.worked)
+                await self._with_timeout(self._main(state), remaining)
+            except _Park as park:
+                return await self._park(state, park, started)
             except TimeoutError:
-                status, reason = "timed_out", f"the run passed its timeout of {playbook.policy.timeout:g} s"
+                status, reason = "timed_out", f"the run passed its timeout of {timeout:g} s"
             except _StepFailed as exc:
                 status, reason = "failed", f"step {exc.step.id!r}: {exc.reason}"
                 state.values["run.failed_step"] = exc.step.id
@@ -241,7 +313,7 @@ class Engine:
         except asyncio.CancelledError:
             await ending
             cancelled = True
-        duration = round((self.capabilities.clock.monotonic() - started) * 1000, 3)
+        duration = round((state.worked + self.capabilities.clock.monotonic() - started) * 1000, 3)
         reason = state.scrub(reason)
         await self.store.update(
             run_id,
@@ -250,16 +322,47 @@ class Engine:
             steps=state.scrub(state.records),
             finished_at=self.capabilities.clock.now(),
             duration_ms=duration,
+            parked=None,
         )
         log.info("playbooks.run_finished", extra={"playbook": playbook.name, "run_id": run_id, "status": status})
         if cancelled:
             raise asyncio.CancelledError
         return RunResult(run_id, status, reason, state.scrub(state.records))
 
+    async def _park(self, state: RunState, park: _Park, started: float) -> RunResult:
+        """Record the run as waiting for ``park``'s approval, with what it needs to go on; free the worker."""
+        worked = state.worked + self.capabilities.clock.monotonic() - started
+        parked = {
+            "digest": state.playbook.digest,
+            "next": park.index,
+            "step": park.step.id,
+            "completed": [s.id for s in state.completed],
+            "values": _json_safe(state.scrub(state.values)),
+            "worked": worked,
+            "as_user": getattr(state.principal, "user_id", None),
+        }
+        reason = f"waiting for the owner to approve step {park.step.id!r} (until {park.expires_at})"
+        await self.store.update(
+            state.run_id,
+            status="waiting",
+            reason=reason,
+            steps=state.scrub(state.records),
+            approval_id=park.consent_id,
+            parked=parked,
+            duration_ms=round(worked * 1000, 3),
+        )
+        log.info(
+            "playbooks.run_waiting",
+            extra={"playbook": state.playbook.name, "run_id": state.run_id, "step": park.step.id},
+        )
+        return RunResult(state.run_id, "waiting", reason, state.scrub(state.records))
+
     async def _main(self, state: RunState) -> None:
-        await self._monitors(state)
-        for step in state.playbook.steps:
-            await self._step(state, step, "main")
+        if state.resume_from == 0:
+            await self._monitors(state)
+        for index, step in enumerate(state.playbook.steps):
+            if index >= state.resume_from:
+                await self._step(state, step, "main", index)
 
     async def _end(self, state: RunState, status: str) -> None:
         if status != "succeeded":
@@ -311,9 +414,11 @@ class Engine:
 
     # -- one step ----------------------------------------------------------------------------
 
-    async def _step(self, state: RunState, step: Step, phase: str) -> None:
-        record: dict[str, Any] = {"id": step.id, "phase": phase, "action": step.call.action, "attempts": []}
-        state.records.append(record)
+    async def _step(self, state: RunState, step: Step, phase: str, index: int = -1) -> None:
+        record = self._waiting_record(state, step) if step.id in state.answers else None
+        if record is None:
+            record = {"id": step.id, "phase": phase, "action": step.call.action, "attempts": []}
+            state.records.append(record)
         state.values[f"steps.{step.id}.status"] = "skipped"
         if step.when is not None:
             try:
@@ -343,8 +448,8 @@ class Engine:
                 return
         else:
             record["with"] = {k: a.shown() for k, a in step.call.args.items()}
-        if step.approval is not None:
-            self._fail(state, step, record, "approval steps are not available yet (see docs/playbooks.md)")
+        if step.approval is not None and await self._approval(state, step, record, phase, index) == "skip":
+            return
         attempt = 0
         started = self.capabilities.clock.monotonic()
         while True:
@@ -369,6 +474,50 @@ class Engine:
             state.values[f"steps.{step.id}.output.{key}"] = value
         if phase == "main":
             state.completed.append(step)
+
+    @staticmethod
+    def _waiting_record(state: RunState, step: Step) -> dict[str, Any] | None:
+        """The record a resumed run left at the step it waited at (the answer is written into it)."""
+        for record in reversed(state.records):
+            if record.get("id") == step.id and record.get("outcome") == "waiting":
+                del record["outcome"]
+                found: dict[str, Any] = record
+                return found
+        return None
+
+    async def _approval(
+        self, state: RunState, step: Step, record: dict[str, Any], phase: str, index: int
+    ) -> str | None:
+        """Ask for the step's approval (the run parks), or act on its answer: go on, skip or fail."""
+        assert step.approval is not None
+        answer = state.answers.pop(step.id, None)
+        if answer is None:
+            if phase != "main" or index < 0:
+                self._fail(state, step, record, "an approval step runs only among the main steps")
+            if self.ask_approval is None:
+                self._fail(state, step, record, "this Grace has no consent inbox to ask for the approval")
+            try:
+                asked = await self.ask_approval(step, state)
+            except ValueError as exc:
+                self._fail(state, step, record, f"approval: {exc}")
+            record["approval"] = {
+                "consent_id": asked["consent_id"],
+                "message": step.approval.message,
+                "asked_at": self.capabilities.clock.now().isoformat(),
+                "expires_at": asked["expires_at"],
+                "on_timeout": step.approval.on_timeout,
+            }
+            record["outcome"] = "waiting"
+            raise _Park(step, index, asked["consent_id"], asked["expires_at"])
+        shown = record.setdefault("approval", {})
+        shown.update({"answer": answer.status, "answered": answer.reason})
+        if answer.status == "approved":
+            return None
+        if answer.status == "expired" and step.approval.on_timeout == "continue":
+            record["outcome"] = "skip"
+            record["reason"] = "no answer before the approval's timeout (on_timeout: continue)"
+            return "skip"
+        self._fail(state, step, record, answer.reason)
 
     async def _attempt(
         self, state: RunState, step: Step, attempt: int, record: dict[str, Any]
@@ -471,7 +620,7 @@ class Engine:
             )
         record["duration_ms"] = round((clock.monotonic() - started) * 1000, 3)
 
-    def _fail(self, state: RunState, step: Step, record: dict[str, Any], reason: str) -> None:
+    def _fail(self, state: RunState, step: Step, record: dict[str, Any], reason: str) -> NoReturn:
         record["outcome"] = "failed"
         record["reason"] = state.scrub(reason)
         state.values[f"steps.{step.id}.status"] = "failed"

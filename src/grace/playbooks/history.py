@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, desc, insert, or_, select, update
+from sqlalchemy import and_, desc, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from grace import errors, jsontext
@@ -41,6 +41,8 @@ class RunRecord:
     started_at: datetime | None
     finished_at: datetime | None
     duration_ms: float | None
+    approval_id: str | None = None  # the consent a waiting run asked (kind approval)
+    parked: dict[str, Any] | None = None  # what a waiting run goes on from (values scrubbed of secrets)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class RunRecord:
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "duration_ms": self.duration_ms,
+            "approval_id": self.approval_id,
         }
 
 
@@ -87,6 +90,8 @@ def _record(row: Any) -> RunRecord:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         duration_ms=row["duration_ms"],
+        approval_id=row["approval_id"],
+        parked=jsontext.loads(row["parked"]) if row["parked"] else None,
     )
 
 
@@ -141,21 +146,48 @@ class RunStore:
         return run_id
 
     async def update(self, run_id: str, **values: Any) -> None:
-        for name in ("steps", "inputs"):
-            if name in values:
+        for name in ("steps", "inputs", "parked"):
+            if name in values and values[name] is not None:
                 values[name] = jsontext.dumps(values[name])
         async with self.db.write() as conn:
             await conn.execute(update(playbook_runs).where(playbook_runs.c.id == run_id).values(**values))
 
     async def start(self, run_id: str) -> bool:
-        """Mark a queued run running; False when it was already started, finished or cancelled."""
+        """Mark a queued run running; False when it was already started, finished or cancelled.
+
+        A run resumed after an approval keeps the time it first started.
+        """
         async with self.db.write() as conn:
             changed = await conn.execute(
                 update(playbook_runs)
                 .where(playbook_runs.c.id == run_id, playbook_runs.c.status == "queued")
-                .values(status="running", started_at=self.clock.now())
+                .values(status="running", started_at=func.coalesce(playbook_runs.c.started_at, self.clock.now()))
             )
         return bool(changed.rowcount)
+
+    async def requeue(self, run_id: str) -> bool:
+        """Move a waiting run back to ``queued`` (its approval was answered); False if it was not waiting."""
+        async with self.db.write() as conn:
+            changed = await conn.execute(
+                update(playbook_runs)
+                .where(playbook_runs.c.id == run_id, playbook_runs.c.status == "waiting")
+                .values(status="queued")
+            )
+        return bool(changed.rowcount)
+
+    async def waiting(self, *, approval_id: str | None = None, limit: int = 500) -> list[RunRecord]:
+        """Runs waiting for an approval (the one asked as ``approval_id``, when given), oldest first."""
+        query = (
+            select(playbook_runs)
+            .where(playbook_runs.c.status == "waiting")
+            .order_by(playbook_runs.c.created_at)
+            .limit(limit)
+        )
+        if approval_id is not None:
+            query = query.where(playbook_runs.c.approval_id == approval_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_record(r) for r in rows]
 
     async def get(self, run_id: str) -> RunRecord:
         async with self.db.read() as conn:
@@ -222,9 +254,9 @@ class RunStore:
             return (await conn.execute(query)).first() is not None
 
     async def active(self, playbook: str) -> list[RunRecord]:
-        """Runs of ``playbook`` queued or running."""
+        """Runs of ``playbook`` queued, running or waiting for an approval."""
         query = select(playbook_runs).where(
-            playbook_runs.c.playbook == playbook, playbook_runs.c.status.in_(("queued", "running"))
+            playbook_runs.c.playbook == playbook, playbook_runs.c.status.in_(("queued", "running", "waiting"))
         )
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).mappings().all()

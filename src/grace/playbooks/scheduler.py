@@ -31,6 +31,7 @@ __all__ = ["LEADER_LOCK", "Scheduler"]
 log = logging.getLogger("grace.playbooks")
 
 LEADER_LOCK = "grace.playbooks.scheduler"
+APPROVAL_TOPIC = "secrets.consent.response"  # the vault's answers, approvals among them
 TICK_SECONDS = 30.0
 
 
@@ -70,20 +71,77 @@ class Scheduler:
         if record.status != "queued":
             return {"run_id": run_id, "status": record.status, "skipped": "the run is not queued"}
         playbook = self.playbooks.named(record.playbook)
-        event = ctx.payload.get("event")
-        inputs = ctx.payload.get("inputs")
         as_user = ctx.payload.get("as_user")
         principal = await self.person(str(as_user)) if as_user and self.person is not None else None
-        result = await self.playbooks.engine.run(
-            playbook,
-            inputs if isinstance(inputs, dict) else {},
-            trigger=record.trigger,
-            who=record.who,
-            event=event if isinstance(event, dict) else None,
-            run_id=run_id,
-            principal=principal,
-        )
+        if record.parked is not None and record.approval_id is not None:
+            answer = await self.playbooks.answer_of(record.approval_id)
+            if answer is None:  # not answered after all: wait again
+                await self.playbooks.history.update(run_id, status="waiting")
+                return {"run_id": run_id, "status": "waiting"}
+            result = await self.playbooks.engine.resume(playbook, run_id, answer, principal=principal)
+        else:
+            event = ctx.payload.get("event")
+            inputs = ctx.payload.get("inputs")
+            result = await self.playbooks.engine.run(
+                playbook,
+                inputs if isinstance(inputs, dict) else {},
+                trigger=record.trigger,
+                who=record.who,
+                event=event if isinstance(event, dict) else None,
+                run_id=run_id,
+                principal=principal,
+            )
+        if result.status == "waiting":
+            # An answer given before the run was recorded as waiting finds it here.
+            await self.resume_answered(run_id=run_id)
         return {"run_id": run_id, "status": result.status}
+
+    # -- approvals ----------------------------------------------------------------------------
+
+    async def resume_answered(self, *, approval_id: str | None = None, run_id: str | None = None) -> list[str]:
+        """Queue again each waiting run whose approval was answered or timed out; return their ids.
+
+        The run goes on as a new ``playbooks.run`` task (it held no worker while it waited); moving
+        it from ``waiting`` to ``queued`` is one conditional UPDATE, so an answer seen twice (the
+        bus event and a tick) resumes it once.
+        """
+        resumed: list[str] = []
+        for record in await self.playbooks.history.waiting(approval_id=approval_id):
+            if run_id is not None and record.id != run_id:
+                continue
+            if record.approval_id is None or await self.playbooks.answer_of(record.approval_id) is None:
+                continue
+            if not await self.playbooks.history.requeue(record.id):
+                continue
+            as_user = (record.parked or {}).get("as_user")
+            payload: dict[str, Any] = {"run_id": record.id, "resume": True}
+            if as_user:
+                payload["as_user"] = str(as_user)
+            playbook = self.playbooks.named(record.playbook)
+            decision = await self.htm.route_task(
+                RUN_TASK,
+                payload=payload,
+                origin="user_request" if as_user else "scheduler",
+                max_attempts=1,
+                timeout_seconds=int(playbook.policy.timeout) + 60,
+            )
+            await self.playbooks.history.update(record.id, task_id=str(decision["task_id"]))
+            log.info("playbooks.run_resumed", extra={"playbook": record.playbook, "run_id": record.id})
+            resumed.append(record.id)
+        return resumed
+
+    async def _listen_approvals(self) -> None:
+        async with self.bus.subscribe(APPROVAL_TOPIC, name="grace.playbooks.approvals") as subscription:
+            while True:
+                event = await subscription.get()
+                if event is None:
+                    return
+                if event.payload.get("kind") != "approval":
+                    continue
+                try:
+                    await self.resume_answered(approval_id=str(event.payload.get("consent_id", "")))
+                except Exception as exc:  # the next tick tries again
+                    log.warning("playbooks.resume_failed", extra={"reason": type(exc).__name__})
 
     # -- firing ----------------------------------------------------------------------------------
 
@@ -223,6 +281,11 @@ class Scheduler:
                         queued.append(run_id)
                 if decision.last is not None:
                     await self.playbooks.history.set_last_fire(key, decision.last)
+        # Approvals that timed out (or whose answer's event was missed) resume their runs here.
+        try:
+            await self.resume_answered()
+        except Exception as exc:  # the firings above stand; the next tick tries again
+            log.warning("playbooks.resume_failed", extra={"reason": type(exc).__name__})
         return queued
 
     # -- events -------------------------------------------------------------------------------------
@@ -284,11 +347,17 @@ class Scheduler:
                 log.warning("playbooks.tick_failed", extra={"reason": type(exc).__name__})
             await self.clock.sleep(self.tick_seconds)
 
+    def start_approvals(self) -> None:
+        """Resume waiting runs as their approvals are answered (the vault's ``secrets.consent.response``)."""
+        if not any(t.get_name() == "grace-playbooks-approvals" for t in self._tasks):
+            self._tasks.append(asyncio.create_task(self._listen_approvals(), name="grace-playbooks-approvals"))
+
     def start(self) -> None:
-        """Start the tick loop and one listener per event topic the playbooks name."""
-        if self._tasks:
+        """Start the tick loop, the approvals' listener and one listener per event topic the playbooks name."""
+        if any(t.get_name() == "grace-playbooks-scheduler" for t in self._tasks):
             return
         self._tasks.append(asyncio.create_task(self._loop(), name="grace-playbooks-scheduler"))
+        self.start_approvals()
         topics = {t.topic for listed in self.playbooks.catalogue() if listed.playbook for t in listed.playbook.events}
         for topic in sorted(topics):
             self._tasks.append(asyncio.create_task(self._listen(topic), name=f"grace-playbooks-{topic}"))

@@ -721,7 +721,13 @@ class _Checker:
             if spec is not None:
                 rollback = self.call(spec, f"{what}: rollback", own, order, self_id=step_id)
         approval = None
-        if "approval" in node:
+        if "approval" in node and phase != "main":
+            self.add(
+                self.key_at(node, "approval"),
+                "approval",
+                f"{what}: an approval belongs among the main steps ({block} runs without waiting for anyone)",
+            )
+        elif "approval" in node:
             spec = self.mapping(node["approval"], self.value_at(node, "approval"), f"{what}: approval", APPROVAL_KEYS)
             if spec is not None:
                 message = self.string(spec, "message", f"{what}: approval", required=True) or ""

@@ -10,9 +10,9 @@ from typing import Any
 
 from grace import errors
 from grace.playbooks.actions import ActionRegistry, Capabilities
-from grace.playbooks.engine import Engine, RunResult, RunState, parse_inputs
+from grace.playbooks.engine import Answer, Engine, RunResult, RunState, parse_inputs
 from grace.playbooks.history import RunPage, RunRecord, RunStore
-from grace.playbooks.schema import Playbook, Problem, check
+from grace.playbooks.schema import Playbook, Problem, Step, check
 from grace.storage import Database
 
 __all__ = ["RUN_TASK", "Playbooks"]
@@ -49,7 +49,13 @@ class Playbooks:
         self.registry = registry
         self.directory = directory
         self.history = RunStore(db, capabilities.clock)
-        self.engine = engine or Engine(registry, capabilities, self.history, resolve_secret=self._resolve_secret)
+        self.engine = engine or Engine(
+            registry,
+            capabilities,
+            self.history,
+            resolve_secret=self._resolve_secret,
+            ask_approval=self._ask_approval,
+        )
 
     def __repr__(self) -> str:
         return f"Playbooks(directory={str(self.directory)!r})"
@@ -133,6 +139,50 @@ class Playbooks:
         if not result.approved or result.value is None:
             raise ValueError(f"secret {key!r} was not released: {result.status}")
         return result.value.reveal()
+
+    # -- approvals ---------------------------------------------------------------------------------
+
+    async def _ask_approval(self, step: Step, state: RunState) -> dict[str, str]:
+        """Ask the person the run is for, in the vault's consent inbox, to approve ``step``."""
+        vault = self.capabilities.vault
+        if vault is None:
+            raise ValueError("this Grace has no vault, so no consent inbox to ask in")
+        person = state.principal
+        if person is None or getattr(person, "agent", None) is not None:
+            raise ValueError(
+                "an approval asks the person the run is for, and this run has none (a scheduled, event or CLI"
+                " run): start it through POST /api/playbooks/{name}/run"
+            )
+        assert step.approval is not None
+        record = await vault.ask_approval(
+            user_id=person.user_id,
+            asked_by=f"playbook.{state.playbook.name}",
+            action=step.call.action,
+            what=f"run step {step.id!r} ({step.call.action}) of playbook {state.playbook.name}",
+            why=state.scrub(step.approval.message),
+            service="playbooks",
+            timeout_seconds=step.approval.timeout,
+            context={"playbook": state.playbook.name, "run_id": state.run_id, "step": step.id, "started_by": state.who},
+        )
+        return {"consent_id": record.consent_id, "expires_at": record.expires_at.isoformat()}
+
+    async def answer_of(self, consent_id: str) -> Answer | None:
+        """The answer to a run's approval (an unanswered one past its timeout is expired now); None while pending."""
+        vault = self.capabilities.vault
+        if vault is None:
+            return Answer("denied", "this Grace has no vault to read the approval from")
+        record = await vault.settle_consent(consent_id)
+        if not record.is_approval:
+            return Answer("denied", "the run's approval record is not an approval")
+        if record.status == "pending":
+            return None
+        if record.status in ("approved", "consumed"):
+            return Answer("approved", f"approved by {record.approved_by}")
+        if record.status == "expired":
+            return Answer("expired", "no answer before the approval's timeout")
+        if record.status == "revoked":
+            return Answer("denied", "the approval request was withdrawn")
+        return Answer("denied", f"denied: {record.denial_reason or 'no reason given'}")
 
     # -- history ----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from grace.playbooks import next_fire
 
 router = APIRouter(prefix="/api/playbooks", tags=["playbooks"])
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "skipped"]
+RunStatus = Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled", "timed_out", "skipped"]
 
 
 class RunRequest(BaseModel):

@@ -83,7 +83,9 @@ class RunOut(Answer):
     trigger_key: str | None
     who: str
     inputs: dict[str, Any] = Field(description="Secret inputs are shown as [redacted].")
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "skipped"]
+    status: Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled", "timed_out", "skipped"] = Field(
+        description="waiting: for the owner's answer to an approval step (in the consent inbox); no worker is held."
+    )
     reason: str | None
     dry_run: bool
     task_id: str | None
@@ -92,6 +94,9 @@ class RunOut(Answer):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     duration_ms: float | None
+    approval_id: str | None = Field(
+        default=None, description="The consent (kind approval) the run asked its owner, if it reached an approval step."
+    )
 
 
 class RunAnswer(Answer):
