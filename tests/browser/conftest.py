@@ -13,6 +13,7 @@ import base64
 import concurrent.futures
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,6 +90,8 @@ class Grace:
     log: Path
     shown_values: set[str] = field(default_factory=set)
     keys_of: dict[str, list[str]] = field(default_factory=dict)
+    # The server's playbooks: a copy of the shipped ones; a test may add one and remove it after.
+    playbooks_dir: Path | None = None
 
     def api(self, who: str) -> httpx.Client:
         """An HTTP client with ``who``'s bearer token (an agent's when ``who`` names one)."""
@@ -171,8 +174,11 @@ def grace(
         dropped = name
         url = make_url(postgres_database.url).set(database=name).render_as_string(hide_password=False)
     port = _free_port()
+    playbooks = data / "playbooks"
+    shutil.copytree(ROOT / "playbooks", playbooks)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
     env.update(
+        GRACE_PLAYBOOKS_DIR=str(playbooks),
         GRACE_DATABASE_URL=url,
         GRACE_DATA_DIR=str(data / "data"),
         GRACE_MASTER_KEY=base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -199,7 +205,7 @@ def grace(
                 pass
             assert time.monotonic() < deadline, "grace serve did not become ready"
             time.sleep(0.1)
-        yield Grace(base, backend, tokens, log)
+        yield Grace(base, backend, tokens, log, playbooks_dir=playbooks)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

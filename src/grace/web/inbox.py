@@ -104,13 +104,7 @@ async def answer(
     record = await services.vault.respond(principal, consent_id[:128], approved, reason=reason.strip() or None)
     if not is_htmx(request):
         return RedirectResponse("/", status_code=303)
-    if record.status == "pending":
-        message = "Approved. It now needs a second approver (an operator or admin)."
-    elif record.status == "approved":
-        doing = views.action_phrase(record.requested_action)
-        message = f"Approved: {record.requested_by} may use {record.secret_key} to {doing}."
-    else:
-        message = f"Denied: {record.requested_by} will not get {record.secret_key}."
+    message = views.answered_message(record)
     return render(request, "_flash.html", {"message": message, "kind": "ok" if approved else "info"})
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "RISK_LEVELS",
     "ConsentCard",
     "action_phrase",
+    "answered_message",
+    "approval_what",
     "card",
     "filter_history",
     "prompt",
@@ -60,8 +62,39 @@ def action_phrase(action: str) -> str:
 
 
 def prompt(record: ConsentRecord) -> str:
-    """Return the seed's question: ``Grace wants to use your github credentials to push code. Allow?``."""
+    """Return the seed's question: ``Grace wants to use your github credentials to push code. Allow?``.
+
+    An approval (a playbook step asking its owner) asks in the same words about what it would do:
+    ``Grace wants to run step 'remediate' (htm.reap) of playbook htm_timing_and_sizing. Allow?``.
+    """
+    if record.is_approval:
+        return f"Grace wants to {approval_what(record)}. Allow?"
     return f"Grace wants to use your {record.service} credentials to {action_phrase(record.requested_action)}. Allow?"
+
+
+def approval_what(record: ConsentRecord) -> str:
+    """What an approval would let happen, in words: ``run step 'act' (bus.publish) of playbook guarded``."""
+    ctx = record.context
+    step, playbook = ctx.get("step"), ctx.get("playbook")
+    if isinstance(step, str) and isinstance(playbook, str):
+        return f"run step {step!r} ({record.requested_action}) of playbook {playbook}"
+    return f"run {record.requested_action} for {record.requested_by}"
+
+
+def answered_message(record: ConsentRecord) -> str:
+    """The line shown after an answer: what it means for the agent, or for the playbook run."""
+    if record.is_approval:
+        what = approval_what(record)
+        if record.status == "approved":
+            return f"Approved: the playbook run goes on ({what})."
+        return f"Denied: the playbook run will not {what}; it fails and rolls back."
+    if record.status == "pending":
+        return "Approved. It now needs a second approver (an operator or admin)."
+    if record.status == "approved":
+        return (
+            f"Approved: {record.requested_by} may use {record.secret_key} to {action_phrase(record.requested_action)}."
+        )
+    return f"Denied: {record.requested_by} will not get {record.secret_key}."
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,10 @@ class ConsentCard:
         """What, if it changes, means the card must be drawn again."""
         r = self.record
         return f"{r.status}|{r.approved_by}|{r.second_approved_by}|{self.can_answer}"
+
+
+# An approval's who/what/why are shown in their own lines; the rest of its context as context.
+APPROVAL_SHOWN = ("what", "why")
 
 
 def _context(values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -126,7 +163,7 @@ def card(record: ConsentRecord, principal: Principal, now: datetime) -> ConsentC
         can_answer,
         awaiting and can_answer,
         note,
-        _context(record.context),
+        _context({k: v for k, v in record.context.items() if not (record.is_approval and k in APPROVAL_SHOWN)}),
         max(0, int((record.expires_at - now).total_seconds())),
     )
 
