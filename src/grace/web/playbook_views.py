@@ -35,6 +35,7 @@ FINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "skipped"})
 RUN_WORDS: dict[str, tuple[str, str]] = {
     "queued": ("queued", "busy"),
     "running": ("running", "busy"),
+    "waiting": ("waiting for approval", "warn"),  # the owner answers in the consent inbox
     "succeeded": ("succeeded", "ok"),
     "failed": ("failed", "bad"),
     "cancelled": ("cancelled", "warn"),
@@ -54,6 +55,7 @@ STEP_WORDS: dict[str, tuple[str, str]] = {
     "quiet": ("quiet", "ok"),
     "timed_out": ("timed out", "bad"),
     "cancelled": ("cancelled", "warn"),
+    "waiting": ("waiting for approval", "warn"),
 }
 
 PHASES = {"monitor": "monitor", "main": "step", "rollback": "rollback", "on_failure": "on failure", "always": "always"}
