@@ -175,7 +175,7 @@ secret_consent_records = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
     Column("revoked_by", String(140), nullable=True),
     Column("seal", String(SEAL_HEX), nullable=True),
-    # ``secret`` (a use of a secret) or ``approval`` (migration 0016_approvals).
+    # ``secret`` (a use of a secret) or ``approval`` (migration 0017_approvals).
     Column("kind", String(16), nullable=False, server_default="secret"),
     Index("ix_secret_consent_records_match", "secret_id", "requested_by", "requested_action", "consent_status"),
 )

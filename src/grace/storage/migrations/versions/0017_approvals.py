@@ -1,7 +1,7 @@
 """Approvals: a consent kind not tied to a secret, and playbook runs that wait for one.
 
-Revision ID: 0016_approvals
-Revises: 0015_intents
+Revision ID: 0017_approvals
+Revises: 0016_htm_deadline_order
 
 ``secret_consent_records.kind`` is ``secret`` (every record so far) or ``approval`` (a playbook
 step asking the run's owner; its ``secret_id`` is NULL, so no release can ever match it).
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016_approvals"
-down_revision = "0015_intents"
+revision = "0017_approvals"
+down_revision = "0016_htm_deadline_order"
 branch_labels = None
 depends_on = None
 
