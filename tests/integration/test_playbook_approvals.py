@@ -218,3 +218,30 @@ async def test_an_approval_never_releases_a_secret(cast: Cast, guarded: Playbook
     redeemed = await services.vault.redeem(cast.agent, waiting.approval_id or "")
     assert not redeemed.approved and redeemed.value is None
     await until(services, run_id, "succeeded", "failed")
+
+
+async def test_a_secret_a_step_resolved_is_not_kept_while_the_run_waits(cast: Cast, guarded: Playbook) -> None:
+    from grace import jsontext
+    from grace.auth import Principal, Role
+    from tests import canary
+
+    services = cast.services
+    assert services.bootstrap is not None
+    user = await services.accounts.get_user(services.bootstrap.username)
+    admin = Principal(user.id, user.username, Role.ADMIN)  # the canary secret's owner
+    use = f"  - id: use\n    action: secret.check\n    with: {{secret: {{secret: {canary.CANARY_KEY}}}}}\n"
+    (services.playbooks.directory / "guarded.yaml").write_text(GUARDED.replace("  - id: act\n", use + "  - id: act\n"))
+    playbook = services.playbooks.named("guarded")
+    async with services.bus.subscribe("secrets.consent.request") as requests:
+        run_id = await services.scheduler.queue_manual(playbook, {}, who=admin.username, principal=admin)
+        event = await asyncio.wait_for(requests.get(), 60)  # the step asks the secret's owner first
+    assert event is not None
+    await services.vault.respond(admin, event.payload["consent_id"], True)
+    waiting = await until(services, run_id, "waiting", "failed")
+    assert waiting.status == "waiting", waiting.reason
+    assert step(waiting, "use")["output"] == {"resolved": True}
+    assert canary.CANARY_VALUE not in jsontext.dumps(waiting.parked)
+    assert canary.CANARY_VALUE not in repr(waiting.as_dict())
+    await services.vault.respond(admin, waiting.approval_id or "", False, reason="no")
+    failed = await until(services, run_id, "failed", "succeeded")
+    assert failed.status == "failed" and canary.CANARY_VALUE not in repr(failed.as_dict())
