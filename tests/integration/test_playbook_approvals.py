@@ -245,3 +245,16 @@ async def test_a_secret_a_step_resolved_is_not_kept_while_the_run_waits(cast: Ca
     await services.vault.respond(admin, waiting.approval_id or "", False, reason="no")
     failed = await until(services, run_id, "failed", "succeeded")
     assert failed.status == "failed" and canary.CANARY_VALUE not in repr(failed.as_dict())
+
+
+async def test_a_playbook_changed_while_its_run_waited_fails_the_run_and_rolls_back(
+    cast: Cast, guarded: Playbook
+) -> None:
+    services = cast.services
+    run_id = await services.scheduler.queue_manual(guarded, {}, who="aaron", principal=cast.owner)
+    waiting = await until(services, run_id, "waiting", "failed")
+    (services.playbooks.directory / "guarded.yaml").write_text(GUARDED.replace("  - id: after\n", "  - id: later\n"))
+    await services.vault.respond(cast.owner, waiting.approval_id or "", True)
+    record = await until(services, run_id, "failed", "succeeded")
+    assert record.status == "failed" and "changed while the run waited" in (record.reason or "")
+    assert await published(services) == ["prepared", "undone", "always"]  # nothing past the approval ran
