@@ -286,6 +286,22 @@ async def test_the_enforcer_sleeps_until_the_next_level_falls_due_at_most_a_tick
         assert slow
 
 
+async def test_a_short_sla_submitted_while_the_enforcer_sleeps_wakes_it_in_time(
+    database_url: str, clock: ManualClock
+) -> None:
+    # The loop may sleep a whole tick (an hour here) when nothing is due; a task submitted in this
+    # process whose warning falls due sooner wakes it (the submitter nudges it after commit).
+    async with manual_htm(database_url, clock, sla_tick_seconds=3600) as htm:
+        stats = await htm.bus.subscribe("htm.sla.stats").open()
+        warnings = await htm.bus.subscribe("htm.sla.warning").open()
+        htm.sla.start()
+        assert await stats.get(timeout=30) is not None  # the first tick ran; the loop now sleeps
+        [task_id] = await submit(htm, Origin.INTENT, sla_ms=100)  # warning at 80 ms
+        clock.advance(0.1)
+        warning = await warnings.get(timeout=30)
+        assert warning is not None and warning.payload["task_id"] == task_id
+
+
 async def test_tasks_finished_before_their_deadline_never_escalate(database_url: str, clock: ManualClock) -> None:
     async with manual_htm(database_url, clock) as htm:
         [task_id] = await submit(htm, Origin.USER_REQUEST, sla_ms=1000)

@@ -66,6 +66,7 @@ class HTM:
         self.sla = sla.SLAEnforcer(
             db, clock, config, submitter=self.submitter, publisher=self.events, report=self.sla_report
         )
+        self.submitter.on_deadline = self.sla.nudge  # a short SLA submitted here wakes the loop in time
         self.rescuer = rescue.Rescuer(db, clock, self.recorder)
         self.rollups = rollups.RollUps(db, clock, config)
         self.dashboard = dashboard.Dashboard(

@@ -18,7 +18,8 @@ task, so a second enforcer (or this one after a restart) finds the level already
 nothing. ``sla_due_at`` holds when the task's next level falls due, so a tick reads only tasks
 with something to do, through a partial index of unfinished tasks with a deadline; claims and
 outcomes do no extra work for it. Between ticks the leader sleeps until the next level falls due,
-at most ``GRACE_HTM_SLA_TICK_SECONDS``. On PostgreSQL one enforcer across all processes acts: the
+at most ``GRACE_HTM_SLA_TICK_SECONDS``, and a task submitted in its process that falls due sooner
+wakes it (:meth:`SLAEnforcer.nudge`). On PostgreSQL one enforcer across all processes acts: the
 holder of the ``grace.htm.sla.enforcer`` leadership (``storage.Leadership``). The others try for
 it on each tick and take over when the leader's connection goes. The figures it publishes are
 read by ``sla_stats.py``; the rescue task is ``rescue.py``.
@@ -125,6 +126,9 @@ class SLAEnforcer:
         self._leadership = storage.Leadership(db, LEADER_LOCK)
         self._runner: asyncio.Task[None] | None = None
         self._last_stats: datetime | None = None
+        # The soonest first level of tasks this process submitted since the loop last looked (nudge).
+        self._soonest: datetime | None = None
+        self._nudged = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -164,7 +168,35 @@ class SLAEnforcer:
                 raise
             except Exception as exc:  # try again on the next tick
                 log.warning("htm.sla_tick_failed", extra={"reason": type(exc).__name__})
-            await asyncio.sleep(pause)
+            await self._sleep(pause)
+
+    def nudge(self, due: datetime) -> None:
+        """Tell the loop that a task whose first level falls due at ``due`` was just submitted here.
+
+        The submitter calls it after commit; a sleeping loop that would wake later wakes in time for
+        it. Tasks submitted by other processes are seen at the leader's next look (at most a tick).
+        """
+        if self._soonest is None or due < self._soonest:
+            self._soonest = due
+            self._nudged.set()
+
+    async def _sleep(self, pause: float) -> None:
+        """Sleep ``pause`` seconds, or less when a nudge brings a level due sooner."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + pause
+        while True:
+            if self._soonest is not None:
+                wait = (self._soonest - self.clock.now()).total_seconds() + WAKE_SLACK
+                self._soonest = None
+                until = min(until, loop.time() + max(0.0, wait))
+            left = until - loop.time()
+            if left <= 0:
+                return
+            self._nudged.clear()
+            try:
+                await asyncio.wait_for(self._nudged.wait(), left)
+            except TimeoutError:
+                return
 
     async def pause_after(self, tick: Tick) -> float:
         """Return how long the leader sleeps after ``tick``: until the next level falls due, at most a tick.

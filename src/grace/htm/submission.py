@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -90,6 +90,8 @@ class Submitter:
     events: events.EventPublisher
     local: LocalWorkers  # woken by a submit; its capacity counts until a worker has a heartbeat
     handlers: HandlerRegistry  # who may submit each task type
+    # Told, after commit, the soonest first SLA level among the tasks committed (the SLA enforcer's nudge).
+    on_deadline: Callable[[datetime], None] | None = None
     _prepared: bool = field(default=False, init=False)
     _waiting: list[_Single] = field(default_factory=list, init=False)  # single submissions not yet in a group
     _drainer: asyncio.Task[None] | None = field(default=None, init=False)
@@ -298,3 +300,7 @@ class Submitter:
             )
         await self.events.emit_many(created)
         self.local.wake()
+        if self.on_deadline is not None:
+            dues = [row["sla_due_at"] for row in enqueued.rows if row["sla_due_at"] is not None]
+            if dues:
+                self.on_deadline(min(dues))
