@@ -3,7 +3,7 @@
 Tasks are tagged with an origin, routed (accepted, delayed by burst
 protection, or deferred so a starved origin goes first), stored in a durable
 queue, and claimed by workers in weighted-fair order across origins, then by
-priority and age. Leases with heartbeats return a dead worker's tasks; retries
+priority, deadline (earliest first) and age. Leases with heartbeats return a dead worker's tasks; retries
 back off exponentially; timeouts, cancellation and late completions are handled
 and recorded. See docs/htm.md.
 """

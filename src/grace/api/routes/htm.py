@@ -240,7 +240,7 @@ async def dashboard_slow_tasks(
 async def dashboard_queued_tasks(
     principal: CurrentPrincipal,
     services: ServicesDep,
-    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, by priority then age.")] = 50,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, by priority, deadline, then age.")] = 50,
 ) -> dict[str, Any]:
     """The queue: waiting tasks with each one's wait so far, and the depths by priority and origin."""
     return await services.htm.dashboard_queued(principal=principal, limit=limit)
