@@ -193,8 +193,11 @@ class SLAEnforcer:
             if left <= 0:
                 return
             self._nudged.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel (stop()) that
+            # arrives as the nudge is set, and the loop would go on.
             try:
-                await asyncio.wait_for(self._nudged.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._nudged.wait()
             except TimeoutError:
                 return
 
