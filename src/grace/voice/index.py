@@ -3,10 +3,11 @@
 - Full text. SQLite: the FTS5 table ``voice_chunks_fts`` (porter stemming), its rowid the chunk's
   id, written by the index stage. PostgreSQL: the generated ``tsv`` column (English configuration)
   with a GIN index, kept by the database itself.
-- Vectors: exact search over the caller's own sentence vectors only. :class:`VectorCache` holds
-  each recent owner's sentence vectors in memory (a float32 matrix), scores every one of them
-  against the query (a matrix product) and ranks each chunk by its best sentence; it reloads an
-  owner's vectors when ``voice_index_versions`` says that owner's searchable notes changed.
+- Vectors: search over the caller's own sentence vectors only. :class:`VectorCache` holds each
+  recent owner's sentence vectors in memory (a float32 matrix), scores them against the query (a
+  matrix product: every one of them, or for an owner with more than ``EXACT_UP_TO`` the shortlist
+  their bit codes pick) and ranks each chunk by its best sentence; it reloads an owner's vectors
+  when ``voice_index_versions`` says that owner's searchable notes changed.
   Why sentences, and why not sqlite-vec or a query per search: measured in bench/bench_voice.py,
   figures in docs/voice.md.
 
@@ -28,9 +29,12 @@ from sqlalchemy import BigInteger, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grace.voice.bitcodes import BitCodes
 from grace.voice.tables import voice_chunks, voice_index_versions, voice_notes, voice_sentences
 
 __all__ = [
+    "EXACT_UP_TO",
+    "SHORTLIST",
     "VectorCache",
     "add_full_text",
     "best_sentences",
@@ -210,20 +214,51 @@ async def vector_search(
     return _best_chunks(chunk_ids, sentence_ids, matrix @ query.astype("<f4"), limit)
 
 
+# An owner with more vectors than this is searched through a shortlist: the bit codes
+# (grace.voice.bitcodes) pick the SHORTLIST share of the rows nearest the query, and only those are
+# scored exactly. At or under it, every vector is scored. Both measured in bench/bench_voice.py.
+EXACT_UP_TO = 200_000
+SHORTLIST = 0.02
+
+
 @dataclass
 class _Owner:
     version: int
     chunk_ids: npt.NDArray[np.int64]
     sentence_ids: npt.NDArray[np.int64]
     matrix: npt.NDArray[np.float32]
+    codes: BitCodes | None = None
+
+    @property
+    def nbytes(self) -> int:
+        held = self.matrix.nbytes + self.chunk_ids.nbytes + self.sentence_ids.nbytes
+        return int(held + (self.codes.nbytes if self.codes is not None else 0))
+
+    def rank(self, query: npt.NDArray[np.float32], limit: int, exact: bool = False) -> list[tuple[int, float, int]]:
+        """The ``limit`` best chunks for ``query`` (run in a worker thread: it is the search's arithmetic)."""
+        if not len(self.chunk_ids):
+            return []
+        query = query.astype(np.float32)
+        if self.codes is None or exact:
+            return _best_chunks(self.chunk_ids, self.sentence_ids, self.matrix @ query, limit)
+        rows = self.codes.nearest(query, max(limit * 16, int(len(self.codes) * SHORTLIST)))
+        return _best_chunks(self.chunk_ids[rows], self.sentence_ids[rows], self.matrix[rows] @ query, limit)
+
+
+async def _load(conn: AsyncConnection, owner_id: str, version: int) -> _Owner:
+    chunk_ids, sentence_ids, matrix = await searchable_vectors(conn, owner_id)
+    codes = await asyncio.to_thread(BitCodes.of, matrix) if len(matrix) > EXACT_UP_TO else None
+    return _Owner(version, chunk_ids, sentence_ids, matrix, codes)
 
 
 class VectorCache:
     """Recent owners' sentence vectors in memory, each reloaded when its version moves.
 
-    An owner's entry holds only that owner's searchable notes' vectors; the least recently searched
-    owners are dropped past ``max_bytes``. Every search reads the owner's version first (one row), so
-    a note made searchable, reindexed or deleted by any process is seen by the next search.
+    An owner's entry holds only that owner's searchable notes' vectors (a C-contiguous float32
+    matrix, and for a large owner its bit codes); the least recently searched owners are dropped
+    past ``max_bytes``. Every search reads the owner's version first (one row), so a note made
+    searchable, reindexed or deleted by any process is seen by the next search. The scoring runs
+    in a worker thread, off the event loop.
     """
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
@@ -252,26 +287,26 @@ class VectorCache:
         async with self._lock:
             found = self._owners.get(owner_id)
             if found is None or found.version != version:
-                found = _Owner(version, *await searchable_vectors(conn, owner_id))
+                found = await _load(conn, owner_id, version)
                 self.loads += 1
                 self._owners[owner_id] = found
                 self._owners.move_to_end(owner_id)
-                while len(self._owners) > 1 and sum(o.matrix.nbytes for o in self._owners.values()) > self.max_bytes:
+                while len(self._owners) > 1 and sum(o.nbytes for o in self._owners.values()) > self.max_bytes:
                     self._owners.popitem(last=False)
             return found
 
     async def search(
-        self, conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int
+        self, conn: AsyncConnection, owner_id: str, query: npt.NDArray[np.float32], limit: int, *, exact: bool = False
     ) -> list[tuple[int, float, int]]:
         """``owner_id``'s searchable chunks with the sentences most similar to ``query``, best first.
 
-        Each is ``(chunk id, cosine similarity of its best sentence, that sentence's id)``: every
-        sentence vector of the owner is scored (exact search), and a chunk counts by its best one.
+        Each is ``(chunk id, cosine similarity of its best sentence, that sentence's id)``, a chunk
+        counting by its best sentence. Every sentence vector is scored for an owner with up to
+        ``EXACT_UP_TO`` of them (or with ``exact``); above, the ``SHORTLIST`` share of them that
+        their bit codes put nearest the query.
         """
         entry = await self._entry(conn, owner_id)
-        if not len(entry.chunk_ids):
-            return []
-        return _best_chunks(entry.chunk_ids, entry.sentence_ids, entry.matrix @ query.astype("<f4"), limit)
+        return await asyncio.to_thread(entry.rank, query, limit, exact)
 
 
 async def sentences_by_id(
