@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import clock, errors
@@ -50,6 +53,8 @@ MAX_TOP_K = 50
 FUSION = "vector"
 # How many chunks each of the two rankings (vectors, words) hands to the fusion, at least.
 CANDIDATES = 40
+# How many recent queries' vectors a process keeps (a query its owner asks again is not embedded again).
+QUERY_VECTORS = 512
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,10 @@ class VoiceNotes:
         self.max_upload_bytes = max_upload_bytes
         self.fusion = FUSION
         self.sentences = True  # score chunks by their best sentence (False: by the chunk's vector; bench only)
+        self.exact = False  # score every sentence vector even past index.EXACT_UP_TO (bench only)
         self.vectors = index.VectorCache()
+        # Recent queries' vectors, per owner (one user's searches never make another's faster).
+        self._query_vectors: OrderedDict[tuple[str, str], npt.NDArray[np.float32]] = OrderedDict()
         self.pipeline = Pipeline(db, clock, bus, vault, htm, engines)
         self.pipeline.register()
         # Key rotation re-wraps the recordings' data keys with the rest.
@@ -156,6 +164,23 @@ class VoiceNotes:
 
     def __repr__(self) -> str:
         return f"VoiceNotes(backend={self.db.backend!r})"
+
+    async def _query_vector(self, owner: str, query: str) -> npt.NDArray[np.float32]:
+        """The query's vector: embedded by the model, or kept from the owner's same query asked recently."""
+        key = (owner, query)
+        found = self._query_vectors.get(key)
+        if found is not None:
+            self._query_vectors.move_to_end(key)
+            return found
+        vector: npt.NDArray[np.float32] = (await self.engines.embed([query]))[0]
+        self._query_vectors[key] = vector
+        while len(self._query_vectors) > QUERY_VECTORS:
+            self._query_vectors.popitem(last=False)
+        return vector
+
+    def forget_queries(self) -> None:
+        """Drop the kept query vectors (the bench measures searches that embed their query)."""
+        self._query_vectors.clear()
 
     def use_learning_loop(self, feed: Callable[..., Awaitable[dict[str, Any]]]) -> None:
         """Feed the learn stage's outcome to ``feed`` (``grace.intents.LearningLoop.record_outcome``)."""
@@ -507,10 +532,10 @@ class VoiceNotes:
             raise errors.InvalidInput(f"the query is longer than {MAX_QUERY} characters")
         if not 1 <= top_k <= MAX_TOP_K:
             raise errors.InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}")
-        vector = (await self.engines.embed([query]))[0]
+        vector = await self._query_vector(owner, query)
         pool = max(top_k * 4, CANDIDATES)
         async with self.db.read() as conn:
-            by_sentence = await self.vectors.search(conn, owner, vector, pool)
+            by_sentence = await self.vectors.search(conn, owner, vector, pool, exact=self.exact)
             # The full-text query only for a fusion that reads it (the default, vector, does not).
             by_words = await index.keyword_search(conn, owner, query, pool) if fusion.uses_words(self.fusion) else []
             if self.sentences:
@@ -520,28 +545,43 @@ class VoiceNotes:
             scored = fusion.fuse(by_vector, by_words, self.fusion, top_k)
             if not scored:
                 return []
+            # Each hit points at its chunk's best sentence (one found by words alone: scored here).
+            best_of = {chunk: sentence for chunk, _, sentence in by_sentence if sentence}
+            missing = [c for c, _ in scored if c not in best_of]
+            if missing:
+                best_of.update(await index.best_sentences(conn, owner, missing, vector))
+            # The hits' chunks, titles and best sentences: one query.
+            wanted = [best_of[c] for c, _ in scored if c in best_of]
             rows = {
                 int(r["id"]): r
                 for r in (
                     await conn.execute(
-                        select(voice_chunks, voice_notes.c.title)
+                        select(
+                            voice_chunks,
+                            voice_notes.c.title,
+                            voice_sentences.c.text.label("sentence_text"),
+                            voice_sentences.c.start_s.label("sentence_start"),
+                            voice_sentences.c.end_s.label("sentence_end"),
+                        )
                         .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
+                        .outerjoin(
+                            voice_sentences,
+                            and_(voice_sentences.c.chunk_id == voice_chunks.c.id, voice_sentences.c.id.in_(wanted)),
+                        )
                         .where(voice_chunks.c.id.in_([c for c, _ in scored]), voice_chunks.c.owner_id == owner)
                     )
                 )
                 .mappings()
                 .all()
             }
-            # Each hit points at its chunk's best sentence (one found by words alone: scored here).
-            best_of = {chunk: sentence for chunk, _, sentence in by_sentence if sentence}
-            missing = [c for c, _ in scored if c not in best_of]
-            if missing:
-                best_of.update(await index.best_sentences(conn, owner, missing, vector))
-            said = await index.sentences_by_id(conn, owner, [best_of[c] for c, _ in scored if c in best_of])
         hits = []
         for chunk_id, score in scored:
             row = rows[chunk_id]
-            sentence = said.get(best_of.get(chunk_id, 0))
+            sentence = (
+                (row["sentence_text"], row["sentence_start"], row["sentence_end"])
+                if row["sentence_text"] is not None
+                else None
+            )
             hits.append(
                 SearchHit(
                     note_id=row["note_id"],
