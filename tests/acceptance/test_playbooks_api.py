@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -201,3 +202,28 @@ async def test_listing_runs_names_a_bad_field_and_an_unknown_playbook(
     assert missing.status_code == 404 and "no_such_playbook" in missing.json()["error"]["message"]
     known = await client.get("/api/playbooks/runs?playbook=recording_to_learning", headers=admin_headers)
     assert known.status_code == 200 and known.json() == {"runs": [], "next_before": None}
+
+
+async def test_an_edited_playbook_file_is_listed_as_it_now_reads(
+    services: Services, client: httpx.AsyncClient, admin_headers: dict[str, str], tmp_path: Path
+) -> None:
+    """The catalogue keeps what checking a file gave, but never past an edit of that file."""
+    services.playbooks.directory = tmp_path
+    path = tmp_path / "check_once.yaml"
+    good = (PLAYBOOKS / "htm_timing_and_sizing.yaml").read_text()
+    path.write_text(good)
+
+    async def listed() -> dict[str, Any]:
+        r = await client.get("/api/playbooks", headers=admin_headers)
+        assert r.status_code == 200, r.text
+        [only] = r.json()["playbooks"]
+        return dict(only)
+
+    assert (await listed())["valid"] is True
+    assert (await listed())["valid"] is True  # the same text: what checking it gave the first time
+    path.write_text(good.replace("steps:", "stepz:", 1))  # an operator's typo
+    broken = await listed()
+    assert broken["valid"] is False
+    assert any("stepz" in str(p) for p in broken["problems"]), broken["problems"]
+    path.write_text(good)
+    assert (await listed())["valid"] is True

@@ -12,7 +12,7 @@ from grace import errors
 from grace.playbooks.actions import ActionRegistry, Capabilities
 from grace.playbooks.engine import Answer, Engine, RunResult, RunState, parse_inputs
 from grace.playbooks.history import RunPage, RunRecord, RunStore
-from grace.playbooks.schema import Playbook, Problem, Step, check
+from grace.playbooks.schema import Playbook, Problem, Step, check, check_text
 from grace.storage import Database
 
 __all__ = ["RUN_TASK", "Playbooks"]
@@ -49,6 +49,8 @@ class Playbooks:
         self.registry = registry
         self.directory = directory
         self.history = RunStore(db, capabilities.clock)
+        # path -> ((its text, how many actions were registered), what checking it gave)
+        self._checks: dict[str, tuple[tuple[str, int], tuple[Playbook | None, list[Problem]]]] = {}
         self.engine = engine or Engine(
             registry,
             capabilities,
@@ -81,7 +83,7 @@ class Playbooks:
         if not self.directory.is_dir():
             return found
         for path in sorted(self.directory.glob("*.yaml")):
-            playbook, problems = check(path, self.registry)
+            playbook, problems = self._checked(path)
             found.append(
                 Listed(
                     playbook.name if playbook else path.stem,
@@ -93,6 +95,26 @@ class Playbooks:
                 )
             )
         return found
+
+    def _checked(self, path: Path) -> tuple[Playbook | None, list[Problem]]:
+        """Check ``path``, or hand back what checking the same text gave last time.
+
+        The catalogue is read on every listing and every run by name; checking compiles each
+        condition, so an unchanged file (the same text, read again each time, and the same actions)
+        is checked once.
+        """
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return check(path, self.registry)  # which reports the file as unreadable
+        key = str(path)
+        actions = len(self.registry.names())  # an action registered since may answer a problem
+        kept = self._checks.get(key)
+        if kept is not None and kept[0] == (text, actions):
+            return kept[1][0], list(kept[1][1])
+        result = check_text(text, key, self.registry)
+        self._checks[key] = ((text, actions), result)
+        return result[0], list(result[1])
 
     def named(self, name: str) -> Playbook:
         for listed in self.catalogue():
