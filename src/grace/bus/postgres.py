@@ -58,6 +58,31 @@ _APPEND = """
     SELECT NULL FROM (SELECT pg_notify($6::text, $7::text)) AS notified
 """
 
+# Moves up to $2 rows of an outbox table (id, topic, payload as JSON text), oldest first, into the
+# log in one statement: the append lock first (so one relay at a time, and ids visible in order),
+# then the rows deleted and appended in their id order, and one NOTIFY when any moved. A row another
+# relay deleted meanwhile is skipped by the DELETE (READ COMMITTED re-checks it), so no row is
+# published twice. $1 lock key, $3 published at, $4 source, $5 channel. {outbox}: a table name
+# given by the code, never input.
+_RELAY = """
+    WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::bigint)),
+    moved AS (
+        DELETE FROM {outbox}
+         WHERE id IN (SELECT o.id FROM lock, {outbox} o ORDER BY o.id LIMIT $2)
+        RETURNING id, topic, payload
+    ),
+    added AS (
+        INSERT INTO events (topic, payload, published_at, source)
+        SELECT m.topic, CAST(m.payload AS json), $3::timestamptz, $4::text FROM moved m ORDER BY m.id
+        RETURNING topic
+    ),
+    summary AS (
+        SELECT count(*) AS n, string_agg(DISTINCT topic, ' ') AS topics FROM added
+    )
+    SELECT s.n, s.topics, CASE WHEN s.n > 0 THEN (SELECT 1 FROM pg_notify($5::text, s.topics)) END AS notified
+      FROM summary s
+"""
+
 
 def _notice(topics: list[str]) -> str:
     """Return the NOTIFY payload for a batch: its distinct topics, space-separated ('' past 7,000 characters)."""
@@ -134,6 +159,25 @@ class PostgresBus(Bus):
         await driver.fetch(
             _APPEND, _APPEND_KEY, topics_, [c.encoded for c in items], at, self.source, CHANNEL, _notice(topics_)
         )
+
+    async def relay(self, outbox: str, *, limit: int = 500) -> int:
+        """Move up to ``limit`` events from an outbox table into the log, oldest first; return how many.
+
+        An outbox (``id`` in order of writing, ``topic``, ``payload`` as JSON text) is where a
+        package writes events in the transaction of the change they describe, so a process killed
+        right after its commit loses none: any process's relay publishes them later. One relay runs
+        at a time (it holds the append lock), so events keep the order they were written in, and a
+        row is published once. ``outbox`` names a table the code owns, never input.
+        """
+        query = _RELAY.format(outbox=outbox)
+        async with self.db.autocommit_driver() as conn:
+            row = await conn.fetchrow(query, _APPEND_KEY, limit, self.clock.now(), self.source, CHANNEL)
+        moved = int(row["n"]) if row is not None else 0
+        if moved and row is not None:
+            if self._hints:
+                self._hint(str(row["topics"]).split(" "))
+            self._wake_all()
+        return moved
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
         query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)

@@ -11,6 +11,11 @@ minute (a connection the server dropped is replaced meanwhile; a database outage
 of up to that long loses no event), then logged and dropped. Meanwhile new events
 queue behind it, up to ``BACKLOG``.
 :meth:`EventPublisher.drain` waits until everything queued so far is published.
+
+With ``relay`` (PostgreSQL, :mod:`grace.htm.outbox`) the task events are not queued here: they
+were written into ``htm_outbox`` with the change they describe, and the same background runner
+moves them into the bus (:meth:`grace.bus.PostgresBus.relay`), woken by :meth:`relay_soon` after a
+local commit and every ``SWEEP_SECONDS`` anyway, for rows a dead process left behind.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import contextlib
 import logging
 from typing import Any
 
-from grace.bus import Bus
+from grace.bus import Bus, PostgresBus
+from grace.htm.tables import htm_outbox
 
 __all__ = ["COMPLETED", "CREATED", "FAILED", "UPDATE", "EventPublisher"]
 
@@ -40,6 +46,11 @@ COALESCE_SECONDS = 0.025
 # About a minute in all: a database restart or a short outage (the fault tests' is a few seconds)
 # must not cost the events of the tasks that finished just before it.
 PUBLISH_RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# How often the relay looks in the outbox with nothing woken it: rows a process wrote just before
+# it died are published within this long by any other serving process (or its successor).
+SWEEP_SECONDS = 1.0
+# The wait before the relay tries again after a failed move (the rows stay in the outbox meanwhile).
+RELAY_RETRY_SECONDS = 0.5
 
 
 class EventPublisher:
@@ -50,9 +61,11 @@ class EventPublisher:
     they are rare, and they are how an operator hears that a deadline is slipping.
     """
 
-    def __init__(self, bus: Bus, *, enabled: bool = True) -> None:
+    def __init__(self, bus: Bus, *, enabled: bool = True, relay: bool = False) -> None:
         self.bus = bus
         self.enabled = enabled
+        self._relay = bus if relay and isinstance(bus, PostgresBus) else None
+        self._relay_due = False
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -67,12 +80,33 @@ class EventPublisher:
         """Queue one event; waits only when the backlog is full."""
         await self.emit_many([(topic, payload)], essential=essential)
 
+    @property
+    def relays(self) -> bool:
+        """Whether task events reach the bus through the outbox (written with their changes) rather than here."""
+        return self._relay is not None
+
+    def start(self) -> None:
+        """Start the background runner now (with an outbox, its sweep publishes what dead processes left)."""
+        if self._runner is None:
+            self._relay_due = self._relay is not None
+            self._runner = asyncio.create_task(self._run(), name="grace-htm-events")
+
+    def relay_soon(self) -> None:
+        """Have the relay move the outbox's events into the bus soon (after a local commit wrote some)."""
+        if self._relay is None:
+            return
+        self._relay_due = True
+        self._idle.clear()
+        if self._runner is None:
+            self.start()
+        self._ready.set()
+
     async def emit_many(self, items: list[tuple[str, dict[str, Any]]], *, essential: bool = False) -> None:
         """Queue events in order (dropped while disabled, unless ``essential``); waits only when the backlog is full."""
         if not (self.enabled or essential) or not items:
             return
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="grace-htm-events")
+            self.start()
         while len(self._pending) >= BACKLOG:
             self._room.clear()
             await self._room.wait()
@@ -82,18 +116,43 @@ class EventPublisher:
 
     async def _run(self) -> None:
         while True:
-            if not self._pending:
+            if not self._pending and not self._relay_due:
                 self._idle.set()
                 if self._closing:
                     return
                 self._ready.clear()
-                await self._ready.wait()
+                if self._relay is None:
+                    await self._ready.wait()
+                else:
+                    try:
+                        await asyncio.wait_for(self._ready.wait(), SWEEP_SECONDS)
+                    except TimeoutError:
+                        self._relay_due = True  # the sweep: what a dead process left
                 continue
             if len(self._pending) < BATCH and not self._closing:
                 await asyncio.sleep(COALESCE_SECONDS)  # let a small batch grow, under load as when idle
-            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
-            self._room.set()
-            await self._publish(batch)
+            if self._relay_due:
+                self._relay_due = False
+                await self._move()
+            if self._pending:
+                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                self._room.set()
+                await self._publish(batch)
+
+    async def _move(self) -> None:
+        """Relay the outbox into the bus until it is empty (as far as this relay can see)."""
+        assert self._relay is not None
+        try:
+            while await self._relay.relay(htm_outbox.name, limit=BATCH) >= BATCH:
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Nothing is lost: the rows stay in the outbox for the next try (or another process's).
+            log.warning("htm.event_relay_retry", extra={"reason": type(exc).__name__})
+            if not self._closing:  # when closing, another process's relay (or the next start) moves them
+                self._relay_due = True
+                await asyncio.sleep(RELAY_RETRY_SECONDS)
 
     async def _publish(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         """Append ``batch``, trying again a few times (a dropped connection is replaced on the next try).
@@ -128,6 +187,8 @@ class EventPublisher:
         if self._runner is None:
             return
         self._closing = True
+        if self._relay is not None:
+            self._relay_due = True  # a last move of what this process wrote
         self._ready.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._runner

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import storage
 from grace.clock import Clock
+from grace.htm import outbox as task_outbox
 from grace.htm.attempts import SUMMARY, Finished
 from grace.htm.queue_backend import QueueBackend, liveness_lock
 from grace.htm.tables import IS_RUNNING, htm_tasks, htm_workers
@@ -43,6 +44,7 @@ class Leases:
     clock: Clock
     backend: QueueBackend
     lease_seconds: float
+    outbox: bool = False  # write the reap's task events into htm_outbox in its transaction (grace.htm.outbox)
     # When this process's reaper first saw each registered worker's liveness lock free (see dead_workers).
     _free_since: dict[str, datetime] = field(default_factory=dict, repr=False)
 
@@ -163,7 +165,9 @@ class Leases:
             await conn.execute(
                 delete(htm_workers).where(htm_workers.c.heartbeat_at < now - timedelta(seconds=10 * self.lease_seconds))
             )
-        out = [Finished.from_row(r._mapping) for r in (*requeued, *failed)]
+            out = [Finished.from_row(r._mapping) for r in (*requeued, *failed)]
+            if self.outbox:
+                await task_outbox.write(conn, [(task_outbox.topic_of(f), f.event()) for f in out])
         for f in out:
             log.warning(
                 "htm.lease_expired", extra={"task_id": f.task_id, "status": f.status.value, "attempts": f.attempts}

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from grace.htm import events
+from grace.htm import events, outbox
 from grace.htm.queue import Exchange, Finished, Outcome, Queue
 from grace.htm.tasks import Status, Task
 
@@ -23,7 +23,12 @@ class Recorder:
         self.events = publisher
 
     async def claimed(self, worker_id: str, tasks: Sequence[Task]) -> None:
-        """Publish that ``worker_id`` runs ``tasks`` (claimed and committed already)."""
+        """Publish that ``worker_id`` runs ``tasks`` (claimed and committed already).
+
+        With an outbox (PostgreSQL) the claim wrote these events itself: nothing to do here.
+        """
+        if self.queue.outbox:
+            return
         running = Status.RUNNING.value
         await self.events.emit_many(
             [
@@ -62,12 +67,13 @@ class Recorder:
     async def _announce(self, changes: Sequence[Finished]) -> None:
         changed: list[tuple[str, dict[str, Any]]] = []
         for f in changes:
-            if f.status is Status.COMPLETED:
-                topic = events.COMPLETED
-            elif f.status in (Status.FAILED, Status.TIMED_OUT):
-                topic = events.FAILED
+            topic = outbox.topic_of(f)
+            if topic == events.FAILED:
                 log.info("htm.task_failed", extra={"task_id": f.task_id, "status": f.status.value})
-            else:
-                topic = events.UPDATE
             changed.append((topic, f.event()))
-        await self.events.emit_many(changed)
+        if self.queue.outbox:
+            # Written with the change (same statement or transaction); the relay publishes them. So
+            # is a claim's: wake the relay whenever anything changed.
+            self.events.relay_soon()
+        else:
+            await self.events.emit_many(changed)

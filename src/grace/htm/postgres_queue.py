@@ -38,6 +38,15 @@ _SQL = sql.queries()
 # Both go straight to asyncpg (Database.autocommit_driver): fixed SQL, prepared once per connection.
 CLAIM = _SQL["pg_claim"]
 FINISH_CLAIM = _SQL["pg_finish_claim"]
+# The same, writing their task events into htm_outbox in the same statement (grace.htm.outbox).
+CLAIM_WITH_EVENTS = _SQL["pg_with_events"].format(call=CLAIM.removeprefix("SELECT * FROM "))
+FINISH_CLAIM_WITH_EVENTS = _SQL["pg_with_events"].format(call=FINISH_CLAIM.removeprefix("SELECT * FROM "))
+# The created events of a batch of new tasks, in the statement that inserts them: {insert} is
+# pg_insert_tasks, and the events' payloads (JSON text, in the tasks' order) are its last parameter.
+_INSERT_WITH_EVENTS = (
+    "WITH inserted AS ({insert}) INSERT INTO htm_outbox (topic, payload)"
+    " SELECT $1::text, p FROM unnest(${n}::text[]) WITH ORDINALITY AS e(p, i) ORDER BY e.i"
+)
 
 # The NOTIFY channel on which submits wake idle workers in every process.
 WAKE_CHANNEL = "grace_htm_wake"
@@ -61,6 +70,18 @@ def _insert(columns: tuple[str, ...]) -> str:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _insert_with_events(columns: tuple[str, ...]) -> str:
+    """Return :func:`_insert` with the tasks' created events written to the outbox in the same statement.
+
+    Parameters: the topic, one array per column, then the events' payloads.
+    """
+    shifted = _insert(columns)
+    for i in range(len(columns), 0, -1):  # the columns' arrays move up one place, after the topic
+        shifted = shifted.replace(f"${i}::", f"${i + 1}::")
+    return _INSERT_WITH_EVENTS.format(insert=shifted, n=len(columns) + 2)
+
+
 def _json_text(value: Any) -> str | None:
     return None if value is None else jsontext.dumps(value)
 
@@ -70,13 +91,29 @@ class PostgresQueue(QueueBackend):
     """The queue's backend-specific operations on PostgreSQL."""
 
     db: storage.Database
+    events: bool = False  # write task events into htm_outbox with the claims and outcomes
 
-    async def insert(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    def __post_init__(self) -> None:
+        self._claim = CLAIM_WITH_EVENTS if self.events else CLAIM
+        self._finish_claim = FINISH_CLAIM_WITH_EVENTS if self.events else FINISH_CLAIM
+
+    async def insert(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[dict[str, Any]],
+        *,
+        created: Sequence[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
         # One statement for the whole batch on the driver connection, under the caller's transaction.
         columns = tuple(rows[0])
         arrays = [[_json_text(r[c]) for r in rows] if c in JSON_COLUMNS else [r[c] for r in rows] for c in columns]
         driver = await storage.driver_in_transaction(conn)
-        await driver.execute(_insert(columns), *arrays)
+        if created:
+            topic = created[0][0]  # one topic: they are all htm.task.created
+            payloads = [jsontext.dumps(p) for _, p in created]
+            await driver.execute(_insert_with_events(columns), topic, *arrays, payloads)
+        else:
+            await driver.execute(_insert(columns), *arrays)
         # NOTIFY is delivered on commit, so no worker looks before the tasks are visible.
         if any(r["status"] == "queued" for r in rows):
             await conn.execute(_WAKE)
@@ -94,11 +131,11 @@ class PostgresQueue(QueueBackend):
         # checkout, ping or BEGIN. Outcomes without a claim go through the same function with n = 0.
         async with self.db.autocommit_driver() as conn:
             if not outcomes:
-                rows = await conn.fetch(CLAIM, claim.worker_id, *args)
+                rows = await conn.fetch(self._claim, claim.worker_id, *args)
                 return [], [Task.from_row(r) for r in rows]
             # One array per field of the outcomes, in OutcomeRow's order (the function's parameters').
             fields = [list(f) for f in zip(*outcomes, strict=True)]
-            rows = await conn.fetch(FINISH_CLAIM, claim.worker_id, *fields, *args)
+            rows = await conn.fetch(self._finish_claim, claim.worker_id, *fields, *args)
         # Claimed rows come back running; no outcome is ever recorded as running.
         recorded = [Finished.from_row(r) for r in rows if r["status"] != "running"]
         return recorded, [Task.from_row(r) for r in rows if r["status"] == "running"]

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors, jsontext, storage
 from grace.clock import Clock
+from grace.htm import outbox as task_outbox
 from grace.htm.attempts import MAX_ERROR_CHARS, SUMMARY, Exchange, Finished, Outcome, backoff
 from grace.htm.leases import Leases
 from grace.htm.origins import ORDER, Origin
@@ -72,13 +73,18 @@ class Queue:
     weights: dict[Origin, int]
     lease_seconds: float
     capacity: int = 0
+    # Task events go into htm_outbox with the changes they describe (PostgreSQL with task events on
+    # and the bus in the database; grace.htm.outbox): the callers then only wake the relay.
+    outbox: bool = False
     backend: QueueBackend = field(init=False, repr=False)
     leases: Leases = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # The one place the backend is chosen; everything backend-specific is behind it.
-        self.backend = SqliteQueue(self.db) if self.db.is_sqlite else PostgresQueue(self.db)
-        self.leases = Leases(self.db, self.clock, self.backend, self.lease_seconds)
+        if self.db.is_sqlite:
+            self.outbox = False  # the bus is in this process's memory: nothing to write ahead
+        self.backend = SqliteQueue(self.db) if self.db.is_sqlite else PostgresQueue(self.db, events=self.outbox)
+        self.leases = Leases(self.db, self.clock, self.backend, self.lease_seconds, outbox=self.outbox)
 
     @property
     def total_weight(self) -> int:
@@ -116,14 +122,20 @@ class Queue:
 
     # -- enqueue -------------------------------------------------------------
 
-    async def insert(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert routed tasks inside the router's transaction.
+    async def insert(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[dict[str, Any]],
+        *,
+        created: Sequence[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Insert routed tasks inside the router's transaction, with their ``created`` events in the outbox.
 
         On PostgreSQL, when any can run now, idle workers in every process are woken (NOTIFY is
         delivered on commit, so none looks before the tasks are visible).
         """
         if rows:
-            await self.backend.insert(conn, rows)
+            await self.backend.insert(conn, rows, created=created if self.outbox else None)
 
     # -- claim and finish ----------------------------------------------------
 
@@ -299,6 +311,9 @@ class Queue:
             ).first()
             if row is None:
                 current = (await conn.execute(select(t.c.status).where(t.c.task_id == task_id, owned))).scalar()
+            elif self.outbox:
+                finished = Finished.from_row(row._mapping)
+                await task_outbox.write(conn, [(task_outbox.topic_of(finished), finished.event())])
         if row is not None:
             return Finished.from_row(row._mapping)
         if current is None:

@@ -62,8 +62,17 @@ class QueueBackend(abc.ABC):
     """The queue's backend-specific operations."""
 
     @abc.abstractmethod
-    async def insert(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert routed tasks (all with the same keys) inside the caller's transaction; wake idle workers."""
+    async def insert(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[dict[str, Any]],
+        *,
+        created: Sequence[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        """Insert routed tasks (all with the same keys) inside the caller's transaction; wake idle workers.
+
+        ``created``, when given, are their events, written into the outbox in the same transaction.
+        """
 
     @abc.abstractmethod
     async def exchange(self, outcomes: Sequence[OutcomeRow], claim: Claim) -> tuple[list[Finished], list[Task]]:

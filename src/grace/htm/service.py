@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
 from grace.auth import Principal, Role
-from grace.bus import Bus
+from grace.bus import Bus, PostgresBus
 from grace.clock import Clock
 from grace.htm import admission, dashboard, events, origins, rescue, rollups, sla, sla_stats, stats, submission
 from grace.htm.config import HTMConfig
@@ -47,9 +47,11 @@ class HTM:
         self.clock = clock
         self.config = config
         self.weights = origins.weights_from_shares(config.shares)
-        self.queue = Queue(db, clock, self.weights, config.lease_seconds, config.capacity)
+        # Task events go through the outbox where the bus is the database's (grace.htm.outbox).
+        relayed = config.events and not db.is_sqlite and isinstance(bus, PostgresBus)
+        self.queue = Queue(db, clock, self.weights, config.lease_seconds, config.capacity, outbox=relayed)
         self.handlers = HandlerRegistry()
-        self.events = events.EventPublisher(bus, enabled=config.events)
+        self.events = events.EventPublisher(bus, enabled=config.events, relay=relayed)
         self.local = LocalWorkers(config.concurrency)
         self.submitter = submission.Submitter(
             db,
@@ -106,6 +108,7 @@ class HTM:
     async def start_workers(self, *, concurrency: int | None = None, claim_batch: int | None = None) -> WorkerPool:
         """Start this process's worker pool (the embedded one in ``grace serve``, or ``grace worker``)."""
         await self.prepare()
+        self.events.start()  # with an outbox, its sweep publishes what a dead process left
         if self.local.pool is None:
             self.local.pool = self.new_pool(concurrency=concurrency, claim_batch=claim_batch)
             await self.local.pool.start()
@@ -120,6 +123,7 @@ class HTM:
 
     def start_sla(self) -> bool:
         """Start the SLA enforcer's loop in this process when ``GRACE_HTM_SLA_ENABLED``; return whether it runs."""
+        self.events.start()  # with an outbox, its sweep publishes what a dead process left
         if self.config.sla_enabled:
             self.sla.start()
         return self.sla.running
@@ -213,7 +217,10 @@ class HTM:
         """Cancel a waiting or running task (a running handler is stopped at its worker's next heartbeat)."""
         finished = await self.queue.cancel(task_id, visible_to=self._visible_to(principal))
         log.info("htm.task_cancelled", extra={"task_id": task_id})
-        await self.events.emit(events.UPDATE, finished.event())
+        if self.queue.outbox:
+            self.events.relay_soon()  # the cancel wrote its event in its transaction
+        else:
+            await self.events.emit(events.UPDATE, finished.event())
         self.local.stop_task(task_id)
         return await self.queue.get(task_id, visible_to=None)
 

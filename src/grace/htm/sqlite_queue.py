@@ -60,10 +60,17 @@ class SqliteQueue(QueueBackend):
 
     db: Database
 
-    async def insert(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    async def insert(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[dict[str, Any]],
+        *,
+        created: Sequence[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
         # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing cost
         # more than the insert itself. Only the JSON and time columns are converted. Submits wake
-        # this process's workers directly; no other process has any.
+        # this process's workers directly; no other process has any. No outbox here (``created`` is
+        # never given): the bus is in this process's memory and its events die with it anyway.
         columns = tuple(rows[0])
         converted = [(i, f) for i, f in enumerate(_to_sqlite(c) for c in columns) if f is not _same]
         pick = operator.itemgetter(*columns)

@@ -261,15 +261,17 @@ class Submitter:
                 }
             )
             out.append(Submitted(task_id, status, decision))
-        await self.queue.insert(conn, rows)
+        created = _created(rows, out) if self.queue.outbox else None
+        await self.queue.insert(conn, rows, created=created)
         return Enqueued(rows, out)
 
     async def announce_created(self, enqueued: Enqueued) -> None:
-        """Log and publish ``htm.task.created`` for committed tasks, and wake this process's pool."""
-        created: list[tuple[str, dict[str, Any]]] = []
-        logging_each = log.isEnabledFor(logging.INFO)  # asked once: a batch may hold thousands
-        for row, sub in zip(enqueued.rows, enqueued.submitted, strict=True):
-            if logging_each:
+        """Log and publish ``htm.task.created`` for committed tasks, and wake this process's pool.
+
+        With an outbox (PostgreSQL) the events were written with the tasks: the relay is woken instead.
+        """
+        if log.isEnabledFor(logging.INFO):  # asked once: a batch may hold thousands
+            for row, sub in zip(enqueued.rows, enqueued.submitted, strict=True):
                 log.info(
                     "htm.task_created",
                     extra={
@@ -279,28 +281,36 @@ class Submitter:
                         "route": sub.decision.route,
                     },
                 )
-            created.append(
-                (
-                    events.CREATED,
-                    {
-                        "task_id": sub.task_id,
-                        "task_type": row["task_type"],
-                        "priority": row["priority"],
-                        "origin": row["origin"],
-                        "origin_rule": row["origin_rule"],
-                        "status": sub.status.value,
-                        "route": sub.decision.route,
-                        "delay_seconds": sub.decision.delay_seconds,
-                        "intent_id": row["intent_id"],
-                        "created_by": row["created_by_name"],
-                        "data_size_bytes": row["data_size_bytes"],
-                        "sla_ms": row["sla_ms"],
-                    },
-                )
-            )
-        await self.events.emit_many(created)
+        if self.queue.outbox:
+            self.events.relay_soon()
+        else:
+            await self.events.emit_many(_created(enqueued.rows, enqueued.submitted))
         self.local.wake()
         if self.on_deadline is not None:
             dues = [row["sla_due_at"] for row in enqueued.rows if row["sla_due_at"] is not None]
             if dues:
                 self.on_deadline(min(dues))
+
+
+def _created(rows: Sequence[dict[str, Any]], submitted: Sequence[Submitted]) -> list[tuple[str, dict[str, Any]]]:
+    """Return the ``htm.task.created`` events of inserted tasks."""
+    return [
+        (
+            events.CREATED,
+            {
+                "task_id": sub.task_id,
+                "task_type": row["task_type"],
+                "priority": row["priority"],
+                "origin": row["origin"],
+                "origin_rule": row["origin_rule"],
+                "status": sub.status.value,
+                "route": sub.decision.route,
+                "delay_seconds": sub.decision.delay_seconds,
+                "intent_id": row["intent_id"],
+                "created_by": row["created_by_name"],
+                "data_size_bytes": row["data_size_bytes"],
+                "sla_ms": row["sla_ms"],
+            },
+        )
+        for row, sub in zip(rows, submitted, strict=True)
+    ]

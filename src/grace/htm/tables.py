@@ -33,6 +33,7 @@ __all__ = [
     "htm_hourly",
     "htm_late_completions",
     "htm_origins",
+    "htm_outbox",
     "htm_rollup",
     "htm_scheduler",
     "htm_sla_counters",
@@ -209,6 +210,16 @@ htm_sla_counters = Table(
     # All-time counts of what the SLA enforcer did, written in the transaction that did it.
     Column("name", String(40), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+htm_outbox = Table(
+    "htm_outbox",
+    metadata,
+    # Task events written in the transaction of the change they describe (PostgreSQL), until the
+    # relay moves them into the bus's ``events`` table in id order (grace/htm/outbox.py).
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("topic", String(200), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON text
 )
 
 htm_late_completions = Table(

@@ -21,6 +21,41 @@ SELECT * FROM htm_claim($1, $2, $3, $4, $5, $6, $7, true);
 SELECT * FROM htm_finish_claim($1, $2::text[], $3::integer[], $4::text[], $5::timestamptz[],
     $6::timestamptz[], $7::text[], $8::text[], $9::integer[], $10, $11, $12, $13, $14, $15);
 
+-- name: pg_with_events
+-- A claim or an exchange ({call}: pg_claim's or pg_finish_claim's function call) that writes its
+-- task events into htm_outbox in the same statement, so in the same transaction: a process killed
+-- right after it returns loses no event (the relay, grace/htm/outbox.py, publishes them). One row
+-- per returned task, in the function's order: a claimed task (running) gets Recorder.claimed's
+-- htm.task.update, an outcome Finished.event()'s payload under its topic (grace/htm/outcomes.py);
+-- tests/integration/test_htm_outbox.py checks both against the Python. Times to milliseconds exact
+-- to the microsecond, queued_at in Python's isoformat (no fraction when it is zero).
+WITH r AS MATERIALIZED (SELECT * FROM {call} WITH ORDINALITY AS c),
+written AS (
+    INSERT INTO htm_outbox (topic, payload)
+    SELECT CASE WHEN r.status = 'completed' THEN 'htm.task.completed'
+                WHEN r.status IN ('failed', 'timed_out') THEN 'htm.task.failed'
+                ELSE 'htm.task.update' END,
+           CAST(jsonb_build_object(
+               'task_id', r.task_id, 'task_type', r.task_type, 'origin', r.origin, 'priority', r.priority,
+               'intent_id', r.intent_id, 'status', r.status, 'attempts', r.attempts,
+               'max_attempts', r.max_attempts)
+           || CASE WHEN r.status = 'running' THEN jsonb_build_object('worker_id', r.worker_id)
+                   ELSE jsonb_strip_nulls(jsonb_build_object(
+                       'duration_ms', round(extract(epoch FROM r.finished_at - r.started_at) * 1000, 3),
+                       'total_ms', round(extract(epoch FROM r.finished_at - r.created_at) * 1000, 3),
+                       'sla_met', r.finished_at <= r.deadline,
+                       'queued_at', CASE WHEN r.status IN ('delayed', 'queued') THEN
+                           to_char(r.queued_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+                           || CASE WHEN extract(microseconds FROM r.queued_at) % 1000000 = 0 THEN ''
+                                   ELSE to_char(r.queued_at AT TIME ZONE 'UTC', '.US') END
+                           || '+00:00' END,
+                       'error', nullif(r.error, '')))
+              END AS text)
+      FROM r
+     ORDER BY r.ordinality
+)
+SELECT * FROM r;
+
 -- name: pg_insert_tasks
 -- A batch of new tasks in one statement, each column sent as one array (an executemany would run
 -- the insert once per row). {columns}: the columns given; {arrays}: `$i::<type>[]` per column,
@@ -34,8 +69,9 @@ INSERT INTO htm_tasks ({columns}) SELECT {values} FROM unnest({arrays}) AS u({co
 SELECT pg_notify(:channel, '');
 
 -- name: pg_tidy
--- Vacuum the two tiny tables every claim rewrites; SKIP_LOCKED lets one worker do it at a time.
-VACUUM (SKIP_LOCKED) htm_origins, htm_scheduler;
+-- Vacuum the two tiny tables every claim rewrites, and the outbox every claim and outcome writes
+-- and the relay empties; SKIP_LOCKED lets one worker do it at a time.
+VACUUM (SKIP_LOCKED) htm_origins, htm_scheduler, htm_outbox;
 
 
 -- SQLite -------------------------------------------------------------------------------------------
