@@ -10,9 +10,27 @@ from grace.htm import events, outbox
 from grace.htm.queue import Exchange, Finished, Outcome, Queue
 from grace.htm.tasks import Status, Task
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "claimed_event"]
 
 log = logging.getLogger("grace.htm")
+
+
+def claimed_event(worker_id: str, task: Task) -> dict[str, Any]:
+    """Return the ``htm.task.update`` payload announcing that ``worker_id`` runs ``task``.
+
+    On PostgreSQL the claim's statement builds the same payload in SQL (``pg_with_events``).
+    """
+    return {
+        "task_id": task.task_id,
+        "task_type": task.task_type,
+        "origin": task.origin.value,
+        "priority": task.priority.value,
+        "intent_id": task.intent_id,
+        "status": Status.RUNNING.value,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "worker_id": worker_id,
+    }
 
 
 class Recorder:
@@ -25,30 +43,13 @@ class Recorder:
     async def claimed(self, worker_id: str, tasks: Sequence[Task]) -> None:
         """Publish that ``worker_id`` runs ``tasks`` (claimed and committed already).
 
-        With an outbox (PostgreSQL) the claim wrote these events itself: nothing to do here.
+        With an outbox (PostgreSQL) the claim wrote these events itself: the relay is woken.
         """
         if self.queue.outbox:
+            if tasks:
+                self.events.relay_soon()
             return
-        running = Status.RUNNING.value
-        await self.events.emit_many(
-            [
-                (
-                    events.UPDATE,
-                    {
-                        "task_id": task.task_id,
-                        "task_type": task.task_type,
-                        "origin": task.origin.value,
-                        "priority": task.priority.value,
-                        "intent_id": task.intent_id,
-                        "status": running,
-                        "attempts": task.attempts,
-                        "max_attempts": task.max_attempts,
-                        "worker_id": worker_id,
-                    },
-                )
-                for task in tasks
-            ]
-        )
+        await self.events.emit_many([(events.UPDATE, claimed_event(worker_id, task)) for task in tasks])
 
     async def record(
         self, worker_id: str, outcomes: Sequence[Outcome], *, claim: int = 0, fallback_capacity: int = 1
@@ -72,8 +73,8 @@ class Recorder:
                 log.info("htm.task_failed", extra={"task_id": f.task_id, "status": f.status.value})
             changed.append((topic, f.event()))
         if self.queue.outbox:
-            # Written with the change (same statement or transaction); the relay publishes them. So
-            # is a claim's: wake the relay whenever anything changed.
-            self.events.relay_soon()
+            # Written with the change (in the same statement or transaction): the relay publishes them.
+            if changed:
+                self.events.relay_soon()
         else:
             await self.events.emit_many(changed)
