@@ -12,6 +12,11 @@ as in production, and fairness is on (tasks come from four origins). SQLite runs
 is what flushing each acknowledged commit costs. The load average before and after is recorded
 (the machine is shared).
 
+``GRACE_BENCH_SET=outbox`` runs HTM on PostgreSQL as in production (task events written with their
+changes into the outbox, moved into the bus by the relay) beside the same HTM publishing them after
+commit (``htm_after_commit``, as before the outbox) and pgqueuer, interleaved: what the outbox costs,
+as ratios to the same pgqueuer figures.
+
 Every configuration runs ``GRACE_BENCH_ROUNDS`` times (3), interleaved; the summary gives the
 median and the range. A run during which the hypervisor stole more than
 ``GRACE_BENCH_STEAL_LIMIT_PCT`` (10%) of the CPUs is run again, at most twice more, keeping the
@@ -69,7 +74,15 @@ ORDER = [
     for batch, n in ((1, 3_000), (10, 10_000), (50, 10_000))
     for system in ("htm", "htm_age_order", "pgqueuer")
 ]
-SETS = {"all": EQUAL + SQLITE, "equal": EQUAL, "sqlite": SQLITE, "order": ORDER}
+# "outbox": HTM on PostgreSQL with its task events written with their changes (the outbox, as in
+# production) beside the same HTM publishing them after commit ("htm_after_commit", as before the
+# outbox) and pgqueuer, interleaved, so what the outbox costs is measured in one run.
+OUTBOX = [
+    (system, "postgresql", batch, n, True, "")
+    for batch, n in ((1, 3_000), (10, 10_000), (50, 10_000))
+    for system in ("htm", "htm_after_commit", "pgqueuer")
+]
+SETS = {"all": EQUAL + SQLITE, "equal": EQUAL, "sqlite": SQLITE, "order": ORDER, "outbox": OUTBOX}
 
 
 def concurrency(batch: int) -> int:
@@ -80,11 +93,13 @@ def concurrency(batch: int) -> int:
     return max(CONCURRENCY, 2 * batch)
 
 
-async def htm_run(backend: str, batch: int, n: int, events: bool, *, age_order: bool = False) -> dict[str, Any]:
+async def htm_run(
+    backend: str, batch: int, n: int, events: bool, *, age_order: bool = False, outbox: bool = True
+) -> dict[str, Any]:
     url = await htmkit.fresh(backend, f"tp_{batch}")
     try:
         async with htmkit.open_htm(
-            url, concurrency=concurrency(batch), claim_batch=batch, poll_seconds=0.05, events=events
+            url, concurrency=concurrency(batch), claim_batch=batch, poll_seconds=0.05, events=events, outbox=outbox
         ) as htm:
             if age_order:
                 await age_order_claims(htm)
@@ -104,7 +119,7 @@ async def htm_run(backend: str, batch: int, n: int, events: bool, *, age_order: 
             elapsed = time.perf_counter() - started
             await htm.events.drain()
             return {
-                "system": "htm_age_order" if age_order else "htm",
+                "system": "htm_age_order" if age_order else ("htm" if outbox else "htm_after_commit"),
                 "backend": backend,
                 "claim_batch": batch,
                 "events": events,
@@ -210,6 +225,8 @@ def _key(r: dict[str, Any]) -> str:
         return f"pgqueuer_batch{r['claim_batch']}"
     if r["system"] == "htm_age_order":
         return f"htm_{r['backend']}_batch{r['claim_batch']}_age_order"
+    if r["system"] == "htm_after_commit":
+        return f"htm_{r['backend']}_batch{r['claim_batch']}_after_commit"
     sync = "_sync_normal" if r.get("synchronous") == "NORMAL" else ""
     return f"htm_{r['backend']}_batch{r['claim_batch']}{'' if r['events'] else '_no_events'}{sync}"
 
@@ -219,6 +236,8 @@ async def one(system: str, backend: str, batch: int, n: int, events: bool, sync:
         return await pgqueuer_run(batch, n)
     if system == "htm_age_order":
         return await htm_run(backend, batch, n, events, age_order=True)
+    if system == "htm_after_commit":
+        return await htm_run(backend, batch, n, events, outbox=False)
     storage.database.SQLITE_SYNCHRONOUS = sync or "FULL"
     try:
         r = await htm_run(backend, batch, n, events)
@@ -256,6 +275,9 @@ async def run() -> dict[str, Any]:
         aged = median.get(f"htm_postgresql_batch{batch}_age_order")
         if aged and pgq:
             summary[f"ratio_htm_pg_age_order_vs_pgqueuer_batch{batch}"] = round(aged / pgq, 2)
+        after = median.get(f"htm_postgresql_batch{batch}_after_commit")
+        if after and pgq:
+            summary[f"ratio_htm_pg_after_commit_vs_pgqueuer_batch{batch}"] = round(after / pgq, 2)
     for batch in (1, 16):  # what synchronous=FULL costs on SQLite
         full, normal = median.get(f"htm_sqlite_batch{batch}"), median.get(f"htm_sqlite_batch{batch}_sync_normal")
         if full and normal:

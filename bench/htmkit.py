@@ -70,14 +70,18 @@ async def fresh(backend: str, name: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_htm(url: str, **config: Any) -> AsyncIterator[HTM]:
-    """Migrate ``url`` and yield an HTM on it with the backend's real bus."""
+async def open_htm(url: str, *, outbox: bool = True, **config: Any) -> AsyncIterator[HTM]:
+    """Migrate ``url`` and yield an HTM on it with the backend's real bus.
+
+    ``outbox=False`` publishes task events after commit (as before the outbox) rather than writing
+    them with their changes: what the outbox costs is measured against it.
+    """
     db = storage.Database(url, pool_size=10)
     await storage.upgrade(db)
     clock = SystemClock()
     bus: Bus = InProcessBus(clock=clock) if db.is_sqlite else PostgresBus(db, clock=clock)
     await bus.start()
-    htm = HTM(db, bus, clock, load_config(**{"burst_per_minute": 0, **config}))
+    htm = HTM(db, bus, clock, load_config(**{"burst_per_minute": 0, **config}), outbox=outbox)
     await htm.prepare()
     thresholds = gc.get_threshold()
     memory.settle()  # as ``grace serve`` and ``grace worker`` do once started

@@ -143,8 +143,11 @@ class EventPublisher:
         """Relay the outbox into the bus until it is empty (as far as this relay can see)."""
         assert self._relay is not None
         try:
-            while await self._relay.relay(htm_outbox.name, limit=BATCH) >= BATCH:
-                pass
+            while True:
+                moved = await self._relay.relay(htm_outbox.name, limit=BATCH)
+                self.published += moved
+                if moved < BATCH:
+                    break
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -41,14 +41,15 @@ MAX_SLA_WINDOW_SECONDS = 30 * 24 * 3600
 class HTM:
     """Tasks for every origin of work: fair, durable, observable."""
 
-    def __init__(self, db: Database, bus: Bus, clock: Clock, config: HTMConfig) -> None:
+    def __init__(self, db: Database, bus: Bus, clock: Clock, config: HTMConfig, *, outbox: bool = True) -> None:
         self.db = db
         self.bus = bus
         self.clock = clock
         self.config = config
         self.weights = origins.weights_from_shares(config.shares)
-        # Task events go through the outbox where the bus is the database's (grace.htm.outbox).
-        relayed = config.events and not db.is_sqlite and isinstance(bus, PostgresBus)
+        # Task events go through the outbox where the bus is the database's (grace.htm.outbox);
+        # ``outbox=False`` publishes them after commit instead, as before it (for the benchmarks).
+        relayed = outbox and config.events and not db.is_sqlite and isinstance(bus, PostgresBus)
         self.queue = Queue(db, clock, self.weights, config.lease_seconds, config.capacity, outbox=relayed)
         self.handlers = HandlerRegistry()
         self.events = events.EventPublisher(bus, enabled=config.events, relay=relayed)
