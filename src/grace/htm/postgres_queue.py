@@ -39,8 +39,9 @@ _SQL = sql.queries()
 CLAIM = _SQL["pg_claim"]
 FINISH_CLAIM = _SQL["pg_finish_claim"]
 # The same, writing their task events into htm_outbox in the same statement (grace.htm.outbox).
-CLAIM_WITH_EVENTS = _SQL["pg_with_events"].format(call=CLAIM.removeprefix("SELECT * FROM "))
-FINISH_CLAIM_WITH_EVENTS = _SQL["pg_with_events"].format(call=FINISH_CLAIM.removeprefix("SELECT * FROM "))
+# (Filled with replace, not format: the block's SQL writes JSON braces.)
+CLAIM_WITH_EVENTS = _SQL["pg_with_events"].replace("{call}", CLAIM.removeprefix("SELECT * FROM "))
+FINISH_CLAIM_WITH_EVENTS = _SQL["pg_with_events"].replace("{call}", FINISH_CLAIM.removeprefix("SELECT * FROM "))
 # The created events of a batch of new tasks, in the statement that inserts them: {insert} is
 # pg_insert_tasks, and the events' payloads (JSON text, in the tasks' order) are its last parameter.
 _INSERT_WITH_EVENTS = (
