@@ -1,7 +1,7 @@
 """Task events written with the change they describe: the ``htm_outbox`` table.
 
-Revision ID: 0017_htm_outbox
-Revises: 0016_htm_deadline_order
+Revision ID: 0018_htm_outbox
+Revises: 0017_approvals
 
 On PostgreSQL the task manager writes its task events (``htm.task.created``, ``.update``,
 ``.completed``, ``.failed``) into ``htm_outbox`` in the same transaction (for claims and outcomes,
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017_htm_outbox"
-down_revision = "0016_htm_deadline_order"
+revision = "0018_htm_outbox"
+down_revision = "0017_approvals"
 branch_labels = None
 depends_on = None
 
