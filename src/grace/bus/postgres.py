@@ -64,8 +64,8 @@ _APPEND = """
 # relay deleted meanwhile is skipped by the DELETE (READ COMMITTED re-checks it), so no row is
 # published twice. FOR UPDATE makes the pick read the rows (an index scan, not an index-only one),
 # which marks the index entries of rows already moved as dead: otherwise every relay walks all the
-# rows deleted since the last vacuum (26 ms after 30,000, against under 1 ms). $1 lock key, $3 published at, $4 source, $5 channel. {outbox}: a table name
-# given by the code, never input.
+# rows deleted since the last vacuum (26 ms after 30,000, against under 1 ms). $1 lock key, $3
+# published at, $4 source, $5 channel. {outbox}: a table name given by the code, never input.
 _RELAY = """
     WITH lock AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::bigint)),
     moved AS (
