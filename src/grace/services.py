@@ -216,14 +216,16 @@ async def build(
         max_upload_bytes=settings.voice_max_upload_bytes,
     )
     capabilities = Capabilities(clock, bus=bus, htm=htm, vault=vault, voice=voice)
-    playbooks = Playbooks(db, capabilities, default_registry(), settings.playbooks_dir)
 
     async def person(user_id: str) -> auth.Principal | None:
+        """A user (by id or name) as the person a playbook run is for; None if gone or disabled."""
         try:
             user = await accounts.get_user(user_id)
         except errors.NotFound:
             return None
         return None if user.disabled else auth.Principal(user.id, user.username, user.role)
+
+    playbooks = Playbooks(db, capabilities, default_registry(), settings.playbooks_dir, people=person)
 
     scheduler = Scheduler(playbooks, htm, bus, clock, leadership=storage.Leadership(db, LEADER_LOCK), person=person)
     # Playbook runs are HTM tasks (fairness, SLAs and the dashboard apply); people, never an agent, submit them.

@@ -129,6 +129,40 @@ def test_cli_execute_dry_run_and_history(monkeypatch: pytest.MonkeyPatch, databa
     assert bad.exit_code == 1 and "NAME=VALUE" in bad.output
 
 
+ASKS = """
+version: 1
+name: asks
+description: one step that waits for the person the run is for
+steps:
+  - id: act
+    action: bus.publish
+    with: {topic: playbooks.test.acted}
+    approval: {message: "Publish the test event?", timeout: 600}
+"""
+
+
+def test_cli_execute_as_a_user_asks_that_user_and_waits(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GRACE_DATABASE_URL", database_url)
+    monkeypatch.setenv("GRACE_DATA_DIR", str(tmp_path / "data"))
+    path = tmp_path / "asks.yaml"
+    path.write_text(ASKS)
+    runner = CliRunner()
+    alone = runner.invoke(app, ["playbook", "execute", str(path), "--json"])
+    assert alone.exit_code == 1 and "the person the run is for" in alone.output  # no person, no owner
+    nobody = runner.invoke(app, ["playbook", "execute", str(path), "--as", "nobody.here"])
+    assert nobody.exit_code == 1 and "no active user" in nobody.output
+    asked = runner.invoke(app, ["playbook", "execute", str(path), "--as", "admin", "--json"])
+    assert asked.exit_code == 3, asked.output  # waiting for the approval
+    run = json.loads(asked.output.splitlines()[0])
+    assert run["status"] == "waiting" and "approve step 'act'" in run["reason"]
+    shown = json.loads(runner.invoke(app, ["playbook", "history", run["run_id"]]).output)
+    assert shown["who"] == "cli as admin" and shown["approval_id"]
+    pending = runner.invoke(app, ["secrets", "pending", "--user", "admin"])
+    assert shown["approval_id"] in pending.output, pending.output
+
+
 async def _dry_runs(client: httpx.AsyncClient, headers: dict[str, str], name: str, count: int) -> list[str]:
     made = []
     for _ in range(count):

@@ -258,3 +258,82 @@ async def test_a_playbook_changed_while_its_run_waited_fails_the_run_and_rolls_b
     record = await until(services, run_id, "failed", "succeeded")
     assert record.status == "failed" and "changed while the run waited" in (record.reason or "")
     assert await published(services) == ["prepared", "undone", "always"]  # nothing past the approval ran
+
+
+def owned(owner: str) -> str:
+    """GUARDED on a schedule every 5 minutes, for ``owner``."""
+    return GUARDED.replace(
+        "policy: {", f'owner: {owner}\ntriggers:\n  - schedule: {{cron: "*/5 * * * *", timezone: UTC}}\npolicy: {{'
+    )
+
+
+async def scheduled_run(cast: Cast) -> str:
+    """Let the schedule fire once (the injected clock moves 5 minutes); return its run."""
+    services = cast.services
+    assert await services.scheduler.tick() == []  # a new schedule starts from now
+    cast.clock.advance(300)
+    [run_id] = await services.scheduler.tick()
+    return run_id
+
+
+async def test_a_scheduled_run_of_a_playbook_with_an_owner_asks_that_owner_and_goes_on_when_approved(
+    cast: Cast, guarded: Playbook, http: httpx.AsyncClient
+) -> None:
+    services = cast.services
+    (services.playbooks.directory / "guarded.yaml").write_text(owned("aaron"))
+    run_id = await scheduled_run(cast)
+    waiting = await until(services, run_id, "waiting", "failed", "succeeded")
+    assert waiting.status == "waiting", waiting.reason
+    assert waiting.trigger == "schedule" and waiting.who == "scheduler"
+    # It waits in the owner's inbox, nobody else's.
+    [asked] = await services.vault.pending(cast.owner)
+    assert asked.consent_id == waiting.approval_id and asked.requested_by == "playbook.guarded"
+    assert await services.vault.pending(cast.other) == []
+    answered = await http.post(
+        "/api/secrets/consent/respond",
+        json={"consent_id": asked.consent_id, "approved": True},
+        headers=cast.headers("owner"),
+    )
+    assert answered.status_code == 200, answered.text
+    done = await until(services, run_id, "succeeded", "failed", "timed_out")
+    assert done.status == "succeeded", done.reason
+    assert await published(services) == ["prepared", "acted", "after", "always"]
+    assert step(done, "act")["approval"]["answer"] == "approved"  # type: ignore[index]
+
+
+async def test_a_scheduled_run_without_an_owner_still_fails_saying_it_has_no_person(
+    cast: Cast, guarded: Playbook
+) -> None:
+    services = cast.services
+    (services.playbooks.directory / "guarded.yaml").write_text(owned("aaron").replace("owner: aaron\n", ""))
+    run_id = await scheduled_run(cast)
+    record = await until(services, run_id, "failed", "waiting", "succeeded")
+    assert record.status == "failed" and "the person the run is for" in (record.reason or "")
+    assert "owner" in (record.reason or "")  # and says how to give it one
+    assert await services.vault.pending(cast.owner) == []
+
+
+async def test_an_owner_who_is_not_a_user_fails_the_run_at_its_start_and_alerts(cast: Cast, guarded: Playbook) -> None:
+    services = cast.services
+    (services.playbooks.directory / "guarded.yaml").write_text(owned("nobody.here"))
+    run_id = await scheduled_run(cast)
+    record = await until(services, run_id, "failed", "waiting", "succeeded")
+    assert record.status == "failed"
+    assert "owner 'nobody.here' is not an active user" in (record.reason or "")
+    assert await published(services) == ["always"]  # no step ran; always did
+    [alert] = await services.bus.replay("playbooks.alert", since=0)  # on_failure told the operator
+    assert "nobody.here" in alert.payload["message"]
+
+
+async def test_an_owner_does_not_replace_the_person_who_started_a_run(
+    cast: Cast, guarded: Playbook, http: httpx.AsyncClient
+) -> None:
+    services = cast.services
+    (services.playbooks.directory / "guarded.yaml").write_text(owned("bella"))
+    playbook = services.playbooks.named("guarded")
+    run_id = await services.scheduler.queue_manual(playbook, {}, who="aaron", principal=cast.owner)
+    waiting = await until(services, run_id, "waiting", "failed")
+    assert [c.consent_id for c in await services.vault.pending(cast.owner)] == [waiting.approval_id]
+    assert await services.vault.pending(cast.other) == []  # bella, the owner, is not asked
+    await services.vault.respond(cast.owner, waiting.approval_id or "", False, reason="no")
+    await until(services, run_id, "failed", "succeeded")

@@ -45,14 +45,27 @@ def execute(
     dry_run: bool = typer.Option(False, "--dry-run", help="Call no action with side effects; report each step."),
     inputs: list[str] = typer.Option([], "--input", help="An input as NAME=VALUE (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the run as JSON."),
+    as_user: str | None = typer.Option(
+        None,
+        "--as",
+        metavar="USERNAME",
+        help="The person the run is for (its approvals ask them, its secrets are theirs); default: its owner.",
+    ),
 ) -> None:
-    """Run a playbook now in this process (lint first); exit 1 unless it succeeds."""
+    """Run a playbook now in this process (lint first); exit 0 if it succeeds, 3 if it waits for an approval, else 1."""
     given = _inputs(inputs)
 
     async def work() -> int:
         async with open_services() as services:
             playbook = services.playbooks.load(file)
-            result = await services.playbooks.execute(playbook, given, who="cli", dry_run=dry_run)
+            principal = None
+            who = "cli"
+            if as_user is not None:
+                principal = await services.playbooks.person(as_user)
+                if principal is None:
+                    raise fail(f"--as {as_user!r}: no active user of that name")
+                who = f"cli as {principal.name}"
+            result = await services.playbooks.execute(playbook, given, who=who, principal=principal, dry_run=dry_run)
         if as_json:
             console.print(
                 jsontext.dumps(
@@ -69,6 +82,9 @@ def execute(
                 console.print(
                     f"  {step['phase']:<10} {step['id']:<28} {step.get('outcome', '?'):<16} {extra}", markup=False
                 )
+        if result.status == "waiting":
+            console.print("the run waits for its approval; a serving Grace goes on with it once answered", markup=False)
+            return 3
         return 0 if result.status == "succeeded" else 1
 
     code = run(work)

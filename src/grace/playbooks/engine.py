@@ -231,8 +231,13 @@ class Engine:
         dry_run: bool = False,
         event: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        failed: str | None = None,
     ) -> RunResult:
-        """Run ``playbook`` (a run already recorded as ``run_id``, or a new one) to its end."""
+        """Run ``playbook`` (a run already recorded as ``run_id``, or a new one) to its end.
+
+        ``failed``: a reason the run cannot go on (its owner is not a user): it fails at its start,
+        before any step, and runs on_failure and always as any failed run does.
+        """
         typed = parse_inputs(playbook, inputs)
         shown = {k: (REDACTED if k in playbook.secret_inputs() else v) for k, v in typed.items()}
         if run_id is None:
@@ -253,7 +258,7 @@ class Engine:
         state.values.update({"run.id": run_id, "run.trigger": trigger, "run.dry_run": dry_run})
         for key, value in (event or {}).items():
             state.values[f"event.{key}"] = value
-        return await self._drive(state)
+        return await self._drive(state, failed=failed, failed_at="start")
 
     async def resume(self, playbook: Playbook, run_id: str, answer: Answer, *, principal: Any = None) -> RunResult:
         """Go on with a run that waited for an approval (requeued as ``queued``), with the owner's answer."""
@@ -281,7 +286,7 @@ class Engine:
         state.answers[str(parked["step"])] = answer
         return await self._drive(state)
 
-    async def _drive(self, state: RunState, *, failed: str | None = None) -> RunResult:
+    async def _drive(self, state: RunState, *, failed: str | None = None, failed_at: str = "resume") -> RunResult:
         """Run the main steps from ``state.resume_from``, then the ending; record the outcome (or the wait)."""
         playbook, run_id = state.playbook, state.run_id
         started = self.capabilities.clock.monotonic()
@@ -291,7 +296,7 @@ class Engine:
         try:
             try:
                 if failed is not None:
-                    raise _StepFailed(Step("resume", "main", Call("resume")), failed)
+                    raise _StepFailed(Step(failed_at, "main", Call(failed_at)), failed)
                 remaining = max(0.001, timeout - state.worked)
                 await self._with_timeout(self._main(state), remaining)
             except _Park as park:

@@ -73,6 +73,9 @@ class Scheduler:
         playbook = self.playbooks.named(record.playbook)
         as_user = ctx.payload.get("as_user")
         principal = await self.person(str(as_user)) if as_user and self.person is not None else None
+        failed = None
+        if not as_user and record.parked is None:  # no one started it: the playbook's owner, if it names one
+            principal, failed = await self.playbooks.owner_of(playbook)
         if record.parked is not None and record.approval_id is not None:
             answer = await self.playbooks.answer_of(record.approval_id)
             if answer is None:  # not answered after all: wait again
@@ -90,6 +93,7 @@ class Scheduler:
                 event=event if isinstance(event, dict) else None,
                 run_id=run_id,
                 principal=principal,
+                failed=failed,
             )
         if result.status == "waiting":
             # An answer given before the run was recorded as waiting finds it here.

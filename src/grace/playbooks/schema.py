@@ -53,12 +53,15 @@ __all__ = [
 VERSION = 1
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 EXPR = re.compile(r"^\$\{(?P<expr>.*)\}$", re.DOTALL)
+# A user's name, as the accounts take it (grace.auth.accounts): the person a run with no one behind it is for.
+OWNER = re.compile(r"^[a-z0-9][a-z0-9_.\-]{1,63}$")
 STEP_REF = re.compile(r"(?<![\w.])steps\.(?P<id>[A-Za-z_]\w*)")
 
 TOP_KEYS = (
     "version",
     "name",
     "description",
+    "owner",
     "triggers",
     "policy",
     "inputs",
@@ -213,6 +216,7 @@ class Playbook:
     always: tuple[Step, ...]
     source: str
     digest: str
+    owner: str | None = None  # the user a scheduled, event or CLI run is for (no one started it)
 
     @property
     def all_steps(self) -> tuple[Step, ...]:
@@ -434,6 +438,13 @@ class _Checker:
                 self.value_at(root, "name"), "name", "name: lower-case letters, digits and _, starting with a letter"
             )
         description = self.string(root, "description", "the playbook") or ""
+        owner = self.string(root, "owner", "the playbook")
+        if owner is not None and not OWNER.match(owner):
+            self.add(
+                self.value_at(root, "owner"),
+                "owner",
+                "owner: a user's name (2 to 64 lower-case letters, digits, '.', '_' or '-')",
+            )
         inputs = self.inputs(root)
         policy = self.policy(root)
         schedules, events, manual, event_fields = self.triggers(root, inputs)
@@ -462,6 +473,7 @@ class _Checker:
             always=tuple(always),
             source=self.source,
             digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+            owner=owner,
         )
 
     def inputs(self, root: CommentedMap) -> dict[str, InputSpec]:

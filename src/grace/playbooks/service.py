@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from grace import errors
+from grace.auth import Principal
 from grace.playbooks.actions import ActionRegistry, Capabilities
 from grace.playbooks.engine import Answer, Engine, RunResult, RunState, parse_inputs
 from grace.playbooks.history import RunPage, RunRecord, RunStore
@@ -43,8 +44,11 @@ class Playbooks:
         directory: Path,
         *,
         engine: Engine | None = None,
+        people: Callable[[str], Awaitable[Principal | None]] | None = None,
     ) -> None:
         self.db = db
+        # A user by name or id, as a person a run can be for (None: no such user, or disabled).
+        self.people = people
         self.capabilities = capabilities
         self.registry = registry
         self.directory = directory
@@ -138,12 +142,41 @@ class Playbooks:
         dry_run: bool = False,
         trigger: str = "manual",
     ) -> RunResult:
-        """Run ``playbook`` in this process to its end (the CLI's ``execute``)."""
+        """Run ``playbook`` in this process to its end (the CLI's ``execute``).
+
+        With no ``principal`` (no one started it as a person), the run is for the playbook's ``owner``;
+        an owner who is not an active user fails the run at its start, saying so.
+        """
         try:
             parse_inputs(playbook, inputs)
         except ValueError as exc:
             raise errors.InvalidInput(str(exc)) from None
-        return await self.engine.run(playbook, inputs, trigger=trigger, who=who, principal=principal, dry_run=dry_run)
+        failed = None
+        if principal is None and not dry_run:
+            principal, failed = await self.owner_of(playbook)
+        return await self.engine.run(
+            playbook, inputs, trigger=trigger, who=who, principal=principal, dry_run=dry_run, failed=failed
+        )
+
+    async def person(self, username_or_id: str) -> Principal | None:
+        """The active user ``username_or_id`` as a person a run can be for; None if there is none."""
+        return await self.people(username_or_id) if self.people is not None else None
+
+    async def owner_of(self, playbook: Playbook) -> tuple[Principal | None, str | None]:
+        """The person a run no one started is for: the playbook's ``owner``, and why not if it cannot be.
+
+        Returns (None, None) for a playbook without an owner (the run has no person, as before);
+        (None, reason) for an owner who is not an active user of this Grace (the run fails, saying so).
+        """
+        if playbook.owner is None:
+            return None, None
+        person = await self.person(playbook.owner)
+        if person is None:
+            return None, (
+                f"the playbook's owner {playbook.owner!r} is not an active user of this Grace"
+                " (no such user, or disabled): fix 'owner:' in the playbook"
+            )
+        return person, None
 
     async def _resolve_secret(self, key: str, state: RunState) -> str:
         """Ask the vault for a secret as the run's person, with consent where the vault demands it."""
@@ -151,7 +184,9 @@ class Playbooks:
         if vault is None:
             raise ValueError("no vault to resolve secrets")
         if state.principal is None:
-            raise ValueError(f"secret {key!r} needs the person the run is for; a scheduled run has none")
+            raise ValueError(
+                f"secret {key!r} needs the person the run is for; this run has none (give the playbook an 'owner:')"
+            )
         result = await vault.access(
             state.principal,
             key,
@@ -173,7 +208,8 @@ class Playbooks:
         if person is None or getattr(person, "agent", None) is not None:
             raise ValueError(
                 "an approval asks the person the run is for, and this run has none (a scheduled, event or CLI"
-                " run): start it through POST /api/playbooks/{name}/run"
+                " run of a playbook without 'owner:'): give the playbook an owner, run it with"
+                " 'grace playbook execute --as USERNAME', or start it through POST /api/playbooks/{name}/run"
             )
         assert step.approval is not None
         record = await vault.ask_approval(
