@@ -9,7 +9,8 @@
     │   ├── ConsentAlreadyAnswered (409, answering a consent request that is no longer pending)
     │   ├── IdempotencyKeyInUse    (409, the first request under this Idempotency-Key is still running)
     │   ├── IdempotencyKeyReused   (409, this Idempotency-Key was used for another request)
-    │   └── TaskAlreadyFinished    (409, cancelling a task that has finished)
+    │   ├── TaskAlreadyFinished    (409, cancelling a task that has finished)
+    │   └── RunAlreadyFinished     (409, cancelling a playbook run that has finished)
     ├── PayloadTooLarge        (413)
     ├── Unauthenticated        (401)
     ├── PermissionDenied       (403)
@@ -51,6 +52,7 @@ __all__ = [
     "PlaybookInvalid",
     "RateLimited",
     "RowTampered",
+    "RunAlreadyFinished",
     "ServiceNotRunning",
     "StorageUnavailable",
     "TaskAlreadyFinished",
@@ -125,6 +127,12 @@ class TaskAlreadyFinished(Conflict):
     """The task has already finished; only waiting or running tasks can be changed."""
 
     code = "task_already_finished"
+
+
+class RunAlreadyFinished(Conflict):
+    """The playbook run has already finished; only a queued, running or waiting run can be cancelled."""
+
+    code = "run_already_finished"
 
 
 class PayloadTooLarge(GraceError):

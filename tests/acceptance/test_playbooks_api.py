@@ -141,12 +141,14 @@ steps:
 """
 
 
-def test_cli_execute_as_a_user_asks_that_user_and_waits(
+def test_cli_execute_as_a_user_asks_that_user_and_waits_and_cancel_withdraws_it(
     monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("GRACE_DATABASE_URL", database_url)
     monkeypatch.setenv("GRACE_DATA_DIR", str(tmp_path / "data"))
-    path = tmp_path / "asks.yaml"
+    monkeypatch.setenv("GRACE_PLAYBOOKS_DIR", str(tmp_path / "playbooks"))  # a serving Grace would find it there
+    (tmp_path / "playbooks").mkdir()
+    path = tmp_path / "playbooks" / "asks.yaml"
     path.write_text(ASKS)
     runner = CliRunner()
     alone = runner.invoke(app, ["playbook", "execute", str(path), "--json"])
@@ -161,6 +163,15 @@ def test_cli_execute_as_a_user_asks_that_user_and_waits(
     assert shown["who"] == "cli as admin" and shown["approval_id"]
     pending = runner.invoke(app, ["secrets", "pending", "--user", "admin"])
     assert shown["approval_id"] in pending.output, pending.output
+
+    cancelled = runner.invoke(app, ["playbook", "cancel", run["run_id"]])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "cancelled (cancelled by cli)" in cancelled.output
+    assert shown["approval_id"] not in runner.invoke(app, ["secrets", "pending", "--user", "admin"]).output
+    again = runner.invoke(app, ["playbook", "cancel", run["run_id"]])
+    assert again.exit_code == 1 and "already finished (cancelled)" in again.output
+    missing = runner.invoke(app, ["playbook", "cancel", "pbr_nope"])
+    assert missing.exit_code == 1 and "no " in missing.output
 
 
 async def _dry_runs(client: httpx.AsyncClient, headers: dict[str, str], name: str, count: int) -> list[str]:

@@ -74,3 +74,21 @@ async def test_unknown_names_are_404_pages_and_an_unknown_status_is_shown_in_wor
     assert fragment.text.lstrip().startswith('<div id="run-live"')
     listed = await client.get("/playbooks/crypto_key_persistence", headers=admin_headers)
     assert listed.status_code == 200 and "waiting for approval" in listed.text
+
+
+async def test_cancel_run_on_a_queued_run_and_on_a_finished_one(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    first = await client.post("/playbooks/htm_timing_and_sizing/run", data={"mode": "run"}, headers=admin_headers)
+    run_url = first.headers["location"]
+    queued = await client.get(run_url, headers=admin_headers)
+    assert f'action="{run_url}/cancel"' in queued.text and "Cancel run" in queued.text
+    cancelled = await client.post(f"{run_url}/cancel", headers=admin_headers)
+    assert cancelled.status_code == 303 and cancelled.headers["location"] == run_url
+    page = await client.get(run_url, headers=admin_headers)
+    assert 'data-status="cancelled"' in page.text and "cancelled by admin" in page.text
+    assert "Cancel run" not in page.text  # nothing left to cancel
+    again = await client.post(f"{run_url}/cancel", headers=admin_headers)
+    assert again.status_code == 409 and "has already finished (cancelled)" in again.text
+    missing = await client.post("/playbooks/runs/pbr_nope/cancel", headers=admin_headers)
+    assert missing.status_code == 404

@@ -113,6 +113,7 @@ EXPECTED: dict[str, str] = {
     "POST /api/playbooks/{name}/run": "playbooks_run",
     "GET /api/playbooks/runs": "playbooks",
     "GET /api/playbooks/runs/{run_id}": "playbooks",
+    "POST /api/playbooks/runs/{run_id}/cancel": "playbooks_run",
     # The web UI's pages and fragments (grace.web): the same policies, answered as pages.
     "GET /signin": "public",
     "POST /signin": "public",
@@ -138,6 +139,7 @@ EXPECTED: dict[str, str] = {
     "GET /playbooks/{name}": "playbooks",
     "GET /playbooks/runs/{run_id}": "playbooks",
     "POST /playbooks/{name}/run": "playbooks_run",
+    "POST /playbooks/runs/{run_id}/cancel": "playbooks_run",
 }
 
 # Query strings that keep a call short (the consent stream would otherwise stay open).

@@ -337,3 +337,103 @@ async def test_an_owner_does_not_replace_the_person_who_started_a_run(
     assert await services.vault.pending(cast.other) == []  # bella, the owner, is not asked
     await services.vault.respond(cast.owner, waiting.approval_id or "", False, reason="no")
     await until(services, run_id, "failed", "succeeded")
+
+
+# -- cancelling a run ------------------------------------------------------------------------------
+
+
+async def test_cancelling_a_waiting_run_withdraws_its_approval_rolls_back_and_runs_always(
+    cast: Cast, guarded: Playbook, http: httpx.AsyncClient
+) -> None:
+    services = cast.services
+    run_id = await services.scheduler.queue_manual(guarded, {}, who="aaron", principal=cast.owner)
+    waiting = await until(services, run_id, "waiting", "failed")
+    assert [c.consent_id for c in await services.vault.pending(cast.owner)] == [waiting.approval_id]
+
+    r = await http.post(f"/api/playbooks/runs/{run_id}/cancel", headers=cast.headers("operator"))
+    assert r.status_code == 200, r.text
+    run = r.json()["run"]
+    assert run["status"] == "cancelled" and run["reason"] == "cancelled by olga"
+    # The approval left the owner's inbox: withdrawn, no longer answerable.
+    assert await services.vault.pending(cast.owner) == []
+    assert (await services.vault.get_consent(waiting.approval_id or "")).status == "revoked"
+    late = await http.post(
+        "/api/secrets/consent/respond",
+        json={"consent_id": waiting.approval_id, "approved": True},
+        headers=cast.headers("owner"),
+    )
+    assert late.status_code == 409, late.text
+    # The engine's cancel: the completed step rolled back, always ran, on_failure did not.
+    record = await services.playbooks.run_record(run_id)
+    assert step(record, "act")["outcome"] == "cancelled"
+    assert step(record, "prepare", "rollback")["outcome"] == "rolled_back"
+    assert step(record, "done", "always")["outcome"] == "succeeded"
+    assert not [s for s in record.steps if s["phase"] == "on_failure"]
+    assert await published(services) == ["prepared", "undone", "always"]
+    assert await services.bus.replay("playbooks.alert", since=0) == []
+    # Nothing resumes it later: not the tick, not the answer's timeout.
+    cast.clock.advance(601)
+    await services.scheduler.tick()
+    assert (await services.playbooks.run_record(run_id)).status == "cancelled"
+    assert await published(services) == ["prepared", "undone", "always"]
+
+
+async def test_cancelling_a_finished_run_is_a_409_and_only_operators_and_admins_cancel(
+    cast: Cast, guarded: Playbook, http: httpx.AsyncClient
+) -> None:
+    services = cast.services
+    run_id = await services.scheduler.queue_manual(guarded, {}, who="aaron", principal=cast.owner)
+    waiting = await until(services, run_id, "waiting", "failed")
+    for who in ("agent", "owner", "other"):  # an agent never; a member neither
+        refused = await http.post(f"/api/playbooks/runs/{run_id}/cancel", headers=cast.headers(who))
+        assert refused.status_code == 403, (who, refused.text)
+    assert (await services.playbooks.run_record(run_id)).status == "waiting"
+    unknown = await http.post("/api/playbooks/runs/pbr_nope/cancel", headers=cast.headers("operator"))
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+    await services.vault.respond(cast.owner, waiting.approval_id or "", True)
+    assert (await until(services, run_id, "succeeded", "failed")).status == "succeeded"
+    finished = await http.post(f"/api/playbooks/runs/{run_id}/cancel", headers=cast.headers("admin2"))
+    assert finished.status_code == 409, finished.text
+    error = finished.json()["error"]
+    assert error["code"] == "run_already_finished" and "already finished (succeeded)" in error["message"]
+    assert await published(services) == ["prepared", "acted", "after", "always"]  # nothing rolled back
+
+
+async def test_cancelling_a_queued_run_cancels_its_task_and_nothing_runs(cast: Cast, tmp_path: Path) -> None:
+    services = cast.services
+    directory = tmp_path / "playbooks"
+    directory.mkdir()
+    (directory / "guarded.yaml").write_text(GUARDED)
+    services.playbooks.directory = directory
+    run_id = await services.scheduler.queue_manual(
+        services.playbooks.named("guarded"), {}, who="aaron", principal=cast.owner
+    )
+    record = await services.scheduler.cancel_run(run_id, by="olga")
+    assert record.status == "cancelled" and record.reason == "cancelled by olga"
+    assert (await services.htm.get(record.task_id or "", principal=None)).status.value == "cancelled"
+    assert await published(services) == []  # no step ran, so nothing to roll back or clean up
+
+
+async def test_cancelling_a_running_run_stops_it_through_its_task_and_runs_always(
+    cast: Cast, guarded: Playbook
+) -> None:
+    from grace.playbooks.actions import Action
+    from tests.playbookkit import FakeActions
+
+    services = cast.services
+    fake = FakeActions(hang_expires=False)
+    services.playbooks.registry.register(Action("test.hang", "wait until cancelled", fake.hang))
+    (services.playbooks.directory / "guarded.yaml").write_text(
+        GUARDED.replace("    action: bus.publish\n    with: {topic: playbooks.test.acted}\n", "    action: test.hang\n")
+    )
+    playbook = services.playbooks.named("guarded")
+    run_id = await services.scheduler.queue_manual(playbook, {}, who="aaron", principal=cast.owner)
+    await until(services, run_id, "waiting")
+    await services.vault.respond(cast.owner, (await services.playbooks.run_record(run_id)).approval_id or "", True)
+    await asyncio.wait_for(fake.hanging.wait(), 60)  # the approved step is running now
+    await services.scheduler.cancel_run(run_id, by="olga")
+    record = await until(services, run_id, "cancelled", "failed", "succeeded")
+    assert record.status == "cancelled"
+    assert step(record, "prepare", "rollback")["outcome"] == "rolled_back"
+    assert await published(services) == ["prepared", "undone", "always"]

@@ -10,7 +10,7 @@ from grace import jsontext
 from grace.cli.common import console, err_console, fail, open_services, print_table, run
 from grace.playbooks import check, default_registry
 
-app = typer.Typer(help="Operational playbooks: lint, execute, history.", no_args_is_help=True)
+app = typer.Typer(help="Operational playbooks: lint, execute, cancel, history.", no_args_is_help=True)
 
 
 @app.command("lint")
@@ -83,13 +83,41 @@ def execute(
                     f"  {step['phase']:<10} {step['id']:<28} {step.get('outcome', '?'):<16} {extra}", markup=False
                 )
         if result.status == "waiting":
-            console.print("the run waits for its approval; a serving Grace goes on with it once answered", markup=False)
+            console.print(
+                "the run waits for its approval: a serving Grace goes on with it once answered, if this file is"
+                " in its playbooks folder (GRACE_PLAYBOOKS_DIR); 'grace playbook cancel RUN_ID' withdraws it",
+                markup=False,
+            )
             return 3
         return 0 if result.status == "succeeded" else 1
 
     code = run(work)
     if code:
         raise typer.Exit(code)
+
+
+@app.command("cancel")
+def cancel(
+    run_id: str = typer.Argument(..., help="The run to cancel (queued, running or waiting for its approval)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run as JSON."),
+) -> None:
+    """Cancel a run: its approval is withdrawn, completed steps roll back, always runs; exit 1 if it had finished."""
+
+    async def work() -> None:
+        async with open_services() as services:
+            record = await services.scheduler.cancel_run(run_id, by="cli")
+        if as_json:
+            console.print(jsontext.dumps(record.as_dict()), markup=False)
+            return
+        if record.status == "running":
+            console.print(
+                f"run {record.id}: cancel asked of its task; it reads 'cancelled' once its worker has stopped it",
+                markup=False,
+            )
+        else:
+            console.print(f"run {record.id}: {record.status} ({record.reason})", markup=False)
+
+    run(work)
 
 
 @app.command("history")

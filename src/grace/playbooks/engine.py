@@ -286,7 +286,38 @@ class Engine:
         state.answers[str(parked["step"])] = answer
         return await self._drive(state)
 
-    async def _drive(self, state: RunState, *, failed: str | None = None, failed_at: str = "resume") -> RunResult:
+    async def cancel_waiting(self, playbook: Playbook, run_id: str, reason: str, *, principal: Any = None) -> RunResult:
+        """End a run that waited for an approval (taken out of ``waiting`` by the caller) as cancelled.
+
+        As for any cancelled run: the steps that completed before it waited roll back in reverse
+        order, each once; ``on_failure`` does not run; ``always`` does. The step that waited is
+        recorded ``cancelled``. The approval itself is the caller's to withdraw.
+        """
+        record = await self.store.get(run_id)
+        parked = record.parked or {}
+        state = RunState(
+            run_id, playbook, record.trigger, record.who, False, principal=principal, started_at=record.started_at
+        )
+        state.records = list(record.steps)
+        for step_record in state.records:
+            if step_record.get("outcome") == "waiting":
+                step_record["outcome"] = "cancelled"
+                step_record["reason"] = "the run was cancelled while it waited for this approval"
+        state.values = dict(parked.get("values") or {})
+        state.worked = float(parked.get("worked") or 0.0)
+        by_id = {s.id: s for s in playbook.steps}
+        state.completed = [by_id[i] for i in parked.get("completed") or () if i in by_id]
+        state.resume_from = len(playbook.steps)
+        return await self._drive(state, cancelled_because=reason)
+
+    async def _drive(
+        self,
+        state: RunState,
+        *,
+        failed: str | None = None,
+        failed_at: str = "resume",
+        cancelled_because: str | None = None,
+    ) -> RunResult:
         """Run the main steps from ``state.resume_from``, then the ending; record the outcome (or the wait)."""
         playbook, run_id = state.playbook, state.run_id
         started = self.capabilities.clock.monotonic()
@@ -295,6 +326,8 @@ class Engine:
         timeout = playbook.policy.timeout
         try:
             try:
+                if cancelled_because is not None:
+                    raise asyncio.CancelledError
                 if failed is not None:
                     raise _StepFailed(Step(failed_at, "main", Call(failed_at)), failed)
                 remaining = max(0.001, timeout - state.worked)
@@ -307,7 +340,9 @@ class Engine:
                 status, reason = "failed", f"step {exc.step.id!r}: {exc.reason}"
                 state.values["run.failed_step"] = exc.step.id
         except asyncio.CancelledError:
-            status, reason, cancelled = "cancelled", "the run was cancelled", True
+            status, reason, cancelled = "cancelled", cancelled_because or "the run was cancelled", True
+            if cancelled_because is not None:
+                cancelled = False  # asked for, not a cancellation of this coroutine: nothing to raise again
         state.values["run.outcome"] = status
         state.values["run.error"] = reason or ""
         state.values.setdefault("run.failed_step", "")

@@ -165,6 +165,20 @@ class RunStore:
             )
         return bool(changed.rowcount)
 
+    async def take(self, run_id: str, statuses: tuple[str, ...]) -> bool:
+        """Move a run in one of ``statuses`` to ``running`` (one conditional UPDATE); False if it was in none.
+
+        What cancels a queued or waiting run takes it this way first, so a worker starting it, or an
+        answer resuming it, finds it taken (and the other way round).
+        """
+        async with self.db.write() as conn:
+            changed = await conn.execute(
+                update(playbook_runs)
+                .where(playbook_runs.c.id == run_id, playbook_runs.c.status.in_(statuses))
+                .values(status="running")
+            )
+        return bool(changed.rowcount)
+
     async def requeue(self, run_id: str) -> bool:
         """Move a waiting run back to ``queued`` (its approval was answered); False if it was not waiting."""
         async with self.db.write() as conn:

@@ -22,6 +22,7 @@ from grace.bus import Bus, Event
 from grace.clock import Clock
 from grace.htm import HTM, TaskContext
 from grace.playbooks import schedule
+from grace.playbooks.history import FINAL, RunRecord
 from grace.playbooks.schema import Playbook
 from grace.playbooks.service import RUN_TASK, Playbooks
 from grace.storage import Leadership
@@ -215,6 +216,84 @@ class Scheduler:
         record = await self.playbooks.history.get(run_id)
         if record.status == "queued":
             await self.playbooks.history.update(run_id, status="cancelled", reason=reason, finished_at=self.clock.now())
+
+    async def cancel_run(self, run_id: str, *, by: str) -> RunRecord:
+        """Cancel a queued, running or waiting run; return its record (NotFound; RunAlreadyFinished).
+
+        - **queued** (its task not started): taken, its task cancelled, recorded ``cancelled``.
+        - **waiting** for an approval (or queued again after the answer): taken, so neither the answer
+          nor a worker goes on with it; its approval is withdrawn (the consent moves from pending to
+          revoked and leaves the inbox); then the engine's cancel: the steps that completed roll back
+          in reverse order, ``always`` runs, ``on_failure`` does not.
+        - **running**: its task-manager task is cancelled (``HTM.cancel``); the handler stops at once
+          when it runs in this process, else at its worker's next heartbeat, and the engine records
+          ``cancelled`` after rolling back and running ``always``. The record returned may still say
+          ``running`` until then. A run started by ``grace playbook execute`` runs in that command's
+          process, not as a task: it is stopped there (Ctrl-C), and this is a 409.
+        """
+        from grace import errors
+
+        history = self.playbooks.history
+        reason = f"cancelled by {by}"
+        for _ in range(5):  # a run that changes state meanwhile (starts, parks, resumes) is read again
+            record = await history.get(run_id)
+            if record.status in FINAL:
+                raise errors.RunAlreadyFinished(
+                    f"run {run_id} has already finished ({record.status}); only a queued, running or waiting"
+                    " run can be cancelled"
+                )
+            if record.status == "running":
+                if record.task_id is None:
+                    raise errors.Conflict(
+                        f"run {run_id} runs inside the 'grace playbook execute' command that started it, not as"
+                        " a task: stop that command to cancel it"
+                    )
+                try:
+                    await self.htm.cancel(record.task_id, principal=None)
+                except (errors.TaskAlreadyFinished, errors.NotFound):
+                    continue  # its task ended meanwhile (the run finished, or parked): read again
+                log.info("playbooks.run_cancel_requested", extra={"run_id": run_id, "by": by})
+                return await history.get(run_id)
+            if not await history.take(run_id, ("queued", "waiting")):
+                continue
+            if record.task_id is not None:
+                with contextlib.suppress(errors.Conflict, errors.NotFound):
+                    await self.htm.cancel(record.task_id, principal=None)
+            await self._withdraw(record, by=by)
+            if record.parked is None:
+                await history.update(run_id, status="cancelled", reason=reason, finished_at=self.clock.now())
+            else:
+                await self._cancel_waiting(record, reason)
+            log.info("playbooks.run_cancelled", extra={"run_id": run_id, "by": by})
+            return await history.get(run_id)
+        raise errors.Conflict(f"run {run_id} kept changing state; try again")
+
+    async def _withdraw(self, record: RunRecord, *, by: str) -> None:
+        vault = self.playbooks.capabilities.vault
+        if record.approval_id is None or vault is None:
+            return
+        await vault.withdraw_approval(
+            record.approval_id, actor=by, reason=f"playbook {record.playbook} run {record.id} was cancelled"
+        )
+
+    async def _cancel_waiting(self, record: RunRecord, reason: str) -> None:
+        """The engine's cancel for a run that had parked: rollback of what completed, always."""
+        from grace import errors
+
+        try:
+            playbook = self.playbooks.named(record.playbook)
+        except (errors.NotFound, errors.PlaybookInvalid):
+            await self.playbooks.history.update(
+                record.id,
+                status="cancelled",
+                reason=f"{reason}; its playbook no longer loads, so nothing was rolled back and always did not run",
+                finished_at=self.clock.now(),
+                parked=None,
+            )
+            return
+        as_user = (record.parked or {}).get("as_user")
+        principal = await self.person(str(as_user)) if as_user and self.person is not None else None
+        await self.playbooks.engine.cancel_waiting(playbook, record.id, reason, principal=principal)
 
     async def queue_manual(
         self, playbook: Playbook, inputs: Mapping[str, Any], *, who: str, principal: Principal | None = None

@@ -94,6 +94,7 @@ class Vault:
         self.wait = self.consents.wait
         self.consent_for = self.consents.consent_for
         self.revoke_consent = self.consents.revoke
+        self.withdraw_approval = self.consents.withdraw_approval
         self.expire_pending = self.consents.expire_pending
         self.get_consent = self.consent_store.get
         self.ask_approval = self.consents.ask_approval

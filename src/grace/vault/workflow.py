@@ -504,6 +504,25 @@ class ConsentWorkflow:
             record = await self.store.get(consent_id)
         raise errors.Conflict(f"this consent is {record.status}; only pending or approved consents can be revoked")
 
+    async def withdraw_approval(self, consent_id: str, *, actor: str, reason: str = "") -> ConsentRecord:
+        """Withdraw a pending approval on behalf of what asked it (a cancelled playbook run).
+
+        The record moves from ``pending`` to ``revoked`` (audited ``consent.revoked``, by ``actor``),
+        so it leaves the owner's inbox and can no longer be answered. Only an approval: a secret's
+        request is its owner's to revoke (:meth:`revoke`). One already answered is returned unchanged.
+        """
+        record = await self.store.get(consent_id)
+        if not record.is_approval:
+            raise errors.InvalidInput("only an approval can be withdrawn by what asked for it")
+        for _ in range(REVOKE_ATTEMPTS):
+            if record.status != "pending":
+                return record
+            if await audited(self.store.revoke(record, actor=actor, reason=reason, now=self.clock.now())):
+                self._wake(consent_id)
+                return await self.store.get(consent_id)
+            record = await self.store.get(consent_id)
+        return record
+
     # -- waiting and expiry ----------------------------------------------------------
 
     def _wake(self, consent_id: str) -> None:

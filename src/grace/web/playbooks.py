@@ -133,17 +133,34 @@ async def run_page(run_id: str, request: Request, principal: CurrentPrincipal, s
     While the run is queued or running the page asks for its own fragment (htmx) every two seconds;
     the fragment of a finished run no longer asks.
     """
-    record = await services.playbooks.run_record(run_id[:60])
+    return await _run_page(request, principal, services, run_id[:60])
+
+
+async def _run_page(
+    request: Request, principal: Principal, services: Services, run_id: str, *, error: str = "", status: int = 200
+) -> Response:
+    record = await services.playbooks.run_record(run_id)
     context = {
         "principal": principal,
         "page": "playbooks",
         "run": _run_row(record),
         "final": record.status in FINAL,
         "poll": f"every {POLL_SECONDS}s",
+        "error": error,
     }
     if is_htmx(request):
-        return render(request, "_playbook_run.html", context)
-    return render(request, "playbook_run.html", context)
+        return render(request, "_playbook_run.html", context, status=status)
+    return render(request, "playbook_run.html", context, status=status)
+
+
+@router.post("/playbooks/runs/{run_id}/cancel", dependencies=[PLAYBOOKS_RUN])
+async def cancel_run(run_id: str, request: Request, principal: CurrentPrincipal, services: ServicesDep) -> Response:
+    """Cancel the run (queued, running or waiting for its approval), then show it; a finished run says so (409)."""
+    try:
+        await services.scheduler.cancel_run(run_id[:60], by=principal.name)
+    except errors.Conflict as exc:
+        return await _run_page(request, principal, services, run_id[:60], error=exc.message, status=409)
+    return RedirectResponse(f"/playbooks/runs/{run_id[:60]}", status_code=303)
 
 
 @router.get("/playbooks/{name}", dependencies=[PLAYBOOKS])

@@ -120,3 +120,21 @@ async def list_runs(
 async def get_run(run_id: str, services: ServicesDep) -> dict[str, Any]:
     """One run or skipped firing: trigger, who, inputs (secrets redacted), each step's attempts, outcome, durations."""
     return {"run": (await services.playbooks.run_record(run_id)).as_dict()}
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    dependencies=[policy.PLAYBOOKS_RUN],
+    response_model=RunAnswer,
+    responses=contract.errors(
+        **{
+            "409": "The run has already finished (code run_already_finished), or it runs inside the"
+            " 'grace playbook execute' command that started it (code conflict)."
+        }
+    ),
+)
+async def cancel_run(run_id: str, principal: CurrentPrincipal, services: ServicesDep) -> dict[str, Any]:
+    """Cancel a queued, running or waiting run: its pending approval is withdrawn from the inbox, the steps that
+    completed roll back and ``always`` runs. A running run is stopped through its task; until its engine has
+    cleaned up the answer may still say ``running`` (poll GET /api/playbooks/runs/{id})."""
+    return {"run": (await services.scheduler.cancel_run(run_id, by=principal.name)).as_dict()}
