@@ -71,6 +71,10 @@ class Scheduler:
         record = await self.playbooks.history.get(run_id)
         if record.status != "queued":
             return {"run_id": run_id, "status": record.status, "skipped": "the run is not queued"}
+        if record.task_id != ctx.task_id:
+            # Before the run is marked running: a running run always names the task that runs it (what
+            # a cancel stops), even when its submitter has not yet written the id it was given.
+            await self.playbooks.history.update(run_id, task_id=ctx.task_id)
         playbook = self.playbooks.named(record.playbook)
         as_user = ctx.payload.get("as_user")
         principal = await self.person(str(as_user)) if as_user and self.person is not None else None
