@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -416,7 +417,7 @@ async def test_cancelling_a_queued_run_cancels_its_task_and_nothing_runs(cast: C
 
 
 async def test_cancelling_a_running_run_stops_it_through_its_task_and_runs_always(
-    cast: Cast, guarded: Playbook
+    cast: Cast, guarded: Playbook, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from grace.playbooks.actions import Action
     from tests.playbookkit import FakeActions
@@ -432,8 +433,21 @@ async def test_cancelling_a_running_run_stops_it_through_its_task_and_runs_alway
     await until(services, run_id, "waiting")
     await services.vault.respond(cast.owner, (await services.playbooks.run_record(run_id)).approval_id or "", True)
     await asyncio.wait_for(fake.hanging.wait(), 60)  # the approved step is running now
+    # The engine records the run's end after rolling back and running always, with no task event of
+    # its own (the task's cancel event came first): notice that write.
+    ended = asyncio.Event()
+    store = services.playbooks.history
+    write = store.update
+
+    async def noticed(run: str, **values: Any) -> None:
+        await write(run, **values)
+        if run == run_id and values.get("status") is not None:
+            ended.set()
+
+    monkeypatch.setattr(store, "update", noticed)
     await services.scheduler.cancel_run(run_id, by="olga")
-    record = await until(services, run_id, "cancelled", "failed", "succeeded")
-    assert record.status == "cancelled"
+    await asyncio.wait_for(ended.wait(), 60)
+    record = await services.playbooks.run_record(run_id)
+    assert record.status == "cancelled", record.reason
     assert step(record, "prepare", "rollback")["outcome"] == "rolled_back"
     assert await published(services) == ["prepared", "undone", "always"]
