@@ -92,8 +92,9 @@ async def test_a_spoken_note_becomes_searchable_by_its_owner_only(
     transcript = (await http.get(f"/api/voice-notes/{budget}/transcript", headers=owner)).json()
     said = transcript["transcript"].lower()
     # Not "quarterly budget review": tiny.en hears espeak-ng's voice say it as "quarterly budget renew"
-    # or "quarter-limajat renew" (seen on this machine, the same every time for the same audio).
-    for word in ("moves", "thursday", "afternoon", "revised", "spreadsheet", "maria", "noon"):
+    # or "quarter-limajat review", and "spreadsheet" as "spreadsheet" or "rent sheet" (each seen on this
+    # machine, varying from one process to the next for the same audio); the other words never vary.
+    for word in ("moves", "thursday", "afternoon", "revised", "sheet", "maria", "noon"):
         assert word in said, said
     assert transcript["length"] == len(transcript["transcript"])
     assert transcript["engine"] == "faster-whisper" and transcript["model"] == "tiny.en"
@@ -135,16 +136,16 @@ async def test_a_spoken_note_becomes_searchable_by_its_owner_only(
     # words alone a word said in one note finds that note only, a word said in none finds nothing;
     # with the bonus, the note matching the words scores its vector similarity plus the bonus.
     search = "/api/voice-notes/search"
-    by_vector = (await http.post(search, json={"query": "revised spreadsheet"}, headers=owner)).json()["results"]
+    by_vector = (await http.post(search, json={"query": "revised Maria"}, headers=owner)).json()["results"]
     assert {h["note_id"] for h in by_vector} == {budget, garden}
     assert (await http.post(search, json={"query": "zebra"}, headers=owner)).json()["results"]
     try:
         workers.voice.fusion = "words"
-        by_words = (await http.post(search, json={"query": "revised spreadsheet"}, headers=owner)).json()["results"]
+        by_words = (await http.post(search, json={"query": "revised Maria"}, headers=owner)).json()["results"]
         assert [h["note_id"] for h in by_words] == [budget]
         assert (await http.post(search, json={"query": "zebra"}, headers=owner)).json()["results"] == []
         workers.voice.fusion = "bonus"
-        bonus = (await http.post(search, json={"query": "revised spreadsheet"}, headers=owner)).json()["results"]
+        bonus = (await http.post(search, json={"query": "revised Maria"}, headers=owner)).json()["results"]
     finally:
         workers.voice.fusion = FUSION
     plain = {h["note_id"]: h["score"] for h in by_vector}
