@@ -209,25 +209,10 @@ class ConsentWorkflow:
             "requester_user_id": None,
             "consent_status": "pending",
             "risk_level": APPROVAL_RISK,
-            "single_use": True,
-            "used_count": 0,
             "governance_approval_required": False,
-            "governance_decision": None,
             "second_approval_required": False,
-            "approved_by": None,
-            "second_approved_by": None,
-            "denial_reason": None,
-            "auto_approved": False,
-            "anomalies": [],
             "context": ctx,
-            "created_at": now,
-            "expires_at": now + timeout,
-            "responded_at": None,
-            "valid_until": None,
-            "idle_timeout_seconds": None,
-            "last_used_at": None,
-            "revoked_at": None,
-            "revoked_by": None,
+            **_undecided(now, timeout),
         }
         consent_id = await audited(self.store.insert(row, "consent.approval_requested", actor=agent))
         await self.bus.publish(
@@ -625,17 +610,24 @@ def _new_row(
         "user_id": secret.owner_id,
         "requester_user_id": requester_user_id,
         "risk_level": level.value,
+        "governance_approval_required": level.needs_governance,
+        "second_approval_required": level is risk.RiskLevel.CRITICAL,
+        "context": ctx,
+        **_undecided(now, timeout),
+    }
+
+
+def _undecided(now: datetime, timeout: timedelta) -> dict[str, Any]:
+    """Return the fields every new consent record starts with: asked now, single use, nothing decided yet."""
+    return {
         "single_use": True,
         "used_count": 0,
-        "governance_approval_required": level.needs_governance,
         "governance_decision": None,
-        "second_approval_required": level is risk.RiskLevel.CRITICAL,
         "approved_by": None,
         "second_approved_by": None,
         "denial_reason": None,
         "auto_approved": False,
         "anomalies": [],
-        "context": ctx,
         "created_at": now,
         "expires_at": now + timeout,
         "responded_at": None,
