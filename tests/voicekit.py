@@ -26,10 +26,15 @@ class Spoken:
 
 
 def speak(text: str, workdir: Path, name: str) -> np.ndarray:
+    # sox dithers with random noise when it converts unless told not to (-D): the same sentence then
+    # made different samples in each test process, and tiny.en heard "quarterly budget review" as
+    # "quarter-limajat renew" in some of them. Without dither the recording is the same every time.
     raw = workdir / f"{name}.raw.wav"
     out = workdir / f"{name}.wav"
     subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), text], check=True, capture_output=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", "-D", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out)], check=True, capture_output=True
+    )
     with wave.open(str(out)) as w:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
 
