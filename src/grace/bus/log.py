@@ -123,6 +123,16 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]: ...
 
+    async def _read_after_passed(self, after_id: int, prefix: str, limit: int) -> tuple[list[Event], int]:
+        """Return what :meth:`_read_after` returns, and the id a cursor may move to after this read.
+
+        That is the last event returned, or ``after_id`` when none came back. A log that can tell
+        which events it looked at (the in-process one) says the newest of them, so a subscriber
+        whose topics are rare does not read the same unmatched events again at every wake-up.
+        """
+        batch = await self._read_after(after_id, prefix, limit)
+        return batch, batch[-1].id if batch else after_id
+
     @abc.abstractmethod
     async def latest_id(self) -> int:
         """Return the id of the newest event (0 when the log is empty)."""
@@ -346,10 +356,14 @@ class Subscription:
     async def _fill(self) -> None:
         prefix = topics.literal_prefix(self.pattern)
         while not self._buffer:
-            batch = await self.bus._read_after(self.cursor, prefix, READ_BATCH)
+            batch, passed = await self.bus._read_after_passed(self.cursor, prefix, READ_BATCH)
+            moved = passed > self.cursor
+            self.cursor = max(self.cursor, passed)
             if not batch:
+                if moved and self.name:
+                    self._pending_commit = self.cursor
+                    await self.commit()
                 return
-            self.cursor = batch[-1].id
             self._buffer = [e for e in batch if topics.matches(self.pattern, e.topic)]
             if not self._buffer and self.name:
                 # Skip past events that did not match, so a restart need not re-read them.

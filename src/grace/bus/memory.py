@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -52,17 +51,31 @@ class InProcessBus(Bus):
         return out
 
     async def _read_after(self, after_id: int, prefix: str, limit: int) -> list[Event]:
-        if not self._log:
-            return []
-        start = bisect.bisect_right(self._log, after_id, key=lambda e: e.id)
+        return self._scan(after_id, prefix, limit)[0]
+
+    async def _read_after_passed(self, after_id: int, prefix: str, limit: int) -> tuple[list[Event], int]:
+        return self._scan(after_id, prefix, limit)
+
+    def _scan(self, after_id: int, prefix: str, limit: int) -> tuple[list[Event], int]:
+        """Return up to ``limit`` events after ``after_id`` under ``prefix``, and the last id looked at.
+
+        Ids are consecutive in the log (each append takes the next, retention drops from the front),
+        so the first event after ``after_id`` is found by arithmetic, not by a search.
+        """
+        log = self._log
+        if not log:
+            return [], after_id
+        start = max(0, after_id - log[0].id + 1)
         out: list[Event] = []
-        for i in range(start, len(self._log)):
-            event = self._log[i]
+        passed = after_id
+        for i in range(start, len(log)):
+            event = log[i]
+            passed = event.id
             if event.topic.startswith(prefix):
                 out.append(event)
                 if len(out) >= limit:
                     break
-        return out
+        return out, passed
 
     async def latest_id(self) -> int:
         return self._next_id - 1
