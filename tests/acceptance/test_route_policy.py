@@ -8,12 +8,15 @@ on both databases.
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from grace.api import create_app
@@ -279,3 +282,21 @@ async def test_a_signed_in_person_holds_every_scope_of_their_role(http: httpx.As
     made = await http.post("/api/tokens", json={"agent": "code_agent_2"}, headers=csrf)
     assert made.status_code == 201 and made.json()["info"]["scopes"] == ["secrets:ask", "tasks"]
     assert (await http.get("/api/users")).status_code == 403  # still a member
+
+
+def _sync_dependencies(dependant: Dependant) -> Iterator[str]:
+    for sub in dependant.dependencies:
+        call = inspect.unwrap(sub.call) if sub.call is not None else None
+        if call is not None and not any(
+            inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c) for c in (call, type(call).__call__)
+        ):
+            yield getattr(sub.call, "__qualname__", repr(sub.call))
+        yield from _sync_dependencies(sub)
+
+
+def test_no_route_resolves_a_dependency_in_the_thread_pool() -> None:
+    # FastAPI runs a plain function dependency in a thread pool: a hand-off to another thread and
+    # back on every request (get_services was, and cost 6% of a submission's time on the event loop).
+    for name, route in ROUTES.items():
+        plain = list(_sync_dependencies(route.dependant))
+        assert not plain, f"{name} resolves {plain} in the thread pool: make them async"

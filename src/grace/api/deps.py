@@ -27,8 +27,12 @@ CSRF_FIELD = "csrf_token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-def get_services(request: Request) -> Services:
-    """Return the app's running services; ServiceNotRunning before the lifespan built them or once it closed them."""
+async def get_services(request: Request) -> Services:
+    """Return the app's running services; ServiceNotRunning before the lifespan built them or once it closed them.
+
+    ``async`` though it awaits nothing: FastAPI runs a plain function dependency in a thread pool, a
+    hand-off to another thread and back on every request.
+    """
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         raise errors.ServiceNotRunning()
