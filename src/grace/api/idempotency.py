@@ -111,7 +111,9 @@ class Idempotency:
                 return self._response(stored, replayed=True)
             if not recorded:
                 raise RuntimeError("transactional work did not record its answer")
-            return self._response(Stored(status_code, recorded[0]), replayed=False)
+            # The last: a submission grouped with others is tried again alone when its group's transaction
+            # fails, and what it recorded in the group rolled back with it (a task id that does not exist).
+            return self._response(Stored(status_code, recorded[-1]), replayed=False)
         stored = await keys.begin(self.owner, self.key, fp)
         if stored is not None:
             return self._response(stored, replayed=True)

@@ -126,8 +126,10 @@ class Submitter:
         """Submit one task, in one transaction with whatever other single submissions are waiting.
 
         On a busy edge many requests each submit one task at once; what a transaction costs (the write
-        lock, BEGIN and COMMIT, the origins' load read once) is then paid once per group instead of once
-        per task. Each task is routed in arrival order, as in a batch. If the group's transaction fails,
+        lock, BEGIN and COMMIT with its flush to disk, the origins' load read once) is then paid once per
+        group instead of once per task. The group is taken once its transaction has begun (on SQLite,
+        once the write lock is held), so every submission that arrived while the previous transaction ran
+        joins it. Each task is routed in arrival order, as in a batch. If the group's transaction fails,
         each of its submissions is tried again alone, so one request's error (a refused task type, an
         idempotency key taken meanwhile) reaches only that request.
         """
@@ -142,10 +144,16 @@ class Submitter:
         group: list[_Single] = []
         try:
             while self._waiting:
-                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+                group = []
                 try:
                     results = await self._submit_group(group)
                 except Exception as exc:
+                    if not group:  # no transaction could begin (the database is down): the next ones fail alike
+                        group = self._waiting[:MAX_GROUP]
+                        del self._waiting[:MAX_GROUP]
+                        for single in group:
+                            _settle(single.future, exc)
+                        continue
                     if len(group) == 1:
                         _settle(group[0].future, exc)
                         continue
@@ -166,7 +174,15 @@ class Submitter:
             raise
 
     async def _submit_group(self, group: list[_Single]) -> list[Submitted]:
+        """Submit ``group`` in one transaction; an empty ``group`` is filled with the waiting submissions.
+
+        It is filled in place once the transaction has begun, so the caller knows who was in a group
+        that failed.
+        """
         async with self.db.write() as conn:
+            if not group:
+                group += self._waiting[:MAX_GROUP]
+                del self._waiting[:MAX_GROUP]
             enqueued = await self.enqueue_in(
                 conn, [s.request for s in group], creator=None, creators=[s.creator for s in group]
             )
