@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_DB ?= postgresql://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test test-sqlite system-packages lint format bench clean
+.PHONY: run test test-sqlite system-packages bench-packages lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,17 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests $(wildcard bench)
 	$(BIN)/ruff check --fix src tests $(wildcard bench)
 
+# Debian packages the benchmarks drive: wrk loads `grace serve` over HTTP (bench/bench_http_edge.py).
+BENCH_COMMANDS := wrk
+
+## bench-packages: install the Debian packages the benchmarks need, only those missing
+bench-packages:
+	@missing=""; for c in $(BENCH_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
 ## bench: run the benchmarks; each writes JSON under bench/results/
-bench: $(STAMP)
+bench: $(STAMP) bench-packages
 	$(BIN)/pip install --quiet -e '.[bench]'
 	GRACE_TEST_DATABASE_URL=$${GRACE_TEST_DATABASE_URL:-$(TEST_DB)} $(BIN)/python -m bench
 
