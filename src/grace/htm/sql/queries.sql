@@ -89,8 +89,10 @@ INSERT INTO htm_tasks ({columns}) VALUES ({marks});
 SELECT dispatched FROM htm_scheduler WHERE id = 1;
 
 -- name: sqlite_release_waiting
--- Waiting tasks that are due join the queue.
-UPDATE htm_tasks SET status = 'queued' WHERE status IN ('delayed', 'deferred') AND queued_at <= ?;
+-- Waiting tasks that are due join the queue: only those, through the waiting index (its predicate
+-- matched), not every waiting task through ix_htm_tasks_status_seq, which SQLite picked without it.
+UPDATE htm_tasks INDEXED BY ix_htm_tasks_waiting SET status = 'queued'
+ WHERE status IN ('delayed', 'deferred') AND queued_at <= ?;
 
 -- name: sqlite_live_capacity
 -- The concurrency of the workers that heartbeat since the given time.
@@ -100,7 +102,9 @@ SELECT coalesce(sum(concurrency), 0) FROM htm_workers WHERE heartbeat_at >= ? AN
 SELECT origin, weight, credit, since FROM htm_origins;
 
 -- name: sqlite_running
-SELECT origin, count(*) FROM htm_tasks WHERE status = 'running' GROUP BY origin;
+-- Counted off the running index alone (it holds the origin), not through ix_htm_tasks_status_seq and
+-- every running row.
+SELECT origin, count(*) FROM htm_tasks INDEXED BY ix_htm_tasks_running WHERE status = 'running' GROUP BY origin;
 
 -- name: sqlite_ready_origin
 -- How many claimable tasks one origin has, capped at the batch; the claim reads every origin's in
@@ -119,10 +123,13 @@ SELECT seq FROM htm_tasks INDEXED BY ix_htm_tasks_claim
 -- task's dispatch number is the base (?4) plus its place in that array. Joined from the array
 -- (UPDATE ... FROM), so the array is read once, not searched again for every row taken.
 -- {columns}: every column of htm_tasks, qualified with the table's name.
+-- `+htm_tasks.status` keeps SQLite from reading the rows through ix_htm_tasks_status_seq: without
+-- statistics it took that index (status = 'queued') as the outer loop and read every queued task
+-- against the array at each claim, so a claim cost the whole backlog. Each task is read by its seq.
 UPDATE htm_tasks SET status = 'running', worker_id = ?1, attempts = attempts + 1, started_at = ?2,
        lease_expires_at = ?3, dispatch_seq = ?4 + j.key
   FROM json_each(?5) AS j
- WHERE htm_tasks.seq = j.value AND htm_tasks.status = 'queued'
+ WHERE htm_tasks.seq = j.value AND +htm_tasks.status = 'queued'
 RETURNING {columns};
 
 -- name: sqlite_save_origin
@@ -135,6 +142,8 @@ UPDATE htm_scheduler SET dispatched = ? WHERE id = 1;
 -- A batch of outcomes in one statement, guarded by worker (?1), status and attempt: ?2 is a JSON
 -- array of [task_id, attempt, status, finished_at, queued_at, result, error, give_back].
 -- {columns}: the summary columns handed back (grace.htm.tables.SUMMARY_COLUMNS), qualified.
+-- Each task is read by its task id (`+htm_tasks.status`: not every running task through
+-- ix_htm_tasks_status_seq against the array, as sqlite_take explains).
 UPDATE htm_tasks
    SET status = v.status,
        finished_at = coalesce(v.finished_at, htm_tasks.finished_at),
@@ -149,6 +158,6 @@ UPDATE htm_tasks
                json_extract(value, '$[4]') AS queued_at, json_extract(value, '$[5]') AS result,
                json_extract(value, '$[6]') AS error, json_extract(value, '$[7]') AS give_back
           FROM json_each(?2)) AS v
- WHERE htm_tasks.task_id = v.task_id AND htm_tasks.attempts = v.attempt AND htm_tasks.status = 'running'
+ WHERE htm_tasks.task_id = v.task_id AND htm_tasks.attempts = v.attempt AND +htm_tasks.status = 'running'
    AND htm_tasks.worker_id = ?1
 RETURNING {columns};
