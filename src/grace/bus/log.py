@@ -361,8 +361,8 @@ class Subscription:
             self.cursor = max(self.cursor, passed)
             if not batch:
                 if moved and self.name:
+                    # Saved with the next event handed out, or at close: not a write per wake-up.
                     self._pending_commit = self.cursor
-                    await self.commit()
                 return
             self._buffer = [e for e in batch if topics.matches(self.pattern, e.topic)]
             if not self._buffer and self.name:

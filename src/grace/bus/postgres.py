@@ -18,7 +18,7 @@ import asyncpg
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from grace import storage
+from grace import jsontext, storage
 from grace.bus.log import Bus, Checked, Event
 from grace.bus.tables import bus_cursors, events
 from grace.storage import Database
@@ -56,6 +56,24 @@ _APPEND = """
     SELECT id FROM added
      UNION ALL
     SELECT NULL FROM (SELECT pg_notify($6::text, $7::text)) AS notified
+"""
+
+# Events after $1 whose topic starts with $2 ('' for all), at most $3, oldest first, and the newest
+# id in the same snapshot (every row has it; one row of NULLs beside it when nothing matched).
+# Appends take APPEND_LOCK, so ids become visible in order: nothing at or below that newest id can
+# appear later, and a subscriber that read everything up to it may move its cursor there, past
+# the events it did not want. One statement on an autocommit connection: one round trip, no
+# BEGIN or COMMIT.
+_READ_AFTER = """
+    WITH newest AS MATERIALIZED (SELECT coalesce(max(id), 0) AS id FROM events)
+    SELECT newest.id AS newest, e.id, e.topic, e.payload::text AS payload, e.published_at, e.source
+      FROM newest
+      LEFT JOIN LATERAL (
+        SELECT id, topic, payload, published_at, source FROM events
+         WHERE id > $1::bigint AND id <= newest.id AND ($2::text = '' OR starts_with(topic, $2::text))
+         ORDER BY id LIMIT $3::int
+      ) e ON true
+     ORDER BY e.id
 """
 
 # Moves up to $2 rows of an outbox table (id, topic, payload as JSON text), oldest first, into the
@@ -189,6 +207,18 @@ class PostgresBus(Bus):
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [Event(int(r["id"]), r["topic"], r["payload"], r["published_at"], r["source"]) for r in rows]
+
+    async def _read_after_passed(self, after_id: int, prefix: str, limit: int) -> tuple[list[Event], int]:
+        async with self.db.autocommit_driver() as conn:
+            rows = await conn.fetch(_READ_AFTER, after_id, prefix, limit)
+        found = [
+            Event(int(r["id"]), r["topic"], jsontext.loads(r["payload"]), r["published_at"], r["source"])
+            for r in rows
+            if r["id"] is not None
+        ]
+        if len(found) >= limit:
+            return found, found[-1].id
+        return found, max(after_id, int(rows[0]["newest"]) if rows else after_id)
 
     async def latest_id(self) -> int:
         async with self.db.read() as conn:
