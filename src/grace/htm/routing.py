@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import storage
@@ -137,28 +137,26 @@ async def lock_origins(conn: AsyncConnection, chosen: Sequence[Origin]) -> None:
         await storage.serialise(conn, f"grace.htm.route.{origin}")
 
 
+# Built once: the same three statements run for every submission group, and a statement object
+# that is used again keeps its compiled form's cache key instead of being built and keyed anew.
+_RUNNING = select(htm_tasks.c.origin, func.count()).where(IS_RUNNING).group_by(htm_tasks.c.origin)
+# Which origins have queued work: eight indexed probes in one statement, not eight statements.
+_WAITING = select(*(exists().where(IS_QUEUED, htm_tasks.c.origin == origin.value) for origin in ORDER))
+_LIVE_CAPACITY = select(func.coalesce(func.sum(htm_workers.c.concurrency), 0)).where(
+    htm_workers.c.heartbeat_at >= bindparam("live_after"), htm_workers.c.stopping.is_(False)
+)
+
+
 async def load(
     conn: AsyncConnection, weights: Mapping[Origin, int], *, configured: int, fallback: int, live_after: datetime
 ) -> Load:
     """Read running counts, which origins have queued work, and the capacity."""
-    t = htm_tasks
-    running = {
-        Origin(o): int(n)
-        for o, n in (await conn.execute(select(t.c.origin, func.count()).where(IS_RUNNING).group_by(t.c.origin)))
-    }
-    # Which origins have queued work: eight indexed probes in one statement, not eight statements.
-    probes = [exists().where(IS_QUEUED, t.c.origin == origin.value) for origin in ORDER]
-    has = (await conn.execute(select(*probes))).one()
+    running = {Origin(o): int(n) for o, n in await conn.execute(_RUNNING)}
+    has = (await conn.execute(_WAITING)).one()
     waiting = {origin for origin, flag in zip(ORDER, has, strict=True) if flag}
     capacity = configured
     if capacity <= 0:
-        live = (
-            await conn.execute(
-                select(func.coalesce(func.sum(htm_workers.c.concurrency), 0)).where(
-                    htm_workers.c.heartbeat_at >= live_after, htm_workers.c.stopping.is_(False)
-                )
-            )
-        ).scalar_one()
+        live = (await conn.execute(_LIVE_CAPACITY, {"live_after": live_after})).scalar_one()
         capacity = int(live) or max(1, fallback)
     return Load(capacity=capacity, weights=weights, running=running, waiting=waiting)
 
