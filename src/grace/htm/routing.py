@@ -29,7 +29,7 @@ from grace.htm.origins import ORDER, Origin
 from grace.htm.tables import IS_QUEUED, IS_RUNNING, htm_tasks, htm_workers
 from grace.htm.tasks import Priority
 
-__all__ = ["BURST_WINDOW", "BurstWindow", "Load", "RouteDecision", "decide", "load", "lock_origins"]
+__all__ = ["BURST_WINDOW", "BurstWindow", "Load", "RouteDecision", "capacity", "decide", "load", "lock_origins"]
 
 BURST_WINDOW = timedelta(seconds=60)
 
@@ -154,11 +154,17 @@ async def load(
     running = {Origin(o): int(n) for o, n in await conn.execute(_RUNNING)}
     has = (await conn.execute(_WAITING)).one()
     waiting = {origin for origin, flag in zip(ORDER, has, strict=True) if flag}
-    capacity = configured
-    if capacity <= 0:
+    live = 0
+    if configured <= 0:
         live = (await conn.execute(_LIVE_CAPACITY, {"live_after": live_after})).scalar_one()
-        capacity = int(live) or max(1, fallback)
-    return Load(capacity=capacity, weights=weights, running=running, waiting=waiting)
+    return Load(capacity=capacity(configured, int(live), fallback), weights=weights, running=running, waiting=waiting)
+
+
+def capacity(configured: int, live: int, fallback: int) -> int:
+    """Return the slots routing counts with: as configured, else the live workers' concurrency, else ``fallback``."""
+    if configured > 0:
+        return configured
+    return live or max(1, fallback)
 
 
 def decide(

@@ -5,17 +5,53 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, text
 
 from grace.htm import routing
 from grace.htm.config import HTMConfig
 from grace.htm.origins import ORDER, Origin
-from grace.htm.tables import IS_QUEUED, IS_WAITING, htm_origins, htm_tasks, htm_workers
-from grace.storage import Database
+from grace.storage import Database, UTCDateTime
 
 __all__ = ["THROUGHPUT_WINDOW", "routing_stats"]
 
 THROUGHPUT_WINDOW = timedelta(seconds=60)
+
+
+# Every figure the stats need as (kind, origin, status, n, extra) rows, in one statement: on SQLite
+# each statement costs several hand-offs to the driver's thread, and eight of them made up most of a
+# request's time. Each part reads htm_tasks through the index its condition is written for (the partial
+# indexes' predicates as literals; the last minute's finished tasks by finished_at), so no finished
+# task older than a minute is read, however many there are (tests/integration/test_htm_plans.py checks
+# the plans on SQLite and counts the rows read on PostgreSQL). SQLite is told which partial index to
+# count from: without statistics it took ix_htm_tasks_status_seq (status = ...), which reads the same
+# rows but each from the table; these hold the origin.
+_FIGURES = """
+SELECT 'running', origin, '', count(*), 0 FROM htm_tasks {running}
+ WHERE htm_tasks.status = 'running' GROUP BY origin
+UNION ALL
+SELECT 'queued', origin, '', count(*), 0 FROM htm_tasks {queued}
+ WHERE htm_tasks.status = 'queued' GROUP BY origin
+UNION ALL
+SELECT 'waiting', origin, status, count(*), 0 FROM htm_tasks {waiting}
+ WHERE htm_tasks.status IN ('delayed', 'deferred') GROUP BY origin, status
+UNION ALL
+SELECT 'recent', origin, status, count(*), coalesce(sum(data_size_bytes), 0) FROM htm_tasks
+ WHERE finished_at > :since GROUP BY origin, status
+UNION ALL
+SELECT 'dispatched', origin, '', dispatched, 0 FROM htm_origins
+UNION ALL
+SELECT 'workers', '', '', count(*), coalesce(sum(CASE WHEN stopping THEN 0 ELSE concurrency END), 0)
+  FROM htm_workers WHERE heartbeat_at >= :live_after
+"""
+_PARAMS = (bindparam("since", type_=UTCDateTime()), bindparam("live_after", type_=UTCDateTime()))
+_SQLITE_FIGURES = text(
+    _FIGURES.format(
+        running="INDEXED BY ix_htm_tasks_running",
+        queued="INDEXED BY ix_htm_tasks_claim",
+        waiting="INDEXED BY ix_htm_tasks_waiting",
+    )
+).bindparams(*_PARAMS)
+_POSTGRES_FIGURES = text(_FIGURES.format(running="", queued="", waiting="")).bindparams(*_PARAMS)
 
 
 async def routing_stats(
@@ -26,56 +62,40 @@ async def routing_stats(
 
     ``fallback_capacity`` is the capacity to assume while no worker has a heartbeat.
     """
-    t = htm_tasks
     live_after = now - timedelta(seconds=cfg.lease_seconds)
+    figures = _SQLITE_FIGURES if db.is_sqlite else _POSTGRES_FIGURES
     async with db.read() as conn:
-        load = await routing.load(
-            conn,
-            weights,
-            configured=cfg.capacity,
-            fallback=fallback_capacity,
-            live_after=live_after,
-        )
-        # Each count's condition is written as its partial index's (literals, not bound values), so the
-        # index serves it and finished tasks are never read, however many there are.
-        counts: dict[tuple[str, str], int] = {
-            (o, "queued"): int(n)
-            for o, n in (await conn.execute(select(t.c.origin, func.count()).where(IS_QUEUED).group_by(t.c.origin)))
-        }
-        counts.update(
-            ((o, s), int(n))
-            for o, s, n in (
-                await conn.execute(
-                    select(t.c.origin, t.c.status, func.count()).where(IS_WAITING).group_by(t.c.origin, t.c.status)
-                )
-            )
-        )
-        recent = {
-            (o, s): (int(n), int(b or 0))
-            for o, s, n, b in (
-                await conn.execute(
-                    select(t.c.origin, t.c.status, func.count(), func.sum(t.c.data_size_bytes))
-                    .where(t.c.finished_at > now - THROUGHPUT_WINDOW)
-                    .group_by(t.c.origin, t.c.status)
-                )
-            )
-        }
-        dispatched = {
-            o: int(n) for o, n in (await conn.execute(select(htm_origins.c.origin, htm_origins.c.dispatched)))
-        }
-        workers = int(
-            (
-                await conn.execute(
-                    select(func.count()).select_from(htm_workers).where(htm_workers.c.heartbeat_at >= live_after)
-                )
-            ).scalar_one()
-        )
+        rows = (await conn.execute(figures, {"since": now - THROUGHPUT_WINDOW, "live_after": live_after})).all()
+    running: dict[Origin, int] = {}
+    counts: dict[tuple[str, str], int] = {}
+    recent: dict[tuple[str, str], tuple[int, int]] = {}
+    dispatched: dict[str, int] = {}
+    workers = live = 0
+    for kind, origin, status, n, extra in rows:
+        if kind == "running":
+            running[Origin(origin)] = int(n)
+        elif kind == "queued":
+            counts[(origin, "queued")] = int(n)
+        elif kind == "waiting":
+            counts[(origin, status)] = int(n)
+        elif kind == "recent":
+            recent[(origin, status)] = (int(n), int(extra))
+        elif kind == "dispatched":
+            dispatched[origin] = int(n)
+        else:
+            workers, live = int(n), int(extra)
+    load = routing.Load(
+        capacity=routing.capacity(cfg.capacity, live, fallback_capacity),
+        weights=weights,
+        running=running,
+        waiting={o for o in ORDER if counts.get((o.value, "queued"), 0) > 0},
+    )
     starved = set(load.starved())
     window = THROUGHPUT_WINDOW.total_seconds()
     out: dict[str, Any] = {}
     for origin in ORDER:
         o = origin.value
-        running = load.running.get(origin, 0)
+        running_now = load.running.get(origin, 0)
         quota = load.quota(origin)
         queued = counts.get((o, "queued"), 0)
         delayed = counts.get((o, "delayed"), 0)
@@ -84,7 +104,7 @@ async def routing_stats(
         failed = sum(recent.get((o, s), (0, 0))[0] for s in ("failed", "timed_out"))
         out[o] = {
             "share": round(weights[origin] / load.total_weight, 4),
-            "current_count": running,
+            "current_count": running_now,
             "max_concurrent": quota,
             "total_queued": queued + delayed + deferred,
             "queued": queued,
@@ -92,8 +112,8 @@ async def routing_stats(
             "deferred": deferred,
             "tasks_starved": queued if origin in starved else 0,
             "starved": origin in starved,
-            "utilization": round(running / quota, 4),
-            "borrowed": max(0, running - quota),
+            "utilization": round(running_now / quota, 4),
+            "borrowed": max(0, running_now - quota),
             "completed_last_minute": done,
             "failed_last_minute": failed,
             "throughput_mb_s": round(done_bytes / window / 1_000_000, 6),
