@@ -72,8 +72,11 @@ SELECT pg_notify(:channel, '');
 
 -- name: pg_tidy
 -- Vacuum the two tiny tables every claim rewrites, and the outbox every claim and outcome writes
--- and the relay empties; SKIP_LOCKED lets one worker do it at a time.
-VACUUM (SKIP_LOCKED) htm_origins, htm_scheduler, htm_outbox;
+-- and the relay empties; SKIP_LOCKED lets one worker do it at a time. TRUNCATE false: the relay
+-- empties the outbox, so its last pages are empty at every vacuum, and giving them back to the file
+-- system needs the table's exclusive lock: the vacuum waited for it (up to 5 s) and, once it had
+-- it, held up every claim, outcome and submission writing an event.
+VACUUM (SKIP_LOCKED, TRUNCATE false) htm_origins, htm_scheduler, htm_outbox;
 
 
 -- SQLite -------------------------------------------------------------------------------------------
