@@ -258,10 +258,9 @@ async def test_the_tidy_vacuums_the_emptied_outbox_without_giving_its_pages_back
     # 5 s for it (holding up the worker's heartbeats and reaps, run by the same loop) and, holding
     # it, every claim, outcome and submission writing an event.
     async with relayed_htm(pg_url, ManualClock()) as htm:
+        rows = [{"topic": "htm.task.update", "payload": jsontext.dumps({"n": i})} for i in range(3000)]
         async with htm.db.write() as conn:
-            await conn.execute(
-                insert(htm_outbox), [{"topic": "htm.task.update", "payload": '{"n": %d}' % i} for i in range(3000)]
-            )
+            await conn.execute(insert(htm_outbox), rows)
         assert isinstance(htm.bus, PostgresBus)
         while await htm.bus.relay(htm_outbox.name, limit=1000):
             pass
