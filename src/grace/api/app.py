@@ -65,7 +65,10 @@ def create_app(
     app.add_middleware(
         RequestContext, max_body_bytes=settings.max_request_bytes, larger_bodies=voice.larger_bodies(settings)
     )
-    for module in (health, auth, users, secrets, htm, intents, voice, metrics, playbooks):
+    # FastAPI matches a request by walking the routes in this order, router by router (no prefix
+    # shortcut), so the hottest come first: a task submission walked 29 other routes before its own
+    # (6.9% of the event loop in a submission run). The prefixes do not overlap, so order changes no match.
+    for module in (health, auth, htm, users, secrets, intents, voice, metrics, playbooks):
         app.include_router(module.router)
     contract.install(app)
     docs_pages.install(app)
