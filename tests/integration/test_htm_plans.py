@@ -12,11 +12,11 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert
+from sqlalchemy import event, func, insert, select
 
 from grace import storage
 from grace.auth import Principal, Role
@@ -76,7 +76,7 @@ _STATS_ACCESS = (
     "INDEX ix_htm_tasks_running",
     "INDEX ix_htm_tasks_claim",
     "INDEX ix_htm_tasks_waiting",
-    "INDEX ix_htm_tasks_finished_at (finished_at>?)",
+    "INDEX ix_htm_tasks_finished_at (finished_at",
 )
 
 
@@ -95,18 +95,20 @@ async def test_routing_stats_and_task_lists_read_htm_tasks_only_through_indexes(
             await htm.list_tasks(principal=None, status="failed", limit=50)
             await htm.list_tasks(principal=member, limit=50)
         assert stats["origins"]["intent"]["queued"] == 20 and stats["origins"]["scheduler"]["queued"] == 1
-        assert len(statements) == 3, statements
+        # The stats: the last minute's settled seconds (read once a second at most), then the rest.
+        assert len(statements) == 4, statements
         bad = await unindexed_reads(db, statements)
         assert not bad, "\n\n".join(bad)
         if db.is_sqlite:
             async with db.read() as conn:
-                statement, parameters = statements[0]
-                plan = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
-                steps = [str(r[-1]) for r in plan.all()]
-            assert all(any(a in s for a in _STATS_ACCESS) for s in steps if " htm_tasks " in f"{s} "), steps
+                for statement, parameters in statements[:2]:
+                    plan = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+                    steps = [str(r[-1]) for r in plan.all()]
+                    assert all(any(a in s for a in _STATS_ACCESS) for s in steps if " htm_tasks " in f"{s} "), steps
         else:
-            stats_read, *lists_read = await rows_read(db, statements)
-            assert stats_read <= 21, f"routing stats read {stats_read} rows of htm_tasks"
+            *stats_read, list_read, member_read = await rows_read(db, statements)
+            lists_read = [list_read, member_read]
+            assert all(n <= 21 for n in stats_read), f"routing stats read {stats_read} rows of htm_tasks"
             # A list walks the newest tasks until it has its 50: PostgreSQL may walk them by seq alone when
             # the status is common (50 failed tasks are 1,000 back at 5%), but never the whole history.
             assert all(n < HISTORY // 2 for n in lists_read), lists_read
@@ -219,3 +221,73 @@ async def test_a_claim_and_its_outcomes_read_only_the_tasks_they_take_however_lo
                     if " htm_tasks " in f"{step} " and not any(a in step for a in _HOT_PATH_ACCESS):
                         bad.append(f"{statement}\n  " + "\n  ".join(steps))
         assert not bad, "\n\n".join(bad)
+
+
+async def test_the_last_minutes_figures_kept_per_second_equal_a_direct_count_as_the_clock_moves(
+    database_url: str,
+) -> None:
+    """Routing stats keep the last minute's finished tasks per settled second between calls and read only
+    what is new: their figures still equal a count of the rows, call after call, while tasks finish and
+    the window moves past the seconds kept."""
+    clock = ManualClock()
+    async with htmkit.manual_htm(database_url, clock) as htm:
+        origins = ("intent", "scheduler", "internal")
+        made = 0
+        for step in range(150):
+            rows = []
+            for k in range(step % 4):  # a few tasks finish at each step, some failed
+                made += 1
+                at = clock.now() - timedelta(milliseconds=(step * 37 + k * 211) % 900)
+                rows.append(
+                    _finished_row(made, origins[(step + k) % 3], "failed" if made % 7 == 0 else "completed", at)
+                )
+            if step % 5 == 0:  # an outcome committed 4.5 s after its finishing time (within SETTLE): counted
+                made += 1
+                rows.append(_finished_row(made, "intent", "completed", clock.now() - timedelta(seconds=4.5)))
+            if rows:
+                async with htm.db.write() as conn:
+                    await conn.execute(insert(htm_tasks), rows)
+            stats = (await htm.routing_stats())["origins"]
+            since = clock.now() - timedelta(seconds=60)
+            async with htm.db.read() as conn:
+                counted = {
+                    (o, s): int(n)
+                    for o, s, n in (
+                        await conn.execute(
+                            select(htm_tasks.c.origin, htm_tasks.c.status, func.count())
+                            .where(htm_tasks.c.finished_at > since)
+                            .group_by(htm_tasks.c.origin, htm_tasks.c.status)
+                        )
+                    )
+                }
+            for origin in origins:
+                assert stats[origin]["completed_last_minute"] == counted.get((origin, "completed"), 0), (step, origin)
+                assert stats[origin]["failed_last_minute"] == counted.get((origin, "failed"), 0), (step, origin)
+            clock.advance(0.7 if step < 120 else 3.1)
+        assert made > 200
+        assert sum(stats[o]["completed_last_minute"] for o in origins) < made  # the window moved past the first
+
+
+def _finished_row(i: int, origin: str, status: str, at: datetime) -> dict[str, Any]:
+    return {
+        "task_id": f"task_done_{i}",
+        "task_type": "htm.noop",
+        "priority": "normal",
+        "priority_rank": 2,
+        "origin": origin,
+        "origin_rule": "explicit",
+        "payload": {},
+        "data_size_bytes": 10,
+        "created_by_name": "grace",
+        "status": status,
+        "route": "accepted",
+        "route_reason": "",
+        "attempts": 1,
+        "max_attempts": 3,
+        "timeout_seconds": 600.0,
+        "created_at": at,
+        "admitted_at": at,
+        "queued_at": at,
+        "started_at": at,
+        "finished_at": at,
+    }

@@ -66,6 +66,7 @@ class HTM:
         )
         self.recorder = Recorder(self.queue, self.events)
         self.sla_report = sla_stats.SLAReport(db, clock, config)
+        self.recent_finishes = stats.RecentFinishes()  # routing stats' last minute, kept per second
         self.sla = sla.SLAEnforcer(
             db, clock, config, submitter=self.submitter, publisher=self.events, report=self.sla_report
         )
@@ -287,7 +288,12 @@ class HTM:
         """Per-origin figures in the seed's shape, plus delayed/deferred counts and throughput."""
         await self.prepare()
         return await stats.routing_stats(
-            self.db, self.config, self.weights, fallback_capacity=self.local.fallback_capacity, now=self.clock.now()
+            self.db,
+            self.config,
+            self.weights,
+            fallback_capacity=self.local.fallback_capacity,
+            now=self.clock.now(),
+            recent_finishes=self.recent_finishes,
         )
 
     async def sla_stats(self, *, window_seconds: float | None = None) -> dict[str, Any]:

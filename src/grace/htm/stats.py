@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,9 +11,9 @@ from sqlalchemy import bindparam, text
 from grace.htm import routing
 from grace.htm.config import HTMConfig
 from grace.htm.origins import ORDER, Origin
-from grace.storage import Database, UTCDateTime
+from grace.storage import Database, UTCDateTime, utc_text
 
-__all__ = ["THROUGHPUT_WINDOW", "routing_stats"]
+__all__ = ["SETTLE", "THROUGHPUT_WINDOW", "RecentFinishes", "routing_stats"]
 
 THROUGHPUT_WINDOW = timedelta(seconds=60)
 
@@ -36,14 +37,17 @@ SELECT 'waiting', origin, status, count(*), 0 FROM htm_tasks {waiting}
  WHERE htm_tasks.status IN ('delayed', 'deferred') GROUP BY origin, status
 UNION ALL
 SELECT 'recent', origin, status, count(*), coalesce(sum(data_size_bytes), 0) FROM htm_tasks
- WHERE finished_at > :since GROUP BY origin, status
+ WHERE finished_at > :since AND finished_at < :first_full GROUP BY origin, status
+UNION ALL
+SELECT 'recent', origin, status, count(*), coalesce(sum(data_size_bytes), 0) FROM htm_tasks
+ WHERE finished_at >= :live_from GROUP BY origin, status
 UNION ALL
 SELECT 'dispatched', origin, '', dispatched, 0 FROM htm_origins
 UNION ALL
 SELECT 'workers', '', '', count(*), coalesce(sum(CASE WHEN stopping THEN 0 ELSE concurrency END), 0)
   FROM htm_workers WHERE heartbeat_at >= :live_after
 """
-_PARAMS = (bindparam("since", type_=UTCDateTime()), bindparam("live_after", type_=UTCDateTime()))
+_PARAMS = tuple(bindparam(n, type_=UTCDateTime()) for n in ("since", "first_full", "live_from", "live_after"))
 _SQLITE_FIGURES = text(
     _FIGURES.format(
         running="INDEXED BY ix_htm_tasks_running",
@@ -54,8 +58,81 @@ _SQLITE_FIGURES = text(
 _POSTGRES_FIGURES = text(_FIGURES.format(running="", queued="", waiting="")).bindparams(*_PARAMS)
 
 
+# The last minute's finished tasks are counted per second and kept between calls (RecentFinishes): a
+# call reads only the seconds finished since the last one, the last SETTLE seconds (whose outcomes may
+# still be committing) and the oldest second, which the window cuts. A task whose outcome commits more
+# than SETTLE after its finishing time (a worker cut off from the database) is missed by the seconds
+# already kept; its row stays right, and a new process counts it. Seconds are in the stored form's text
+# on SQLite and truncated times on PostgreSQL.
+SETTLE = timedelta(seconds=5)
+_SECONDS = """
+SELECT {second} AS second, origin, status, count(*), coalesce(sum(data_size_bytes), 0) FROM htm_tasks
+ WHERE finished_at >= :start AND finished_at < :end GROUP BY 1, origin, status
+"""
+_SQLITE_SECONDS = text(_SECONDS.format(second="substr(finished_at, 1, 19)")).bindparams(
+    bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime())
+)
+_POSTGRES_SECONDS = text(_SECONDS.format(second="date_trunc('second', finished_at)")).bindparams(
+    bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime())
+)
+
+Figures = dict[tuple[str, str], tuple[int, int]]
+
+
+def _second(when: datetime) -> datetime:
+    return when.replace(microsecond=0)
+
+
+def _add(into: Figures, key: tuple[str, str], n: int, size: int) -> None:
+    had = into.get(key, (0, 0))
+    into[key] = (had[0] + n, had[1] + size)
+
+
+class RecentFinishes:
+    """The last minute's finished tasks per (origin, status), kept per settled second between calls."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[Any, Figures] = {}  # second (text on SQLite, a time on PostgreSQL) -> figures
+        self._from: datetime | None = None  # the kept seconds run from here...
+        self._until: datetime | None = None  # ...to here (exclusive)
+        self._lock = asyncio.Lock()
+
+    async def settled(self, db: Database, now: datetime) -> tuple[Figures, datetime, datetime]:
+        """Return the kept figures of the window's whole settled seconds, where they start, and where they end.
+
+        Reads the seconds that settled since the last call (at most once a second).
+        """
+        first_full = _second(now - THROUGHPUT_WINDOW) + timedelta(seconds=1)
+        end = max(first_full, _second(now - SETTLE))
+        async with self._lock:
+            if self._until is None or self._until < first_full or self._until > end or self._from is None:
+                self._seconds, self._from, self._until = {}, first_full, first_full  # anew (or the clock went back)
+            if end > self._until:
+                query = _SQLITE_SECONDS if db.is_sqlite else _POSTGRES_SECONDS
+                async with db.read() as conn:
+                    rows = (await conn.execute(query, {"start": self._until, "end": end})).all()
+                for second, origin, status, n, size in rows:
+                    _add(self._seconds.setdefault(second, {}), (origin, status), int(n), int(size))
+                self._until = end
+            if self._from < first_full:  # seconds that left the window
+                oldest: Any = str(utc_text(first_full))[:19] if db.is_sqlite else first_full
+                self._seconds = {k: v for k, v in self._seconds.items() if k >= oldest}
+                self._from = first_full
+            total: Figures = {}
+            for figures in self._seconds.values():
+                for key, (n, size) in figures.items():
+                    _add(total, key, n, size)
+            return total, first_full, end
+
+
 async def routing_stats(
-    db: Database, cfg: HTMConfig, weights: dict[Origin, int], *, fallback_capacity: int, now: datetime
+    db: Database,
+    cfg: HTMConfig,
+    weights: dict[Origin, int],
+    *,
+    fallback_capacity: int,
+    now: datetime,
+    recent_finishes: RecentFinishes | None = None,
 ) -> dict[str, Any]:
     """Return ``{"origins": {name: {...}}, ...}`` with current_count, max_concurrent, total_queued,
     tasks_starved, utilization, delayed/deferred counts and throughput over the last minute.
@@ -63,12 +140,17 @@ async def routing_stats(
     ``fallback_capacity`` is the capacity to assume while no worker has a heartbeat.
     """
     live_after = now - timedelta(seconds=cfg.lease_seconds)
+    since = now - THROUGHPUT_WINDOW
+    if recent_finishes is not None:
+        recent, first_full, live_from = await recent_finishes.settled(db, now)
+    else:  # every finished task of the window read now
+        recent, first_full, live_from = {}, since, since
     figures = _SQLITE_FIGURES if db.is_sqlite else _POSTGRES_FIGURES
+    params = {"since": since, "first_full": first_full, "live_from": live_from, "live_after": live_after}
     async with db.read() as conn:
-        rows = (await conn.execute(figures, {"since": now - THROUGHPUT_WINDOW, "live_after": live_after})).all()
+        rows = (await conn.execute(figures, params)).all()
     running: dict[Origin, int] = {}
     counts: dict[tuple[str, str], int] = {}
-    recent: dict[tuple[str, str], tuple[int, int]] = {}
     dispatched: dict[str, int] = {}
     workers = live = 0
     for kind, origin, status, n, extra in rows:
@@ -79,7 +161,7 @@ async def routing_stats(
         elif kind == "waiting":
             counts[(origin, status)] = int(n)
         elif kind == "recent":
-            recent[(origin, status)] = (int(n), int(extra))
+            _add(recent, (origin, status), int(n), int(extra))
         elif kind == "dispatched":
             dispatched[origin] = int(n)
         else:
