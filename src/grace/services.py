@@ -212,7 +212,7 @@ async def build(
         bus,
         vault,
         htm,
-        engines(settings.voice_model_dir),
+        engines(settings.voice_model_dir, settings.voice_embedder),
         max_upload_bytes=settings.voice_max_upload_bytes,
     )
     capabilities = Capabilities(clock, bus=bus, htm=htm, vault=vault, voice=voice)

@@ -285,15 +285,20 @@ class Engines:
         return await asyncio.to_thread(embed, texts)
 
 
-_shared: dict[Path | None, Engines] = {}
+EMBEDDERS: dict[str, Callable[[], Embedder]] = {"minilm-int8": OnnxMiniLMEmbedder, "minilm": MiniLMEmbedder}
+
+_shared: dict[tuple[Path | None, str], Engines] = {}
 _shared_lock = threading.Lock()
 
 
-def engines(model_dir: Path | None = None) -> Engines:
-    """Return this process's engines for ``model_dir`` (None: the bundled tiny.en); nothing loads yet."""
+def engines(model_dir: Path | None = None, embedder: str = "minilm-int8") -> Engines:
+    """Return this process's engines for ``model_dir`` (None: the bundled tiny.en) and the embedder named
+    ``embedder`` (a key of :data:`EMBEDDERS`); nothing loads yet."""
+    if embedder not in EMBEDDERS:
+        raise errors.ConfigurationError(f"GRACE_VOICE_EMBEDDER: {embedder!r} is not one of {', '.join(EMBEDDERS)}")
     with _shared_lock:
-        found = _shared.get(model_dir)
+        found = _shared.get((model_dir, embedder))
         if found is None:
-            found = Engines(WhisperTranscriber(model_dir), OnnxMiniLMEmbedder())
-            _shared[model_dir] = found
+            found = Engines(WhisperTranscriber(model_dir), EMBEDDERS[embedder]())
+            _shared[(model_dir, embedder)] = found
         return found
