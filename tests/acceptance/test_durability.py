@@ -25,13 +25,19 @@ def _wal_flushes(trace: Path) -> int:
     return len(_WAL_FLUSH.findall(trace.read_text(errors="replace")))
 
 
-@pytest.mark.slow
-def test_every_acknowledged_submission_on_sqlite_is_flushed_to_disk_before_it_is_answered(tmp_path: Path) -> None:
+def _strace() -> str:
+    """The strace command; a failure under CI when it is missing, else a skip."""
     strace = shutil.which("strace")
     if strace is None:
         if in_ci():
             pytest.fail("strace is missing: `make system-packages` installs it")
         pytest.skip("strace is not installed (Debian package strace; `make system-packages`)")
+    return strace
+
+
+@pytest.mark.slow
+def test_every_acknowledged_submission_on_sqlite_is_flushed_to_disk_before_it_is_answered(tmp_path: Path) -> None:
+    strace = _strace()
     trace = tmp_path / "fsync.trace"
     served = Served(
         tmp_path / "data",
@@ -57,11 +63,7 @@ def test_every_acknowledged_submission_on_sqlite_is_flushed_to_disk_before_it_is
 async def test_submissions_arriving_together_on_sqlite_share_one_flush_and_each_is_answered_after_it(
     tmp_path: Path,
 ) -> None:
-    strace = shutil.which("strace")
-    if strace is None:
-        if in_ci():
-            pytest.fail("strace is missing: `make system-packages` installs it")
-        pytest.skip("strace is not installed (Debian package strace; `make system-packages`)")
+    strace = _strace()
     trace = tmp_path / "fsync.trace"
     data = tmp_path / "data"
     served = Served(
