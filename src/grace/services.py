@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from grace import auth, errors, storage
+from grace import auth, background, errors, storage
 from grace.bus import Bus, InProcessBus, PostgresBus
 from grace.clock import Clock, SystemClock
 from grace.config import Settings
@@ -83,7 +83,7 @@ class Services:
             try:
                 await self.vault.tick()
             except Exception as exc:  # try again on the next round, unless asked to stop
-                _stop_if_cancelled()
+                background.stop_if_cancelled()
                 log.warning("vault.upkeep_failed", extra={"reason": type(exc).__name__})
             await asyncio.sleep(VAULT_UPKEEP_INTERVAL_SECONDS)
 
@@ -93,7 +93,7 @@ class Services:
             try:
                 await self.htm.upkeep()
             except Exception as exc:  # try again on the next round, unless asked to stop
-                _stop_if_cancelled()
+                background.stop_if_cancelled()
                 log.warning("htm.upkeep_failed", extra={"reason": type(exc).__name__})
             await asyncio.sleep(self.htm.config.rollup_seconds)
 
@@ -107,13 +107,13 @@ class Services:
                 if expired:
                     log.info("idempotency.pruned", extra={"keys": expired})
             except Exception as exc:  # keep pruning on the next round, unless asked to stop
-                _stop_if_cancelled()
+                background.stop_if_cancelled()
                 log.warning("bus.prune_failed", extra={"reason": type(exc).__name__})
             await asyncio.sleep(BUS_PRUNE_INTERVAL_SECONDS)
 
     async def close(self) -> None:
-        for task in self._background:
-            await _stop(task)
+        await background.stop_all(self._background)
+        self._background = []
         await self.accounts.close()
         await self.scheduler.stop()
         await self.intents.close()
@@ -121,28 +121,6 @@ class Services:
         await self.htm.close()
         await self.bus.close()
         await self.db.dispose()
-
-
-def _stop_if_cancelled() -> None:
-    """Raise CancelledError if this task was asked to stop.
-
-    Cancelling a task in the middle of a database call can surface as another error raised while
-    the driver cleans up; a loop that retries on errors would then never stop.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to end, asking again if a cancellation was swallowed."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=1.0)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning(
-            "services.background_failed", extra={"task": task.get_name(), "reason": type(task.exception()).__name__}
-        )
 
 
 async def build(

@@ -223,3 +223,37 @@ async def test_members_see_their_own_intents_and_operators_see_everyone_s(cast: 
     }
     assert [i.intent_id for i in await intents.list_intents(principal=cast.owner, domain="general")] == [mine.intent_id]
     assert await intents.list_intents(principal=cast.owner, status="completed") == []
+
+
+class DriverCleanupError(Exception):
+    """What a database driver may raise while it cleans up after a cancelled call (a fake, for the test)."""
+
+
+async def test_the_intents_loops_stop_when_a_cancelled_settle_surfaces_as_another_error(
+    cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the service must not wait for ever on a loop whose cancellation the driver turned into an error."""
+    intents = cast.services.intents
+    entered: list[str] = []
+    both_in = asyncio.Event()
+
+    async def settle_that_hangs_until_cancelled(**_: Any) -> int:
+        entered.append(asyncio.current_task().get_name())  # type: ignore[union-attr]
+        if len(entered) == 2:
+            both_in.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise DriverCleanupError("connection reset while rolling back") from None
+        return 0
+
+    monkeypatch.setattr(intents.bridge, "settle", settle_that_hangs_until_cancelled)
+    intents.start()  # the sweep settles at once
+    while not both_in.is_set():  # until the listener, subscribed in its own time, takes an event to settle
+        await cast.services.bus.publish("htm.task.update", {"intent_id": "int_x", "task_id": "t", "status": "running"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(both_in.wait(), 0.2)
+    assert sorted(entered) == ["grace-intents-listen", "grace-intents-sweep"]
+    loops = list(intents._background)
+    await intents.close()
+    assert all(task.done() for task in loops)

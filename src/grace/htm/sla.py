@@ -28,7 +28,6 @@ read by ``sla_stats.py``; the rescue task is ``rescue.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import storage
+from grace import background, storage
 from grace.clock import Clock
 from grace.htm import events, rescue
 from grace.htm.config import HTMConfig
@@ -150,10 +149,7 @@ class SLAEnforcer:
     async def stop(self) -> None:
         """Stop ticking and give up the leader lock."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        await background.stop(runner)
         await self._leadership.release()
 
     async def _run(self) -> None:
@@ -166,7 +162,8 @@ class SLAEnforcer:
                     pause = await self.pause_after(tick)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # try again on the next tick
+            except Exception as exc:  # try again on the next tick, unless asked to stop
+                background.stop_if_cancelled()
                 log.warning("htm.sla_tick_failed", extra={"reason": type(exc).__name__})
             await self._sleep(pause)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from grace import errors, jsontext, storage
+from grace import background, errors, jsontext, storage
 from grace.clock import Clock
 from grace.htm import admission
 from grace.htm import queue as queue_module
@@ -354,7 +354,8 @@ class WorkerPool:
                 got = await self.claim_once()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # try again, unless asked to stop
+                background.stop_if_cancelled()
                 log.warning("htm.claim_failed", extra={"worker_id": self.worker_id, "reason": type(exc).__name__})
                 await asyncio.sleep(poll)
                 continue
@@ -496,7 +497,8 @@ class WorkerPool:
                 await self.flush(claim=True)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # try again, unless asked to stop
+                background.stop_if_cancelled()
                 log.warning("htm.flush_failed", extra={"worker_id": self.worker_id, "reason": type(exc).__name__})
                 await asyncio.sleep(self.config.poll_seconds)
                 if self._outcomes:
@@ -555,7 +557,8 @@ class WorkerPool:
                     await self.queue.tidy()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # try again, unless asked to stop
+                background.stop_if_cancelled()
                 log.warning("htm.maintenance_failed", extra={"reason": type(exc).__name__})
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grace import background
 from grace.bus import Bus
 from grace.clock import Clock
 from grace.htm import HTM, Task
@@ -220,5 +221,6 @@ class Bridge:
                     await self.settle(intent_ids=[str(intent_id)])
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the sweep settles it later
+                except Exception as exc:  # the sweep settles it later, unless asked to stop
+                    background.stop_if_cancelled()
                     log.warning("intents.settle_failed", extra={"reason": type(exc).__name__})

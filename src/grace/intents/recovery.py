@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from grace import errors
+from grace import background, errors
 from grace.clock import Clock
 from grace.htm import HTM
 from grace.intents.bridge import Bridge
@@ -93,7 +93,8 @@ class Sweeper:
                     log.info("intents.swept", extra=done.as_dict())
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # try again next round
+            except Exception as exc:  # try again next round, unless asked to stop
+                background.stop_if_cancelled()
                 log.warning("intents.sweep_failed", extra={"reason": type(exc).__name__})
             await asyncio.sleep(self.config.sweep_seconds)
 

@@ -22,7 +22,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import background, errors
 from grace.auth import Accounts, Principal, Role
 from grace.bus import Bus
 from grace.clock import Clock
@@ -91,15 +91,7 @@ class Intents:
             self._background.append(asyncio.create_task(self.sweeper.run(), name="grace-intents-sweep"))
 
     async def close(self) -> None:
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as exc:
-                log.warning("intents.background_failed", extra={"reason": type(exc).__name__})
+        await background.stop_all(self._background)
         self._background = []
 
     # -- submitting ----------------------------------------------------------------

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from grace import background
 from grace.auth import Principal
 from grace.bus import Bus, Event
 from grace.clock import Clock
@@ -150,6 +151,7 @@ class Scheduler:
                 try:
                     await self.resume_answered(approval_id=str(event.payload.get("consent_id", "")))
                 except Exception as exc:  # the next tick tries again
+                    background.stop_if_cancelled()
                     log.warning("playbooks.resume_failed", extra={"reason": type(exc).__name__})
 
     # -- firing ----------------------------------------------------------------------------------
@@ -422,6 +424,7 @@ class Scheduler:
                         try:
                             await self.on_event(listed.playbook, event)
                         except Exception as exc:  # one playbook's failure does not stop the others' events
+                            background.stop_if_cancelled()
                             log.warning(
                                 "playbooks.event_failed", extra={"playbook": listed.name, "reason": type(exc).__name__}
                             )
@@ -431,6 +434,7 @@ class Scheduler:
             try:
                 await self.tick()
             except Exception as exc:  # the next tick tries again
+                background.stop_if_cancelled()
                 log.warning("playbooks.tick_failed", extra={"reason": type(exc).__name__})
             await self.clock.sleep(self.tick_seconds)
 
@@ -450,11 +454,7 @@ class Scheduler:
             self._tasks.append(asyncio.create_task(self._listen(topic), name=f"grace-playbooks-{topic}"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):  # stopping: what a cancelled loop raised is of no use
-                await task
+        await background.stop_all(self._tasks)
         self._tasks = []
         if self.leadership is not None:
             await self.leadership.release()

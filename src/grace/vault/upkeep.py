@@ -9,13 +9,12 @@ callable it is given, and signs the audit log's head.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from grace import clock, errors
+from grace import background, clock, errors
 from grace.bus import Bus
 from grace.vault.audit import AuditLog
 from grace.vault.keyring import Keyring, RotationReport, StepHook
@@ -164,7 +163,4 @@ class Upkeep:
 
     async def close(self) -> None:
         """Stop a background rotation (it resumes from its last step next time)."""
-        if self._rotation_task is not None and not self._rotation_task.done():
-            self._rotation_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._rotation_task
+        await background.stop(self._rotation_task)
