@@ -22,7 +22,7 @@ from grace.auth import BootstrapCredentials
 from grace.clock import ManualClock
 from grace.config import Settings, load_settings
 from grace.services import Services, build
-from tests import canary
+from tests import canary, hashing
 from tests.backends import ADMIN_URL_ENV, PostgresTestDatabase, SqliteTemplate, in_ci, wanted_backends
 
 BACKENDS = wanted_backends()
@@ -30,6 +30,9 @@ BACKENDS = wanted_backends()
 # Property tests judge behaviour, never speed: on a busy machine generating an example may be slow.
 hypothesis_settings.register_profile("grace", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 hypothesis_settings.load_profile("grace")
+
+# In-process services hash passwords at a test cost (tests/hashing.py says why and what keeps the real one).
+hashing.use_test_cost()
 
 # The vault tests' cast of users and agents (fixtures `cast` and `http`).
 pytest_plugins = ["tests.vaultkit", "tests.voicekit"]

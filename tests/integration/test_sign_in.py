@@ -1,9 +1,12 @@
-"""Signing in as an attacker probes it: a password reset ends sessions, and an unknown username costs
-the same password hash verification as a known one (counted, not timed)."""
+"""Signing in as an attacker probes it: a password reset ends sessions, an unknown username costs
+the same password hash verification as a known one (counted, not timed), and a verification in
+progress does not stop the service answering others."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from datetime import timedelta
 from typing import Literal
 
@@ -103,3 +106,37 @@ async def test_every_sign_in_costs_one_password_verification_whoever_the_user_is
             with pytest.raises(refused):
                 await sign_in.verify_password(username, password)
         assert hasher.verifications - before == 1, username
+
+
+class GatedHasher(PasswordHasher):
+    """The real Argon2id hasher, whose verification waits until the test opens its gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.entered.set()
+        if not self.gate.wait(60):  # on the event loop's thread nothing could open it: fail, do not hang
+            raise RuntimeError("the gate was never opened: the verification held the event loop")
+        return super().verify(hash, password)
+
+
+async def test_a_sign_in_whose_hash_is_running_does_not_stop_other_requests(
+    db: storage.Database, clock: ManualClock, accounts: Accounts
+) -> None:
+    hasher = GatedHasher()
+    sign_in = SignIn(
+        db, clock, accounts, session_ttl=timedelta(hours=1), max_failures=50, window=timedelta(minutes=5), hasher=hasher
+    )
+    await accounts.create_user("kira", "member", "kira's long password")
+    signing_in = asyncio.create_task(sign_in.verify_password("kira", "kira's long password"))
+    assert await asyncio.to_thread(hasher.entered.wait, 60)
+    # The verification is under way, and the service still reads, writes and answers meanwhile.
+    assert (await accounts.get_user("kira")).username == "kira"
+    other, _ = await accounts.create_user("lena", "member", "lena's long password")
+    assert not signing_in.done()
+    hasher.gate.set()
+    assert (await signing_in).username == "kira"
+    assert (await accounts.get_user(other.id)).username == "lena"

@@ -212,8 +212,13 @@ class Accounts:
             items.append((USER_CHANGED, {"user_id": user_id}))
         await self.bus.publish_within(self.db, conn, items)
 
-    def _changed(self, *, token_ids: Iterable[str] = (), user_id: str | None = None) -> None:
-        """After the commit: drop this process's cached principals for them, and tell this machine's others (SQLite)."""
+    async def _changed(self, *, token_ids: Iterable[str] = (), user_id: str | None = None) -> None:
+        """After the commit: drop this process's cached principals for them, and tell every other process.
+
+        This machine's others through the epoch file (SQLite); on PostgreSQL the change's NOTIFY empties
+        every node's cache, and the bus's barrier waits until each listening node confirms it has heard
+        it, so when the change's call returns no node still honours what it took away.
+        """
         if self.cache is None:
             return
         token_ids = list(token_ids)
@@ -222,6 +227,8 @@ class Accounts:
         if user_id is not None:
             self.cache.drop_user(user_id)
         self.cache.touch_epoch()
+        if self.bus is not None:
+            await self.bus.barrier()
 
     # -- users ----------------------------------------------------------------
 
@@ -242,7 +249,7 @@ class Accounts:
         row = {
             "id": user_id,
             "username": username,
-            "password_hash": secrets.hash_password(password),
+            "password_hash": await secrets.hash_password_off_loop(password),
             "role": role.value,
             "disabled": False,
             "created_at": now,
@@ -302,7 +309,7 @@ class Accounts:
                     {"revoked_at": self.clock.now()},
                 )
             await self._announce(conn, user_id=row["id"])
-        self._changed(user_id=row["id"])
+        await self._changed(user_id=row["id"])
         return await self.get_user(row["id"])
 
     async def set_password(self, username_or_id: str, password: str, *, revoke_tokens: bool = False) -> PasswordReset:
@@ -312,7 +319,7 @@ class Accounts:
         their tokens, which the password never protected, keep working.
         """
         secrets.check_password_strength(password)
-        password_hash = secrets.hash_password(password)
+        password_hash = await secrets.hash_password_off_loop(password)
         now = self.clock.now()
         async with self.seal.reporting(), self.db.write() as conn:
             row = await self._change_user(conn, username_or_id, password_hash=password_hash)
@@ -333,7 +340,7 @@ class Accounts:
                 if revoked:
                     await self._announce(conn, user_id=row["id"])
         if revoked:
-            self._changed(user_id=row["id"])
+            await self._changed(user_id=row["id"])
         return PasswordReset(row["username"], ended, revoked)
 
     async def password_hash(self, username: str) -> tuple[User | None, str | None]:
@@ -490,7 +497,7 @@ class Accounts:
                 children = await conn.execute(select(api_tokens.c.id).where(api_tokens.c.parent_id.in_(frontier)))
                 frontier = [c for (c,) in children.all() if c not in seen]
             await self._announce(conn, token_ids=sorted(seen))
-        self._changed(token_ids=sorted(seen))
+        await self._changed(token_ids=sorted(seen))
         async with self.db.read() as conn:
             row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().one()
         return _token(row)

@@ -116,7 +116,7 @@ class SignIn:
         await self._check_limit([(pair, self.max_failures), (keys[1], self.client_max_failures)])
         user, stored = await self.accounts.password_hash(username)
         # Verify first, whoever the user is: an unknown or disabled user costs the same hash work.
-        correct = secrets.verify_password(stored, password[:1024], hasher=self.hasher)
+        correct = await secrets.verify_password_off_loop(stored, password[:1024], hasher=self.hasher)
         if user is None or user.disabled or not correct:
             await self._record_failure(keys)
             raise errors.Unauthenticated("wrong username or password")
