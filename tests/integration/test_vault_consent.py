@@ -11,9 +11,12 @@ from sqlalchemy import select, text
 from grace import errors
 from grace.auth import Principal
 from grace.bus import Event
+from grace.clock import ManualClock
+from grace.config import Settings
 from grace.vault import AccessResult, AuditUnavailable, SecretInfo, governance
 from grace.vault.tables import secret_consent_records, vault_audit
-from tests.vaultkit import Cast
+from tests import canary
+from tests.vaultkit import Cast, make_cast
 
 GITHUB_TOKEN = "ghp_" + "A1b2C3d4" * 4
 
@@ -337,7 +340,44 @@ async def test_a_burst_forces_a_fresh_consent_and_publishes_an_anomaly(cast: Cas
     assert flagged.status == "pending" and "burst" in flagged.anomalies
     event = (await cast.services.bus.replay("secrets.anomaly", since=0))[0]
     assert event.payload["anomalies"] == ["burst"] and event.payload["requested_by"] == "code_agent"
-    assert "secret.anomaly" in await _events(cast)
+    # The anomaly is audited with the fresh request it forced, one after the other (one transaction, one flush).
+    assert (await _events(cast))[-2:] == ["secret.anomaly", "consent.requested"]
+    assert (await _events(cast, flagged.consent_id)) == ["consent.requested"]
+
+
+async def test_the_burst_threshold_is_a_setting(settings: Settings, clock: ManualClock) -> None:
+    """GRACE_VAULT_BURST_PER_MINUTE: an agent that reads a secret often by design is let past the default 10."""
+    cast = await make_cast(settings.model_copy(update={"vault_burst_per_minute": 30}), clock)
+    try:
+        await _store(cast)
+        pending = await _ask(cast)
+        assert pending.consent_id is not None
+        await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True)
+        for _ in range(30):
+            assert (await _ask(cast)).approved
+        flagged = await _ask(cast)
+        assert flagged.status == "pending" and flagged.anomalies == ("burst",)
+        cast.clock.advance(61)  # the minute has passed: the standing consent serves again
+        assert (await _ask(cast)).approved
+    finally:
+        await canary.sweep(cast.services)
+        await cast.services.close()
+
+
+async def test_a_burst_threshold_of_0_checks_no_burst(settings: Settings, clock: ManualClock) -> None:
+    cast = await make_cast(settings.model_copy(update={"vault_burst_per_minute": 0}), clock)
+    try:
+        await _store(cast)
+        pending = await _ask(cast)
+        assert pending.consent_id is not None
+        await cast.vault.respond(cast.owner, pending.consent_id, True, persistent=True)
+        for _ in range(40):
+            assert (await _ask(cast)).approved
+        new_action = await _ask(cast, action="git_fetch")  # the other anomalies are still checked
+        assert new_action.status == "pending" and new_action.anomalies == ("first_time_action",)
+    finally:
+        await canary.sweep(cast.services)
+        await cast.services.close()
 
 
 async def test_first_time_action_and_unusual_hour_against_the_agents_baseline(cast: Cast) -> None:

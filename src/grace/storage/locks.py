@@ -28,13 +28,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace.storage import files
 from grace.storage.database import Database
 
-__all__ = ["FileLock", "Leadership", "file_lock_free", "key", "serialise", "try_serialise"]
+__all__ = ["FileLock", "Leadership", "file_lock_free", "key", "serialise", "serialise_in", "try_serialise"]
 
 log = logging.getLogger("grace.storage")
 
@@ -64,6 +64,12 @@ async def serialise(conn: AsyncConnection, name: str) -> None:
     """
     if conn.dialect.name == "postgresql":
         await conn.execute(_XACT_LOCK, {"key": key(name)})
+
+
+def serialise_in(conn: Connection, name: str) -> None:
+    """:func:`serialise` inside a synchronous transaction (``Database.write_sync``)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_XACT_LOCK, {"key": key(name)})
 
 
 async def try_serialise(conn: AsyncConnection, name: str) -> bool:

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,7 +41,7 @@ from grace.vault.anchor import AnchorFile, AnchorReading, Checkpoint, HeadSigner
 from grace.vault.masterkey import MasterKey
 from grace.vault.tables import vault_audit, vault_audit_checkpoints
 
-__all__ = ["AuditEntry", "AuditLog", "AuditUnavailable", "Checkpoint", "VerifyReport", "audited"]
+__all__ = ["AuditEntry", "AuditLog", "AuditUnavailable", "Checkpoint", "Fields", "VerifyReport", "audited"]
 
 log = logging.getLogger("grace.vault")
 
@@ -100,6 +100,19 @@ class AuditEntry:
         }
 
 
+@dataclass(frozen=True)
+class Fields:
+    """An entry to append: what happened, who did it, and about what (never a secret value)."""
+
+    event: str
+    actor: str
+    outcome: str = "ok"
+    user_id: str | None = None
+    secret_id: str | None = None
+    consent_id: str | None = None
+    details: Mapping[str, Any] | None = None
+
+
 @dataclass
 class VerifyReport:
     """What ``grace audit verify`` found; ``ok`` only when every list is empty and the anchor holds."""
@@ -156,6 +169,14 @@ class _Break:
 
     reason: str
     story: str
+
+
+def _head_in(conn: Connection) -> RowMapping | None:
+    """The chain's last entry (its seq and hash), inside the caller's transaction."""
+    return conn.execute(_HEAD).mappings().first()
+
+
+_HEAD = select(vault_audit.c.seq, vault_audit.c.hash).order_by(vault_audit.c.seq.desc()).limit(1)
 
 
 def _details_text(details: Mapping[str, Any] | None) -> str:
@@ -230,8 +251,7 @@ class AuditLog:
         await storage.serialise(conn, AUDIT_LOCK)
 
     async def _head(self, conn: AsyncConnection) -> RowMapping | None:
-        query = select(vault_audit.c.seq, vault_audit.c.hash).order_by(vault_audit.c.seq.desc()).limit(1)
-        return (await conn.execute(query)).mappings().first()
+        return await conn.run_sync(_head_in)
 
     async def append(
         self,
@@ -249,28 +269,79 @@ class AuditLog:
 
         Raises AuditChainBroken, and writes nothing, unless the chain continues from the anchor.
         """
-        await self._lock(conn)
-        last = await self._head(conn)
-        checked = await self._continues(conn, last)
-        entry, _ = await self._write(
+        (entry,) = await self.append_many(
             conn,
-            last,
-            event,
-            actor=actor,
-            outcome=outcome,
-            user_id=user_id,
-            secret_id=secret_id,
-            consent_id=consent_id,
-            details=details,
+            [
+                Fields(
+                    event,
+                    actor=actor,
+                    outcome=outcome,
+                    user_id=user_id,
+                    secret_id=secret_id,
+                    consent_id=consent_id,
+                    details=details,
+                )
+            ],
         )
+        return entry
+
+    async def append_many(self, conn: AsyncConnection, entries: Sequence[Fields]) -> list[AuditEntry]:
+        """Append ``entries``, in order, inside the caller's write transaction (:meth:`append_many_in`)."""
+        return await conn.run_sync(self.append_many_in, entries)
+
+    def append_many_in(self, conn: Connection, entries: Sequence[Fields]) -> list[AuditEntry]:
+        """Append ``entries``, in order, inside the caller's (synchronous) write transaction.
+
+        For many requests' entries at once; on SQLite it runs on ``Database.write_sync``'s thread.
+
+        The chain's lock, its head and the anchor are read once, the entries are chained one after
+        another and inserted in one statement, a checkpoint is signed at each multiple of
+        ``CHECKPOINT_EVERY`` among them, and the anchor advances once, to the last, after the commit.
+        Raises AuditChainBroken, and writes nothing, unless the chain continues from the anchor.
+        """
+        if not entries:
+            return []
+        storage.serialise_in(conn, AUDIT_LOCK)
+        last = _head_in(conn)
+        checked = self._continues_in(conn, last)
+        seq = int(last["seq"]) if last else 0
+        prev = last["hash"] if last else GENESIS
+        at = self.clock.now()
+        rows: list[dict[str, Any]] = []
+        for fields in entries:
+            seq += 1
+            row = self._row(seq, prev, at, fields)
+            rows.append(row)
+            prev = row["hash"]
+        conn.execute(insert(vault_audit), rows)
+        for row in rows:
+            if row["seq"] % CHECKPOINT_EVERY == 0:
+                self._insert_checkpoint_in(conn, row["seq"], row["hash"])
+        written = [_entry(row) for row in rows]  # type: ignore[arg-type]
         if self.anchor is not None and checked is not None:
-            anchor, signer, now = self.anchor, self.signer, self.clock.now()
-            # Only once the entry is committed: an anchor ahead of the log would read as a truncation.
+            anchor, signer, now, head = self.anchor, self.signer, self.clock.now(), written[-1]
+            # Only once the entries are committed: an anchor ahead of the log would read as a truncation.
             self.db.after_commit(
                 conn,
-                lambda: anchor.advance(lambda: signer.sign(entry.seq, entry.hash, now), entry.seq, checked=checked),
+                lambda: anchor.advance(lambda: signer.sign(head.seq, head.hash, now), head.seq, checked=checked),
             )
-        return entry
+        return written
+
+    def _row(self, seq: int, prev_hash: str, at: datetime, fields: Fields) -> dict[str, Any]:
+        """The stored row of the entry ``seq`` after the entry whose hash is ``prev_hash``, its own hash made."""
+        row: dict[str, Any] = {
+            "at": at,
+            "event": fields.event,
+            "actor": fields.actor[:140],
+            "user_id": fields.user_id,
+            "secret_id": fields.secret_id,
+            "consent_id": fields.consent_id,
+            "outcome": fields.outcome,
+            "details": _details_text(fields.details),
+            "prev_hash": prev_hash,
+        }
+        row["hash"] = self._mac(seq, row)
+        return {"seq": seq, **row}
 
     async def _write(
         self,
@@ -279,32 +350,17 @@ class AuditLog:
         event: str,
         *,
         actor: str,
-        outcome: str = "ok",
-        user_id: str | None = None,
-        secret_id: str | None = None,
-        consent_id: str | None = None,
         details: Mapping[str, Any] | None = None,
         sign: bool = False,
     ) -> tuple[AuditEntry, Checkpoint | None]:
         """Insert the entry after ``last`` (under the lock), and its checkpoint when one is due or ``sign``."""
         seq = int(last["seq"]) + 1 if last else 1
-        row: dict[str, Any] = {
-            "at": self.clock.now(),
-            "event": event,
-            "actor": actor[:140],
-            "user_id": user_id,
-            "secret_id": secret_id,
-            "consent_id": consent_id,
-            "outcome": outcome,
-            "details": _details_text(details),
-            "prev_hash": last["hash"] if last else GENESIS,
-        }
-        row["hash"] = self._mac(seq, row)
-        await conn.execute(insert(vault_audit).values(seq=seq, **row))
+        row = self._row(seq, last["hash"] if last else GENESIS, self.clock.now(), Fields(event, actor, details=details))
+        await conn.execute(insert(vault_audit).values(**row))
         checkpoint = None
         if sign or seq % CHECKPOINT_EVERY == 0:
             checkpoint = await self._insert_checkpoint(conn, seq, row["hash"])
-        return _entry({"seq": seq, **row}), checkpoint  # type: ignore[arg-type]
+        return _entry(row), checkpoint  # type: ignore[arg-type]
 
     async def record(self, event: str, **kwargs: Any) -> AuditEntry:
         """Append one entry in a transaction of its own."""
@@ -315,10 +371,14 @@ class AuditLog:
 
     async def _continues(self, conn: AsyncConnection, last: RowMapping | None) -> AnchorReading | None:
         """Return the anchor read (None without one); raise AuditChainBroken unless the chain continues from it."""
+        return await conn.run_sync(self._continues_in, last)
+
+    def _continues_in(self, conn: Connection, last: RowMapping | None) -> AnchorReading | None:
+        """:meth:`_continues` inside a synchronous transaction."""
         if self.anchor is None:
             return None
         reading = self.anchor.read()
-        broken = await self._break(conn, last, reading)
+        broken = self._break_in(conn, last, reading)
         if broken is not None:
             log.error(
                 "vault.audit_chain_broken",
@@ -337,6 +397,11 @@ class AuditLog:
 
     async def _break(self, conn: AsyncConnection, last: RowMapping | None, reading: AnchorReading) -> _Break | None:
         """Say why the chain (ending at ``last``) does not continue from the anchor ``reading``; None if it does."""
+        return await conn.run_sync(self._break_in, last, reading)
+
+    @staticmethod
+    def _break_in(conn: Connection, last: RowMapping | None, reading: AnchorReading) -> _Break | None:
+        """:meth:`_break` inside a synchronous transaction."""
         head = int(last["seq"]) if last else 0
         if reading.state == "absent":
             if last is None:
@@ -353,7 +418,7 @@ class AuditLog:
             found = last["hash"]
         else:
             query = select(vault_audit.c.hash).where(vault_audit.c.seq == signed.seq)
-            found = (await conn.execute(query)).scalar_one_or_none()
+            found = conn.execute(query).scalar_one_or_none()
         if found != signed.head_hash:
             return _Break(
                 "forked",
@@ -415,8 +480,11 @@ class AuditLog:
     # -- checkpoints ---------------------------------------------------------
 
     async def _insert_checkpoint(self, conn: AsyncConnection, seq: int, head_hash: str) -> Checkpoint:
+        return await conn.run_sync(self._insert_checkpoint_in, seq, head_hash)
+
+    def _insert_checkpoint_in(self, conn: Connection, seq: int, head_hash: str) -> Checkpoint:
         checkpoint = self.signer.sign(seq, head_hash, self.clock.now())
-        await conn.execute(
+        conn.execute(
             insert(vault_audit_checkpoints).values(
                 seq=seq,
                 head_hash=head_hash,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -24,8 +24,11 @@ from grace import clock, errors
 from grace.auth import Principal
 from grace.integrity import RowSeal
 from grace.storage import Database, new_id
-from grace.vault.audit import AuditLog
+from grace.vault.audit import AuditLog, Fields
 from grace.vault.tables import CONSENTS, secret_consent_records
+
+if TYPE_CHECKING:
+    from grace.vault.store import SecretInfo
 
 __all__ = [
     "ConsentDecision",
@@ -240,6 +243,10 @@ class ConsentDecision:
     reason: str = ""
     anomalies: tuple[str, ...] = ()
     record: ConsentRecord | None = field(default=None, repr=False, compare=False)
+    # A standing consent's secret, as the request read it (seal checked), and its current version's sealed
+    # row, read in the same transaction, for the release that follows.
+    secret: SecretInfo | None = field(default=None, repr=False, compare=False)
+    version: RowMapping | None = field(default=None, repr=False, compare=False)
 
     @property
     def approved(self) -> bool:
@@ -282,6 +289,28 @@ def summarise(records: list[ConsentRecord]) -> dict[str, Any]:
     }
 
 
+def _standing(requester: ColumnElement[bool]) -> Select[Any]:
+    """The approved persistent consents for (secret, agent, action) still in force, newest first (built once)."""
+    return (
+        select(_table)
+        .where(
+            _table.c.secret_id == bindparam("secret_id"),
+            _table.c.requested_by == bindparam("agent"),
+            _table.c.requested_action == bindparam("action"),
+            _table.c.consent_status == "approved",
+            _table.c.single_use.is_(False),
+            _table.c.valid_until > bindparam("now", type_=_table.c.valid_until.type),
+            requester,
+        )
+        .order_by(_table.c.created_at.desc())
+    )
+
+
+# The same agent name under another user's token is another agent.
+_STANDING = _standing(_table.c.requester_user_id == bindparam("requester_user_id"))
+_STANDING_OF_NOBODY = _standing(_table.c.requester_user_id.is_(None))
+
+
 class ConsentStore:
     """Read and write consent records; each change of status is one conditional UPDATE with its audit entry.
 
@@ -320,14 +349,16 @@ class ConsentStore:
             rows = (await conn.execute(query)).mappings().all()
         return [record_from_row(r) for r in rows]
 
-    async def insert(self, row: dict[str, Any], event: str, *, actor: str) -> str:
-        """Insert a new consent record and its audit entry in one transaction; return its id."""
+    async def insert(self, row: dict[str, Any], event: str, *, actor: str, also: Sequence[Fields] = ()) -> str:
+        """Insert a new consent record and its audit entry in one transaction; return its id.
+
+        ``also``: entries to audit just before it, in the same transaction (the anomalies that forced it).
+        """
         consent_id = new_id("cns")
         sealed = self.seal.seal(CONSENTS, {"consent_id": consent_id, **row})
         async with self.db.write() as conn:
             await conn.execute(insert(_table).values(consent_id=consent_id, **row, seal=sealed))
-            await self.audit.append(
-                conn,
+            entry = Fields(
                 event,
                 actor=actor,
                 user_id=row["user_id"],
@@ -343,11 +374,12 @@ class ConsentStore:
                     "anomalies": row["anomalies"],
                 },
             )
+            await self.audit.append_many(conn, [*also, entry])
         return consent_id
 
-    async def standing(
+    def standing(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         *,
         secret_id: str,
         agent: str,
@@ -360,28 +392,11 @@ class ConsentStore:
         Each candidate's seal is checked (RowTampered, not yet reported: the caller wraps its read in
         ``seal.reporting()``): a row flipped to approved outside Grace is refused, never used.
         """
-        rows = (
-            (
-                await conn.execute(
-                    select(_table)
-                    .where(
-                        _table.c.secret_id == secret_id,
-                        _table.c.requested_by == agent,
-                        _table.c.requested_action == action,
-                        _table.c.consent_status == "approved",
-                        _table.c.single_use.is_(False),
-                        _table.c.valid_until > now,
-                        # The same agent name under another user's token is another agent.
-                        _table.c.requester_user_id.is_(None)
-                        if requester_user_id is None
-                        else _table.c.requester_user_id == requester_user_id,
-                    )
-                    .order_by(_table.c.created_at.desc())
-                )
-            )
-            .mappings()
-            .all()
-        )
+        query = _STANDING_OF_NOBODY if requester_user_id is None else _STANDING
+        params = {"secret_id": secret_id, "agent": agent, "action": action, "now": now}
+        if requester_user_id is not None:
+            params["requester_user_id"] = requester_user_id
+        rows = conn.execute(query, params).mappings().all()
         for row in rows:
             self.seal.require(CONSENTS, row)
             record = record_from_row(row)
@@ -468,8 +483,8 @@ class ConsentStore:
             {"consent_status": "revoked", "revoked_at": now, "revoked_by": actor},
         )
 
-    async def use(self, conn: AsyncConnection, record: ConsentRecord, now: datetime) -> bool:
-        """Count one use inside the caller's release transaction; False if it may not be used (any more)."""
+    def use(self, conn: Connection, record: ConsentRecord, now: datetime) -> bool:
+        """Count one use inside the caller's (synchronous) release transaction; False if it may not be used any more."""
         if record.single_use:
             same, sealed = self._resealed(record, {"consent_status": "consumed"})
             statement = (
@@ -493,7 +508,25 @@ class ConsentStore:
                 )
                 .values(used_count=_table.c.used_count + 1, last_used_at=now)
             )
-        return (await conn.execute(statement)).rowcount == 1
+        return conn.execute(statement).rowcount == 1
+
+    @staticmethod
+    def use_standing(conn: Connection, consent_id: str, uses: int, now: datetime) -> bool:
+        """Count ``uses`` uses of a persistent consent at once (a group of releases); False if it may not be used.
+
+        Like :meth:`use` for a record that is not single use: changes no sealed column.
+        """
+        statement = (
+            update(_table)
+            .where(
+                _table.c.consent_id == consent_id,
+                _table.c.consent_status == "approved",
+                _table.c.single_use.is_(False),
+                _table.c.valid_until > now,
+            )
+            .values(used_count=_table.c.used_count + uses, last_used_at=now)
+        )
+        return conn.execute(statement).rowcount == 1
 
     async def past_expiry(self, now: datetime) -> list[ConsentRecord]:
         """Return the pending requests whose answer window has passed (a row whose seal fails is left alone:

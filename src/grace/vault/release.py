@@ -4,21 +4,32 @@ The consent is used with one conditional UPDATE (single use: ``approved ->
 consumed``, so of two concurrent uses exactly one wins), the release is
 counted, and the ``secret.released`` audit entry is written, all in one
 transaction; only after it commits is the value handed over.
+
+Releases asked for at the same moment share that transaction (group commit): each waits in a list,
+and one drainer per process records the waiting releases together, each with its own audit entry,
+chained one after another. The write lock, the chain's head and anchor check, the commit with its
+flush to disk and the anchor's advance are paid once per group; each request is answered only once
+the transaction holding its entry has committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import RowMapping
 
 from grace import errors
 from grace.auth import Principal
 from grace.clock import Clock
 from grace.storage import Database
 from grace.vault import consent, crypto
-from grace.vault.audit import AuditLog, audited
+from grace.vault.audit import AuditLog, Fields, audited
 from grace.vault.consent import ConsentRecord, ConsentStore
 from grace.vault.store import SecretInfo, SecretStore, SecretValue, owner_for
 from grace.vault.workflow import ConsentWorkflow
@@ -30,8 +41,40 @@ log = logging.getLogger("grace.vault")
 _ANOTHER_REQUESTER = "consent was given to another requester"
 
 
+# The most releases one transaction records.
+MAX_GROUP = 200
+
+
 class _LostRace(Exception):
     pass
+
+
+class _Lost(Exception):
+    """Some of a group's releases may not happen (a consent used up or revoked, a secret revoked): their indices."""
+
+    def __init__(self, lost: set[int]) -> None:
+        super().__init__(f"{len(lost)} releases lost their race")
+        self.lost = lost
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A release waiting for its group's transaction."""
+
+    by: Principal
+    record: ConsentRecord
+    secret: SecretInfo
+    now: datetime
+    future: asyncio.Future[None]
+
+
+def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
+    if future.done():  # its request was cancelled: the release stands on the record, nobody is told
+        return
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)
 
 
 @dataclass(frozen=True)
@@ -74,6 +117,8 @@ class Release:
     secrets: SecretStore
     consents: ConsentStore
     workflow: ConsentWorkflow
+    _waiting: list[_Waiting] = field(default_factory=list, init=False)  # releases not yet in a group
+    _drainer: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __repr__(self) -> str:
         return "Release()"
@@ -116,7 +161,8 @@ class Release:
             decision = await self.workflow.wait(decision.consent_id, wait_seconds)
         if decision.status != "approved" or decision.consent_id is None:
             return AccessResult(decision.status, decision.consent_id, decision.reason, anomalies=decision.anomalies)
-        return await self._release(by, decision.record or await self.consents.get(decision.consent_id))
+        record = decision.record or await self.consents.get(decision.consent_id)
+        return await self._release(by, record, decision.secret, decision.version)
 
     async def redeem(self, by: Principal, consent_id: str, *, wait_seconds: float = 0) -> AccessResult:
         """Collect the value a consent id stands for (poll mode); pending, denied or released."""
@@ -144,7 +190,14 @@ class Release:
         await self.workflow.refuse(by, record, "secret.access_denied", audited_reason)
         return AccessResult("denied", record.consent_id, reason)
 
-    async def _release(self, by: Principal, record: ConsentRecord) -> AccessResult:
+    async def _release(
+        self,
+        by: Principal,
+        record: ConsentRecord,
+        secret: SecretInfo | None = None,
+        version: RowMapping | None = None,
+    ) -> AccessResult:
+        """Release the value ``record`` consents to; ``secret`` and its ``version`` row when the request read them."""
         now = self.clock.now()
         if record.secret_id is None or record.kind != "secret":
             return await self._refused(by, record, "an approval", "an approval releases no secret")
@@ -155,7 +208,10 @@ class Release:
         if not record.single_use and record.idle_expired(now):
             return await self._refused(by, record, "consent idle too long", "the consent lapsed after being idle")
         try:
-            secret, value = await self.secrets.open_current(record.secret_id)
+            if secret is not None and secret.id == record.secret_id and secret.status == "active":
+                value: SecretValue | None = await self.secrets.open_version(secret, version)
+            else:
+                secret, value = await self.secrets.open_current(record.secret_id)
         except crypto.IntegrityFailure:
             await self.workflow.refuse(by, record, "secret.integrity_failure", "ciphertext failed authentication")
             log.error("vault.integrity_failure", extra={"secret_id": record.secret_id})
@@ -163,8 +219,10 @@ class Release:
         if value is None:
             return await self._refused(by, record, "secret revoked", "the secret has been revoked")
         try:
-            await audited(self._record_release(by, record, secret, now))
+            await self._record_release(by, record, secret, now)
         except _LostRace:
+            if record.valid_until is not None and self.clock.now() >= record.valid_until:
+                return await self._refused(by, record, "consent expired", "the consent has expired")
             reason = (
                 "this single-use consent was already used, or it or the secret was revoked"
                 if record.single_use
@@ -175,26 +233,118 @@ class Release:
         return AccessResult("approved", record.consent_id, "released", value, secret.version, tuple(record.anomalies))
 
     async def _record_release(self, by: Principal, record: ConsentRecord, secret: SecretInfo, now: datetime) -> None:
-        """Use the consent, count the release and audit it in one transaction; _LostRace if either was revoked."""
-        async with self.db.write() as conn:
-            if not await self.consents.use(conn, record, now):
-                raise _LostRace
-            if not await self.secrets.count_use(
-                conn, secret, agent=record.requested_by, action=record.requested_action, now=now
-            ):
-                raise _LostRace  # revoked since it was read
-            # The release is on record before the value leaves: if this write fails, nothing is released.
-            await self.audit.append(
+        """Use the consent, count the release and audit it, in one transaction with the releases asked meanwhile.
+
+        Returns once that transaction has committed; _LostRace if the consent or the secret may no
+        longer be used; AuditUnavailable (nothing released) if the transaction failed.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(by, record, secret, now, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="grace-vault-release-group")
+        await future
+
+    async def _drain(self) -> None:
+        group: list[_Waiting] = []
+        try:
+            while self._waiting:
+                group = []
+                try:
+                    lost = await audited(self._record_group(group))
+                except Exception as exc:  # nothing of the group was recorded, so nothing of it is released
+                    if not group:  # no transaction could begin (the database is down): the next ones fail alike
+                        group = self._waiting[:MAX_GROUP]
+                        del self._waiting[:MAX_GROUP]
+                    for waiting in group:
+                        _settle(waiting.future, exc)
+                    continue
+                for i, waiting in enumerate(group):
+                    _settle(waiting.future, _LostRace() if i in lost else None)
+        except BaseException as exc:  # stopped (shutdown): nobody waits for ever
+            for waiting in [*group, *self._waiting]:
+                _settle(waiting.future, exc if isinstance(exc, Exception) else errors.ServiceNotRunning())
+            self._waiting = []
+            raise
+
+    async def _record_group(self, group: list[_Waiting]) -> set[int]:
+        """Record ``group`` (filled with the waiting releases once the transaction has begun); return who lost.
+
+        A release that may not happen (its consent used up or revoked, its secret revoked) is found by
+        its conditional UPDATE; the transaction is then rolled back and the group recorded again
+        without it, so nothing of a lost release is counted.
+        """
+        lost: set[int] = set()
+
+        def fill() -> None:  # once the transaction may begin: the releases asked meanwhile join it
+            if not group:
+                # A request cancelled before its group began (its client gone) releases nothing.
+                group.extend(w for w in self._waiting[:MAX_GROUP] if not w.future.done())
+                del self._waiting[:MAX_GROUP]
+
+        def write(conn: Connection) -> None:
+            self._write_group(conn, [(i, w) for i, w in enumerate(group) if i not in lost])
+
+        while True:
+            try:
+                # On SQLite the whole transaction is one hand-off to the writing thread (Database.write_sync).
+                await self.db.write_sync(write, first=fill)
+                return lost
+            except _Lost as found:
+                lost |= found.lost
+
+    def _write_group(self, conn: Connection, group: list[tuple[int, _Waiting]]) -> None:
+        """Use the consents, count the releases and audit each, in the caller's transaction; _Lost names losers.
+
+        Rows are changed in the order of their ids (consents, then secrets, as a single release
+        does), so two processes' groups never wait for each other in a cycle on PostgreSQL.
+        """
+        if not group:
+            return
+        lost: set[int] = set()
+        standing: dict[str, list[tuple[int, _Waiting]]] = defaultdict(list)
+        single: dict[str, list[tuple[int, _Waiting]]] = defaultdict(list)
+        for i, waiting in group:
+            (single if waiting.record.single_use else standing)[waiting.record.consent_id].append((i, waiting))
+        for consent_id in sorted({*standing, *single}):
+            for i, waiting in single.get(consent_id, []):
+                if not self.consents.use(conn, waiting.record, waiting.now):
+                    lost.add(i)  # of two uses of a single-use consent, the second finds it consumed
+            uses = standing.get(consent_id, [])
+            if uses and not self.consents.use_standing(conn, consent_id, len(uses), max(w.now for _, w in uses)):
+                lost.update(i for i, _ in uses)
+        if lost:
+            raise _Lost(lost)
+        by_secret: dict[str, list[tuple[int, _Waiting]]] = defaultdict(list)
+        for i, waiting in group:
+            by_secret[waiting.secret.id].append((i, waiting))
+        for secret_id in sorted(by_secret):
+            releases = by_secret[secret_id]
+            counted = self.secrets.count_uses(
                 conn,
-                "secret.released",
-                actor=by.name,
-                user_id=secret.owner_id,
-                secret_id=secret.id,
-                consent_id=record.consent_id,
-                details={
-                    "secret_key": secret.key,
-                    "version": secret.version,
-                    "requested_action": record.requested_action,
-                    "single_use": record.single_use,
-                },
+                releases[0][1].secret,
+                [(w.record.requested_by, w.record.requested_action, w.now) for _, w in releases],
             )
+            if not counted:
+                lost.update(i for i, _ in releases)  # revoked since it was read
+        if lost:
+            raise _Lost(lost)
+        # Each release is on record before its value leaves: if this write fails, nothing is released.
+        self.audit.append_many_in(
+            conn,
+            [
+                Fields(
+                    "secret.released",
+                    actor=w.by.name,
+                    user_id=w.secret.owner_id,
+                    secret_id=w.secret.id,
+                    consent_id=w.record.consent_id,
+                    details={
+                        "secret_key": w.secret.key,
+                        "version": w.secret.version,
+                        "requested_action": w.record.requested_action,
+                        "single_use": w.record.single_use,
+                    },
+                )
+                for _, w in group
+            ],
+        )

@@ -133,6 +133,7 @@ class Vault:
             policy=governance.load_policy(settings.vault_policy_file),
             key_lifetime=timedelta(days=settings.vault_key_lifetime_days),
             anchor_path=settings.audit_anchor_file,
+            anomaly_policy=anomaly.AnomalyPolicy(burst_count=settings.vault_burst_per_minute),
         )
         await vault.keyring.ensure_active()
         return vault

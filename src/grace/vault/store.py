@@ -8,11 +8,12 @@ the active key-encryption key (bound to secret id, version and KEK id).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -133,6 +134,16 @@ class SecretInfo:
             "updated_at": clock.iso(self.updated_at),
             "revoked_at": clock.iso(self.revoked_at),
         }
+
+
+# Statements of the access path, built once.
+_BY_KEY = select(vault_secrets).where(
+    vault_secrets.c.owner_id == bindparam("owner_id"), vault_secrets.c.key == bindparam("key")
+)
+_VERSION = select(vault_secret_versions).where(
+    vault_secret_versions.c.secret_id == bindparam("secret_id"),
+    vault_secret_versions.c.version == bindparam("version"),
+)
 
 
 def secret_info(row: RowMapping) -> SecretInfo:
@@ -367,21 +378,32 @@ class SecretStore:
             info = secret_info(found)
             if info.status != "active":
                 return info, None
-            row = (
-                (
-                    await conn.execute(
-                        select(vault_secret_versions).where(
-                            vault_secret_versions.c.secret_id == secret_id,
-                            vault_secret_versions.c.version == info.version,
-                        )
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            row = await self.current_version(conn, info)
+        return info, await self.open_version(info, row)
+
+    def find(self, conn: Connection, owner_id: str, key: str) -> SecretInfo | None:
+        """Read a secret inside the caller's (synchronous) transaction, its seal required (RowTampered, not yet
+        reported: the caller wraps its read in ``seal.reporting()``); None if there is none of that name."""
+        row = conn.execute(_BY_KEY, {"owner_id": owner_id, "key": key}).mappings().first()
         if row is None:
-            raise errors.NotFound(f"no version {info.version} of this secret")
-        return info, await self._open(row, secret_id, info.version)
+            return None
+        self.seal.require(SECRETS, row)
+        return secret_info(row)
+
+    async def current_version(self, conn: AsyncConnection, secret: SecretInfo) -> RowMapping | None:
+        """The sealed row of ``secret``'s current version, read inside the caller's transaction."""
+        return (await conn.execute(_VERSION, {"secret_id": secret.id, "version": secret.version})).mappings().first()
+
+    @staticmethod
+    def current_version_in(conn: Connection, secret: SecretInfo) -> RowMapping | None:
+        """:meth:`current_version` inside the caller's synchronous transaction (``Database.read_sync``)."""
+        return conn.execute(_VERSION, {"secret_id": secret.id, "version": secret.version}).mappings().first()
+
+    async def open_version(self, secret: SecretInfo, row: RowMapping | None) -> SecretValue:
+        """Open the version row :meth:`current_version` read; IntegrityFailure if anything was altered."""
+        if row is None:
+            raise errors.NotFound(f"no version {secret.version} of this secret")
+        return await self._open(row, secret.id, secret.version)
 
     async def _open(self, row: RowMapping, secret_id: str, version: int) -> SecretValue:
         dek = await self.keyring.unwrap_dek(row["key_id"], row["dek_id"], row["wrapped_dek"], secret_id, version)
@@ -457,21 +479,33 @@ class SecretStore:
             row = (await conn.execute(select(vault_secrets).where(vault_secrets.c.id == secret.id))).mappings().one()
         return secret_info(row)
 
-    async def count_use(
-        self, conn: AsyncConnection, secret: SecretInfo, *, agent: str, action: str, now: datetime
-    ) -> bool:
-        """Count a release inside the caller's transaction (anomalies read it); False if revoked meanwhile."""
-        counted = await conn.execute(
+    @staticmethod
+    def count_uses(conn: Connection, secret: SecretInfo, uses: Sequence[tuple[str, str, datetime]]) -> bool:
+        """Count several releases of one secret, each ``(agent, action, at)``, in the caller's (sync) transaction.
+
+        One update of the secret's counters and one insert of the releases (anomalies read them);
+        False, and nothing counted, if the secret was revoked meanwhile.
+        """
+        counted = conn.execute(
             update(vault_secrets)
             .where(vault_secrets.c.id == secret.id, vault_secrets.c.status == "active")
-            .values(usage_count=vault_secrets.c.usage_count + 1, last_used_at=now)
+            .values(usage_count=vault_secrets.c.usage_count + len(uses), last_used_at=max(at for _, _, at in uses))
         )
         if counted.rowcount != 1:
             return False
-        await conn.execute(
-            insert(vault_usage).values(
-                secret_id=secret.id, owner_id=secret.owner_id, agent=agent, action=action, at=now, hour=now.hour
-            )
+        conn.execute(
+            insert(vault_usage),
+            [
+                {
+                    "secret_id": secret.id,
+                    "owner_id": secret.owner_id,
+                    "agent": agent,
+                    "action": action,
+                    "at": at,
+                    "hour": at.hour,
+                }
+                for agent, action, at in uses
+            ],
         )
         return True
 

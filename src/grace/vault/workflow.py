@@ -14,9 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import RowMapping
 
 from grace import errors
 from grace.auth import Principal, Role, Scope
@@ -24,7 +28,7 @@ from grace.bus import Bus
 from grace.clock import Clock
 from grace.storage import Database
 from grace.vault import anomaly, consent, governance, risk
-from grace.vault.audit import AuditLog, audited
+from grace.vault.audit import AuditLog, Fields, audited
 from grace.vault.consent import ConsentDecision, ConsentPolicy, ConsentRecord, ConsentStore
 from grace.vault.store import SecretInfo, SecretStore
 
@@ -40,6 +44,15 @@ APPROVAL_MAX_TIMEOUT = timedelta(days=7)
 APPROVAL_RISK = "medium"
 WAIT_POLL_SECONDS = 0.2
 REVOKE_ATTEMPTS = 5
+
+
+class _Read(NamedTuple):
+    """What a request's read found: the secret, its anomalies, a standing consent and the current version's row."""
+
+    secret: SecretInfo | None
+    found: list[str]
+    standing: ConsentRecord | None = None
+    version: RowMapping | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -90,16 +103,17 @@ class ConsentWorkflow:
             raise errors.InvalidInput("requested_for is at most 256 characters")
         ctx = consent.validate_context(context)
         timeout = self._answer_window(timeout_seconds)
-        secret = await self._secret(user_id, secret_key, agent, action)
-        level = _level(secret, secret_type, service, risk_level)
         now = self.clock.now()
         requester_user_id = requester.user_id if requester else None
-        base = _new_row(secret, agent, requested_for, action, requester_user_id, level, ctx, now, timeout)
-        if secret.status != "active":
-            return await self._deny_new(base, "the secret has been revoked")
+        key = secret_key.strip()
 
-        async with self.store.seal.reporting(), self.db.read() as conn:
-            found = await anomaly.detect(
+        def decide(conn: Connection) -> _Read:
+            """One read for all a request decides on: the secret (its seal checked), the agent's history, a
+            standing consent and, when there is one, the secret's current version for the release that follows."""
+            secret = self.secrets.find(conn, user_id, key)
+            if secret is None or secret.status != "active":
+                return _Read(secret, [])
+            found = anomaly.detect(
                 conn,
                 self.anomaly_policy,
                 owner_id=secret.owner_id,
@@ -108,17 +122,35 @@ class ConsentWorkflow:
                 action=action,
                 now=now,
             )
-            # Looked up now, used only if governance allows below; an anomaly rules it out.
-            standing = (
-                None
-                if found
-                else await self.store.standing(
-                    conn, secret_id=secret.id, agent=agent, action=action, requester_user_id=requester_user_id, now=now
-                )
+            if found:  # an anomaly rules a standing consent out
+                return _Read(secret, found)
+            # Looked up now, used only if governance allows below.
+            standing = self.store.standing(
+                conn,
+                secret_id=secret.id,
+                agent=agent,
+                action=action,
+                requester_user_id=requester_user_id,
+                now=now,
             )
+            if standing is None:
+                return _Read(secret, [])
+            return _Read(secret, [], standing, self.secrets.current_version_in(conn, secret))
+
+        # On SQLite the whole read is one hand-off to a reading thread (Database.read_sync).
+        async with self.store.seal.reporting():
+            secret, found, standing, version = await self.db.read_sync(decide)
+        if secret is None:
+            await self._no_such_secret(user_id, secret_key, agent, action)
+            raise errors.NotFound(f"no secret named {secret_key.strip()[:128]!r}")
+        level = _level(secret, secret_type, service, risk_level)
+        base = _new_row(secret, agent, requested_for, action, requester_user_id, level, ctx, now, timeout)
+        if secret.status != "active":
+            return await self._deny_new(base, "the secret has been revoked")
+
         base["anomalies"] = found
-        if found:
-            await self._flag(secret, agent, action, found)
+        # An anomaly is audited in the transaction that stores the consent request it forces (or its denial).
+        flagged = [_anomaly_entry(secret, agent, action, found)] if found else []
 
         if level.needs_governance:
             decision = await self._govern(
@@ -129,11 +161,16 @@ class ConsentWorkflow:
             )
             base["governance_decision"] = "allow" if decision.allowed else "deny"
             if not decision.allowed:
-                return await self._deny_new(base, f"governance: {decision.reason}")
+                denied = await self._deny_new(base, f"governance: {decision.reason}", also=flagged)
+                if found:
+                    await self._publish_anomaly(secret, agent, action, found)
+                return denied
 
         if not found:
             if standing is not None:
-                return ConsentDecision("approved", standing.consent_id, "standing consent", record=standing)
+                return ConsentDecision(
+                    "approved", standing.consent_id, "standing consent", record=standing, secret=secret, version=version
+                )
             if level is risk.RiskLevel.LOW and risk.is_read_only(action):
                 base.update(
                     consent_status="approved",
@@ -146,7 +183,9 @@ class ConsentWorkflow:
                 return ConsentDecision("approved", consent_id, "low-risk read-only action approved itself")
 
         base["consent_status"] = "pending"
-        consent_id = await audited(self.store.insert(base, "consent.requested", actor=agent))
+        consent_id = await audited(self.store.insert(base, "consent.requested", actor=agent, also=flagged))
+        if found:
+            await self._publish_anomaly(secret, agent, action, found)
         await self.bus.publish(
             TOPIC_REQUEST,
             {
@@ -247,34 +286,20 @@ class ConsentWorkflow:
             )
         return timeout
 
-    async def _secret(self, user_id: str, secret_key: str, agent: str, action: str) -> SecretInfo:
-        try:
-            return await self.secrets.get(user_id, secret_key.strip())
-        except errors.NotFound:
-            # An attempt on a secret that does not exist is an access attempt too.
-            await audited(
-                self.audit.record(
-                    "secret.access_denied",
-                    actor=agent,
-                    user_id=user_id or None,
-                    outcome="refused",
-                    details={"secret_key": secret_key[:128], "requested_action": action, "reason": "no such secret"},
-                )
-            )
-            raise
-
-    async def _flag(self, secret: SecretInfo, agent: str, action: str, found: list[str]) -> None:
-        """Audit, publish and log the anomalies a request shows."""
+    async def _no_such_secret(self, user_id: str, secret_key: str, agent: str, action: str) -> None:
+        """Audit an attempt on a secret that does not exist: an access attempt too."""
         await audited(
             self.audit.record(
-                "secret.anomaly",
+                "secret.access_denied",
                 actor=agent,
-                user_id=secret.owner_id,
-                secret_id=secret.id,
-                outcome="flagged",
-                details={"anomalies": found, "action": action, "secret_key": secret.key},
+                user_id=user_id or None,
+                outcome="refused",
+                details={"secret_key": secret_key[:128], "requested_action": action, "reason": "no such secret"},
             )
         )
+
+    async def _publish_anomaly(self, secret: SecretInfo, agent: str, action: str, found: list[str]) -> None:
+        """Publish and log the anomalies a request showed (audited with the record it forced)."""
         await self.bus.publish(
             TOPIC_ANOMALY,
             {
@@ -312,9 +337,9 @@ class ConsentWorkflow:
         )
         return decision
 
-    async def _deny_new(self, row: dict[str, Any], reason: str) -> ConsentDecision:
+    async def _deny_new(self, row: dict[str, Any], reason: str, *, also: Sequence[Fields] = ()) -> ConsentDecision:
         row.update(consent_status="denied", denial_reason=reason[:512], responded_at=self.clock.now())
-        consent_id = await audited(self.store.insert(row, "consent.denied", actor="vault"))
+        consent_id = await audited(self.store.insert(row, "consent.denied", actor="vault", also=also))
         return ConsentDecision("denied", consent_id, reason, tuple(row["anomalies"]))
 
     # -- answering -----------------------------------------------------------------
@@ -572,6 +597,18 @@ class ConsentWorkflow:
         """Return requests waiting for the caller: the owner's, and (operators, admins) second approvals."""
         second_approvals = by.has_role(Role.OPERATOR) and by.agent is None and not named_owner
         return await self.store.pending(owner_id, self.clock.now(), second_approvals=second_approvals)
+
+
+def _anomaly_entry(secret: SecretInfo, agent: str, action: str, found: list[str]) -> Fields:
+    """The ``secret.anomaly`` audit entry of a request that showed ``found``."""
+    return Fields(
+        "secret.anomaly",
+        actor=agent,
+        outcome="flagged",
+        user_id=secret.owner_id,
+        secret_id=secret.id,
+        details={"anomalies": found, "action": action, "secret_key": secret.key},
+    )
 
 
 def _level(secret: SecretInfo, secret_type: str | None, service: str | None, risk_level: str | None) -> risk.RiskLevel:
