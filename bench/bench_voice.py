@@ -9,6 +9,9 @@ too when ``GRACE_TEST_DATABASE_URL`` names a server (a throwaway database is mad
   seconds, and ``end_to_end`` from consent to searchable.
 - ``search``: one user with ``BENCH_VOICE_CHUNKS`` chunks (default ``10000,100000``; random unit
   vectors, template text) and ``search`` p50/p95 over 100 queries, query embedding included.
+  ``BENCH_VOICE_SOURCES=before=/tmp/old/src,after=src`` also runs each named source tree's search in
+  a process of its own over the same database (bench/voice_searcher.py), the trees taking turns on
+  every query, to compare them under the same load.
 - ``recall``: 100 notes made from 25 fact templates (four people each) among 10,000 distractor chunks
   of other sentences; each note is asked for by a keyword query and a paraphrase; recall@1, recall@5
   and MRR for each fusion (``vector``, ``bonus``, ``rrf``). Text only: this measures retrieval, the
@@ -54,12 +57,22 @@ from grace.voice.engines import Engines, MiniLMEmbedder, OnnxMiniLMEmbedder, Whi
 from grace.voice.tables import voice_chunks, voice_notes, voice_segments, voice_sentences
 
 MINUTES = [float(m) for m in os.environ.get("BENCH_VOICE_MINUTES", "1,10").split(",") if m.strip()]
+# Keyword-only searches timed per size (each is seconds on PostgreSQL past 10k chunks; one ran for minutes
+# right after the 100k chunks were written, before anything had read them); 0 skips them.
+KEYWORD_SAMPLES = int(os.environ.get("BENCH_VOICE_KEYWORD_SAMPLES", "10"))
 CHUNK_COUNTS = [int(n) for n in os.environ.get("BENCH_VOICE_CHUNKS", "10000,100000").split(",") if n.strip()]
 SEARCHES = 100
 DISTRACTORS = int(os.environ.get("BENCH_VOICE_DISTRACTORS", "10000"))
 PARTS = set(os.environ.get("BENCH_VOICE_PARTS", "pipeline,search,recall").split(","))
 BACKENDS = [b for b in os.environ.get("BENCH_VOICE_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 PEERS_UP_TO = int(os.environ.get("BENCH_VOICE_PEERS_UP_TO", "10000"))
+SEARCHER = str(Path(__file__).resolve().parent / "voice_searcher.py")
+# name=source tree pairs, e.g. "before=/tmp/old/src,after=src": the search part also runs each tree's
+# search in a process of its own over the same database, the trees taking turns on every query.
+SOURCES = [
+    (name, str(Path(tree).resolve()))
+    for name, _, tree in (p.partition("=") for p in os.environ.get("BENCH_VOICE_SOURCES", "").split(",") if p)
+]
 
 
 class E5SmallQ4:
@@ -401,15 +414,21 @@ async def _bulk_chunks(
     texts: list[str],
     vectors: np.ndarray,
     sentence_vector: Callable[[str], np.ndarray],
-) -> None:
-    """Write one note per chunk (with its segment and its sentences, as the pipeline would) into the index."""
+    *,
+    first: int = 0,
+    named: bool = False,
+) -> list[str]:
+    """Write one note per chunk (with its segment and its sentences, as the pipeline would) into the
+    index; return the notes' ids. The owner's version moves once per batch of 2,000, naming the note
+    when ``named`` and the batch is one note (as the pipeline does), else none (a cache loads whole)."""
+    made: list[str] = []
     now = datetime.now(UTC)
     db = services.db
     for start in range(0, len(texts), 2000):
         batch = range(start, min(start + 2000, len(texts)))
         notes, segments, chunks, cut = [], [], [], {}
         for i in batch:
-            note = f"vn_bench_{owner[-6:]}_{i}"
+            note = f"vn_bench_{owner[-6:]}_{i + first}"
             notes.append(
                 {
                     "id": note,
@@ -484,7 +503,10 @@ async def _bulk_chunks(
                 )
             else:
                 await conn.execute(insert(voice_sentences), sentences)
-            await index.bump_version(conn, owner)
+            single = notes[0]["id"] if named and len(notes) == 1 else None
+            await index.bump_version(conn, owner, single)
+        made.extend(n["id"] for n in notes)
+    return made
 
 
 def _distractor_sentence(rng: random.Random) -> str:
@@ -672,7 +694,7 @@ async def _search_latency(services: Services, chunks: int, backend: str, workdir
             began = time.perf_counter()
             await voice.vectors.search(conn, me.user_id, vector, 40, exact=True)
             samples["vectors_every_vector"].append(time.perf_counter() - began)
-            if peers or len(samples["keyword"]) < 10:  # seconds a query on PostgreSQL past 10k chunks
+            if peers or len(samples["keyword"]) < KEYWORD_SAMPLES:  # seconds a query on PostgreSQL past 10k chunks
                 began = time.perf_counter()
                 await index.keyword_search(conn, me.user_id, query, 40)
                 samples["keyword"].append(time.perf_counter() - began)
@@ -696,6 +718,7 @@ async def _search_latency(services: Services, chunks: int, backend: str, workdir
             uncached.append(time.perf_counter() - began)
     if peer is not None:
         peer.close()
+    sources = await _compare_sources(services, me, queries) if SOURCES else "BENCH_VOICE_SOURCES not set"
     _log(f"{backend}: {chunks} chunks done")
     return {
         "chunks": chunks,
@@ -712,6 +735,139 @@ async def _search_latency(services: Services, chunks: int, backend: str, workdir
         "same_top10_as_every_vector": round(same_top10 / len(queries), 3),
         "repeated_queries": _percentiles(repeated),
         "vectors_uncached": _percentiles(uncached) if uncached else "not run above BENCH_VOICE_PEERS_UP_TO chunks",
+        "sources": sources,
+    }
+
+
+REFRESH_ROUNDS = int(os.environ.get("BENCH_VOICE_REFRESH_ROUNDS", "3"))
+
+
+async def _refresh(services: Services, chunks: int, backend: str) -> dict[str, Any]:
+    """The first search after one note is added to (or deleted from) an owner with ``chunks`` chunks.
+
+    Taking turns, ``REFRESH_ROUNDS`` times: a note added as the pipeline adds one (its change names
+    it: the cache reads that note's rows alone), a note added by a change that names no note (the
+    cache loads the owner's vectors whole, as every change did before ``voice_index_changes``), and
+    the first note deleted. Each time, the search right after it (its query's vector already kept,
+    so this is the refresh and the ranking), then one more (the ranking alone).
+    """
+    me = await _user(services, f"refresher{chunks}")
+    rng = random.Random(chunks)
+    nrng = np.random.default_rng(chunks)
+    texts = _distractor_texts(min(chunks, 2000), rng)
+    texts = [texts[i % len(texts)] for i in range(chunks)]
+    _log(f"{backend}: writing {chunks} chunks")
+    await _bulk_chunks(services, me.user_id, texts, _unit(nrng, chunks), lambda _: _unit(nrng, 1)[0])
+    voice = services.voice
+    question = "when is Maria's meeting about the finances"
+    await voice.search(me, question, top_k=10)  # loads the owner's vectors, keeps the query's vector
+    await voice.search(me, question, top_k=10)
+    samples: dict[str, list[float]] = {"incremental": [], "full_reload": [], "delete": [], "held": []}
+    loads, refreshes = voice.vectors.loads, voice.vectors.refreshes
+    load_before = os.getloadavg()
+    added: list[str] = []
+
+    async def timed(kind: str) -> None:
+        began = time.perf_counter()
+        await voice.search(me, question, top_k=10)
+        samples[kind].append(time.perf_counter() - began)
+        began = time.perf_counter()
+        await voice.search(me, question, top_k=10)
+        samples["held"].append(time.perf_counter() - began)
+
+    for k in range(REFRESH_ROUNDS):
+        for kind in ("incremental", "full_reload"):
+            text = _distractor_texts(1, rng)
+            added += await _bulk_chunks(
+                services,
+                me.user_id,
+                text,
+                _unit(nrng, 1),
+                lambda _: _unit(nrng, 1)[0],
+                first=chunks + 2 * k + (kind == "full_reload"),
+                named=kind == "incremental",
+            )
+            await timed(kind)
+        await voice.delete(me, added.pop(0))
+        await timed("delete")
+        _log(f"{backend}: refresh round {k + 1} of {REFRESH_ROUNDS} at {chunks} chunks")
+    load_after = os.getloadavg()
+    return {
+        "chunks": chunks,
+        "vectors_in_memory": voice.vectors.size(me.user_id),
+        "load_before": load_before,
+        "first_search_after_one_note_added_s": [round(x, 3) for x in samples["incremental"]],
+        "same_with_the_owner_loaded_whole_s": [round(x, 3) for x in samples["full_reload"]],
+        "first_search_after_one_note_deleted_s": [round(x, 3) for x in samples["delete"]],
+        "search_with_nothing_changed_s": _percentiles(samples["held"]),
+        "whole_loads": voice.vectors.loads - loads,
+        "refreshes": voice.vectors.refreshes - refreshes,
+        "load_after": load_after,
+    }
+
+
+async def _compare_sources(services: Services, me: Principal, queries: list[str]) -> dict[str, Any]:
+    """Each of ``SOURCES``' search over this owner's notes, in a process of its own (bench/voice_searcher.py).
+
+    The processes load the owner's vectors, then take turns on every query (the first to go
+    alternating), so every tree is measured under the same load; each search embeds its query.
+    """
+    env = {
+        **os.environ,
+        "GRACE_DATABASE_URL": services.settings.database_url,
+        "GRACE_DATA_DIR": str(services.settings.data_dir),
+    }
+    procs = {}
+    for name, tree in SOURCES:
+        procs[name] = await asyncio.create_subprocess_exec(
+            sys.executable,
+            SEARCHER,
+            me.user_id,
+            me.name,
+            env={**env, "PYTHONPATH": tree},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+    try:
+        for name, proc in procs.items():
+            assert proc.stdout is not None
+            while (line := await proc.stdout.readline()) and line.strip() != b"ready":
+                pass
+            if not line:
+                raise RuntimeError(f"the {name} searcher ended before it was ready")
+        _log(f"sources {', '.join(procs)} ready; taking turns on {len(queries)} queries")
+        samples: dict[str, dict[str, list[float]]] = {n: {"search": [], "same_query_again": []} for n in procs}
+        found: dict[str, list[list[str]]] = {n: [] for n in procs}
+        load_before = os.getloadavg()
+        for i, query in enumerate(queries):
+            order = list(procs) if i % 2 == 0 else list(reversed(procs))
+            for name in order:
+                proc = procs[name]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(query.encode() + b"\n")
+                await proc.stdin.drain()
+                answer = json.loads(await proc.stdout.readline())
+                samples[name]["search"].append(answer["search"])
+                samples[name]["same_query_again"].append(answer["same_query_again"])
+                found[name].append(answer["found"])
+        load_after = os.getloadavg()
+    finally:
+        for proc in procs.values():
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.write(b"\n")
+                proc.stdin.close()
+        for proc in procs.values():
+            await proc.wait()
+    first = next(iter(found))
+    return {
+        "load_before": load_before,
+        "load_after": load_after,
+        **{n: {part: _percentiles(v) for part, v in parts.items()} for n, parts in samples.items()},
+        "same_hits_as": {
+            n: {first: round(sum(a == b for a, b in zip(found[n], found[first], strict=True)) / len(queries), 3)}
+            for n in found
+            if n != first
+        },
     }
 
 
@@ -895,6 +1051,10 @@ async def run() -> dict[str, Any]:
                     result[f"search_{backend}"] = [
                         await _search_latency(services, n, backend, workdir) for n in CHUNK_COUNTS
                     ]
+        if "refresh" in PARTS:
+            for backend in backends:
+                async with _services(backend, workdir / f"refresh-{backend}") as services:
+                    result[f"refresh_{backend}"] = [await _refresh(services, n, backend) for n in CHUNK_COUNTS]
     summary: dict[str, Any] = {}
     if "pipeline" in result:
         summary["rtf"] = {k: v["stages"].get("transcribe", {}).get("rtf") for k, v in result["pipeline"].items()}
@@ -911,6 +1071,7 @@ async def run() -> dict[str, Any]:
                     "every_vector_p95_ms": s["parts"]["search_every_vector"]["p95_ms"],
                     "same_top10_as_every_vector": s["same_top10_as_every_vector"],
                     "load": [s["load_before"][0], s["load_after"][0]],
+                    "sources": s["sources"],
                 }
                 for s in result[f"search_{b}"]
             ]

@@ -7,6 +7,7 @@ Every call names its caller (a :class:`~grace.auth.Principal`); a note is found 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import clock, errors
@@ -55,6 +56,9 @@ FUSION = "vector"
 CANDIDATES = 40
 # How many recent queries' vectors a process keeps (a query its owner asks again is not embedded again).
 QUERY_VECTORS = 512
+# How many times a search ranks again when the owner's notes changed while it ran (then it answers
+# with what it found, less any hit deleted meanwhile).
+_SEARCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -414,7 +418,7 @@ class VoiceNotes:
                 )
                 enqueued = await self.pipeline.submit_in(conn, row["id"], from_stage) if changed.rowcount else None
                 if changed.rowcount:
-                    await index.bump_version(conn, row["owner_id"])  # not searchable until indexed again
+                    await index.bump_version(conn, row["owner_id"], row["id"])  # not searchable until indexed again
             if enqueued is not None:
                 await self.pipeline.htm.announce_created(enqueued)
                 started.append(row["id"])
@@ -511,7 +515,7 @@ class VoiceNotes:
             ):
                 await conn.execute(delete(table).where(table.c.note_id == note_id))
             await conn.execute(delete(voice_notes).where(voice_notes.c.id == note_id))
-            await index.bump_version(conn, row["owner_id"])
+            await index.bump_version(conn, row["owner_id"], row["id"])
             await self.vault.audit.append(
                 conn, "voice.note_deleted", actor=by.name, user_id=row["owner_id"], details={"note_id": note_id}
             )
@@ -519,6 +523,33 @@ class VoiceNotes:
         return {"deleted": note_id}
 
     # -- search ----------------------------------------------------------------------------
+
+    def _one_statement(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for one read statement: on PostgreSQL an autocommit one (no BEGIN or COMMIT)."""
+        return self.db.read() if self.db.is_sqlite else self.db.autocommit()
+
+    async def _ranked(
+        self, owner: str, query: str, vector: npt.NDArray[np.float32], top_k: int, entry: Any
+    ) -> tuple[list[tuple[int, float]], dict[int, int]]:
+        """The ``top_k`` chunks by the fusion, and the best sentence of each that has one."""
+        pool = max(top_k * 4, CANDIDATES)
+        by_sentence = await self.vectors.rank(entry, vector, pool, exact=self.exact)
+        best_of = {chunk: sentence for chunk, _, sentence in by_sentence if sentence}
+        if self.sentences and not fusion.uses_words(self.fusion):  # the default: no query here
+            scored = fusion.fuse([(chunk, score) for chunk, score, _ in by_sentence], [], self.fusion, top_k)
+            return scored, {c: best_of[c] for c, _ in scored if c in best_of}
+        async with self.db.read() as conn:
+            by_words = await index.keyword_search(conn, owner, query, pool) if fusion.uses_words(self.fusion) else []
+            if self.sentences:
+                by_vector = [(chunk, score) for chunk, score, _ in by_sentence]
+            else:  # the chunks' own vectors (bench only: measured against sentences)
+                by_vector = await index.chunk_vector_search(conn, owner, vector, pool)
+            scored = fusion.fuse(by_vector, by_words, self.fusion, top_k)
+            # Each hit points at its chunk's best sentence (one found by words alone: scored here).
+            missing = [c for c, _ in scored if c not in best_of]
+            if missing:
+                best_of.update(await index.best_sentences(conn, owner, missing, vector))
+        return scored, {c: best_of[c] for c, _ in scored if c in best_of}
 
     async def search(
         self, by: Principal, query: str, *, top_k: int = 10, user_id: str | None = None
@@ -533,50 +564,27 @@ class VoiceNotes:
         if not 1 <= top_k <= MAX_TOP_K:
             raise errors.InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}")
         vector = await self._query_vector(owner, query)
-        pool = max(top_k * 4, CANDIDATES)
-        async with self.db.read() as conn:
-            by_sentence = await self.vectors.search(conn, owner, vector, pool, exact=self.exact)
-            # The full-text query only for a fusion that reads it (the default, vector, does not).
-            by_words = await index.keyword_search(conn, owner, query, pool) if fusion.uses_words(self.fusion) else []
-            if self.sentences:
-                by_vector = [(chunk, score) for chunk, score, _ in by_sentence]
-            else:  # the chunks' own vectors (bench only: measured against sentences)
-                by_vector = await index.chunk_vector_search(conn, owner, vector, pool)
-            scored = fusion.fuse(by_vector, by_words, self.fusion, top_k)
-            if not scored:
-                return []
-            # Each hit points at its chunk's best sentence (one found by words alone: scored here).
-            best_of = {chunk: sentence for chunk, _, sentence in by_sentence if sentence}
-            missing = [c for c, _ in scored if c not in best_of]
-            if missing:
-                best_of.update(await index.best_sentences(conn, owner, missing, vector))
-            # The hits' chunks, titles and best sentences: one query.
-            wanted = [best_of[c] for c, _ in scored if c in best_of]
-            rows = {
-                int(r["id"]): r
-                for r in (
-                    await conn.execute(
-                        select(
-                            voice_chunks,
-                            voice_notes.c.title,
-                            voice_sentences.c.text.label("sentence_text"),
-                            voice_sentences.c.start_s.label("sentence_start"),
-                            voice_sentences.c.end_s.label("sentence_end"),
-                        )
-                        .join(voice_notes, voice_notes.c.id == voice_chunks.c.note_id)
-                        .outerjoin(
-                            voice_sentences,
-                            and_(voice_sentences.c.chunk_id == voice_chunks.c.id, voice_sentences.c.id.in_(wanted)),
-                        )
-                        .where(voice_chunks.c.id.in_([c for c, _ in scored]), voice_chunks.c.owner_id == owner)
-                    )
-                )
-                .mappings()
-                .all()
-            }
+        # The owner's vectors as held are ranked first, and the hits' rows are read with the owner's
+        # index version in the same statement: one round trip when nothing changed. A version that
+        # moved (a note made searchable, reindexed or deleted, by this process or another) loads the
+        # owner's vectors again and ranks again, so a search never misses a note that was searchable
+        # when its rows were read, nor returns one deleted before.
+        entry = self.vectors.cached(owner)
+        for _ in range(_SEARCH_ATTEMPTS):
+            if entry is None:
+                async with self.db.read() as conn:
+                    entry = await self.vectors.entry(conn, owner)
+            scored, best_of = await self._ranked(owner, query, vector, top_k, entry)
+            async with self._one_statement() as conn:
+                version, rows = await index.hit_rows(conn, owner, [c for c, _ in scored], list(best_of.values()))
+            if version == entry.version:
+                break
+            entry = None
         hits = []
         for chunk_id, score in scored:
-            row = rows[chunk_id]
+            row = rows.get(chunk_id)
+            if row is None:  # deleted since it was ranked, when the owner's notes kept changing
+                continue
             sentence = (
                 (row["sentence_text"], row["sentence_start"], row["sentence_end"])
                 if row["sentence_text"] is not None

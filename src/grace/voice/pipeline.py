@@ -180,7 +180,7 @@ class Pipeline:
                 .values(**values)
             )
             if changed.rowcount and stage == "index":
-                await index.bump_version(conn, row["owner_id"])  # the note is searchable from this commit
+                await index.bump_version(conn, row["owner_id"], row["id"])  # the note is searchable from this commit
             if changed.rowcount and following is not None:
                 enqueued = await self.submit_in(conn, row["id"], following)
         if enqueued is not None:

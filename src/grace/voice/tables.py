@@ -28,6 +28,7 @@ __all__ = [
     "voice_audio",
     "voice_chunks",
     "voice_consents",
+    "voice_index_changes",
     "voice_index_versions",
     "voice_notes",
     "voice_segments",
@@ -143,6 +144,17 @@ voice_index_versions = Table(
     metadata,
     Column("owner_id", String(40), primary_key=True),
     Column("version", BigInteger, nullable=False),
+)
+
+# One row per move of an owner's version: the version it moved to and the note it was about (written
+# in the same transaction), so a process holding that owner's vectors at an older version reloads
+# only the notes named after it. Only the last ``grace.voice.index.CHANGES_KEPT`` are kept per owner.
+voice_index_changes = Table(
+    "voice_index_changes",
+    metadata,
+    Column("owner_id", String(40), primary_key=True),
+    Column("version", BigInteger, primary_key=True),
+    Column("note_id", String(40), nullable=False),
 )
 
 voice_consents = Table(
