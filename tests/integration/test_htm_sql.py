@@ -67,7 +67,7 @@ async def test_the_claim_functions_upgrade_head_leaves_are_those_of_schema_sql(
     if backend != "postgresql":
         pytest.skip("the claim functions are PostgreSQL's; SQLite's claim is Python on its own thread")
     functions = _blocks(_FUNCTION)
-    assert set(functions) == {"htm_claim", "htm_finish_claim"}
+    assert set(functions) == {"htm_claim", "htm_finish_claim", "htm_submit"}
 
     async def read(conn: AsyncConnection) -> object:
         return {r.signature: r.definition for r in await conn.execute(_PG_FUNCTIONS)}

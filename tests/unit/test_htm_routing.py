@@ -94,3 +94,14 @@ def test_nobody_is_starved_while_capacity_is_free() -> None:
     assert d.route == "accepted"
     assert d.quota_used == "4/3"
     assert d.reasoning == "Routed to normal queue (user_request 4/3 running)"
+
+
+def test_a_delay_is_written_to_the_millisecond_from_its_microseconds_halves_up() -> None:
+    # Decimal arithmetic on the microseconds, as htm_submit does in SQL: a float's formatting would
+    # round 1.0005 s and 0.0015 s by their binary approximations instead.
+    assert routing.seconds_text(timedelta(seconds=35)) == "35.000"
+    assert routing.seconds_text(timedelta(microseconds=1_000_500)) == "1.001"
+    assert routing.seconds_text(timedelta(microseconds=1_500)) == "0.002"
+    assert routing.seconds_text(timedelta(microseconds=1_499)) == "0.001"
+    assert routing.seconds_text(timedelta(microseconds=1)) == "0.000"
+    assert routing.seconds_text(timedelta(seconds=59, microseconds=999_600)) == "60.000"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -47,6 +47,27 @@ FINISH_CLAIM_WITH_EVENTS = _SQL["pg_with_events"].replace("{call}", FINISH_CLAIM
 _INSERT_WITH_EVENTS = (
     "WITH inserted AS ({insert}) INSERT INTO htm_outbox (topic, payload)"
     " SELECT $1::text, p FROM unnest(${n}::text[]) WITH ORDINALITY AS e(p, i) ORDER BY e.i"
+)
+
+# Route and insert a group of new tasks (htm_submit): the columns it takes, one array each, in order.
+SUBMIT = _SQL["pg_submit"]
+SUBMIT_COLUMNS = (
+    "task_id",
+    "task_type",
+    "priority",
+    "priority_rank",
+    "origin",
+    "origin_rule",
+    "payload",
+    "data_size_bytes",
+    "created_by",
+    "created_by_name",
+    "intent_id",
+    "sla_ms",
+    "deadline",
+    "max_attempts",
+    "timeout_seconds",
+    "sla_due_at",
 )
 
 # The NOTIFY channel on which submits wake idle workers in every process.
@@ -118,6 +139,55 @@ class PostgresQueue(QueueBackend):
         # NOTIFY is delivered on commit, so no worker looks before the tasks are visible.
         if any(r["status"] == "queued" for r in rows):
             await conn.execute(_WAKE)
+
+    async def submit(
+        self,
+        on: Any,
+        rows: Sequence[dict[str, Any]],
+        *,
+        now: datetime,
+        order: Sequence[str],
+        weights: Sequence[int],
+        bursts: Sequence[int],
+        lock_keys: Sequence[int],
+        capacity: int,
+        fallback_capacity: int,
+        live_after: datetime,
+        defer: timedelta,
+        defer_text: str,
+        event_topic: str | None,
+    ) -> list[tuple[str, str, str, datetime]]:
+        """Route and insert ``rows`` through ``htm_submit``.
+
+        ``on`` is an asyncpg connection (in its open transaction if it has one), or the database, whose
+        autocommit connection then runs it as a transaction of its own. Returns each task's route,
+        quota used, reasoning and admission time, in order.
+        """
+        arrays = [
+            [_json_text(r[c]) for r in rows] if c in JSON_COLUMNS else [r[c] for r in rows] for c in SUBMIT_COLUMNS
+        ]
+        args = (
+            now,
+            list(order),
+            list(weights),
+            list(bursts),
+            list(lock_keys),
+            capacity,
+            fallback_capacity,
+            live_after,
+            defer // timedelta(microseconds=1),
+            defer_text,
+            jsontext.dumps(defer.total_seconds()),
+            event_topic,
+            WAKE_CHANNEL,
+            *arrays,
+        )
+        if isinstance(on, storage.Database):
+            async with on.autocommit_driver() as driver:
+                answers = await driver.fetch(SUBMIT, *args)
+        else:
+            answers = await on.fetch(SUBMIT, *args)
+        return [(a[0], a[1], a[2], a[3]) for a in answers]
 
     async def exchange(self, outcomes: Sequence[OutcomeRow], claim: Claim) -> tuple[list[Finished], list[Task]]:
         args = (

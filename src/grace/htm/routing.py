@@ -29,7 +29,18 @@ from grace.htm.origins import ORDER, Origin
 from grace.htm.tables import IS_QUEUED, IS_RUNNING, htm_tasks, htm_workers
 from grace.htm.tasks import Priority
 
-__all__ = ["BURST_WINDOW", "BurstWindow", "Load", "RouteDecision", "capacity", "decide", "load", "lock_origins"]
+__all__ = [
+    "BURST_WINDOW",
+    "BurstWindow",
+    "Load",
+    "RouteDecision",
+    "capacity",
+    "decide",
+    "load",
+    "lock_key",
+    "lock_origins",
+    "seconds_text",
+]
 
 BURST_WINDOW = timedelta(seconds=60)
 
@@ -131,10 +142,33 @@ class BurstWindow:
         return cls(limit, sorted(rows))
 
 
+def lock_name(origin: Origin) -> str:
+    """Return the name of the lock that serialises ``origin``'s routing across processes."""
+    return f"grace.htm.route.{origin}"
+
+
+@functools.cache
+def lock_key(origin: Origin) -> int:
+    """Return ``origin``'s routing lock as PostgreSQL's advisory lock key (what ``htm_submit`` takes)."""
+    return storage.lock_key(lock_name(origin))
+
+
 async def lock_origins(conn: AsyncConnection, chosen: Sequence[Origin]) -> None:
-    """Serialise routing per origin across processes, for the rest of ``conn``'s transaction."""
+    """Serialise routing per origin across processes, for the rest of ``conn``'s transaction.
+
+    ``htm_submit`` (PostgreSQL) takes the same locks in the same order: by name.
+    """
     for origin in sorted(set(chosen)):  # one order everywhere, so two routers never deadlock
-        await storage.serialise(conn, f"grace.htm.route.{origin}")
+        await storage.serialise(conn, lock_name(origin))
+
+
+def seconds_text(delta: timedelta) -> str:
+    """Return a positive ``delta`` in seconds to three decimals, halves rounded up, from its microseconds.
+
+    Exact decimal arithmetic (not a float's formatting), so ``htm_submit`` writes the same text.
+    """
+    ms = (delta // timedelta(microseconds=1) + 500) // 1000
+    return f"{ms // 1000}.{ms % 1000:03d}"
 
 
 # The origins' load in one statement, built once: each origin's running count (off the running
@@ -194,8 +228,8 @@ def decide(
             "delayed",
             queue_name,
             quota_used,
-            f"Burst limit of {window.limit} {origin.value} tasks per minute reached; delayed {delay:.3f}s "
-            "until the window frees",
+            f"Burst limit of {window.limit} {origin.value} tasks per minute reached; delayed "
+            f"{seconds_text(slot - now)}s until the window frees",
             delay,
             slot,
         )

@@ -29,6 +29,7 @@ from grace.htm.submission import Enqueued, Submitted, Within
 from grace.htm.tables import htm_tasks
 from grace.htm.tasks import Status, Task, TaskRequest
 from grace.htm.workers import HandlerRegistry, LocalWorkers, TaskContext, WorkerPool
+from grace.shared_read import SharedRead
 from grace.storage import Database
 
 __all__ = ["HTM", "Enqueued", "Submitted"]
@@ -67,6 +68,7 @@ class HTM:
         self.recorder = Recorder(self.queue, self.events)
         self.sla_report = sla_stats.SLAReport(db, clock, config)
         self.recent_finishes = stats.RecentFinishes()  # routing stats' last minute, kept per second
+        self._routing_stats = SharedRead(self._read_routing_stats)
         self.sla = sla.SLAEnforcer(
             db, clock, config, submitter=self.submitter, publisher=self.events, report=self.sla_report
         )
@@ -285,7 +287,14 @@ class HTM:
     # -- stats ---------------------------------------------------------------------
 
     async def routing_stats(self) -> dict[str, Any]:
-        """Per-origin figures in the seed's shape, plus delayed/deferred counts and throughput."""
+        """Per-origin figures in the seed's shape, plus delayed/deferred counts and throughput.
+
+        Callers asking at the same time share one reading, begun after each of them asked
+        (:class:`grace.shared_read.SharedRead`): a dashboard polled by many clients reads once.
+        """
+        return await self._routing_stats.get()
+
+    async def _read_routing_stats(self) -> dict[str, Any]:
         await self.prepare()
         return await stats.routing_stats(
             self.db,

@@ -11,11 +11,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from grace import errors
+from grace import errors, storage
 from grace.auth import Principal
 from grace.clock import Clock
 from grace.htm import admission, events, origins, routing, sla_levels
 from grace.htm.config import HTMConfig
+from grace.htm.postgres_queue import PostgresQueue
 from grace.htm.queue import Queue
 from grace.htm.routing import RouteDecision
 from grace.htm.tasks import Status, TaskRequest
@@ -30,6 +31,8 @@ log = logging.getLogger("grace.htm")
 _STATUS_OF_ROUTE = {"accepted": Status.QUEUED, "delayed": Status.DELAYED, "deferred": Status.DEFERRED}
 
 SYSTEM_NAME = "grace"
+
+_ORDER_NAMES = tuple(o.value for o in origins.ORDER)
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,16 @@ class Submitter:
     handlers: HandlerRegistry  # who may submit each task type
     # Told, after commit, the soonest first SLA level among the tasks committed (the SLA enforcer's nudge).
     on_deadline: Callable[[datetime], None] | None = None
+    # Route and insert through PostgreSQL's htm_submit (None: on PostgreSQL); False routes in Python,
+    # as on SQLite (the reference the function follows; tests compare the two).
+    in_database: bool | None = None
     _prepared: bool = field(default=False, init=False)
     _waiting: list[_Single] = field(default_factory=list, init=False)  # single submissions not yet in a group
     _drainer: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.in_database is None:
+            self.in_database = not self.db.is_sqlite
 
     async def prepare(self) -> None:
         """Create the scheduling rows this configuration needs (once per process; idempotent)."""
@@ -115,6 +125,10 @@ class Submitter:
         idempotency key's answer there, so the key and the tasks commit together or not at all).
         """
         await self.prepare()
+        if self.in_database and within is None:  # one statement, its own transaction: one round trip
+            done = await self._route_in_database(None, requests, [creator] * len(requests))
+            await self.announce_created(done)
+            return done.submitted
         async with self.db.write() as conn:
             enqueued = await self.enqueue_in(conn, requests, creator=creator)
             if within is not None:
@@ -154,8 +168,10 @@ class Submitter:
                         for single in group:
                             _settle(single.future, exc)
                         continue
-                    if len(group) == 1:
-                        _settle(group[0].future, exc)
+                    if len(group) == 1 or storage.outage(exc) is not None:
+                        # The database failing fails each of them alike: no point trying them one by one.
+                        for single in group:
+                            _settle(single.future, exc)
                         continue
                     for single in group:  # alone, so an error reaches only its own request
                         try:
@@ -177,8 +193,19 @@ class Submitter:
         """Submit ``group`` in one transaction; an empty ``group`` is filled with the waiting submissions.
 
         It is filled in place once the transaction has begun, so the caller knows who was in a group
-        that failed.
+        that failed. On PostgreSQL a group without an idempotency key's record to write is one
+        statement, its own transaction (``htm_submit``): one round trip, the routing locks held only
+        while the server runs it.
         """
+        if self.in_database:
+            # No transaction to begin first: the group is taken now, and sent as one statement.
+            if not group:
+                group += self._waiting[:MAX_GROUP]
+                del self._waiting[:MAX_GROUP]
+            if all(s.within is None for s in group):
+                done = await self._route_in_database(None, [s.request for s in group], [s.creator for s in group])
+                await self.announce_created(done)
+                return done.submitted
         async with self.db.write() as conn:
             if not group:
                 group += self._waiting[:MAX_GROUP]
@@ -204,9 +231,15 @@ class Submitter:
 
         ``creators``, when given, is each request's own creator (a group of single submissions).
         """
-        now = self.clock.now()
-        cfg = self.config
         whose = list(creators) if creators is not None else [creator] * len(requests)
+        if self.in_database:
+            return await self._route_in_database(await storage.driver_in_transaction(conn), requests, whose)
+        return await self._route_here(conn, requests, whose)
+
+    def _tagged(
+        self, requests: Sequence[TaskRequest], whose: Sequence[Principal | None]
+    ) -> list[tuple[origins.Origin, str]]:
+        """Tag each request's origin, and check its creator may submit it (403 otherwise)."""
         tagged = [
             origins.tag_origin(
                 explicit=r.origin,
@@ -220,6 +253,58 @@ class Submitter:
         # Who may submit what is checked here, where every submission passes, so no edge can skip it.
         for request, (origin, _), c in zip(requests, tagged, whose, strict=True):
             admission.admit(c, request.task_type, origin, request.priority, self.handlers.submitters(request.task_type))
+        return tagged
+
+    def _row(
+        self,
+        task_id: str,
+        request: TaskRequest,
+        origin: origins.Origin,
+        rule: str,
+        creator: Principal | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        """Return a new task's row, without what routing decides (status, route, reason, admission)."""
+        cfg = self.config
+        sla_ms = request.sla_ms or cfg.default_sla(request.task_type, request.priority.value)
+        return {
+            "task_id": task_id,
+            "task_type": request.task_type,
+            "priority": request.priority.value,
+            "priority_rank": request.priority.rank,
+            "origin": origin.value,
+            "origin_rule": rule,
+            "payload": request.payload if request.payload_json is None else Encoded(request.payload_json),
+            "data_size_bytes": request.data_size_bytes
+            if request.data_size_bytes is not None
+            else request.payload_bytes,
+            "created_by": creator.user_id if creator else None,
+            "created_by_name": creator.name if creator else SYSTEM_NAME,
+            "intent_id": request.intent_id,
+            "sla_ms": sla_ms,
+            "deadline": now + timedelta(milliseconds=sla_ms) if sla_ms else None,
+            "status": None,
+            "route": None,
+            "route_reason": None,
+            "attempts": 0,
+            "max_attempts": request.max_attempts or cfg.max_attempts,
+            "timeout_seconds": request.timeout_seconds or cfg.timeout_seconds,
+            "created_at": now,
+            "admitted_at": None,
+            "queued_at": None,
+            # started_at, finished_at, lease_expires_at, worker_id, dispatch_seq, result and
+            # error start empty (NULL): they are not sent.
+            "sla_level": 0,
+            "sla_due_at": sla_levels.first_due(now, sla_ms),
+        }
+
+    async def _route_here(
+        self, conn: AsyncConnection, requests: Sequence[TaskRequest], whose: Sequence[Principal | None]
+    ) -> Enqueued:
+        """Route in this process (SQLite; the reference ``htm_submit`` follows) and insert."""
+        now = self.clock.now()
+        cfg = self.config
+        tagged = self._tagged(requests, whose)
         rows: list[dict[str, Any]] = []
         out: list[Submitted] = []
         chosen = sorted({o for o, _ in tagged})
@@ -243,42 +328,77 @@ class Submitter:
                 defer=timedelta(seconds=cfg.defer_seconds),
             )
             status = _STATUS_OF_ROUTE[decision.route]
-            sla_ms = request.sla_ms or cfg.default_sla(request.task_type, request.priority.value)
-            rows.append(
-                {
-                    "task_id": task_id,
-                    "task_type": request.task_type,
-                    "priority": request.priority.value,
-                    "priority_rank": request.priority.rank,
-                    "origin": origin.value,
-                    "origin_rule": rule,
-                    "payload": request.payload if request.payload_json is None else Encoded(request.payload_json),
-                    "data_size_bytes": request.data_size_bytes
-                    if request.data_size_bytes is not None
-                    else request.payload_bytes,
-                    "created_by": creator.user_id if creator else None,
-                    "created_by_name": creator.name if creator else SYSTEM_NAME,
-                    "intent_id": request.intent_id,
-                    "sla_ms": sla_ms,
-                    "deadline": now + timedelta(milliseconds=sla_ms) if sla_ms else None,
-                    "status": status.value,
-                    "route": decision.route,
-                    "route_reason": decision.reasoning[:400],
-                    "attempts": 0,
-                    "max_attempts": request.max_attempts or cfg.max_attempts,
-                    "timeout_seconds": request.timeout_seconds or cfg.timeout_seconds,
-                    "created_at": now,
-                    "admitted_at": decision.admitted_at,
-                    "queued_at": decision.admitted_at,
-                    # started_at, finished_at, lease_expires_at, worker_id, dispatch_seq, result and
-                    # error start empty (NULL): they are not sent.
-                    "sla_level": 0,
-                    "sla_due_at": sla_levels.first_due(now, sla_ms),
-                }
+            row = self._row(task_id, request, origin, rule, creator, now)
+            row.update(
+                status=status.value,
+                route=decision.route,
+                route_reason=decision.reasoning[:400],
+                admitted_at=decision.admitted_at,
+                queued_at=decision.admitted_at,
             )
+            rows.append(row)
             out.append(Submitted(task_id, status, decision))
         created = _created(rows, out) if self.queue.outbox else None
         await self.queue.insert(conn, rows, created=created)
+        return Enqueued(rows, out)
+
+    async def _route_in_database(
+        self, driver: Any | None, requests: Sequence[TaskRequest], whose: Sequence[Principal | None]
+    ) -> Enqueued:
+        """Route and insert through ``htm_submit`` (PostgreSQL), in one round trip.
+
+        On ``driver`` (an asyncpg connection) inside its open transaction; without one, as a
+        transaction of its own on an autocommit connection, taken only once the tasks were checked (a
+        refused one never costs a connection).
+        """
+        now = self.clock.now()
+        cfg = self.config
+        tagged = self._tagged(requests, whose)
+        ids = new_ids("task", len(requests))
+        rows = [
+            self._row(task_id, request, origin, rule, creator, now)
+            for task_id, request, (origin, rule), creator in zip(ids, requests, tagged, whose, strict=True)
+        ]
+        defer = timedelta(seconds=cfg.defer_seconds)
+        chosen = sorted({o for o, _ in tagged})
+        backend = self.queue.backend
+        assert isinstance(backend, PostgresQueue)
+        answers = await backend.submit(
+            self.db if driver is None else driver,
+            rows,
+            now=now,
+            order=_ORDER_NAMES,
+            weights=[self.weights[o] for o in origins.ORDER],
+            bursts=[cfg.burst_limit(o) for o in origins.ORDER],
+            lock_keys=[routing.lock_key(o) for o in chosen],
+            capacity=cfg.capacity,
+            fallback_capacity=self.local.fallback_capacity,
+            live_after=now - timedelta(seconds=cfg.lease_seconds),
+            defer=defer,
+            defer_text=f"{defer.total_seconds():g}",
+            event_topic=events.CREATED if self.queue.outbox else None,
+        )
+        out: list[Submitted] = []
+        for row, (origin, _), request, answer in zip(rows, tagged, requests, answers, strict=True):
+            route, quota_used, reasoning, admitted_at = answer
+            if route == "accepted":
+                delay = 0.0
+            elif route == "deferred":
+                delay = defer.total_seconds()
+            else:
+                delay = (admitted_at - now).total_seconds()
+            decision = RouteDecision(
+                origin, route, f"{request.priority.value}_queue", quota_used, reasoning, delay, admitted_at
+            )
+            status = _STATUS_OF_ROUTE[route]
+            row.update(
+                status=status.value,
+                route=route,
+                route_reason=reasoning[:400],
+                admitted_at=admitted_at,
+                queued_at=admitted_at,
+            )
+            out.append(Submitted(row["task_id"], status, decision))
         return Enqueued(rows, out)
 
     async def announce_created(self, enqueued: Enqueued) -> None:

@@ -65,6 +65,13 @@ SELECT * FROM r;
 -- varchar(n)[] would cut it short); {values}: `u.<column>`, cast to json for JSON columns.
 INSERT INTO htm_tasks ({columns}) SELECT {values} FROM unnest({arrays}) AS u({columns});
 
+-- name: pg_submit
+-- Route and insert a group of new tasks: htm_submit (schema.sql), one array per task field.
+-- Parameters in the function's order; sent on its own it is its own transaction (one round trip),
+-- or inside the caller's transaction (an idempotency key's record, an intent, a rescue).
+SELECT * FROM htm_submit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+    $20, $21, $22, $23, $24, $25, $26, $27, $28, $29);
+
 -- name: pg_wake
 -- Wake idle workers in every process; NOTIFY is delivered on commit, so none looks too early.
 -- Sent through SQLAlchemy inside the submit's transaction.
