@@ -7,14 +7,18 @@ one run, wrk (Debian's ``wrk``: ``apt-get install wrk``; one thread, keep-alive)
 - ``GET /health`` (the reference: no principal, no database);
 - ``GET /api/auth/me`` with a bearer token;
 - ``GET /api/htm/routing/stats``;
-- ``POST /api/secrets/{key}/access`` by an agent holding a standing consent (a consented secret read);
+- ``POST /api/secrets/{key}/access`` by an agent holding a standing consent (a consented secret read; the
+  servers run with ``GRACE_VAULT_BURST_PER_MINUTE=0``, no burst check, since at the default of 10 every read past
+  the tenth in a minute is a burst, answered ``202`` with a fresh consent request instead of the value; ``released``
+  counts the values actually handed out, from the secret's ``usage_count``);
 - ``POST /api/htm/tasks`` (``htm.noop``);
 - ``POST /api/htm/tasks/batch`` with 100 ``htm.noop`` tasks (404 before the route existed).
 
-Each gives requests/s, p50, p99 and max latency, the count of non-2xx answers and socket errors; the
-batch also gives tasks/s. The targets of issue 14 are checked and reported beside the figures. The load
-average is recorded before and after each database: the machine has two cores shared with other work,
-and wrk itself runs on them.
+Each gives requests/s, p50, p99 and max latency, the count of non-2xx answers and socket errors, and the
+server's CPU time (every thread and process) per request while wrk ran; the batch also gives tasks/s.
+The targets of issue 14 are checked and reported beside the figures. The load average is recorded
+before and after each database: the machine has two cores shared with other work, and wrk itself runs
+on them.
 
 Before each wrk run the server is let settle: the bench waits (up to 90 s) until no task is queued or
 running, so one route's backlog (the embedded workers running the tasks just submitted) does not slow
@@ -29,6 +33,12 @@ from other source trees in the same run: ``before=/tmp/old/src,after=src`` (defa
 ``src`` only, labelled ``current``). All of a database's servers run at once, each on its own fresh
 database, and each route is measured on one then the other, the order alternating route by route, so
 both meet the same machine (two cores shared with other work).
+
+Beside each database's servers, in the same run, ``/health`` is measured on peers (``bench/edge_peer.py``):
+a bare ASGI app answering what Grace's ``/health`` answers, one uvicorn process with ``grace serve``'s
+options, on each event loop named in ``GRACE_BENCH_EDGE_PEERS`` (default ``asyncio,uvloop``; empty for
+none): what a trivial server gets on this machine at that moment, so a tail can be told to be Grace's
+or the machine's.
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ CONCURRENCY = (10, 50, 200)
 ROUTES = ("health", "auth_me", "routing_stats", "secret_read", "submit", "batch_100")
 CHOSEN = [r for r in os.environ.get("GRACE_BENCH_EDGE_ROUTES", ",".join(ROUTES)).split(",") if r]
 BATCH = 100
+SECRET_KEY = "bench_edge_key"
+PEERS = [p for p in os.environ.get("GRACE_BENCH_EDGE_PEERS", "asyncio,uvloop").split(",") if p]
 MARK = "EDGE_JSON "
 
 _DONE = f"""
@@ -77,6 +89,27 @@ def _lua(method: str, token: str, body: Any | None) -> str:
         text = json.dumps(body, separators=(",", ":")).replace("\\", "\\\\").replace('"', '\\"')
         lines += ['wrk.headers["Content-Type"] = "application/json"', f'wrk.body = "{text}"']
     return "\n".join(lines) + "\n" + _DONE
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, every thread) of ``pid`` and of the processes it started, from /proc.
+
+    Requests/s on two cores shared with other work moves 2x from one run to the next; the server's CPU
+    per request moves much less, so it is what tells two trees apart on a busy machine.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 def _free_port() -> int:
@@ -111,7 +144,7 @@ def _wrk(url: str, script: Path, connections: int) -> dict[str, Any]:
 async def _setup(client: httpx.AsyncClient) -> tuple[str, str]:
     """Store a secret, issue an agent token and give it a standing consent; return (agent token, key)."""
     admin = {"Authorization": f"Bearer {TOKEN}"}
-    key = "bench_edge_key"
+    key = SECRET_KEY
     stored = await client.post(
         "/api/secrets/store",
         headers=admin,
@@ -167,6 +200,13 @@ def _targets(rows: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+async def _released(client: httpx.AsyncClient) -> int:
+    """How many times the bench's secret was released so far (its ``usage_count``)."""
+    answer = await client.get(f"/api/secrets/{SECRET_KEY}", headers={"Authorization": f"Bearer {TOKEN}"})
+    answer.raise_for_status()
+    return int(answer.json()["secret"]["usage_count"])
+
+
 async def _settle(client: httpx.AsyncClient) -> float:
     """Wait until no task is queued or running (at most 90 s); return how long it took."""
     started = time.monotonic()
@@ -206,6 +246,8 @@ async def _start(backend: str, work: Path, label: str, src: Path, n: int) -> _Se
             "GRACE_BOOTSTRAP_TOKEN": TOKEN,
             "GRACE_LOG_LEVEL": "WARNING",
             "GRACE_HTM_BURST_PER_MINUTE": "0",
+            # The consented read measures releases, not the anomaly path a burst takes: no burst check.
+            "GRACE_VAULT_BURST_PER_MINUTE": "0",
             "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)]),
         }
     )
@@ -251,6 +293,31 @@ async def _start(backend: str, work: Path, label: str, src: Path, n: int) -> _Se
     return _Server(label, backend, url, base, process, log, workers, paths)
 
 
+async def _start_peer(work: Path, loop: str) -> _Server:
+    """Start the bare ASGI peer (bench/edge_peer.py) on ``loop``; it serves only ``/health``."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    label = f"peer_{loop}"
+    log = (work / f"{label}.log").open("wb")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "bench.edge_peer", str(port), loop], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if (await client.get("/health")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, f"the {label} peer did not start"
+            await asyncio.sleep(0.2)
+    script = work / f"{label}-health.lua"
+    script.write_text(_lua("GET", TOKEN, None))
+    return _Server(label, "none", "", base, process, log, 1, {"health": ("/health", script)})
+
+
 async def _stop(server: _Server) -> None:
     # The PostgreSQL database is dropped after the server is gone; with the before and after servers of
     # --workers 2 each, a run holds about 90 connections (the machine's server allows 100 in all).
@@ -268,23 +335,43 @@ async def _backend(backend: str, work: Path, sources: list[tuple[str, Path]]) ->
     """Every source's server at once; each route measured on each in turn (the order alternating)."""
     result: dict[str, Any] = {"load_before": os.getloadavg()}
     servers: list[_Server] = []
+    peers: list[_Server] = []
     try:
         for n, (label, src) in enumerate(sources):
             servers.append(await _start(backend, work, label, src, n))
-        rows: dict[str, dict[str, dict[str, dict[str, Any]]]] = {s.label: {} for s in servers}
+        if "health" in CHOSEN:
+            for loop in PEERS:
+                peers.append(await _start_peer(work, loop))
+        rows: dict[str, dict[str, dict[str, dict[str, Any]]]] = {s.label: {} for s in servers + peers}
         turn = 0
         for c in CONCURRENCY:
-            for server in servers:
+            for server in servers + peers:
                 rows[server.label][f"c{c}"] = {}
             for name in servers[0].paths:
-                order = servers if turn % 2 == 0 else list(reversed(servers))
+                measured = servers + peers if name == "health" else servers
+                order = measured if turn % 2 == 0 else list(reversed(measured))
                 turn += 1
                 for server in order:
                     path, script = server.paths[name]
-                    async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
-                        settled = await _settle(client)
-                    figures = await asyncio.to_thread(_wrk, server.base + path, script, c)
-                    figures["settled_s"] = settled
+                    if server in peers:  # only /health: nothing to settle
+                        cpu = _cpu_seconds(server.process.pid)
+                        figures = await asyncio.to_thread(_wrk, server.base + path, script, c)
+                        cpu = _cpu_seconds(server.process.pid) - cpu
+                        figures["settled_s"] = 0.0
+                    else:
+                        async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+                            settled = await _settle(client)
+                            released = await _released(client) if name == "secret_read" else 0
+                            cpu = _cpu_seconds(server.process.pid)
+                            figures = await asyncio.to_thread(_wrk, server.base + path, script, c)
+                            cpu = _cpu_seconds(server.process.pid) - cpu
+                            if name == "secret_read":
+                                # Values handed out while wrk ran (a 202 is a consent request, not a read).
+                                figures["released"] = await _released(client) - released
+                        figures["settled_s"] = settled
+                    # The server's CPU while wrk ran, per answered request (a submission's includes running
+                    # the task on the embedded workers, as far as they kept up).
+                    figures["server_cpu_ms_per_request"] = round(cpu * 1000 / max(figures["requests"], 1), 3)
                     figures["load_1m"] = round(os.getloadavg()[0], 2)
                     if name == "batch_100":
                         ok = figures["requests"] - figures["non_2xx"]
@@ -297,8 +384,10 @@ async def _backend(backend: str, work: Path, sources: list[tuple[str, Path]]) ->
                 "routes": rows[server.label],
                 "targets": _targets(rows[server.label]),
             }
+        for peer in peers:
+            result[peer.label] = {"server_processes": 1, "routes": rows[peer.label]}
     finally:
-        for server in servers:
+        for server in servers + peers:
             try:
                 await _stop(server)
             except Exception as exc:  # every server is stopped whatever happened to the one before
@@ -327,4 +416,12 @@ async def run() -> dict[str, Any]:
     for backend in backends:
         results[backend] = await _backend(backend, work, sources)
     results["summary"] = {b: {label: results[b][label]["targets"] for label, _ in sources} for b in backends}
+    for b in backends:  # the peers' /health beside Grace's: requests/s and p99 ms at each concurrency
+        for loop in PEERS:
+            peer = results[b].get(f"peer_{loop}")
+            if peer is not None:
+                results["summary"][b][f"peer_{loop}"] = {
+                    c: {"health_rps": r["health"]["requests_per_s"], "health_p99_ms": r["health"]["p99_ms"]}
+                    for c, r in peer["routes"].items()
+                }
     return results

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     master_passphrase: SecretStr | None = None
     vault_policy_file: Path | None = None
     vault_key_lifetime_days: int = Field(default=30, ge=8, le=3650)
+    # Releases of one secret to one agent within a minute from which a request is a burst (an anomaly: a fresh
+    # human consent, whatever standing consent the agent holds); 0: no burst check.
+    vault_burst_per_minute: int = Field(default=10, ge=0)
     audit_anchor_path: Path | None = None
     bootstrap_token: SecretStr | None = None
     # The bearer token Prometheus scrapes GET /metrics with; without it only an admin may read them.
@@ -106,6 +109,11 @@ class Settings(BaseSettings):
     token_cache_seconds: float = Field(default=10.0, ge=0, le=300)
     log_level: str = "INFO"
     log_json: bool = True
+    # The event loop `grace serve` runs on. uvloop's own server left new connections in the kernel's accept
+    # queue for up to 2 s under load (GET /health p99 0.7-2.8 s at 200 connections), so on uvloop Grace
+    # accepts them itself (api/eventloop.py), as asyncio's loop does. uvloop spends less CPU per task
+    # submission on SQLite (docs/architecture.md, "The edge's CPU and its tail").
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     @field_validator("database_url")
     @classmethod

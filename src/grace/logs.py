@@ -15,6 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 __all__ = ["JsonFormatter", "configure", "install_request_ids", "request_id"]
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("grace_request_id", default=None)
@@ -52,7 +54,10 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
-        return json.dumps(entry, default=str)
+        try:  # a line per request at INFO: orjson writes it in a fifth of json's time
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # what orjson refuses (a non-text key, an integer past 64 bits)
+            return json.dumps(entry, default=str, separators=(",", ":"))
 
 
 class TextFormatter(logging.Formatter):
@@ -65,6 +70,11 @@ class TextFormatter(logging.Formatter):
 
 def configure(level: str = "INFO", *, json_lines: bool = True) -> None:
     """Send Grace's and uvicorn's logs to stderr in one format."""
+    # Neither format shows the thread or the process; finding them cost every record (one a request) a
+    # call to threading.current_thread and a getpid system call.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()

@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+import grace
 from grace.api import create_app
+from grace.api.routes.health import health as health_route
 from grace.auth import BootstrapCredentials
 from grace.config import Settings
 from grace.logs import JsonFormatter
@@ -30,6 +32,18 @@ async def test_health_needs_no_principal_and_ready_checks_the_database(client: h
     assert (await client.get("/health")).json()["status"] == "ok"
     ready = (await client.get("/ready")).json()
     assert ready["status"] == "ready" and ready["schema"]
+
+
+async def test_liveness_answered_at_the_edge_is_what_the_documented_route_answers(client: httpx.AsyncClient) -> None:
+    # /health is answered before the framework (grace.api.middleware); the route describes it in the
+    # API and must answer the same.
+    answered = await client.get("/health?probe=1")
+    assert answered.status_code == 200 and answered.headers["content-type"] == "application/json"
+    assert answered.json() == await health_route() == {"status": "ok", "version": grace.__version__}
+    assert len(answered.headers["x-request-id"]) == 16
+    described = (await client.get("/openapi.json")).json()["paths"]["/health"]["get"]["responses"]["200"]
+    assert described["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
+    assert_error(await client.post("/health"), 405, "method_not_allowed")  # other methods reach the router
 
 
 async def test_a_request_while_grace_is_not_running_gets_503_with_its_own_code(settings: Settings) -> None:

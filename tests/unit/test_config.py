@@ -44,6 +44,7 @@ def test_environment_is_read_with_the_grace_prefix(monkeypatch: pytest.MonkeyPat
         ("GRACE_PORT", "eighty", "integer"),
         ("GRACE_DATABASE_URL", "mysql://x/y", "sqlite:/// or postgresql://"),
         ("GRACE_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+        ("GRACE_EVENT_LOOP", "tokio", "'asyncio' or 'uvloop'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(

@@ -55,6 +55,9 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served from vendored files below (docs_pages)
         redoc_url=None,
+        # Grace publishes its own metrics (/metrics) and logs. FastAPI's native OpenTelemetry, on by
+        # default, asked on every request whether a tracer, meter or logger provider had been set up.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     logs.install_request_ids()
     if services is not None:

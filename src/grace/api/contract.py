@@ -134,7 +134,8 @@ def declared_errors(route: APIRoute, operation: dict[str, Any]) -> dict[int, str
         found.add(422)
     if any(p.get("in") == "path" for p in operation.get("parameters", [])) or USER_ID in _inputs(route):
         found.add(404)
-    if _uses(route.dependant, deps.get_services):
+    # A policy resolves its principal through the services (deps.get_principal).
+    if isinstance(declared, Policy) or _uses(route.dependant, deps.get_services):
         found.add(503)
     meanings = {status: MEANING[status] for status in found}
     if _uses(route.dependant, idempotency.get_idempotency):

@@ -25,6 +25,7 @@ SESSION_COOKIE = "grace_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+_PRINCIPAL = "grace.principal"  # the request scope's key for the principal resolved once
 
 
 async def get_services(request: Request) -> Services:
@@ -42,8 +43,24 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_principal(request: Request, services: ServicesDep) -> Principal:
-    """Resolve the caller from ``Authorization: Bearer`` or the session cookie; 401 if neither."""
+async def get_principal(request: Request) -> Principal:
+    """Resolve the caller from ``Authorization: Bearer`` or the session cookie; 401 if neither.
+
+    Resolved once per request and kept in its scope: the route's policy resolves it first, and the
+    route's own ``principal`` parameter (and the idempotency key's owner) take it from there. No
+    dependency of its own (the services are read here): each level of FastAPI's resolver costs a
+    walk of its parameters on every request, and a level under a shared dependency is walked again
+    wherever it is used (a submission walked ten).
+    """
+    found: Principal | None = request.scope.get(_PRINCIPAL)
+    if found is not None:
+        return found
+    principal = await _resolve(request, await get_services(request))
+    request.scope[_PRINCIPAL] = principal
+    return principal
+
+
+async def _resolve(request: Request, services: Services) -> Principal:
     authorization = request.headers.get("authorization")
     if authorization:
         scheme, _, credentials = authorization.partition(" ")

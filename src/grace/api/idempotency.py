@@ -21,7 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import errors
-from grace.api.deps import CurrentPrincipal, ServicesDep
+from grace.api.deps import get_principal, get_services
+from grace.api.schemas.common import encode
 from grace.auth import Principal
 from grace.idempotency import MAX_KEY_LENGTH, Stored, fingerprint
 from grace.services import Services
@@ -60,10 +61,6 @@ class Idempotency:
         return fingerprint(self.request.method, self.request.url.path, body)
 
     @staticmethod
-    def _encode(model: type[BaseModel], answer: Any, exclude_unset: bool) -> str:
-        return model.model_validate(answer).model_dump_json(exclude_unset=exclude_unset)
-
-    @staticmethod
     def _response(stored: Stored, *, replayed: bool) -> Response:
         headers = {REPLAYED: "true"} if replayed else None
         return Response(stored.body, status_code=stored.status, media_type="application/json", headers=headers)
@@ -77,8 +74,9 @@ class Idempotency:
         exclude_unset: bool = False,
         transactional: bool = False,
         content: bytes | None = None,
-    ) -> Any:
-        """Run ``work`` once per key and answer with what it returned, serialised through ``model``.
+    ) -> Response:
+        """Run ``work`` once per key and answer with what it returned, serialised through ``model`` (once, by
+        pydantic, with or without a key: the route's response_model is what /openapi.json publishes).
 
         ``transactional``: ``work`` is given a :data:`Record` to call inside the transaction that makes
         its change, with the answer; the key then commits with the change. Otherwise the key is held
@@ -86,7 +84,9 @@ class Idempotency:
         its body is not JSON read by FastAPI (a multipart upload).
         """
         if self.key is None:
-            return await work(None)
+            # Serialised here, once, whether or not a key came (the same bytes a replay would send).
+            body = encode(model, await work(None), exclude_unset=exclude_unset)
+            return self._response(Stored(status_code, body), replayed=False)
         keys = self.services.idempotency
         fp = await self._fingerprint(content)
         if transactional:
@@ -96,7 +96,7 @@ class Idempotency:
             recorded: list[str] = []
 
             async def record(conn: AsyncConnection, answer: Any) -> None:
-                body = self._encode(model, answer, exclude_unset)
+                body = encode(model, answer, exclude_unset=exclude_unset)
                 assert self.key is not None
                 await keys.record_in(conn, self.owner, self.key, fp, status_code, body)
                 recorded.append(body)
@@ -119,7 +119,7 @@ class Idempotency:
             return self._response(stored, replayed=True)
         try:
             answer = await work(None)
-            body = self._encode(model, answer, exclude_unset)
+            body = encode(model, answer, exclude_unset=exclude_unset)
         except BaseException:
             await keys.abandon(self.owner, self.key)
             raise
@@ -129,8 +129,6 @@ class Idempotency:
 
 async def get_idempotency(
     request: Request,
-    principal: CurrentPrincipal,
-    services: ServicesDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -142,7 +140,8 @@ async def get_idempotency(
         ),
     ] = None,
 ) -> Idempotency:
-    return Idempotency(request, services, principal, idempotency_key)
+    # The principal and services the route's policy resolved (deps.get_principal keeps them per request).
+    return Idempotency(request, await get_services(request), await get_principal(request), idempotency_key)
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

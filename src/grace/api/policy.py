@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from grace import errors
-from grace.api.deps import CurrentPrincipal, ServicesDep, get_principal
+from grace.api.deps import ServicesDep, get_principal
 from grace.auth import Principal, Role, Scope
 
 __all__ = [
@@ -89,7 +89,8 @@ class Policy:
                 f"this needs the {self.role.value} role; you are {principal.role.value}", details=details
             )
 
-    async def __call__(self, principal: CurrentPrincipal) -> Principal:
+    async def __call__(self, request: Request) -> Principal:
+        principal = await get_principal(request)
         self.check(principal)
         return principal
 
@@ -106,7 +107,7 @@ class Scrape(Policy):
             given = credentials.strip().encode()
             if hmac.compare_digest(given, expected.get_secret_value().encode()):
                 return None
-        principal = await get_principal(request, services)
+        principal = await get_principal(request)
         self.check(principal)
         return principal
 

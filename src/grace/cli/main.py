@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import typer
 
 from grace import __version__, storage
@@ -95,6 +97,10 @@ def serve(
         cfg = settings().model_copy(update=overrides)
     except Exception as exc:  # ConfigurationError is a GraceError; this is belt and braces
         raise fail(str(exc)) from None
+    if cfg.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise fail("GRACE_EVENT_LOOP=uvloop needs the uvloop package (pip install uvloop), or use asyncio")
+    # uvloop's own servers take one new connection per turn of the loop; this one takes all that wait.
+    loop = "grace.api.eventloop:eager_uvloop" if cfg.event_loop == "uvloop" else "asyncio"
     if workers > 1 and cfg.backend == "sqlite":
         raise fail(
             "--workers needs PostgreSQL (GRACE_DATABASE_URL=postgresql://...). On SQLite one process serves:"
@@ -137,6 +143,7 @@ def serve(
             log_config=None,
             server_header=False,
             proxy_headers=False,
+            loop=loop,
             # A process starting on a busy machine (imports, migrations checked, services built) can take
             # longer than uvicorn's 5 s to answer its first health ping; it would be killed and restarted.
             timeout_worker_healthcheck=120,
@@ -146,7 +153,15 @@ def serve(
     memory.settle()  # what start-up made lives as long as the process: keep it out of collections
     # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1; Grace
     # believes it only from GRACE_TRUSTED_PROXIES (api/forwarded.py).
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, server_header=False, proxy_headers=False)
+    uvicorn.run(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        loop=loop,
+    )
 
 
 def main() -> None:

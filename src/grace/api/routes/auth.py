@@ -8,6 +8,7 @@ from grace import errors
 from grace.api import contract, policy
 from grace.api.deps import SESSION_COOKIE, CurrentPrincipal, ServicesDep
 from grace.api.forwarded import client_address
+from grace.api.schemas.common import json_answer
 from grace.api.schemas.platform import Credentials, Identity, SignedIn, SignedOut
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -73,12 +74,15 @@ async def logout(response: Response, principal: CurrentPrincipal, services: Serv
 
 
 @router.get("/me", dependencies=[policy.SIGNED_IN], response_model=Identity)
-async def me(principal: CurrentPrincipal) -> dict[str, object]:
+async def me(principal: CurrentPrincipal) -> Response:
     """Describe the caller: user, role, and the agent name when a token names one."""
-    return {
-        "user_id": principal.user_id,
-        "username": principal.username,
-        "role": principal.role.value,
-        "agent": principal.agent,
-        "via": "token" if principal.token_id else "session",
-    }
+    return json_answer(
+        Identity,
+        {
+            "user_id": principal.user_id,
+            "username": principal.username,
+            "role": principal.role.value,
+            "agent": principal.agent,
+            "via": "token" if principal.token_id else "session",
+        },
+    )
