@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 from sqlalchemy.engine import make_url
 
 from grace.auth import Role
@@ -38,6 +38,10 @@ from tests.backends import PostgresTestDatabase, SqliteTemplate, wanted_backends
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 GRACE = str(Path(sys.executable).with_name("grace"))
+
+# A page must show what it should, not show it within Playwright's default 5 s: on a busy machine (the
+# suite beside other work on two cores) a live update can take longer to arrive and render.
+expect.set_options(timeout=20_000)
 CHROMIUM = os.environ.get("GRACE_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 AXE = (Path(__file__).resolve().parent / "vendor" / "axe.min.js").read_text(encoding="utf-8")

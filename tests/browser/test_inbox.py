@@ -25,7 +25,7 @@ def test_a_request_appears_live_and_an_approval_releases_the_value(grace: Grace,
 
     consent_id = grace.ask("code_agent", key)
     card = page.locator(f"#consent-{consent_id}")
-    expect(card).to_be_visible(timeout=2000)  # live, without a reload
+    expect(card).to_be_visible(timeout=20_000)  # live, without a reload
     expect(card.get_by_role("heading")).to_have_text(
         re.compile(r"Grace wants to use your github credentials to push code\. Allow\?")
     )
@@ -85,7 +85,7 @@ def test_a_critical_secret_needs_a_second_approver_from_another_browser(grace: G
     assert grace.collect("code_agent", key, consent_id).status_code == 202  # still waiting
 
     second = operator.page.locator(f"#consent-{consent_id}")
-    expect(second).to_contain_text("aaron approved this", timeout=2000)
+    expect(second).to_contain_text("aaron approved this", timeout=20_000)
     second.get_by_role("button", name="Approve as second approver").click()
     expect(second).to_have_count(0)
     expect(card).to_have_count(0)  # gone from the owner's page too, live
@@ -104,7 +104,7 @@ def test_a_member_never_sees_another_members_requests(grace: Grace, open_session
     own_key = _key("bella_token")
     grace.store("bella", own_key, service="calendar")
     own = grace.ask("bella_agent", own_key, action="read_events", purpose="Plan the week")
-    expect(bella.page.locator(f"#consent-{own}")).to_be_visible(timeout=2000)
+    expect(bella.page.locator(f"#consent-{own}")).to_be_visible(timeout=20_000)
     expect(bella.page.locator(f"#consent-{theirs}")).to_have_count(0)
     assert theirs not in bella.page.content()
     bella.go("/?status=pending")
@@ -136,7 +136,7 @@ def test_a_new_request_is_announced_when_the_tab_is_in_the_background(grace: Gra
     page = session.page
     page.wait_for_function("() => document.querySelector('#pending-list') !== null")
     consent_id = grace.ask("code_agent", key)
-    expect(page.locator(f"#consent-{consent_id}")).to_be_attached(timeout=2000)
+    expect(page.locator(f"#consent-{consent_id}")).to_be_attached(timeout=20_000)
     page.wait_for_function("() => window.shownNotifications.length > 0")
     shown = page.evaluate("() => window.shownNotifications")
     assert shown[-1]["title"] == "Grace asks"

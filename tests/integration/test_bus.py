@@ -39,8 +39,8 @@ async def test_subscriber_receives_matching_topics_in_order(bus: Bus) -> None:
         await bus.publish("htm.sla.warning", {"task_id": "t1"})
         await bus.publish("htm.task.created", {"task_id": "t2"})
         await bus.publish("htm.sla.violated", {"task_id": "t3"})
-        first = await sub.get(timeout=5)
-        second = await sub.get(timeout=5)
+        first = await sub.get(timeout=30)
+        second = await sub.get(timeout=30)
         assert first is not None and second is not None
         assert [first.topic, second.topic] == ["htm.sla.warning", "htm.sla.violated"]
         assert first.payload == {"task_id": "t1"} and first.id < second.id
@@ -60,7 +60,7 @@ async def test_a_batch_arrives_in_order_as_subscribers_read_it_back_from_json(bu
         ]
         assert await bus.publish_batch(batch) == 3
         flat["attempts"] = 3  # the caller's dict changes after publishing: the event keeps what was sent
-        first, second, third = await sub.get(timeout=5), await sub.get(timeout=5), await sub.get(timeout=5)
+        first, second, third = await sub.get(timeout=30), await sub.get(timeout=30), await sub.get(timeout=30)
     assert first is not None and second is not None and first.id < second.id
     assert (first.topic, first.payload) == ("htm.task.created", {**flat, "attempts": 2})
     assert (second.topic, second.payload) == ("htm.task.update", {"ids": ["a", "b"], "counts": {"1": 2}})
@@ -84,7 +84,7 @@ async def test_replay_from_an_event_id(bus: Bus) -> None:
     replayed = await bus.replay("a.*", since=published[1].id)
     assert [e.payload["n"] for e in replayed] == [2, 3, 4]
     async with bus.subscribe("a.b", since=published[2].id) as sub:
-        got = [await sub.get(timeout=5) for _ in range(2)]
+        got = [await sub.get(timeout=30) for _ in range(2)]
     assert [e.payload["n"] for e in got if e] == [3, 4]
 
 
@@ -92,12 +92,12 @@ async def test_named_subscriber_resumes_after_what_it_consumed(bus: Bus) -> None
     async with bus.subscribe("jobs.*", name="worker-1") as sub:
         await bus.publish("jobs.one", {"n": 1})
         await bus.publish("jobs.two", {"n": 2})
-        event = await sub.get(timeout=5)
+        event = await sub.get(timeout=30)
         assert event is not None and event.payload["n"] == 1
     # Down for a while: events published meanwhile are caught up after restart, in order.
     await bus.publish("jobs.three", {"n": 3})
     async with bus.subscribe("jobs.*", name="worker-1") as sub:
-        got = [await sub.get(timeout=5) for _ in range(2)]
+        got = [await sub.get(timeout=30) for _ in range(2)]
         assert [e.payload["n"] for e in got if e] == [2, 3]
         assert await sub.get(timeout=0.2) is None
 
@@ -108,14 +108,14 @@ async def test_a_subscriber_to_a_rare_topic_gets_it_among_thousands_of_others_an
         assert await sub.get(timeout=0.2) is None
         await bus.publish("playbook.fired", {"n": "rare"})
         await bus.publish_many([("htm.task.created", {"n": n}) for n in range(300)])
-        event = await sub.get(timeout=5)
+        event = await sub.get(timeout=30)
         assert event is not None and event.payload == {"n": "rare"}
         assert await sub.get(timeout=0.2) is None
         # The cursor is past the unmatched events, so the next wake-up (and a restart) does not read them again.
         assert sub.cursor == await bus.latest_id()
     await bus.publish("playbook.fired", {"n": "after"})
     async with bus.subscribe("playbook.fired", name="rare-reader") as sub:
-        event = await sub.get(timeout=5)
+        event = await sub.get(timeout=30)
         assert event is not None and event.payload == {"n": "after"}
         assert await sub.get(timeout=0.2) is None
 
@@ -198,7 +198,7 @@ async def test_events_published_within_a_transaction_arrive_when_it_commits_and_
         async with db.write() as conn:
             await bus.publish_within(db, conn, [("auth.tokens.revoked", {"token_ids": ["kept"]})])
             assert await sub.get(timeout=0.2) is None  # not before the commit
-        event = await sub.get(timeout=5)
+        event = await sub.get(timeout=30)
         assert event is not None and event.payload == {"token_ids": ["kept"]}
         assert await sub.get(timeout=0.2) is None  # the rolled-back one never arrives
     assert [e.payload for e in await bus.replay("auth.#")] == [{"token_ids": ["kept"]}]
@@ -208,7 +208,7 @@ async def test_publish_many_keeps_order_and_wakes_once(bus: Bus) -> None:
     async with bus.subscribe("batch.*") as sub:
         published = await bus.publish_many([("batch.a", {"n": 1}), ("batch.b", {"n": 2}), ("other.c", {"n": 3})])
         assert [e.id for e in published] == sorted(e.id for e in published)
-        got = [await sub.get(timeout=5) for _ in range(2)]
+        got = [await sub.get(timeout=30) for _ in range(2)]
         assert [(e.topic, e.payload["n"]) for e in got if e] == [("batch.a", 1), ("batch.b", 2)]
     with pytest.raises(errors.InvalidInput):
         await bus.publish_many([("fine.topic", {}), ("bad topic", {})])
@@ -248,3 +248,50 @@ async def test_a_subscriber_reading_during_concurrent_publishing_misses_nothing(
     finally:
         for b in buses:
             await b.close()
+
+
+@pytest.mark.postgres_only
+async def test_a_barrier_returns_once_every_listening_process_has_heard_what_committed_before_it(
+    db: storage.Database, clock: ManualClock
+) -> None:
+    """What a process's hint does (the token cache emptied) is in force on every node when the barrier returns."""
+    if db.is_sqlite:
+        pytest.skip("one process: nothing to wait for")
+    here, there = PostgresBus(db, clock=clock), PostgresBus(db, clock=clock)
+    heard: list[str] = []
+    there.on_published("fleet.", lambda: heard.append("fleet"))
+    await here.start()
+    await there.start()
+    try:
+        await here.publish("fleet.revoked", {"n": 1})
+        assert await here.barrier() == 2  # both listening connections confirmed
+        assert heard == ["fleet"]
+    finally:
+        await here.close()
+        await there.close()
+
+
+@pytest.mark.postgres_only
+async def test_a_barrier_does_not_wait_forever_for_a_process_that_never_answers(
+    db: storage.Database, clock: ManualClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("one process: nothing to wait for")
+    import asyncpg
+
+    from grace.bus import postgres
+
+    monkeypatch.setattr(postgres, "BARRIER_SECONDS", 1.0)
+    bus = PostgresBus(db, clock=clock)
+    await bus.start()
+    # A session named like a bus's listener that listens and never answers: a process whose loop is stuck.
+    stuck = await asyncpg.connect(db.driver_dsn, server_settings={"application_name": postgres.LISTENER_NAME})
+    await stuck.execute(f"LISTEN {postgres.BARRIER}")
+    try:
+        with caplog.at_level("WARNING", logger="grace.bus"):
+            assert await bus.barrier() == 1
+        assert any(r.getMessage() == "bus.barrier_incomplete" for r in caplog.records)
+        await stuck.close()
+        assert await bus.barrier() == 1  # gone, so no longer waited for
+    finally:
+        await bus.close()

@@ -142,7 +142,7 @@ async def test_acquire_with_wait_takes_the_lead_once_the_holder_lets_go(
         await sessions_waiting_on_a_lock(watch, 1)
         assert not waiting.done()
         await a.release()
-        assert await asyncio.wait_for(waiting, 10)
+        assert await asyncio.wait_for(waiting, 60)
         assert b.is_leader
     finally:
         await a.release()
@@ -167,7 +167,7 @@ async def test_serialise_makes_a_second_transaction_wait_until_the_first_ends(
             await storage.serialise(other, "grace.test.unrelated")
         assert not waiting.done()
         order.append("first")
-    await asyncio.wait_for(waiting, 10)
+    await asyncio.wait_for(waiting, 60)
     assert order == ["first", "second"]
 
 
