@@ -21,7 +21,7 @@ from grace.services import build
 DIED = 75
 
 
-def _die(*_args: object, **_kwargs: object) -> None:
+async def _die(*_args: object, **_kwargs: object) -> None:
     sys.stdout.flush()
     os._exit(DIED)
 

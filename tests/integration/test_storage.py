@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import StatementError
 
-from grace import storage
+from grace import logs, storage
 from grace.auth.tables import users
 
 
@@ -109,6 +109,49 @@ def row(user_id: str) -> dict[str, object]:
         "created_at": now,
         "updated_at": now,
     }
+
+
+async def test_a_read_sync_sees_each_commit_at_once_and_holds_nothing_after(db: storage.Database) -> None:
+    """Database.read_sync (the consented read's one hand-off) sees what was just committed, as read() does."""
+
+    def user(conn: Connection, user_id: str) -> tuple[str, datetime] | None:
+        found = conn.execute(select(users.c.username, users.c.created_at).where(users.c.id == user_id)).first()
+        return None if found is None else (found[0], found[1])
+
+    assert await db.read_sync(lambda conn: user(conn, "usr_sync")) is None
+    async with db.write() as conn:
+        await conn.execute(insert(users).values(**row("usr_sync")))
+    seen = await db.read_sync(lambda conn: user(conn, "usr_sync"))
+    async with db.read() as conn:
+        created = (await conn.execute(select(users.c.created_at).where(users.c.id == "usr_sync"))).scalar_one()
+    assert seen == ("usr_sync", created) and seen[1].utcoffset() == timedelta(0)
+
+    # Many at once, each sees the row; an error raised inside reaches the caller.
+    names = await asyncio.gather(*(db.read_sync(lambda conn: user(conn, "usr_sync")) for _ in range(20)))
+    assert {n[0] if n else None for n in names} == {"usr_sync"}
+
+    def fails(conn: Connection) -> None:
+        conn.execute(select(users.c.id))
+        raise LookupError("not there")
+
+    with pytest.raises(LookupError):
+        await db.read_sync(fails)
+    # Nothing was left open by the reads: a change and a read of it follow at once.
+    async with db.write() as conn:
+        await conn.execute(users.update().where(users.c.id == "usr_sync").values(username="renamed"))
+    assert (await db.read_sync(lambda conn: user(conn, "usr_sync")) or ("", None))[0] == "renamed"
+
+
+async def test_read_sync_and_write_sync_run_in_the_callers_context(db: storage.Database) -> None:
+    """A log line written inside them (on SQLite, on another thread) carries the caller's request id."""
+    token = logs.request_id.set("req-sync-0001")
+    try:
+        read = await db.read_sync(lambda conn: logs.request_id.get())
+        written = await db.write_sync(lambda conn: logs.request_id.get())
+    finally:
+        logs.request_id.reset(token)
+    assert read == written == "req-sync-0001"
+    assert await db.read_sync(lambda conn: logs.request_id.get()) is None  # nothing leaks past the caller
 
 
 async def test_after_commit_runs_once_the_write_commits_and_never_after_a_rollback(db: storage.Database) -> None:

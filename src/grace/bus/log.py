@@ -155,6 +155,15 @@ class Bus(abc.ABC):
         self._closed = True
         self._wake_all()
 
+    async def barrier(self) -> int:
+        """Return once every process listening to this bus has heard everything committed before the call.
+
+        Each process's hints (:meth:`on_published`) have then run for those events, so a change whose
+        hint empties a cache is in force everywhere when this returns. Returns how many processes
+        confirmed. In process there is no other listener: at once, 0.
+        """
+        return 0
+
     # -- the public surface --------------------------------------------------
 
     async def publish(self, topic: str, payload: Mapping[str, Any] | None = None) -> Event:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import asyncpg
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from grace import jsontext, storage
+from grace import background, jsontext, storage
 from grace.bus.log import Bus, Checked, Event
 from grace.bus.tables import bus_cursors, events
 from grace.storage import Database
@@ -31,6 +32,15 @@ __all__ = ["PostgresBus"]
 log = logging.getLogger("grace.bus")
 
 CHANNEL = "grace_events"
+# Bus.barrier: a NOTIFY on BARRIER that every process's listening connection (named LISTENER_NAME, so
+# the barrier can count them in pg_stat_activity) answers on BARRIER_ACK. PostgreSQL delivers a
+# session's notifications in commit order, and asyncpg calls its listeners in the order received, so a
+# process that answers has already run its hints for everything committed before the barrier.
+BARRIER = "grace_barrier"
+BARRIER_ACK = "grace_barrier_ack"
+LISTENER_NAME = "grace-bus-listener"
+BARRIER_SECONDS = 10.0
+_LISTENERS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1"
 # Appends are serialised by this named lock (grace.storage.locks), so event ids become visible in
 # order: without it, a reader could see id 11 committed before id 10 and move its cursor past 10
 # for good. The whole append is one statement in autocommit (one round trip), so the statement
@@ -120,12 +130,19 @@ class PostgresBus(Bus):
         self.db = db
         self._listener: asyncpg.Connection | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._confirming: set[asyncio.Task[None]] = set()
+        self._confirm_lock = asyncio.Lock()
 
     async def start(self) -> None:
         dsn = self.db.driver_dsn
-        self._listener = await asyncpg.connect(dsn)
-        await self._listener.add_listener(CHANNEL, self._on_notify)
+        self._listener = await self._listen(dsn)
         self._keepalive = asyncio.create_task(self._watch_listener(dsn), name="grace-bus-listener")
+
+    async def _listen(self, dsn: str) -> asyncpg.Connection:
+        listener = await asyncpg.connect(dsn, server_settings={"application_name": LISTENER_NAME})
+        await listener.add_listener(CHANNEL, self._on_notify)
+        await listener.add_listener(BARRIER, self._on_barrier)
+        return listener
 
     async def _watch_listener(self, dsn: str) -> None:
         # Reconnect the LISTEN connection if the server drops it; polling covers the gap.
@@ -134,8 +151,7 @@ class PostgresBus(Bus):
             if self._listener is not None and not self._listener.is_closed():
                 continue
             try:
-                self._listener = await asyncpg.connect(dsn)
-                await self._listener.add_listener(CHANNEL, self._on_notify)
+                self._listener = await self._listen(dsn)
                 self._hint(None)  # what was published while not listening is unknown
                 self._wake_all()
             except (OSError, asyncpg.PostgresError) as exc:
@@ -146,12 +162,62 @@ class PostgresBus(Bus):
             self._hint(payload.split(" "))
         self._wake_all()
 
+    def _on_barrier(self, conn: object, _pid: object, _channel: object, payload: object) -> None:
+        # Called after the listeners of every notification received before it (asyncpg keeps the order).
+        if isinstance(conn, asyncpg.Connection) and isinstance(payload, str):
+            task = asyncio.create_task(self._confirm(conn, payload), name="grace-bus-barrier-ack")
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, conn: asyncpg.Connection, nonce: str) -> None:
+        async with self._confirm_lock:  # one statement at a time on the listening connection
+            try:
+                await conn.execute("SELECT pg_notify($1, $2)", BARRIER_ACK, nonce)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("bus.barrier_ack_failed", extra={"reason": type(exc).__name__})
+
+    async def barrier(self) -> int:
+        """Wait (at most ``BARRIER_SECONDS``) until every listening process confirms; return how many did.
+
+        The processes are the sessions named ``LISTENER_NAME`` on this database, counted again while
+        waiting so that one that died is not waited for. One that is alive but does not answer in
+        time is logged (``bus.barrier_incomplete``) and left to its cache's time limit.
+        """
+        nonce = secrets.token_hex(8)
+        confirmed: set[int] = set()
+        heard = asyncio.Event()
+
+        def on_ack(_conn: object, pid: object, _channel: object, payload: object) -> None:
+            if payload == nonce and isinstance(pid, int):
+                confirmed.add(pid)
+                heard.set()
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BARRIER_SECONDS
+        conn = await asyncpg.connect(self.db.driver_dsn)
+        try:
+            await conn.add_listener(BARRIER_ACK, on_ack)
+            await conn.execute("SELECT pg_notify($1, $2)", BARRIER, nonce)
+            while True:
+                live = {int(r[0]) for r in await conn.fetch(_LISTENERS, LISTENER_NAME)}
+                if live <= confirmed:
+                    return len(live)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    log.warning(
+                        "bus.barrier_incomplete",
+                        extra={"listeners": len(live), "unconfirmed": len(live - confirmed)},
+                    )
+                    return len(live & confirmed)
+                heard.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(heard.wait(), min(remaining, 0.5))
+        finally:
+            await conn.close()
+
     async def close(self) -> None:
         await super().close()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+        await background.stop(self._keepalive)
         if self._listener is not None and not self._listener.is_closed():
             await self._listener.close()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from grace.storage.database import Database, driver_in_transaction
 from grace.storage.files import private_dir, private_file, private_tree, write_private
 from grace.storage.guards import VALUE_ERRORS, refused_value
-from grace.storage.locks import FileLock, Leadership, file_lock_free, serialise, try_serialise
+from grace.storage.locks import FileLock, Leadership, file_lock_free, serialise, serialise_in, try_serialise
 from grace.storage.locks import key as lock_key
 from grace.storage.metadata import metadata
 from grace.storage.migrate import current_revision, head_revision, upgrade
@@ -35,6 +35,7 @@ __all__ = [
     "private_tree",
     "refused_value",
     "serialise",
+    "serialise_in",
     "try_serialise",
     "upgrade",
     "utc_from_text",
