@@ -225,3 +225,50 @@ async def test_a_write_cancelled_in_the_middle_of_a_statement_ends_cancelled_and
     async with db.read() as conn:
         assert (await conn.execute(select(users.c.id))).scalars().all() == ["usr_next"]
     assert task.cancelled()
+
+
+async def test_a_statement_cancelled_twice_leaves_no_task_that_outlives_the_database(
+    db: storage.Database,
+) -> None:
+    # A shutdown asks a loop to stop, then asks again a second later (grace.background.stop). When
+    # the second ask reached the connection while SQLAlchemy was closing it after the first, a close
+    # task was left waiting for a connection thread that had already ended: it could not be
+    # cancelled, and closing the event loop (which cancels and awaits every task left) hung for ever.
+    slow = (
+        "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
+        "SELECT x FROM c) AS counted"
+        if db.is_sqlite
+        else "SELECT pg_sleep(3)"
+    )
+    inside = asyncio.Event()
+
+    async def long_write() -> None:
+        async with db.write() as conn:
+            inside.set()
+            await conn.execute(text(slow))
+
+    before = asyncio.all_tasks()
+    task = asyncio.create_task(long_write())
+    await inside.wait()
+    await asyncio.sleep(0.2)
+    task.cancel()
+    await asyncio.sleep(0.01)  # SQLAlchemy is closing the connection it gave up on
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=60)
+    assert task in done and task.cancelled()
+    await db.dispose()
+    left = asyncio.all_tasks() - before - {task}
+    for other in left:  # what closing the event loop does
+        other.cancel()
+    if left:
+        _, pending = await asyncio.wait(left, timeout=60)
+        assert not pending, f"tasks that outlive the database and cannot be cancelled: {pending}"
+    # The file is not locked by the connection given up on.
+    again = storage.Database(db.url)
+    try:
+        async with again.write() as conn:
+            await conn.execute(insert(users).values(**row("usr_after_cancel")))
+        async with again.read() as conn:
+            assert "usr_after_cancel" in set((await conn.execute(select(users.c.id))).scalars())
+    finally:
+        await again.dispose()

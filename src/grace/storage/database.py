@@ -87,6 +87,8 @@ class Database:
         self._read_engine: Engine | None = None
         self._read_threads: ThreadPoolExecutor | None = None
         self._write_thread: ThreadPoolExecutor | None = None
+        # SQLite: the threads of connections given up on, until they have ended (_terminate_without_waiting).
+        self._stopping: set[asyncio.Future[Any]] = set()
         if self.backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
@@ -111,6 +113,7 @@ class Database:
                 connect_args={"factory": SQLiteConnection},
             )
             _configure_sqlite(self.engine.sync_engine)
+            _terminate_without_waiting(self.engine, self._stopping)
         else:
             # No pre-ping: it would cost a round trip per transaction on the hot path. A
             # connection the server dropped raises a disconnect error, which makes
@@ -443,6 +446,8 @@ class Database:
         return make_url(self.url).set(drivername=self.backend).render_as_string(hide_password=True)
 
     async def dispose(self) -> None:
+        if self._stopping:  # SQLite connections given up on: their threads end their statements first
+            await asyncio.wait(list(self._stopping))
         conn, self._sqlite_conn = self._sqlite_conn, None
         self._sqlite_driver = None
         held, self._autocommit = self._autocommit, []
@@ -482,6 +487,30 @@ async def driver_in_transaction(conn: AsyncConnection) -> Any:
     if not driver.is_in_transaction():
         await conn.execute(text("SELECT 1"))
     return driver
+
+
+def _terminate_without_waiting(engine: AsyncEngine, stopping: set[asyncio.Future[Any]]) -> None:
+    """End an aiosqlite connection SQLAlchemy gives up on by stopping its thread, without waiting for it.
+
+    SQLAlchemy gives a connection up (invalidates it) when a statement on it is cancelled, and its
+    aiosqlite dialect then closes it "gracefully": a task of its own awaits the connection's close,
+    shielded from the cancelled caller. When the caller was asked to stop again meanwhile (as
+    :func:`grace.background.stop` asks every second), SQLAlchemy stops the connection's thread as
+    well, and the shielded task then waits for a thread that has ended: it never finishes, and it
+    cannot be cancelled, so closing the event loop (which cancels and awaits every task left) waits
+    for ever. Here the thread is told to close its connection and end once its current statement
+    has (a cancelled transaction rolls back: :class:`SQLiteConnection`), and nobody waits on the
+    event loop; :meth:`Database.dispose` waits for those threads.
+    """
+    dialect = engine.sync_engine.dialect
+
+    def terminate(dbapi_connection: Any) -> None:
+        stopped = dialect.get_driver_connection(dbapi_connection).stop()  # aiosqlite.Connection.stop
+        if stopped is not None:
+            stopping.add(stopped)
+            stopped.add_done_callback(stopping.discard)
+
+    dialect.do_terminate = terminate  # type: ignore[method-assign]
 
 
 def _configure_sqlite(engine: Engine) -> None:
