@@ -23,7 +23,7 @@ from grace.api import create_app
 from grace.cli.main import app as cli_app
 from grace.clock import ManualClock
 from grace.config import Settings
-from grace.htm import HTM, Status
+from grace.htm import HTM, Status, rollups
 from grace.htm.attempts import Outcome
 from grace.htm.origins import Origin
 from grace.services import Services, build
@@ -339,6 +339,38 @@ async def test_a_second_roll_up_adds_nothing_twice(settings: Settings, clocked: 
         stats = (await http.get("/api/htm/dashboard/stats", headers=who["admin"])).json()
         assert stats["completed_tasks"] == 9 and stats["total_tasks"] == 16
         assert stats["p50_execution_ms"] == 400.0  # the fifth of 100, 200, 250, 300, 400, … 1500
+
+
+async def test_the_roll_ups_fold_in_steps_smaller_than_an_hour_without_moving_a_figure(
+    settings: Settings, clocked: Services, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fold takes a few rows per transaction, so a burst of finished tasks never holds the event
+    # loop for long. Here a step is two tasks: smaller than any hour of the workload, and smaller than
+    # the three tasks below that finished at one instant (their outcomes recorded together).
+    monkeypatch.setattr(rollups, "FINISHED_CHUNK", 2)
+    monkeypatch.setattr(rollups, "CREATED_CHUNK", 2)
+    async with client_for(settings, clocked) as http:
+        who = await workload(http, clocked, clock)
+        claimed = await claim(clocked.htm, 3)
+        assert len(claimed) == 3
+        clock.advance(0.25)
+        together = [Outcome(task_id, 1, Status.COMPLETED, clock.now()) for task_id in claimed]
+        assert len((await clocked.htm.record(WORKER, together)).recorded) == 3
+        clock.advance(60)
+
+        async def seen() -> list[Any]:
+            return [
+                (await http.get("/api/htm/dashboard/stats?window_hours=72", headers=who[name])).json()
+                for name in ("admin", "alice")
+            ] + [await hourly(http, who["admin"], hours=72)]
+
+        before = await seen()
+        assert before[0]["completed_tasks"] == EVERYONE["completed_tasks"] + 3
+        first = await clocked.htm.upkeep()
+        assert first["folded"] == before[0]["total_tasks"] + before[0]["completed_tasks"] + before[0]["failed_tasks"]
+        assert await seen() == before
+        assert (await clocked.htm.upkeep())["folded"] == 0
+        assert await seen() == before
 
 
 @pytest.mark.parametrize(
