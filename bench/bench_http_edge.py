@@ -263,15 +263,7 @@ async def _start(backend: str, work: Path, label: str, src: Path, n: int) -> _Se
     log = (work / f"{backend}-{label}.log").open("wb")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if (await client.get("/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "grace serve did not start"
-            await asyncio.sleep(0.2)
+        await _wait_healthy(client, process, 120, "grace serve")
         agent, key = await _setup(client)
     task = {"task_type": "htm.noop", "origin": "intent"}
     scripts = {
@@ -293,6 +285,19 @@ async def _start(backend: str, work: Path, label: str, src: Path, n: int) -> _Se
     return _Server(label, backend, url, base, process, log, workers, paths)
 
 
+async def _wait_healthy(client: httpx.AsyncClient, process: subprocess.Popen[bytes], seconds: float, what: str) -> None:
+    """Wait until ``/health`` answers 200 (a server just started); fail if it exits or takes ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if (await client.get("/health")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, f"{what} did not start"
+        await asyncio.sleep(0.2)
+
+
 async def _start_peer(work: Path, loop: str) -> _Server:
     """Start the bare ASGI peer (bench/edge_peer.py) on ``loop``; it serves only ``/health``."""
     port = _free_port()
@@ -304,15 +309,7 @@ async def _start_peer(work: Path, loop: str) -> _Server:
         [sys.executable, "-m", "bench.edge_peer", str(port), loop], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if (await client.get("/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, f"the {label} peer did not start"
-            await asyncio.sleep(0.2)
+        await _wait_healthy(client, process, 60, f"the {label} peer")
     script = work / f"{label}-health.lua"
     script.write_text(_lua("GET", TOKEN, None))
     return _Server(label, "none", "", base, process, log, 1, {"health": ("/health", script)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -107,3 +108,36 @@ async def reprotect_audit(db: Database) -> None:
         return
     async with db.write() as conn:
         await conn.execute(text("ALTER TABLE vault_audit ENABLE TRIGGER USER"))
+
+
+@contextlib.asynccontextmanager
+async def audit_offline(db: Database) -> AsyncIterator[None]:
+    """Make every write to the audit trail fail (a trigger raising on insert) while the block runs."""
+    async with db.write() as conn:
+        if db.is_sqlite:
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit "
+                    "BEGIN SELECT RAISE(ABORT, 'audit offline'); END"
+                )
+            )
+        else:
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION audit_offline() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'audit offline'; END $$"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit "
+                    "FOR EACH ROW EXECUTE FUNCTION audit_offline()"
+                )
+            )
+    try:
+        yield
+    finally:
+        async with db.write() as conn:
+            await conn.execute(text("DROP TRIGGER audit_offline" + ("" if db.is_sqlite else " ON vault_audit")))
+            if not db.is_sqlite:
+                await conn.execute(text("DROP FUNCTION audit_offline()"))

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from grace import errors
 from grace.auth import Principal
@@ -16,7 +16,7 @@ from grace.config import Settings
 from grace.vault import AccessResult, AuditUnavailable, SecretInfo, governance
 from grace.vault.tables import secret_consent_records, vault_audit
 from tests import canary
-from tests.vaultkit import Cast, make_cast
+from tests.vaultkit import Cast, audit_offline, make_cast
 
 GITHUB_TOKEN = "ghp_" + "A1b2C3d4" * 4
 
@@ -413,28 +413,7 @@ async def test_an_audit_write_failure_releases_nothing(cast: Cast) -> None:
     assert pending.consent_id is not None
     await cast.vault.respond(cast.owner, pending.consent_id, True)
     db = cast.services.db
-    async with db.write() as conn:
-        if db.is_sqlite:
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit "
-                    "BEGIN SELECT RAISE(ABORT, 'audit offline'); END"
-                )
-            )
-        else:
-            await conn.execute(
-                text(
-                    "CREATE FUNCTION audit_offline() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'audit offline'; END $$"
-                )
-            )
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit "
-                    "FOR EACH ROW EXECUTE FUNCTION audit_offline()"
-                )
-            )
-    try:
+    async with audit_offline(db):
         with pytest.raises(AuditUnavailable):
             await cast.vault.redeem(cast.agent, pending.consent_id)
         with pytest.raises(AuditUnavailable):
@@ -443,11 +422,6 @@ async def test_an_audit_write_failure_releases_nothing(cast: Cast) -> None:
         assert record.status == "approved" and record.used_count == 0
         assert (await cast.vault.secret(cast.owner, "github_token")).usage_count == 0
         assert [s.key for s in await cast.vault.list_secrets(cast.owner)] == ["github_token"]
-    finally:
-        async with db.write() as conn:
-            await conn.execute(text("DROP TRIGGER audit_offline" + ("" if db.is_sqlite else " ON vault_audit")))
-            if not db.is_sqlite:
-                await conn.execute(text("DROP FUNCTION audit_offline()"))
     assert "secret.released" not in await _events(cast, pending.consent_id)
     assert (await cast.vault.redeem(cast.agent, pending.consent_id)).approved
 

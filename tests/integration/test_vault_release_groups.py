@@ -14,12 +14,12 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from grace.vault import AccessResult, AuditUnavailable
 from grace.vault.anomaly import AnomalyPolicy
 from grace.vault.tables import vault_audit, vault_audit_checkpoints
-from tests.vaultkit import Cast
+from tests.vaultkit import Cast, audit_offline
 
 VALUE = "ghp_" + "Z9y8X7w6" * 4
 
@@ -126,28 +126,7 @@ async def test_a_single_use_consent_used_twice_in_one_group_is_released_once(cas
 async def test_reads_whose_audit_write_fails_are_not_answered(cast: Cast) -> None:
     consent_id = await _standing(cast)
     db = cast.services.db
-    async with db.write() as conn:
-        if db.is_sqlite:
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit "
-                    "BEGIN SELECT RAISE(ABORT, 'audit offline'); END"
-                )
-            )
-        else:
-            await conn.execute(
-                text(
-                    "CREATE FUNCTION audit_offline() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'audit offline'; END $$"
-                )
-            )
-            await conn.execute(
-                text(
-                    "CREATE TRIGGER audit_offline BEFORE INSERT ON vault_audit "
-                    "FOR EACH ROW EXECUTE FUNCTION audit_offline()"
-                )
-            )
-    try:
+    async with audit_offline(db):
         async with _writer_holding_the_lock(cast, 10):
             reads = [
                 asyncio.create_task(cast.vault.access(cast.agent, "github_token", action="read", wait_seconds=0))
@@ -158,11 +137,6 @@ async def test_reads_whose_audit_write_fails_are_not_answered(cast: Cast) -> Non
         assert not any(VALUE in repr(o) or VALUE in str(o) for o in outcomes)
         assert (await cast.vault.secret(cast.owner, "github_token")).usage_count == 0
         assert (await cast.vault.get_consent(consent_id)).used_count == 0
-    finally:
-        async with db.write() as conn:
-            await conn.execute(text("DROP TRIGGER audit_offline" + ("" if db.is_sqlite else " ON vault_audit")))
-            if not db.is_sqlite:
-                await conn.execute(text("DROP FUNCTION audit_offline()"))
     assert await _released(cast) == []
     assert (await cast.vault.access(cast.agent, "github_token", action="read", wait_seconds=0)).approved
     assert (await cast.vault.verify_audit()).ok
