@@ -447,7 +447,9 @@ class Database:
 
     async def dispose(self) -> None:
         if self._stopping:  # SQLite connections given up on: their threads end their statements first
-            await asyncio.wait(list(self._stopping))
+            _, running = await asyncio.wait(list(self._stopping), timeout=2 * SQLITE_BUSY_TIMEOUT_MS / 1000)
+            if running:  # a statement still running: its thread ends after it, on its own
+                log.warning("storage.connections_still_closing", extra={"connections": len(running)})
         conn, self._sqlite_conn = self._sqlite_conn, None
         self._sqlite_driver = None
         held, self._autocommit = self._autocommit, []
