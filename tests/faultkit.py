@@ -64,7 +64,7 @@ class TcpProxy:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._call(self._refuse())
+            self._call(self._shut())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -94,6 +94,20 @@ class TcpProxy:
             server.close()
         return await self._cut()
 
+    async def _shut(self) -> int:
+        """Refuse, then end every connection's handler, so no connection outlives the proxy's loop.
+
+        A handler still opening its upstream connection when the loop stopped left both sockets
+        open; collected later, in another test, they failed it with an unclosed-transport warning.
+        """
+        cut = await self._refuse()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await self._cut()
+        return cut
+
     async def _cut(self) -> int:
         writers, self._writers = self._writers, set()
         for w in writers:
@@ -105,9 +119,11 @@ class TcpProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
+        except BaseException as exc:  # refused, or the proxy closing meanwhile
             writer.transport.abort()
-            return
+            if isinstance(exc, OSError):
+                return
+            raise
         pair = {writer, up_writer}
         self._writers |= pair
         try:
