@@ -111,34 +111,74 @@ def test_a_member_never_sees_another_members_requests(grace: Grace, open_session
     assert theirs not in bella.page.content()
 
 
+# A hidden tab and granted permission, with a named fake Notification that records what it is given,
+# and a flag raised when the inbox's event stream has opened.
+_HIDDEN_TAB_WITH_RECORDING_NOTIFICATION = """
+    Object.defineProperty(document, 'hidden', {get: () => true});
+    Object.defineProperty(document, 'visibilityState', {get: () => 'hidden'});
+    window.shownNotifications = [];
+    window.streamOpen = false;
+    document.addEventListener('htmx:sseOpen', () => { window.streamOpen = true; });
+    class RecordingNotification {
+      static permission = 'granted';
+      static requestPermission() { return Promise.resolve('granted'); }
+      constructor(title, options) { window.shownNotifications.push({title, body: options.body, tag: options.tag}); }
+      close() {}
+    }
+    window.Notification = RecordingNotification;
+"""
+
+
 def test_a_new_request_is_announced_when_the_tab_is_in_the_background(grace: Grace, open_session: Any) -> None:
     key = _key("notify_key")
     grace.store("aaron", key, service="github")
     session = open_session()
-    # A hidden tab and granted permission, with a named fake Notification that records what it is given.
-    session.context.add_init_script(
-        """
-        Object.defineProperty(document, 'hidden', {get: () => true});
-        Object.defineProperty(document, 'visibilityState', {get: () => 'hidden'});
-        window.shownNotifications = [];
-        class RecordingNotification {
-          static permission = 'granted';
-          static requestPermission() { return Promise.resolve('granted'); }
-          constructor(title, options) { window.shownNotifications.push({title, body: options.body}); }
-          close() {}
-        }
-        window.Notification = RecordingNotification;
-        """
-    )
+    session.context.add_init_script(_HIDDEN_TAB_WITH_RECORDING_NOTIFICATION)
     from tests.browser.conftest import sign_in
 
     sign_in(session, "aaron")
     page = session.page
-    page.wait_for_function("() => document.querySelector('#pending-list') !== null")
+    page.wait_for_function("() => window.streamOpen")
     consent_id = grace.ask("code_agent", key)
     expect(page.locator(f"#consent-{consent_id}")).to_be_attached(timeout=20_000)
     page.wait_for_function("() => window.shownNotifications.length > 0")
     shown = page.evaluate("() => window.shownNotifications")
-    assert shown[-1]["title"] == "Grace asks"
-    assert shown[-1]["body"] == "Grace wants to use your github credentials to push code. Allow?"
+    assert shown == [
+        {
+            "title": "Grace asks",
+            "body": "Grace wants to use your github credentials to push code. Allow?",
+            "tag": f"consent-{consent_id}",
+        }
+    ]
     assert not page.locator("#notify").is_visible()  # permission already decided: nothing to ask
+
+
+def test_a_request_that_arrives_before_the_stream_opens_is_announced_and_one_already_shown_is_not(
+    grace: Grace, open_session: Any
+) -> None:
+    key = _key("notify_late_key")
+    grace.store("aaron", key, service="github")
+    earlier = grace.ask("code_agent", key)  # on the page when it is drawn: the person can see it
+    session = open_session()
+    session.context.add_init_script(_HIDDEN_TAB_WITH_RECORDING_NOTIFICATION)
+    from tests.browser.conftest import sign_in
+
+    asked: list[str] = []
+
+    def ask_then_open(route: Any) -> None:
+        # The request arrives after the page is drawn and before its stream opens: the stream's first
+        # message (the whole list) is the only place the page learns of it.
+        if not asked:
+            asked.append(grace.ask("code_agent", key))
+        route.continue_()
+
+    session.page.route("**/consents/stream*", ask_then_open)
+    sign_in(session, "aaron")
+    page = session.page
+    expect(page.locator(f"#consent-{earlier}")).to_be_attached()
+    page.wait_for_function("() => window.streamOpen")
+    expect(page.locator(f"#consent-{asked[0]}")).to_be_attached(timeout=20_000)
+    page.wait_for_function("() => window.shownNotifications.length > 0")
+    shown = page.evaluate("() => window.shownNotifications")
+    assert [n["tag"] for n in shown] == [f"consent-{asked[0]}"]
+    assert shown[0]["body"] == "Grace wants to use your github credentials to push code. Allow?"

@@ -40,21 +40,27 @@
     });
   }
 
+  // A request the person has not seen yet: one the stream sends as it arrives ("consent"), or one in
+  // the whole list the stream sends when it opens or reopens ("reset") that the page did not show yet,
+  // since a request can arrive between drawing the page and opening the stream, or while it reconnects.
   function announce(event) {
-    if (event.detail.type !== "consent") return;
+    var type = event.detail.type;
+    if (type !== "consent" && type !== "reset") return;
     if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
     var doc = new DOMParser().parseFromString(event.detail.data, "text/html");
-    var question = doc.querySelector(".prompt");
-    if (question) question.querySelectorAll("[aria-hidden]").forEach(function (n) { n.remove(); });
-    var card = doc.querySelector("article");
-    var note = new Notification("Grace asks", {
-      body: question ? question.textContent.replace(/\s+/g, " ").trim() : "A request is waiting for you.",
-      tag: card ? card.id : "grace-consent",
+    doc.querySelectorAll("article").forEach(function (card) {
+      if (type === "reset" && card.id && document.getElementById(card.id)) return;
+      var question = card.querySelector(".prompt");
+      if (question) question.querySelectorAll("[aria-hidden]").forEach(function (n) { n.remove(); });
+      var note = new Notification("Grace asks", {
+        body: question ? question.textContent.replace(/\s+/g, " ").trim() : "A request is waiting for you.",
+        tag: card.id || "grace-consent",
+      });
+      note.onclick = function () {
+        window.focus();
+        note.close();
+      };
     });
-    note.onclick = function () {
-      window.focus();
-      note.close();
-    };
   }
 
   // A card drawn again (the stream's "reset" when it opens or reopens, or an "update") keeps what
