@@ -345,6 +345,24 @@ async def test_a_burst_forces_a_fresh_consent_and_publishes_an_anomaly(cast: Cas
     assert (await _events(cast, flagged.consent_id)) == ["consent.requested"]
 
 
+async def test_a_lapsed_newer_standing_consent_does_not_hide_an_older_one_still_in_force(cast: Cast) -> None:
+    await _store(cast)
+    older = await _ask(cast)
+    assert older.consent_id is not None
+    await cast.vault.respond(cast.owner, older.consent_id, True, persistent=True)  # no idle timeout
+    assert (await cast.vault.redeem(cast.agent, older.consent_id)).approved
+    for _ in range(9):
+        assert (await _ask(cast)).approved
+    newer = await _ask(cast)  # the burst forces a fresh consent beside the standing one
+    assert newer.status == "pending" and newer.consent_id is not None
+    await cast.vault.respond(cast.owner, newer.consent_id, True, persistent=True, idle_timeout_seconds=120)
+    assert (await cast.vault.redeem(cast.agent, newer.consent_id)).approved
+    cast.clock.advance(121)  # past the burst window; the newer consent has lapsed, idle
+    again = await _ask(cast)
+    assert again.approved and again.consent_id == older.consent_id
+    assert (await _status(cast, newer.consent_id)) == "approved"
+
+
 async def test_the_burst_threshold_is_a_setting(settings: Settings, clock: ManualClock) -> None:
     """GRACE_VAULT_BURST_PER_MINUTE: an agent that reads a secret often by design is let past the default 10."""
     cast = await make_cast(settings.model_copy(update={"vault_burst_per_minute": 30}), clock)

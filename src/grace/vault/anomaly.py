@@ -9,20 +9,22 @@
   never been given anything at this UTC hour or the hours beside it.
 
 An anomaly forces a fresh consent (no reuse of a standing consent, no
-self-approval) and is published as ``secrets.anomaly``.
+self-approval) and is published as ``secrets.anomaly``. The history is read in
+the one statement a request is decided on (``decision.py``).
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Exists, ScalarSelect, Select, bindparam, func, literal, select
+from sqlalchemy import ColumnElement, Exists, Label, ScalarSelect, bindparam, func, literal, select
 
 from grace.vault.tables import vault_usage
 
-__all__ = ["AnomalyPolicy", "detect"]
+__all__ = ["AnomalyPolicy", "columns", "judge", "parameters"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,14 @@ class AnomalyPolicy:
     hour_min_history: int = 20
 
 
-@functools.cache
-def _statement(policy: AnomalyPolicy) -> Select[int, int, bool, bool]:
-    """The one statement :func:`detect` runs, built once per policy (its parameters bound at each call)."""
+def columns(policy: AnomalyPolicy, secret_id: ColumnElement[str]) -> list[Label[Any]]:
+    """What :func:`judge` is given, as four columns for the statement a request is decided on.
+
+    ``secret_id`` is the requested secret's id (an uncorrelated subquery there); the owner, the agent,
+    the action and the times are bound from :func:`parameters`. The cost does not grow with the
+    agent's history: each count stops at the threshold it is compared with, and "ever given this
+    action" and "ever given anything at this hour" stop at the newest release that says so.
+    """
     mine = (vault_usage.c.owner_id == bindparam("owner_id")) & (vault_usage.c.agent == bindparam("agent"))
 
     def at_most(limit: int, *where: ColumnElement[bool]) -> ScalarSelect[int]:
@@ -50,50 +57,37 @@ def _statement(policy: AnomalyPolicy) -> Select[int, int, bool, bool]:
     recent: ColumnElement[int] | ScalarSelect[int] = (
         at_most(
             policy.burst_count,
-            vault_usage.c.secret_id == bindparam("secret_id"),
+            vault_usage.c.secret_id == secret_id,
             vault_usage.c.at > bindparam("since", type_=vault_usage.c.at.type),
         )
         if policy.burst_count > 0
         else literal(0)
     )
-    return select(
-        recent,
-        at_most(max(policy.baseline_min, policy.hour_min_history)),
-        ever(vault_usage.c.action == bindparam("action")),
-        ever(hours),
-    )
+    return [
+        recent.label("anomaly_recent"),
+        at_most(max(policy.baseline_min, policy.hour_min_history)).label("anomaly_history"),
+        ever(vault_usage.c.action == bindparam("action")).label("anomaly_seen_action"),
+        ever(hours).label("anomaly_seen_hour"),
+    ]
 
 
-def detect(
-    conn: Connection,
-    policy: AnomalyPolicy,
-    *,
-    owner_id: str,
-    secret_id: str,
-    agent: str,
-    action: str,
-    now: datetime,
-) -> list[str]:
-    """Return the anomalies this request shows (empty when it looks like the agent's usual use).
+def parameters(policy: AnomalyPolicy, *, owner_id: str, agent: str, action: str, now: datetime) -> dict[str, Any]:
+    """The values :func:`columns` binds."""
+    return {
+        "owner_id": owner_id,
+        "agent": agent,
+        "action": action,
+        "since": now - policy.burst_window,
+        "hour_before": (now.hour - 1) % 24,
+        "hour": now.hour,
+        "hour_after": (now.hour + 1) % 24,
+    }
 
-    One statement, whose cost does not grow with the agent's history: each count stops at the
-    threshold it is compared with, and "ever given this action" and "ever given anything at this
-    hour" stop at the newest release that says so.
-    """
-    row = conn.execute(
-        _statement(policy),
-        {
-            "owner_id": owner_id,
-            "agent": agent,
-            "secret_id": secret_id,
-            "since": now - policy.burst_window,
-            "action": action,
-            "hour_before": (now.hour - 1) % 24,
-            "hour": now.hour,
-            "hour_after": (now.hour + 1) % 24,
-        },
-    ).one()
-    recent, history, seen_action, seen_hour = int(row[0]), int(row[1]), bool(row[2]), bool(row[3])
+
+def judge(policy: AnomalyPolicy, row: Mapping[Any, Any]) -> list[str]:
+    """Return the anomalies a request shows from :func:`columns`' values (empty: the agent's usual use)."""
+    recent, history = int(row["anomaly_recent"]), int(row["anomaly_history"])
+    seen_action, seen_hour = bool(row["anomaly_seen_action"]), bool(row["anomaly_seen_hour"])
     found: list[str] = []
     if policy.burst_count > 0 and recent >= policy.burst_count:
         found.append("burst")

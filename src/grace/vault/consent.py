@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Connection, Select, bindparam, func, insert, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import ColumnElement, Connection, Label, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import clock, errors
@@ -37,6 +36,8 @@ __all__ = [
     "ConsentStore",
     "record_from_row",
     "requester_name",
+    "standing_columns",
+    "standing_conditions",
     "summarise",
     "validate_action",
     "validate_agent",
@@ -133,7 +134,7 @@ class ConsentRecord:
     revoked_at: datetime | None
     kind: str = "secret"  # ``secret``, or ``approval`` (a playbook step asking the owner)
     # The sealed columns as read, with the seal: a change is sealed from them (ConsentStore).
-    sealed: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    sealed: Mapping[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_approval(self) -> bool:
@@ -197,7 +198,10 @@ class ConsentRecord:
         return out
 
 
-def record_from_row(row: RowMapping) -> ConsentRecord:
+def record_from_row(row: Mapping[Any, Any], prefix: str = "") -> ConsentRecord:
+    """The record a row holds; ``prefix`` when its columns are labelled so in a join (``standing_columns``)."""
+    if prefix:
+        row = {column.name: row[prefix + column.name] for column in _table.c}
     return ConsentRecord(
         consent_id=row["consent_id"],
         secret_key=row["secret_key"],
@@ -246,7 +250,7 @@ class ConsentDecision:
     # A standing consent's secret, as the request read it (seal checked), and its current version's sealed
     # row, read in the same transaction, for the release that follows.
     secret: SecretInfo | None = field(default=None, repr=False, compare=False)
-    version: RowMapping | None = field(default=None, repr=False, compare=False)
+    version: Mapping[Any, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def approved(self) -> bool:
@@ -289,26 +293,28 @@ def summarise(records: list[ConsentRecord]) -> dict[str, Any]:
     }
 
 
-def _standing(requester: ColumnElement[bool]) -> Select[Any]:
-    """The approved persistent consents for (secret, agent, action) still in force, newest first (built once)."""
-    return (
-        select(_table)
-        .where(
-            _table.c.secret_id == bindparam("secret_id"),
-            _table.c.requested_by == bindparam("agent"),
-            _table.c.requested_action == bindparam("action"),
-            _table.c.consent_status == "approved",
-            _table.c.single_use.is_(False),
-            _table.c.valid_until > bindparam("now", type_=_table.c.valid_until.type),
-            requester,
-        )
-        .order_by(_table.c.created_at.desc())
-    )
+def standing_conditions(secret_id: ColumnElement[str], *, of_nobody: bool) -> list[ColumnElement[bool]]:
+    """Which records are approved persistent consents still in force for (secret, agent, action).
+
+    The agent, the action and ``now`` are bound by name; ``requester_user_id`` too unless ``of_nobody``
+    (the same agent name under another user's token is another agent).
+    """
+    return [
+        _table.c.secret_id == secret_id,
+        _table.c.requested_by == bindparam("agent"),
+        _table.c.requested_action == bindparam("action"),
+        _table.c.consent_status == "approved",
+        _table.c.single_use.is_(False),
+        _table.c.valid_until > bindparam("now", type_=_table.c.valid_until.type),
+        _table.c.requester_user_id.is_(None)
+        if of_nobody
+        else _table.c.requester_user_id == bindparam("requester_user_id"),
+    ]
 
 
-# The same agent name under another user's token is another agent.
-_STANDING = _standing(_table.c.requester_user_id == bindparam("requester_user_id"))
-_STANDING_OF_NOBODY = _standing(_table.c.requester_user_id.is_(None))
+def standing_columns(prefix: str) -> list[Label[Any]]:
+    """Every column of a record, labelled ``prefix + name``, for a join (read back by ``record_from_row``)."""
+    return [column.label(prefix + column.name) for column in _table.c]
 
 
 class ConsentStore:
@@ -340,7 +346,7 @@ class ConsentStore:
         await self.seal.check(CONSENTS, row)
         return record_from_row(row)
 
-    def _resealed(self, record: ConsentRecord, values: Mapping[str, Any]) -> tuple[ColumnElement[bool], str]:
+    def _resealed(self, record: ConsentRecord, values: Mapping[Any, Any]) -> tuple[ColumnElement[bool], str]:
         """Return the condition that the row is still the record read, and the seal of it changed by ``values``."""
         return _table.c.seal == record.sealed["seal"], self.seal.seal(CONSENTS, {**record.sealed, **values})
 
@@ -377,29 +383,15 @@ class ConsentStore:
             await self.audit.append_many(conn, [*also, entry])
         return consent_id
 
-    def standing(
-        self,
-        conn: Connection,
-        *,
-        secret_id: str,
-        agent: str,
-        action: str,
-        requester_user_id: str | None,
-        now: datetime,
-    ) -> ConsentRecord | None:
-        """Return the newest approved persistent consent for exactly (agent, secret, action) still in force.
+    def first_standing(self, rows: Sequence[Mapping[Any, Any]], now: datetime, prefix: str) -> ConsentRecord | None:
+        """The first of ``rows`` (standing consents, newest first, labelled by ``standing_columns``) still in force.
 
         Each candidate's seal is checked (RowTampered, not yet reported: the caller wraps its read in
         ``seal.reporting()``): a row flipped to approved outside Grace is refused, never used.
         """
-        query = _STANDING_OF_NOBODY if requester_user_id is None else _STANDING
-        params = {"secret_id": secret_id, "agent": agent, "action": action, "now": now}
-        if requester_user_id is not None:
-            params["requester_user_id"] = requester_user_id
-        rows = conn.execute(query, params).mappings().all()
         for row in rows:
-            self.seal.require(CONSENTS, row)
-            record = record_from_row(row)
+            self.seal.require(CONSENTS, row, prefix)
+            record = record_from_row(row, prefix)
             if not record.idle_expired(now):
                 return record
         return None

@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import RowMapping
 
 from grace import errors
 from grace.auth import Principal
@@ -195,7 +195,7 @@ class Release:
         by: Principal,
         record: ConsentRecord,
         secret: SecretInfo | None = None,
-        version: RowMapping | None = None,
+        version: Mapping[Any, Any] | None = None,
     ) -> AccessResult:
         """Release the value ``record`` consents to; ``secret`` and its ``version`` row when the request read them."""
         now = self.clock.now()

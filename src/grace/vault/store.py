@@ -8,12 +8,12 @@ the active key-encryption key (bound to secret id, version and KEK id).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Label, bindparam, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -136,17 +136,26 @@ class SecretInfo:
         }
 
 
-# Statements of the access path, built once.
-_BY_KEY = select(vault_secrets).where(
-    vault_secrets.c.owner_id == bindparam("owner_id"), vault_secrets.c.key == bindparam("key")
-)
+# The statement that reads a secret's current version, built once.
 _VERSION = select(vault_secret_versions).where(
     vault_secret_versions.c.secret_id == bindparam("secret_id"),
     vault_secret_versions.c.version == bindparam("version"),
 )
 
 
-def secret_info(row: RowMapping) -> SecretInfo:
+def version_columns(prefix: str) -> list[Label[Any]]:
+    """Every column of a secret's version, labelled ``prefix + name``, for a join (read back by ``version_of``)."""
+    return [column.label(prefix + column.name) for column in vault_secret_versions.c]
+
+
+def version_of(row: Mapping[Any, Any], prefix: str) -> dict[str, Any] | None:
+    """The version a join's row holds under ``prefix`` (``version_columns``); None if it found none."""
+    if row[prefix + "secret_id"] is None:
+        return None
+    return {column.name: row[prefix + column.name] for column in vault_secret_versions.c}
+
+
+def secret_info(row: Mapping[Any, Any]) -> SecretInfo:
     return SecretInfo(
         row["id"],
         row["owner_id"],
@@ -381,12 +390,9 @@ class SecretStore:
             row = await self.current_version(conn, info)
         return info, await self.open_version(info, row)
 
-    def find(self, conn: Connection, owner_id: str, key: str) -> SecretInfo | None:
-        """Read a secret inside the caller's (synchronous) transaction, its seal required (RowTampered, not yet
-        reported: the caller wraps its read in ``seal.reporting()``); None if there is none of that name."""
-        row = conn.execute(_BY_KEY, {"owner_id": owner_id, "key": key}).mappings().first()
-        if row is None:
-            return None
+    def sealed(self, row: Mapping[Any, Any]) -> SecretInfo:
+        """The secret a row read inside the caller's transaction holds, its seal required (RowTampered, not
+        yet reported: the caller wraps its read in ``seal.reporting()``)."""
         self.seal.require(SECRETS, row)
         return secret_info(row)
 
@@ -394,18 +400,14 @@ class SecretStore:
         """The sealed row of ``secret``'s current version, read inside the caller's transaction."""
         return (await conn.execute(_VERSION, {"secret_id": secret.id, "version": secret.version})).mappings().first()
 
-    @staticmethod
-    def current_version_in(conn: Connection, secret: SecretInfo) -> RowMapping | None:
-        """:meth:`current_version` inside the caller's synchronous transaction (``Database.read_sync``)."""
-        return conn.execute(_VERSION, {"secret_id": secret.id, "version": secret.version}).mappings().first()
-
-    async def open_version(self, secret: SecretInfo, row: RowMapping | None) -> SecretValue:
-        """Open the version row :meth:`current_version` read; IntegrityFailure if anything was altered."""
+    async def open_version(self, secret: SecretInfo, row: Mapping[Any, Any] | None) -> SecretValue:
+        """Open the version row :meth:`current_version` (or ``version_columns``) read; IntegrityFailure if
+        anything was altered."""
         if row is None:
             raise errors.NotFound(f"no version {secret.version} of this secret")
         return await self._open(row, secret.id, secret.version)
 
-    async def _open(self, row: RowMapping, secret_id: str, version: int) -> SecretValue:
+    async def _open(self, row: Mapping[Any, Any], secret_id: str, version: int) -> SecretValue:
         dek = await self.keyring.unwrap_dek(row["key_id"], row["dek_id"], row["wrapped_dek"], secret_id, version)
         plaintext = crypto.open_sealed(dek, row["ciphertext"], crypto.Binding("value", secret_id, version, dek.id))
         return SecretValue(plaintext.decode())

@@ -17,17 +17,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import RowMapping
 
 from grace import errors
 from grace.auth import Principal, Role, Scope
 from grace.bus import Bus
 from grace.clock import Clock
 from grace.storage import Database
-from grace.vault import anomaly, consent, governance, risk
+from grace.vault import anomaly, consent, decision, governance, risk
 from grace.vault.audit import AuditLog, Fields, audited
 from grace.vault.consent import ConsentDecision, ConsentPolicy, ConsentRecord, ConsentStore
 from grace.vault.store import SecretInfo, SecretStore
@@ -44,15 +43,6 @@ APPROVAL_MAX_TIMEOUT = timedelta(days=7)
 APPROVAL_RISK = "medium"
 WAIT_POLL_SECONDS = 0.2
 REVOKE_ATTEMPTS = 5
-
-
-class _Read(NamedTuple):
-    """What a request's read found: the secret, its anomalies, a standing consent and the current version's row."""
-
-    secret: SecretInfo | None
-    found: list[str]
-    standing: ConsentRecord | None = None
-    version: RowMapping | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -107,37 +97,21 @@ class ConsentWorkflow:
         requester_user_id = requester.user_id if requester else None
         key = secret_key.strip()
 
-        def decide(conn: Connection) -> _Read:
-            """One read for all a request decides on: the secret (its seal checked), the agent's history, a
-            standing consent and, when there is one, the secret's current version for the release that follows."""
-            secret = self.secrets.find(conn, user_id, key)
-            if secret is None or secret.status != "active":
-                return _Read(secret, [])
-            found = anomaly.detect(
+        def decide(conn: Connection) -> decision.Read:
+            return decision.read(
                 conn,
-                self.anomaly_policy,
-                owner_id=secret.owner_id,
-                secret_id=secret.id,
-                agent=agent,
-                action=action,
-                now=now,
-            )
-            if found:  # an anomaly rules a standing consent out
-                return _Read(secret, found)
-            # Looked up now, used only if governance allows below.
-            standing = self.store.standing(
-                conn,
-                secret_id=secret.id,
+                secrets=self.secrets,
+                consents=self.store,
+                policy=self.anomaly_policy,
+                owner_id=user_id,
+                key=key,
                 agent=agent,
                 action=action,
                 requester_user_id=requester_user_id,
                 now=now,
             )
-            if standing is None:
-                return _Read(secret, [])
-            return _Read(secret, [], standing, self.secrets.current_version_in(conn, secret))
 
-        # On SQLite the whole read is one hand-off to a reading thread (Database.read_sync).
+        # One statement (decision.py); on SQLite one hand-off to a reading thread (Database.read_sync).
         async with self.store.seal.reporting():
             secret, found, standing, version = await self.db.read_sync(decide)
         if secret is None:
@@ -153,15 +127,15 @@ class ConsentWorkflow:
         flagged = [_anomaly_entry(secret, agent, action, found)] if found else []
 
         if level.needs_governance:
-            decision = await self._govern(
+            ruling = await self._govern(
                 governance.Request(secret.service, action, agent, level.value, secret.secret_type, now),
                 user_id=secret.owner_id,
                 secret_id=secret.id,
                 stage="request",
             )
-            base["governance_decision"] = "allow" if decision.allowed else "deny"
-            if not decision.allowed:
-                denied = await self._deny_new(base, f"governance: {decision.reason}", also=flagged)
+            base["governance_decision"] = "allow" if ruling.allowed else "deny"
+            if not ruling.allowed:
+                denied = await self._deny_new(base, f"governance: {ruling.reason}", also=flagged)
                 if found:
                     await self._publish_anomaly(secret, agent, action, found)
                 return denied
