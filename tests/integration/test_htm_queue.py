@@ -8,10 +8,11 @@ import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -262,6 +263,36 @@ async def test_a_dead_workers_tasks_return_after_lease_expiry_and_its_late_compl
         assert task.status is Status.COMPLETED and task.result == 2 and task.worker_id == "live-worker"
         [record] = await htm.late_completions(task_id, principal=None)
         assert record["worker_id"] == "dead-worker" and record["attempt"] == 1 and record["outcome"] == "completed"
+
+
+async def test_a_reap_with_no_task_running_writes_nothing_and_still_removes_a_stale_worker(
+    database_url: str, clock: ManualClock
+) -> None:
+    """Every maintenance tick reaps; with nothing running it only reads (on SQLite the one writer is not taken)."""
+    async with manual_htm(database_url, clock, lease_seconds=30) as htm:
+        await submit(htm, Origin.USER_REQUEST)  # queued, not running
+        writes: list[str] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            verb = statement.split(None, 1)[0].upper()
+            if verb in ("INSERT", "UPDATE", "DELETE", "BEGIN"):
+                writes.append(verb)
+
+        event.listen(htm.db.engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            for _ in range(3):
+                assert await htm.reap() == []
+            assert writes == []
+            await htm.queue.register_worker("gone", host="h", pid=1, concurrency=1, task_types=[])
+            clock.advance(301)  # ten leases without a heartbeat
+            writes.clear()
+            assert await htm.reap() == []
+            assert "DELETE" in writes  # its record is removed
+        finally:
+            event.remove(htm.db.engine.sync_engine, "before_cursor_execute", seen)
+        async with htm.db.read() as conn:
+            left = (await conn.execute(text("SELECT count(*) FROM htm_workers WHERE worker_id = 'gone'"))).scalar()
+        assert left == 0
 
 
 async def test_completion_is_idempotent(database_url: str, clock: ManualClock) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from grace import storage
@@ -34,6 +34,17 @@ log = logging.getLogger("grace.htm")
 
 # A worker whose liveness lock has been free this long (or a quarter of the lease, if shorter) is dead.
 LIVENESS_CONFIRM_SECONDS = 3.0
+
+# Whether a reap may have anything to do: a running task (its lease may have ended, its worker may have
+# died; the partial index of running tasks answers) or a worker's record whose heartbeat is ``stale``.
+_REAP_WORK = select(
+    or_(
+        select(htm_tasks.c.seq).where(IS_RUNNING).exists(),
+        select(htm_workers.c.worker_id)
+        .where(htm_workers.c.heartbeat_at < bindparam("stale", type_=htm_workers.c.heartbeat_at.type))
+        .exists(),
+    )
+)
 
 
 @dataclass
@@ -123,8 +134,18 @@ class Leases:
         return still
 
     async def reap(self) -> list[Finished]:
-        """Return tasks whose lease expired to the queue, or fail them when no attempts remain."""
+        """Return tasks whose lease expired to the queue, or fail them when no attempts remain.
+
+        Every maintenance tick of every worker pool calls this. When no task is running and no
+        worker's record is stale, one read says so and nothing is written: the write transaction
+        (on SQLite the process's one writer, which every acknowledged write queues behind) is taken
+        only when there may be something to reap.
+        """
         now = self.clock.now()
+        stale_before = now - timedelta(seconds=10 * self.lease_seconds)
+        if not await self.db.read_sync(lambda conn: bool(conn.execute(_REAP_WORK, {"stale": stale_before}).scalar())):
+            self._free_since = {}  # as dead_workers finds with no task running: no worker holds one
+            return []
         t = htm_tasks
         expired = and_(IS_RUNNING, t.c.lease_expires_at < now)
         async with self.db.write() as conn:
@@ -162,9 +183,7 @@ class Leases:
                     .returning(*SUMMARY)
                 )
             ).all()
-            await conn.execute(
-                delete(htm_workers).where(htm_workers.c.heartbeat_at < now - timedelta(seconds=10 * self.lease_seconds))
-            )
+            await conn.execute(delete(htm_workers).where(htm_workers.c.heartbeat_at < stale_before))
             out = [Finished.from_row(r._mapping) for r in (*requeued, *failed)]
             if self.outbox:
                 await task_outbox.write(conn, [(task_outbox.topic_of(f), f.event()) for f in out])
