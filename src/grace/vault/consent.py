@@ -134,7 +134,7 @@ class ConsentRecord:
     revoked_at: datetime | None
     kind: str = "secret"  # ``secret``, or ``approval`` (a playbook step asking the owner)
     # The sealed columns as read, with the seal: a change is sealed from them (ConsentStore).
-    sealed: Mapping[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    sealed: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_approval(self) -> bool:
@@ -346,7 +346,7 @@ class ConsentStore:
         await self.seal.check(CONSENTS, row)
         return record_from_row(row)
 
-    def _resealed(self, record: ConsentRecord, values: Mapping[Any, Any]) -> tuple[ColumnElement[bool], str]:
+    def _resealed(self, record: ConsentRecord, values: Mapping[str, Any]) -> tuple[ColumnElement[bool], str]:
         """Return the condition that the row is still the record read, and the seal of it changed by ``values``."""
         return _table.c.seal == record.sealed["seal"], self.seal.seal(CONSENTS, {**record.sealed, **values})
 
