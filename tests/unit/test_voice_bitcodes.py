@@ -70,14 +70,19 @@ def test_a_large_owner_finds_the_sentences_said_near_the_query_through_the_short
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 5000))
-def test_int8_rows_score_each_picked_row_to_within_two_thousandths(seed: int, n: int) -> None:
+def test_int8_rows_score_each_picked_row_within_its_rounding_and_about_a_thousandth_overall(seed: int, n: int) -> None:
     rng = np.random.default_rng(seed)
     matrix = unit_rows(rng, n)
     matrix[rng.integers(0, n)] = 0.0  # a row of zeros scores zero, not a division by zero
     query = unit_rows(rng, 1)[0]
     picked = np.sort(rng.choice(n, size=min(n, 3000), replace=False))
-    approx = Int8Rows.of(matrix).scores(picked, query)
-    assert np.abs(approx - matrix[picked] @ query).max() < 2e-3
+    narrow = Int8Rows.of(matrix)
+    error = np.abs(narrow.scores(picked, query) - matrix[picked] @ query)
+    # Each element is off by at most half its row's step, so a row's score by at most that times the
+    # query's summed magnitudes (a bound, not a likelihood: a fixed "< 0.002" failed one seed in many).
+    assert (error <= narrow.scale[picked] / 2 * np.abs(query).sum() + 1e-6).all()
+    if len(picked) >= 100:  # and typically within a thousandth (the rounding's spread is about half that)
+        assert np.sqrt(np.mean(error**2)) < 1e-3
 
 
 @settings(max_examples=30, deadline=None)
