@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -189,6 +190,37 @@ async def test_after_commit_runs_once_the_write_commits_and_never_after_a_rollba
     async with db.read() as conn:
         ids = set((await conn.execute(select(users.c.id))).scalars())
     assert {"usr_kept", "usr_after"} <= ids and "usr_lost" not in ids
+
+
+async def test_a_follow_up_safe_on_any_thread_leaves_the_event_loop_on_sqlite_and_still_precedes_the_return(
+    db: storage.Database,
+) -> None:
+    # The audit anchor's advance (a file lock, a read, a signature, a rename after each release group)
+    # is such a follow-up: on a SQLite file it runs on the writing thread, sparing the event loop that
+    # serves every request, yet the caller still finds it done when write_sync returns.
+    loop_thread = threading.get_ident()
+    ran: list[tuple[str, bool]] = []
+
+    def change(conn: Connection) -> None:
+        conn.execute(insert(users).values(**row("usr_threaded")))
+        db.after_commit(conn, lambda: ran.append(("loop", threading.get_ident() == loop_thread)))
+        db.after_commit(conn, lambda: ran.append(("anywhere", threading.get_ident() == loop_thread)), any_thread=True)
+        assert ran == []  # not before the commit
+
+    await db.write_sync(change)
+    on_writing_thread = db.sqlite_path is not None
+    assert ran == [("anywhere", not on_writing_thread), ("loop", True)]
+
+    def failing(conn: Connection) -> None:
+        conn.execute(insert(users).values(**row("usr_lost")))
+        db.after_commit(conn, lambda: ran.append(("lost", False)), any_thread=True)
+        raise RuntimeError("the change fails")
+
+    with pytest.raises(RuntimeError):
+        await db.write_sync(failing)
+    assert len(ran) == 2  # a rolled-back transaction runs none of its follow-ups, wherever they would run
+    ids = await db.read_sync(lambda conn: set(conn.execute(select(users.c.id)).scalars()))
+    assert "usr_threaded" in ids and "usr_lost" not in ids
 
 
 async def test_a_write_cancelled_in_the_middle_of_a_statement_ends_cancelled_and_locks_nothing(

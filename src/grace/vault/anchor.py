@@ -217,8 +217,11 @@ class AnchorFile:
 
     def _store(self, checkpoint: Checkpoint) -> None:
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")  # processes sharing it never share this
-        storage.write_private(tmp, json.dumps(checkpoint.as_dict()))  # 0600 whatever the umask
+        text = json.dumps(checkpoint.as_dict())  # ASCII: the bytes read back are these
+        storage.write_private(tmp, text)  # 0600 whatever the umask
         tmp.replace(self.path)
+        # Signed here: the next read of these same bytes needs no check of the signature.
+        self._last = (text.encode(), AnchorReading(self.path, "genuine", checkpoint))
 
 
 def export_document(checkpoints: Iterable[Checkpoint], *, public_key: str, at: datetime) -> dict[str, Any]:

@@ -321,9 +321,11 @@ class AuditLog:
         if self.anchor is not None and checked is not None:
             anchor, signer, now, head = self.anchor, self.signer, self.clock.now(), written[-1]
             # Only once the entries are committed: an anchor ahead of the log would read as a truncation.
+            # A file lock, a read, a signature and a rename: on SQLite's writing thread, not the event loop.
             self.db.after_commit(
                 conn,
                 lambda: anchor.advance(lambda: signer.sign(head.seq, head.hash, now), head.seq, checked=checked),
+                any_thread=True,
             )
         return written
 

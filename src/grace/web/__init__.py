@@ -11,6 +11,7 @@ import typing
 
 from starlette import staticfiles
 
+from grace.api import add_routes as _add_routes
 from grace.web import dashboard, inbox, playbooks, secrets, signin, voice
 from grace.web.rendering import ASSETS, CSP, STATIC
 
@@ -24,4 +25,4 @@ def install(app: FastAPI) -> None:
     """Serve the pages and their static files from ``app``."""
     app.mount(ASSETS, staticfiles.StaticFiles(directory=STATIC), name="web-assets")
     for module in (signin, inbox, secrets, voice, dashboard, playbooks):
-        app.include_router(module.router)
+        _add_routes(app, module.router)
