@@ -234,15 +234,15 @@ async def test_a_burst_of_batches_leaves_the_pool_to_everyone_else(pg_url: str) 
         gate = asyncio.Event()
         entered = 0
 
-        async def hold() -> None:  # twelve autocommit users at once, as twelve batch requests would be
+        async def hold() -> None:  # as many autocommit users at once as the pool's size lets in
             nonlocal entered
             async with db.autocommit_driver():
                 entered += 1
-                if entered == 8:
+                if entered == 4:
                     gate.set()
                 await gate.wait()
 
-        await asyncio.gather(*(hold() for _ in range(8)))
+        await asyncio.gather(*(hold() for _ in range(4)))
         batches = await asyncio.gather(
             *(htm.submit_many([htm.request("htm.noop", origin="intent")] * 5, creator=ADMIN) for _ in range(12))
         )
